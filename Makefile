@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make lab` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: lab test lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/healer lab
+
+test: $(STAMP)
+	@command -v mosquitto >/dev/null || command -v /usr/sbin/mosquitto >/dev/null || \
+	  { echo "installing mosquitto (Debian package)"; apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

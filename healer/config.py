@@ -1,0 +1,388 @@
+"""Typed configuration, loaded from one YAML file and validated up front.
+
+Errors name the file, the field path (``clusters[0].pools[1].remediation.maxUnhealthy``) and what
+is wrong. Secrets are given by reference (``{env: NAME}`` or ``{file: PATH}``) and are only read
+when used; their values never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from healer.errors import ConfigError
+from healer.model import Role
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"5m"`` -> 300.0; plain numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '1h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(
+            f"invalid duration {value!r}: use seconds or a string like '30s', '5m', '1h'"
+        )
+    if seconds < 0 or math.isinf(seconds) or math.isnan(seconds):
+        raise ValueError(f"invalid duration {value!r}: must be a finite, non-negative time")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class SecretRef(_Model):
+    """A secret given by reference. Exactly one of ``env`` or ``file``."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference needs exactly one of 'env' or 'file'")
+        return self
+
+    def reveal(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"secret: environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"secret: cannot read {self.file}: {exc.strerror}") from exc
+
+    def __repr__(self) -> str:
+        where = f"env:{self.env}" if self.env else f"file:{self.file}"
+        return f"SecretRef({where})"
+
+
+class Threshold(_Model):
+    """A limit given as a count (``2``) or a percentage of the scope (``"40%"``)."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> Threshold:
+        if isinstance(value, Threshold):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("expected a count like 2 or a percentage like '40%'")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("a count must be >= 0")
+            return cls(count=value)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.endswith("%"):
+                try:
+                    pct = float(text[:-1])
+                except ValueError:
+                    pass
+                else:
+                    if 0 <= pct <= 100:
+                        return cls(percent=pct)
+                raise ValueError(f"invalid percentage {value!r}: use a value from '0%' to '100%'")
+            if text.isdigit():
+                return cls(count=int(text))
+        raise ValueError(f"invalid limit {value!r}: use a count like 2 or a percentage like '40%'")
+
+    def limit_for(self, total: int) -> int:
+        """The allowed number for a scope of ``total`` (percentages round down, as Cluster API)."""
+        if self.count is not None:
+            return self.count
+        assert self.percent is not None
+        return math.floor(total * self.percent / 100.0 + 1e-9)
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent:g}%"
+
+
+ThresholdField = Annotated[Threshold, BeforeValidator(Threshold.parse)]
+
+
+class UnhealthyCondition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    timeout: Duration
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status_text(cls, value: Any) -> Any:
+        # YAML turns an unquoted False/True into a bool; accept it as the Kubernetes string.
+        if isinstance(value, bool):
+            return "True" if value else "False"
+        return value
+
+
+class HealthPolicy(_Model):
+    """When a node counts as unhealthy. Pools inherit the cluster's policy field by field."""
+
+    unhealthy_conditions: tuple[UnhealthyCondition, ...] | None = Field(
+        None, alias="unhealthyConditions"
+    )
+    node_startup_timeout: Duration | None = Field(None, alias="nodeStartupTimeout")
+    reboot_timeout: Duration | None = Field(None, alias="rebootTimeout")
+
+
+DEFAULT_HEALTH = HealthPolicy(
+    unhealthyConditions=(
+        UnhealthyCondition(type="Ready", status="False", timeout=300),
+        UnhealthyCondition(type="Ready", status="Unknown", timeout=300),
+    ),
+    nodeStartupTimeout=600,
+    rebootTimeout=900,
+)
+
+
+class RetryPolicy(_Model):
+    attempts: int = Field(5, ge=1, le=100)
+    initial_delay: Duration = Field(1.0, alias="initialDelay")
+    max_delay: Duration = Field(30.0, alias="maxDelay")
+
+
+class RemediationPolicy(_Model):
+    """How much healer may do at once. Pool values override the cluster's."""
+
+    max_unhealthy: ThresholdField | None = Field(None, alias="maxUnhealthy")
+    max_in_flight: int | None = Field(None, alias="maxInFlight", ge=1)
+    drain_timeout: Duration | None = Field(None, alias="drainTimeout")
+
+
+class ClusterRemediation(_Model):
+    max_unhealthy: ThresholdField = Field(Threshold(percent=40), alias="maxUnhealthy")
+    max_in_flight: int = Field(1, alias="maxInFlight", ge=1)
+    max_per_hour: int = Field(10, alias="maxPerHour", ge=0)
+    drain_timeout: Duration = Field(300.0, alias="drainTimeout")
+    exclude_label: str = Field("healer.io/exclude", alias="excludeLabel")
+    retry: RetryPolicy = RetryPolicy()
+
+
+class BreakerPolicy(_Model):
+    """Trips when too much goes wrong in ``window``; stays open until `healer breaker reset`."""
+
+    max_failures: int = Field(3, alias="maxFailures", ge=1)
+    max_new_unhealthy: int = Field(10, alias="maxNewUnhealthy", ge=1)
+    window: Duration = 600.0
+
+
+class MachineSpec(_Model):
+    size: str = "small"
+    image: str = "debian-12"
+    location: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class PoolConfig(_Model):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
+    role: Role = Role.WORKER
+    size: int = Field(ge=0, le=1000)
+    machine: MachineSpec = MachineSpec()
+    labels: dict[str, str] = Field(default_factory=dict)
+    health: HealthPolicy = HealthPolicy()
+    remediation: RemediationPolicy = RemediationPolicy()
+
+
+class ProviderConfig(_Model):
+    plugin: str = Field(description="entry-point name in the 'healer.providers' group")
+    options: dict[str, Any] = Field(default_factory=dict)
+    credentials: dict[str, SecretRef] = Field(default_factory=dict)
+
+
+class ClusterConfig(_Model):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
+    kubeconfig: Path | None = None
+    context: str | None = None
+    provider: ProviderConfig
+    health: HealthPolicy = HealthPolicy()
+    remediation: ClusterRemediation = ClusterRemediation()
+    breaker: BreakerPolicy = BreakerPolicy()
+    paused: bool = False
+    pools: tuple[PoolConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _pools(self) -> ClusterConfig:
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
+        cps = [p for p in self.pools if p.role is Role.CONTROL_PLANE]
+        if len(cps) > 1:
+            raise ValueError("at most one pool may have role 'control-plane'")
+        if cps and cps[0].size % 2 == 0:
+            raise ValueError(
+                f"control-plane pool '{cps[0].name}' has size {cps[0].size}: etcd needs an odd "
+                "number of members (1, 3, 5)"
+            )
+        return self
+
+    def pool(self, name: str | None) -> PoolConfig | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    def health_for(self, pool: str | None) -> EffectiveHealth:
+        p = self.pool(pool)
+        layers = [DEFAULT_HEALTH, self.health, p.health if p else HealthPolicy()]
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            for key in ("unhealthy_conditions", "node_startup_timeout", "reboot_timeout"):
+                value = getattr(layer, key)
+                if value is not None:
+                    merged[key] = value
+        return EffectiveHealth(**merged)
+
+    def remediation_for(self, pool: str | None) -> EffectiveRemediation:
+        p = self.pool(pool)
+        r = self.remediation
+        o = p.remediation if p else RemediationPolicy()
+        return EffectiveRemediation(
+            max_unhealthy=o.max_unhealthy or r.max_unhealthy,
+            max_in_flight=o.max_in_flight or r.max_in_flight,
+            drain_timeout=o.drain_timeout if o.drain_timeout is not None else r.drain_timeout,
+        )
+
+
+class EffectiveHealth(_Model):
+    unhealthy_conditions: tuple[UnhealthyCondition, ...]
+    node_startup_timeout: float
+    reboot_timeout: float
+
+
+class EffectiveRemediation(_Model):
+    max_unhealthy: Threshold
+    max_in_flight: int
+    drain_timeout: float
+
+
+class MqttConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("healer/v1", alias="topicPrefix")
+    client_id: str = Field("healer", alias="clientId")
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: SecretRef | None = None
+    tls_ca: Path | None = Field(None, alias="tlsCa")
+    tls_cert: Path | None = Field(None, alias="tlsCert")
+    tls_key: Path | None = Field(None, alias="tlsKey")
+    session_expiry: Duration = Field(86400.0, alias="sessionExpiry")
+    max_payload: int = Field(16384, alias="maxPayload", ge=64)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+
+class HealerConfig(_Model):
+    state_dir: Path | None = Field(None, alias="stateDir")
+    dry_run: bool = Field(False, alias="dryRun")
+    paused: bool = False
+    log_format: Literal["auto", "json", "console"] = Field("auto", alias="logFormat")
+    mqtt: MqttConfig | None = None
+    clusters: tuple[ClusterConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_clusters(self) -> HealerConfig:
+        names = [c.name for c in self.clusters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"cluster names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def cluster(self, name: str) -> ClusterConfig | None:
+        return next((c for c in self.clusters if c.name == name), None)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    errors = exc.errors()
+    # A failing item also makes pydantic report its container as too short; that is noise.
+    failing = [tuple(e["loc"]) for e in errors if e["type"] != "too_short"]
+    errors = [
+        e
+        for e in errors
+        if e["type"] != "too_short"
+        or not any(loc[: len(e["loc"])] == tuple(e["loc"]) for loc in failing)
+    ]
+    lines = [f"{source}: invalid configuration ({len(errors)} problem(s))"]
+    for err in errors:
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {_field_path(tuple(err['loc']))}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> HealerConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'clusters' list")
+    try:
+        cfg = HealerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: HealerConfig, base: Path) -> HealerConfig:
+    """Relative paths in the file are relative to the file, not to the working directory."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    clusters = tuple(c.model_copy(update={"kubeconfig": fix(c.kubeconfig)}) for c in cfg.clusters)
+    return cfg.model_copy(update={"clusters": clusters, "state_dir": fix(cfg.state_dir)})
+
+
+def load_config(path: str | Path) -> HealerConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, source=str(path), base_dir=path.parent.resolve())

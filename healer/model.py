@@ -1,0 +1,171 @@
+"""Core records: node identity, the one normalised event type, health observations and verdicts.
+
+Every source (Kubernetes watch, MQTT, webhooks, the lab) produces :class:`NodeEvent`; the health
+tracker folds events into a :class:`NodeObservation`; :func:`healer.health.verdict.evaluate`
+turns an observation into a :class:`Verdict`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+# Labels and tags healer reads and writes. Stable: operators write selectors against them.
+LABEL_POOL = "healer.io/pool"
+LABEL_CLUSTER = "healer.io/cluster"
+LABEL_ROLE = "healer.io/role"
+LABEL_CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
+TAG_MANAGED = "healer.io/managed"
+TAG_CLUSTER = "healer.io/cluster"
+TAG_POOL = "healer.io/pool"
+TAG_WORKFLOW = "healer.io/workflow"
+
+
+class Role(enum.StrEnum):
+    WORKER = "worker"
+    CONTROL_PLANE = "control-plane"
+
+
+@dataclass(frozen=True, order=True)
+class NodeKey:
+    cluster: str
+    node: str
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.node}"
+
+
+class EventKind(enum.StrEnum):
+    """What a source observed. Sources map their own vocabulary onto these."""
+
+    CONDITION = "condition"  # a node condition (type, status) was observed
+    HEARTBEAT = "heartbeat"  # the node (agent/kubelet) is alive
+    NODE_ADDED = "node_added"  # a Node object appeared
+    NODE_DELETED = "node_deleted"  # a Node object went away
+    REBOOT_STARTED = "reboot_started"  # planned reboot announced (upgrade or reboot-required)
+    BOOTED = "booted"  # the machine came back from a reboot
+    UPGRADE_STARTED = "upgrade_started"
+    UPGRADE_FINISHED = "upgrade_finished"
+    UPGRADE_FAILED = "upgrade_failed"
+    LABELS = "labels"  # node labels changed (pool, role, exclusion)
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    cluster: str
+    node: str
+    kind: EventKind
+    at: float
+    source: str  # "kube", "mqtt", "webhook", "lab", ...
+    condition: str | None = None  # for CONDITION: e.g. "Ready"
+    status: str | None = None  # for CONDITION: "True" | "False" | "Unknown"
+    since: float | None = None  # for CONDITION: lastTransitionTime when the source knows it
+    labels: dict[str, str] | None = None  # for NODE_ADDED / LABELS
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> NodeKey:
+        return NodeKey(self.cluster, self.node)
+
+    def evidence(self) -> dict[str, Any]:
+        """A compact, JSON-able summary kept in the audit log."""
+        out: dict[str, Any] = {"kind": str(self.kind), "at": self.at, "source": self.source}
+        if self.condition:
+            out["condition"] = f"{self.condition}={self.status}"
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class ConditionObs:
+    status: str
+    since: float  # when this status began (lastTransitionTime, or first seen)
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    """Everything the tracker knows about one node. Persisted; rebuilt from events on restart."""
+
+    cluster: str
+    node: str
+    pool: str | None = None
+    role: Role = Role.WORKER
+    first_seen: float = 0.0  # machine/node creation as far as healer knows
+    exists: bool = True  # the Node object exists in the API
+    ever_ready: bool = False
+    conditions: dict[str, ConditionObs] = field(default_factory=dict)
+    reboot_started_at: float | None = None
+    last_heartbeat: float | None = None
+    excluded: bool = False  # carries the exclusion label
+    labels: dict[str, str] = field(default_factory=dict)
+    recent: tuple[dict[str, Any], ...] = ()  # last few events, kept as evidence
+
+    @property
+    def key(self) -> NodeKey:
+        return NodeKey(self.cluster, self.node)
+
+    def with_(self, **changes: Any) -> NodeObservation:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "node": self.node,
+            "pool": self.pool,
+            "role": str(self.role),
+            "first_seen": self.first_seen,
+            "exists": self.exists,
+            "ever_ready": self.ever_ready,
+            "conditions": {
+                k: {"status": v.status, "since": v.since} for k, v in self.conditions.items()
+            },
+            "reboot_started_at": self.reboot_started_at,
+            "last_heartbeat": self.last_heartbeat,
+            "excluded": self.excluded,
+            "labels": dict(self.labels),
+            "recent": list(self.recent),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeObservation:
+        return cls(
+            cluster=data["cluster"],
+            node=data["node"],
+            pool=data.get("pool"),
+            role=Role(data.get("role", "worker")),
+            first_seen=float(data.get("first_seen", 0.0)),
+            exists=bool(data.get("exists", True)),
+            ever_ready=bool(data.get("ever_ready", False)),
+            conditions={
+                k: ConditionObs(status=v["status"], since=float(v["since"]))
+                for k, v in data.get("conditions", {}).items()
+            },
+            reboot_started_at=data.get("reboot_started_at"),
+            last_heartbeat=data.get("last_heartbeat"),
+            excluded=bool(data.get("excluded", False)),
+            labels=dict(data.get("labels", {})),
+            recent=tuple(data.get("recent", ())),
+        )
+
+
+class Health(enum.StrEnum):
+    HEALTHY = "healthy"
+    PENDING = "pending"  # a bad condition is present but has not persisted past its timeout
+    STARTING = "starting"  # a new machine, not Ready yet, within nodeStartupTimeout
+    REBOOTING = "rebooting"  # a planned reboot, within rebootTimeout
+    UNHEALTHY = "unhealthy"  # persisted past a threshold: needs remediation
+    GONE = "gone"  # the Node object was deleted
+
+
+@dataclass(frozen=True)
+class Verdict:
+    health: Health
+    reason: str  # machine-readable, CamelCase as in Cluster API: "ReadyUnknownTimeout"
+    message: str  # human sentence with the numbers
+    next_check_at: float | None  # when the verdict could change with no new event
+
+    @property
+    def needs_remediation(self) -> bool:
+        return self.health is Health.UNHEALTHY
