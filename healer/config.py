@@ -263,8 +263,8 @@ class ClusterConfig(_Model):
         r = self.remediation
         o = p.remediation if p else RemediationPolicy()
         return EffectiveRemediation(
-            max_unhealthy=o.max_unhealthy or r.max_unhealthy,
-            max_in_flight=o.max_in_flight or r.max_in_flight,
+            max_unhealthy=o.max_unhealthy if o.max_unhealthy is not None else r.max_unhealthy,
+            max_in_flight=o.max_in_flight if o.max_in_flight is not None else r.max_in_flight,
             drain_timeout=o.drain_timeout if o.drain_timeout is not None else r.drain_timeout,
         )
 
@@ -350,7 +350,9 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> HealerConfig:
+def parse_config(
+    data: Any, *, source: str = "<config>", base_dir: Path | None = None
+) -> HealerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with a 'clusters' list")
     try:

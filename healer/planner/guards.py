@@ -1,0 +1,426 @@
+"""Guards: may healer start remediating this node now? Pure functions on frozen snapshots.
+
+Deciding to remediate is separate from doing it (as in Cluster API's MachineHealthCheck). A guard
+never skips silently: each refusal carries exactly one stable reason, a scope and a sentence with
+the numbers, so it can be recorded as a condition, an event and a log line.
+
+:func:`check` runs the guards in this fixed order and returns the first refusal. Operator stop
+switches come first, then facts about the node itself, then the control-plane invariants (they do
+not depend on configuration, and "would break quorum" explains more than a generic limit), then
+the configurable limits:
+
+``BreakerOpen`` (scope ``cluster:<c>``)
+    The cluster's circuit breaker has tripped (too many failures or too many new unhealthy nodes
+    in its window); it stays open until an operator resets it. Wins over everything.
+``Paused`` (scope ``global``, ``cluster:<c>`` or ``pool:<c>/<p>``, widest first)
+    Remediation is paused by an operator or the config.
+``Excluded`` (scope ``node:<c>/<n>``)
+    The node carries the exclusion label.
+``AlreadyRemediating`` (scope ``node:<c>/<n>``)
+    A remediation workflow for this node is already running.
+``SingleControlPlane`` (scope ``pool:<c>/<p>``)
+    The control plane has one member; replacing it would take the cluster down, so a human decides.
+``ControlPlaneInFlight`` (scope ``pool:<c>/<p>``)
+    Another control-plane node is being remediated; etcd membership changes one at a time.
+``WouldBreakQuorum`` (scope ``pool:<c>/<p>``)
+    Without the candidate, the healthy control-plane members would not be a majority of the
+    membership.
+``TooManyUnhealthyInPool`` (scope ``pool:<c>/<p>``)
+    More nodes of the pool are unhealthy than the pool's ``maxUnhealthy`` allows: the problem
+    is probably not the nodes (network partition, outage), and replacing them would not help.
+``TooManyUnhealthyInCluster`` (scope ``cluster:<c>``)
+    The same, over the whole cluster, against the cluster's ``maxUnhealthy``.
+``MaxInFlight`` (scope ``pool:<c>/<p>``)
+    The pool already has ``maxInFlight`` remediations running.
+``HourlyBudgetExhausted`` (scope ``cluster:<c>``)
+    ``maxPerHour`` remediations were started in this cluster in the last hour.
+
+Counting is deliberately conservative:
+
+* "Unhealthy" for ``maxUnhealthy`` means UNHEALTHY or PENDING, plus every node being remediated,
+  plus the candidate whatever its health (once remediation starts it is out of service). PENDING
+  counts so that a network partition, which makes many nodes Unknown at once, is refused as a
+  whole instead of trickling through as each node's timeout expires.
+* A scope's total is the configured pool size or the number of known (not GONE) nodes in it,
+  whichever is larger. A percentage is of the pool as designed: a pool that lost nodes must not
+  look smaller, or the limit would shrink and flap while machines sit between deleted and joined
+  during their replacement (those are still counted as unhealthy while being remediated); and a
+  pool grown beyond its configured size is judged against what it really holds.
+* The control-plane membership is the configured control-plane pool size or the number of known
+  control-plane nodes, whichever is larger; only HEALTHY members that are not being remediated
+  count as voters (see :func:`would_break_quorum`).
+
+``ClusterSnapshot.dry_run`` does not change any guard: a dry run must show what a real run would
+do; the planner decides not to act.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from healer.config import BreakerPolicy, ClusterConfig, Threshold
+from healer.model import Health, Role
+
+BREAKER_OPEN = "BreakerOpen"
+PAUSED = "Paused"
+EXCLUDED = "Excluded"
+ALREADY_REMEDIATING = "AlreadyRemediating"
+SINGLE_CONTROL_PLANE = "SingleControlPlane"
+CONTROL_PLANE_IN_FLIGHT = "ControlPlaneInFlight"
+WOULD_BREAK_QUORUM = "WouldBreakQuorum"
+TOO_MANY_UNHEALTHY_IN_POOL = "TooManyUnhealthyInPool"
+TOO_MANY_UNHEALTHY_IN_CLUSTER = "TooManyUnhealthyInCluster"
+MAX_IN_FLIGHT = "MaxInFlight"
+HOURLY_BUDGET_EXHAUSTED = "HourlyBudgetExhausted"
+
+# Reasons the circuit breaker trips with (prefix of the breaker_reason string).
+TOO_MANY_FAILURES = "TooManyFailures"
+TOO_MANY_NEW_UNHEALTHY = "TooManyNewUnhealthy"
+
+_COUNTS_AS_UNHEALTHY = frozenset({Health.UNHEALTHY, Health.PENDING})
+_NO_POOL = "(none)"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node: str
+    pool: str | None
+    role: Role
+    health: Health
+    remediating: bool  # a remediation workflow for this node is running
+    excluded: bool  # carries the cluster's exclusion label
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    cluster: str
+    nodes: tuple[NodeStatus, ...]  # every node healer knows in the cluster (the candidate included)
+    started_last_hour: int  # remediations started in the last 3600 s in this cluster
+    global_paused: bool
+    cluster_paused: bool
+    paused_pools: frozenset[str]
+    breaker_open: bool
+    breaker_reason: str  # why it tripped, from breaker_trip_reason()
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # one of the constants above
+    message: str  # a sentence with the numbers, naming the node
+    scope: str  # "global", "cluster:lab", "pool:lab/workers" or "node:lab/w-1"
+
+
+Guard = Callable[[NodeStatus, ClusterSnapshot, ClusterConfig], Refusal | None]
+
+
+def check(
+    candidate: NodeStatus, snapshot: ClusterSnapshot, cluster: ClusterConfig
+) -> Refusal | None:
+    """Run :data:`GUARDS` in order: the first refusal, or None if remediation may start."""
+    for guard in GUARDS:
+        refusal = guard(candidate, snapshot, cluster)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+# --- stop switches -------------------------------------------------------------------------
+
+
+def breaker_open(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    if not s.breaker_open:
+        return None
+    why = s.breaker_reason or "no reason recorded"
+    return Refusal(
+        BREAKER_OPEN,
+        f"the circuit breaker of cluster {s.cluster} is open ({why}); "
+        f"not remediating {_node(s, c)} until it is reset",
+        f"cluster:{s.cluster}",
+    )
+
+
+def paused(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    # The widest pause is reported: it is the one an operator must lift first.
+    if s.global_paused:
+        return Refusal(
+            PAUSED, f"remediation is paused globally; not remediating {_node(s, c)}", "global"
+        )
+    if s.cluster_paused:
+        return Refusal(
+            PAUSED,
+            f"remediation is paused for cluster {s.cluster}; not remediating {_node(s, c)}",
+            f"cluster:{s.cluster}",
+        )
+    if c.pool is not None and c.pool in s.paused_pools:
+        return Refusal(
+            PAUSED,
+            f"remediation is paused for pool {_pool(s, c.pool)}; not remediating {_node(s, c)}",
+            _pool_scope(s, c.pool),
+        )
+    return None
+
+
+# --- the node itself ----------------------------------------------------------------------
+
+
+def excluded(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    if not c.excluded:
+        return None
+    return Refusal(
+        EXCLUDED,
+        f"{_node(s, c)} carries the exclusion label {cfg.remediation.exclude_label}; "
+        "not remediating it",
+        f"node:{_node(s, c)}",
+    )
+
+
+def already_remediating(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    if not c.remediating:
+        return None
+    return Refusal(
+        ALREADY_REMEDIATING,
+        f"{_node(s, c)} is already being remediated",
+        f"node:{_node(s, c)}",
+    )
+
+
+# --- control-plane invariants ----------------------------------------------------------------
+
+
+def single_control_plane(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    if c.role is not Role.CONTROL_PLANE:
+        return None
+    members = _cp_members(c, s, cfg)
+    if members > 1:
+        return None
+    return Refusal(
+        SINGLE_CONTROL_PLANE,
+        f"{_node(s, c)} is the only control-plane member of cluster {s.cluster}; replacing it "
+        "would take the cluster down, so it is left to an operator",
+        _cp_scope(c, s, cfg),
+    )
+
+
+def control_plane_in_flight(
+    c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
+) -> Refusal | None:
+    if c.role is not Role.CONTROL_PLANE:
+        return None
+    busy = sorted(
+        n.node
+        for n in _nodes(c, s)
+        if n.role is Role.CONTROL_PLANE and n.remediating and n.node != c.node
+    )
+    if not busy:
+        return None
+    return Refusal(
+        CONTROL_PLANE_IN_FLIGHT,
+        f"control-plane node {s.cluster}/{busy[0]} is being remediated; control-plane members "
+        f"are replaced one at a time; not remediating {_node(s, c)}",
+        _cp_scope(c, s, cfg),
+    )
+
+
+def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    """The remaining healthy members must be a majority of the whole membership on their own.
+
+    Only HEALTHY members vote here: a REBOOTING member's etcd is down right now and may not come
+    back, a STARTING one may not have joined etcd yet, and a PENDING one already shows a bad
+    condition. Counting any of them would let healer take out a member while quorum rests on a
+    node that is not serving.
+    """
+    if c.role is not Role.CONTROL_PLANE:
+        return None
+    members = _cp_members(c, s, cfg)
+    quorum = members // 2 + 1
+    voters = sum(
+        1
+        for n in _nodes(c, s)
+        if n.role is Role.CONTROL_PLANE
+        and n.node != c.node
+        and n.health is Health.HEALTHY
+        and not n.remediating
+    )
+    if voters >= quorum:
+        return None
+    return Refusal(
+        WOULD_BREAK_QUORUM,
+        f"only {voters} of {members} control-plane members other than {_node(s, c)} are healthy "
+        f"and etcd quorum needs {quorum}; not remediating {_node(s, c)}",
+        _cp_scope(c, s, cfg),
+    )
+
+
+# --- configurable limits --------------------------------------------------------------------
+
+
+def too_many_unhealthy_in_pool(
+    c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
+) -> Refusal | None:
+    nodes = [n for n in _nodes(c, s) if n.pool == c.pool]
+    total = _pool_total(cfg, c.pool, nodes)
+    bad = _unhealthy_count(c, nodes)
+    threshold = cfg.remediation_for(c.pool).max_unhealthy
+    limit = threshold.limit_for(total)
+    if bad <= limit:
+        return None
+    return Refusal(
+        TOO_MANY_UNHEALTHY_IN_POOL,
+        f"{bad} of {total} nodes in pool {_pool(s, c.pool)} are unhealthy or being remediated "
+        f"({_limit(threshold, limit)}); not remediating {_node(s, c)}",
+        _pool_scope(s, c.pool),
+    )
+
+
+def too_many_unhealthy_in_cluster(
+    c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
+) -> Refusal | None:
+    nodes = _nodes(c, s)
+    pools = {p.name for p in cfg.pools} | {n.pool for n in nodes if n.pool is not None}
+    total = sum(_pool_total(cfg, p, [n for n in nodes if n.pool == p]) for p in pools)
+    total += _pool_total(cfg, None, [n for n in nodes if n.pool is None])
+    bad = _unhealthy_count(c, nodes)
+    threshold = cfg.remediation.max_unhealthy
+    limit = threshold.limit_for(total)
+    if bad <= limit:
+        return None
+    return Refusal(
+        TOO_MANY_UNHEALTHY_IN_CLUSTER,
+        f"{bad} of {total} nodes in cluster {s.cluster} are unhealthy or being remediated "
+        f"({_limit(threshold, limit)}); not remediating {_node(s, c)}",
+        f"cluster:{s.cluster}",
+    )
+
+
+def max_in_flight(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    running = sum(1 for n in _nodes(c, s) if n.pool == c.pool and n.remediating)
+    limit = cfg.remediation_for(c.pool).max_in_flight
+    if running < limit:
+        return None
+    return Refusal(
+        MAX_IN_FLIGHT,
+        f"{running} remediation{_s(running)} already running in pool {_pool(s, c.pool)} "
+        f"(maxInFlight {limit}); not remediating {_node(s, c)}",
+        _pool_scope(s, c.pool),
+    )
+
+
+def hourly_budget_exhausted(
+    c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
+) -> Refusal | None:
+    budget = cfg.remediation.max_per_hour
+    if s.started_last_hour < budget:
+        return None
+    return Refusal(
+        HOURLY_BUDGET_EXHAUSTED,
+        f"{s.started_last_hour} remediation{_s(s.started_last_hour)} started in cluster "
+        f"{s.cluster} in the last hour (maxPerHour {budget}); not remediating {_node(s, c)}",
+        f"cluster:{s.cluster}",
+    )
+
+
+GUARDS: tuple[Guard, ...] = (
+    breaker_open,
+    paused,
+    excluded,
+    already_remediating,
+    single_control_plane,
+    control_plane_in_flight,
+    would_break_quorum,
+    too_many_unhealthy_in_pool,
+    too_many_unhealthy_in_cluster,
+    max_in_flight,
+    hourly_budget_exhausted,
+)
+"""The order :func:`check` runs the guards in (see the module docstring for why)."""
+
+
+# --- the circuit breaker ----------------------------------------------------------------------
+
+
+def breaker_trip_reason(
+    *, failures_in_window: int, new_unhealthy_in_window: int, policy: BreakerPolicy
+) -> str | None:
+    """Why the breaker should trip now, or None. Failures are reported first: they are the
+    stronger sign that healer itself is making things worse."""
+    window = _window(policy.window)
+    if failures_in_window >= policy.max_failures:
+        return (
+            f"{TOO_MANY_FAILURES}: {failures_in_window} remediation{_s(failures_in_window)} "
+            f"failed in the last {window} (limit {policy.max_failures})"
+        )
+    if new_unhealthy_in_window >= policy.max_new_unhealthy:
+        return (
+            f"{TOO_MANY_NEW_UNHEALTHY}: {new_unhealthy_in_window} "
+            f"node{_s(new_unhealthy_in_window)} became unhealthy in the last {window} "
+            f"(limit {policy.max_new_unhealthy})"
+        )
+    return None
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _nodes(c: NodeStatus, s: ClusterSnapshot) -> list[NodeStatus]:
+    """The snapshot's nodes with the candidate's own status in its place.
+
+    The caller's ``candidate`` is authoritative: if the snapshot holds an older status of the same
+    node, or none at all, counting from the snapshot alone could under-count.
+    """
+    nodes = [c if n.node == c.node else n for n in s.nodes]
+    if not any(n.node == c.node for n in s.nodes):
+        nodes.append(c)
+    return nodes
+
+
+def _unhealthy_count(c: NodeStatus, nodes: Iterable[NodeStatus]) -> int:
+    return sum(
+        1 for n in nodes if n.node == c.node or n.remediating or n.health in _COUNTS_AS_UNHEALTHY
+    )
+
+
+def _pool_total(cfg: ClusterConfig, pool: str | None, nodes: Iterable[NodeStatus]) -> int:
+    configured = p.size if (p := cfg.pool(pool)) is not None else 0
+    known = sum(1 for n in nodes if n.health is not Health.GONE)
+    return max(configured, known)
+
+
+def _cp_members(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> int:
+    configured = next((p.size for p in cfg.pools if p.role is Role.CONTROL_PLANE), 0)
+    known = sum(
+        1 for n in _nodes(c, s) if n.role is Role.CONTROL_PLANE and n.health is not Health.GONE
+    )
+    return max(configured, known)
+
+
+def _cp_scope(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> str:
+    cp_pool = next((p.name for p in cfg.pools if p.role is Role.CONTROL_PLANE), c.pool)
+    return _pool_scope(s, cp_pool)
+
+
+def _limit(threshold: Threshold, limit: int) -> str:
+    if threshold.percent is not None:
+        return f"limit {threshold} = {limit}"
+    return f"limit {limit}"
+
+
+def _node(s: ClusterSnapshot, c: NodeStatus) -> str:
+    return f"{s.cluster}/{c.node}"
+
+
+def _pool(s: ClusterSnapshot, pool: str | None) -> str:
+    return f"{s.cluster}/{pool if pool is not None else _NO_POOL}"
+
+
+def _pool_scope(s: ClusterSnapshot, pool: str | None) -> str:
+    return f"pool:{_pool(s, pool)}"
+
+
+def _window(seconds: float) -> str:
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.1f}s"
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"

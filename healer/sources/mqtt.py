@@ -1,0 +1,364 @@
+"""The MQTT source: a thin adapter from a broker subscription to :class:`NodeEvent`.
+
+Owns the connection to the broker (protocol, persistent session, credentials, TLS), the
+reconnection loop with backoff, and message acknowledgement. What a message means is decided in
+:mod:`healer.sources.mqtt_payload`; this module only moves bytes and reports.
+
+Delivery is at least once. Messages are subscribed at QoS 1 in a persistent session (MQTT 5:
+clean start off plus a Session Expiry Interval; 3.1.1: clean session off), so the broker keeps
+queueing while healer is away. aiomqtt 2.5 has no acknowledgement API and paho, by default,
+sends PUBACK as soon as its ``on_message`` callback returns, that is when aiomqtt puts the message
+on its in-memory queue, before healer has looked at it. We therefore switch the underlying paho
+client to manual acknowledgement (paho >= 2.0, ``manual_ack_set``/``ack``; the workaround from
+aiomqtt issue #345) and acknowledge only after ``emit`` has returned (or the message has been
+rejected). A crash or disconnect mid-handling leaves the message unacknowledged and the broker
+redelivers it on the next connection, so downstream must tolerate a repeated event. Because the
+broker stops sending once its in-flight window (mosquitto: ``max_inflight_messages``, 20 by
+default) is full of unacknowledged messages, a slow ``emit`` also applies back-pressure.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, Final, NoReturn
+
+import aiomqtt
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from healer.clock import Clock
+from healer.config import MqttConfig
+from healer.errors import ConfigError
+from healer.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
+from healer.model import NodeEvent
+from healer.sources.mqtt_payload import (
+    SOURCE,
+    UNKNOWN_NODE,
+    Rejection,
+    parse_message,
+    subscription_filter,
+)
+
+log = structlog.get_logger(__name__)
+
+Emit = Callable[[NodeEvent], Awaitable[None]]
+
+# CONNACK codes that mean "your credentials were refused": MQTT 3.1.1 return codes 4 and 5 and
+# their MQTT 5 reason codes 0x86/0x87 (paho reports 3.1.1 codes as the latter).
+_AUTH_REFUSED: Final = frozenset({4, 5, 0x86, 0x87})
+# Long enough that an idle link is not chatty, short enough that a dead broker behind a
+# silent network (no RST) is noticed within a minute or so.
+_KEEPALIVE: Final = 30
+_MAX_SESSION_EXPIRY: Final = 0xFFFFFFFF  # the MQTT 5 property is a four-byte integer
+_LOG_TOPIC_MAX: Final = 200  # topics are sender-controlled; keep log lines bounded
+
+
+@dataclass
+class Backoff:
+    """Capped, jittered exponential backoff between connection attempts.
+
+    Delays grow ``initial * multiplier**n`` up to ``maximum``; the last ``jitter`` fraction of
+    each delay is random so a fleet restarted together does not reconnect in lockstep. The
+    count resets only once a connection has stayed up for ``stable_after`` seconds: a broker
+    that accepts and then immediately drops us (a duplicate client id, a broken ACL) still gets
+    slower and slower retries instead of a tight loop.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    stable_after: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = field(default=0, init=False)
+    _up_since: float | None = field(default=None, init=False, repr=False)
+
+    def connected(self, now: float) -> None:
+        """Record that a connection attempt succeeded at ``now``."""
+        self._up_since = now
+
+    def next_delay(self, now: float) -> float:
+        """The wait before the next attempt after a failure or disconnect at ``now``."""
+        if self._up_since is not None and now - self._up_since >= self.stable_after:
+            self.attempt = 0
+        self._up_since = None
+        # The exponent is capped so a broker that is down for weeks cannot overflow the float.
+        base = min(self.maximum, self.initial * self.multiplier ** min(self.attempt, 64))
+        self.attempt += 1
+        return base * (1.0 - self.jitter) + base * self.jitter * self.rng.random()
+
+
+async def reconnect_forever(
+    session: Callable[[], Awaitable[None]],
+    *,
+    clock: Clock,
+    backoff: Backoff,
+    retry_on: tuple[type[Exception], ...],
+    on_retry: Callable[[Exception | None, float], None],
+) -> NoReturn:
+    """Run ``session`` again and again, sleeping ``backoff`` (on ``clock``) between runs.
+
+    ``session`` calls ``backoff.connected(now)`` once it is connected. Errors of the types in
+    ``retry_on`` (and a session that simply returns) lead to a retry; anything else propagates,
+    because it is a bug to fix rather than an outage to ride out. Cancellation stops the loop.
+    """
+    while True:
+        error: Exception | None = None
+        try:
+            await session()
+        except retry_on as exc:
+            error = exc
+        delay = backoff.next_delay(clock.now())
+        on_retry(error, delay)
+        await clock.sleep(delay)
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """What :class:`MqttSource` reports to its ``on_state`` hook.
+
+    ``reason`` is one of ``connected``, ``connection_lost``, ``connect_failed``,
+    ``auth_failed``, ``subscribe_failed``, ``secret_unavailable``, ``stopped``.
+    """
+
+    connected: bool
+    reason: str
+    error: str | None = None
+
+
+class _SubscribeFailed(aiomqtt.MqttError):
+    """The broker refused the subscription (an ACL, usually); retried with backoff."""
+
+
+class MqttSource:
+    """Subscribe to ``<prefix>/+/+/+`` and pass each valid message on as a :class:`NodeEvent`.
+
+    ``known_clusters`` limits accepted topics to configured clusters; ``is_known_node``
+    (cluster, node) -> bool, when given, rejects nodes the daemon does not manage.
+    ``on_state`` is called whenever :attr:`state` changes (from the event loop; keep it quick).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: MqttConfig,
+        known_clusters: Collection[str],
+        clock: Clock,
+        emit: Emit,
+        is_known_node: Callable[[str, str], bool] | None = None,
+        on_state: Callable[[ConnectionState], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._config = config
+        self._known_clusters = frozenset(known_clusters)
+        self._clock = clock
+        self._emit = emit
+        self._is_known_node = is_known_node
+        self.on_state = on_state
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._broker = f"{config.host}:{config.port}"
+        self._state = ConnectionState(connected=False, reason="stopped")
+
+    @property
+    def connected(self) -> bool:
+        return self._state.connected
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    async def run(self) -> NoReturn:
+        """Consume messages until cancelled, reconnecting with backoff whenever the link fails."""
+        try:
+            await reconnect_forever(
+                self._session,
+                clock=self._clock,
+                backoff=self._backoff,
+                # OSError covers TLS and socket errors aiomqtt lets through; ConfigError a
+                # password file that is missing now but may be restored (or rotated) later.
+                retry_on=(aiomqtt.MqttError, OSError, ConfigError),
+                on_retry=self._on_retry,
+            )
+        finally:
+            self._set_state(ConnectionState(connected=False, reason="stopped"))
+
+    # -- one connection ---------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        client = self._new_client()
+        try:
+            async with client:
+                self._backoff.connected(self._clock.now())
+                self._set_state(ConnectionState(connected=True, reason="connected"))
+                log.info(
+                    "mqtt.connected",
+                    broker=self._broker,
+                    client_id=self._config.client_id,
+                    protocol=self._config.protocol,
+                )
+                await self._subscribe(client)
+                async for message in client.messages:
+                    await self._handle(client, message)
+        finally:
+            # aiomqtt leaves the socket open when CONNACK never arrives (its timeout); without
+            # this every such retry would leak a socket. A no-op when already disconnected.
+            _paho(client).disconnect()
+
+    def _new_client(self) -> aiomqtt.Client:
+        cfg = self._config
+        # Read on every attempt so a rotated password file is picked up on reconnect.
+        password = cfg.password.reveal() if cfg.password is not None else None
+        tls: aiomqtt.TLSParameters | None = None
+        if cfg.tls_ca is not None or cfg.tls_cert is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.tls_ca) if cfg.tls_ca is not None else None,
+                certfile=str(cfg.tls_cert) if cfg.tls_cert is not None else None,
+                keyfile=str(cfg.tls_key) if cfg.tls_key is not None else None,
+            )
+        session: dict[str, Any]
+        if cfg.protocol == "5":
+            # Clean start off resumes the session; the broker only keeps it past the disconnect
+            # if the CONNECT also carries a Session Expiry Interval (MQTT 5 defaults it to 0).
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = min(int(cfg.session_expiry), _MAX_SESSION_EXPIRY)
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": False,
+                "properties": props,
+            }
+        else:
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=password,
+            identifier=cfg.client_id,
+            tls_params=tls,
+            keepalive=_KEEPALIVE,
+            **session,
+        )
+        # Before connecting, so nothing the broker sends right after CONNACK is auto-acked.
+        _paho(client).manual_ack_set(True)
+        return client
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        topic = subscription_filter(self._config.topic_prefix)
+        # Subscribing again on every connection is harmless with a resumed session and needed
+        # for a new one (first start, or the broker forgot the session).
+        granted = await client.subscribe(topic, qos=1)
+        code = _code(granted[0]) if granted else 0x80
+        if code >= 0x80:
+            log.error(
+                "mqtt.subscribe_failed",
+                broker=self._broker,
+                topic=topic,
+                code=code,
+                hint="check the broker's ACL for this user",
+            )
+            raise _SubscribeFailed(f"subscription to {topic} refused with code {code}")
+        if code < 1:
+            log.warning(
+                "mqtt.subscribe_downgraded",
+                broker=self._broker,
+                topic=topic,
+                granted_qos=code,
+                hint="messages sent while healer is down will be lost",
+            )
+        log.info("mqtt.subscribed", broker=self._broker, topic=topic, qos=code)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            # aiomqtt types payload loosely; from the wire it is always bytes.
+            payload = str(payload).encode()
+        result = parse_message(
+            topic,
+            payload,
+            prefix=self._config.topic_prefix,
+            now=self._clock.now(),
+            max_payload=self._config.max_payload,
+            known_clusters=self._known_clusters,
+        )
+        if (
+            isinstance(result, NodeEvent)
+            and self._is_known_node is not None
+            and not self._is_known_node(result.cluster, result.node)
+        ):
+            result = Rejection(UNKNOWN_NODE, f"node {result.key} is not managed by healer")
+        if isinstance(result, Rejection):
+            EVENTS_REJECTED.labels(source=SOURCE, reason=result.reason).inc()
+            log.warning(
+                "mqtt.rejected",
+                reason=result.reason,
+                topic=_clip(topic),
+                error=result.message,
+                size=len(payload),
+            )
+        else:
+            EVENTS_RECEIVED.labels(source=SOURCE).inc()
+            await self._emit(result)
+        # Only now: a crash before this line leaves the message to be redelivered. Rejections
+        # are acknowledged too, or they would block the in-flight window and come back forever.
+        if message.qos > 0:
+            _paho(client).ack(message.mid, message.qos)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _on_retry(self, error: Exception | None, delay: float) -> None:
+        was_connected = self._state.connected
+        text = str(error) if error is not None else "the session ended"
+        if isinstance(error, aiomqtt.MqttConnectError) and _code(error.rc) in _AUTH_REFUSED:
+            reason = "auth_failed"
+            # The password itself is never logged; the user name says which one to check.
+            log.error(
+                "mqtt.auth_failed",
+                broker=self._broker,
+                username=self._config.username,
+                error=text,
+                retry_in=round(delay, 2),
+            )
+        elif isinstance(error, _SubscribeFailed):
+            reason = "subscribe_failed"  # already logged with the details
+        elif isinstance(error, ConfigError):
+            reason = "secret_unavailable"
+            log.error("mqtt.secret_unavailable", broker=self._broker, error=text)
+        elif was_connected:
+            reason = "connection_lost"
+            log.warning(
+                "mqtt.disconnected", broker=self._broker, error=text, retry_in=round(delay, 2)
+            )
+        else:
+            reason = "connect_failed"
+            log.warning(
+                "mqtt.connect_failed", broker=self._broker, error=text, retry_in=round(delay, 2)
+            )
+        self._set_state(ConnectionState(connected=False, reason=reason, error=text))
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        if self.on_state is not None:
+            self.on_state(state)
+
+
+def _paho(client: aiomqtt.Client) -> paho.Client:
+    # aiomqtt 2.5 does not expose paho's manual acknowledgement (aiomqtt issue #345, PR #346);
+    # reaching for the wrapped paho client is the documented workaround until it does.
+    return client._client
+
+
+def _code(rc: Any) -> int:
+    """paho hands out ``ReasonCode`` objects or plain ints depending on protocol and call."""
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else 0x80
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _LOG_TOPIC_MAX else text[:_LOG_TOPIC_MAX] + "..."

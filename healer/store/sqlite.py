@@ -1,0 +1,448 @@
+"""Durable state in one SQLite file: node health records, workflows and their step journal,
+the append-only audit log, pauses and the circuit breaker.
+
+Nothing a restart needs lives only in memory. The daemon and the CLI (another process) share the
+file: WAL mode, a busy timeout, short transactions. The audit table refuses UPDATE and DELETE.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from healer.model import Health, NodeObservation, Role, Verdict
+
+DB_NAME = "healer.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    cluster TEXT NOT NULL, node TEXT NOT NULL,
+    record TEXT NOT NULL, health TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
+    next_check_at REAL, updated_at REAL NOT NULL,
+    PRIMARY KEY (cluster, node)
+);
+CREATE TABLE IF NOT EXISTS workflows (
+    id TEXT PRIMARY KEY, cluster TEXT NOT NULL, pool TEXT, node TEXT NOT NULL, role TEXT NOT NULL,
+    state TEXT NOT NULL, step TEXT NOT NULL, reason TEXT NOT NULL, evidence TEXT NOT NULL,
+    machine TEXT, replacement_name TEXT NOT NULL, replacement TEXT, forced INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL, error TEXT
+);
+CREATE INDEX IF NOT EXISTS workflows_by_cluster ON workflows (cluster, state);
+CREATE TABLE IF NOT EXISTS workflow_steps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, workflow_id TEXT NOT NULL, step TEXT NOT NULL,
+    status TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, cluster TEXT NOT NULL,
+    node TEXT, pool TEXT, workflow_id TEXT, event TEXT NOT NULL, reason TEXT NOT NULL,
+    message TEXT NOT NULL, evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_node ON audit (cluster, node, seq);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS pauses (
+    scope TEXT PRIMARY KEY, at REAL NOT NULL, note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS breaker (
+    cluster TEXT PRIMARY KEY, reason TEXT NOT NULL, opened_at REAL NOT NULL
+);
+"""
+
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    id: str
+    cluster: str
+    pool: str | None
+    node: str
+    role: Role
+    state: str  # running | succeeded | failed
+    step: str  # the next step to run (or the last one, once finished)
+    reason: str  # why the node is being replaced (the verdict's reason)
+    evidence: dict[str, Any]
+    replacement_name: str
+    started_at: float
+    updated_at: float
+    machine: dict[str, Any] | None = None  # the old machine as first found: id, name, tags
+    replacement: dict[str, Any] | None = None  # the new machine once created
+    forced: bool = False
+    finished_at: float | None = None
+    error: str | None = None
+
+    def with_(self, **changes: Any) -> WorkflowRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: float
+    cluster: str
+    node: str | None
+    pool: str | None
+    workflow_id: str | None
+    event: str
+    reason: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    observation: NodeObservation
+    health: Health
+    reason: str
+    message: str
+    next_check_at: float | None
+    updated_at: float
+
+
+def pause_scope(cluster: str | None = None, pool: str | None = None) -> str:
+    if pool is not None:
+        if cluster is None:
+            raise ValueError("a pool pause needs its cluster")
+        return f"pool:{cluster}/{pool}"
+    return f"cluster:{cluster}" if cluster is not None else "*"
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if found is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(found["value"]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path}: state schema {found['value']} is newer than this healer understands "
+                f"({SCHEMA_VERSION}); upgrade healer"
+            )
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Store:
+        return cls(state_dir / DB_NAME)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # -- nodes ------------------------------------------------------------------------------
+    def save_node(self, obs: NodeObservation, verdict: Verdict, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    obs.cluster,
+                    obs.node,
+                    json.dumps(obs.to_json()),
+                    str(verdict.health),
+                    verdict.reason,
+                    verdict.message,
+                    verdict.next_check_at,
+                    now,
+                ),
+            )
+
+    def forget_node(self, cluster: str, node: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM nodes WHERE cluster=? AND node=?", (cluster, node))
+
+    def nodes(self, cluster: str | None = None) -> list[NodeRow]:
+        sql = "SELECT * FROM nodes" + (" WHERE cluster=?" if cluster else "") + " ORDER BY 1, 2"
+        rows = self._db.execute(sql, (cluster,) if cluster else ()).fetchall()
+        return [
+            NodeRow(
+                observation=NodeObservation.from_json(json.loads(r["record"])),
+                health=Health(r["health"]),
+                reason=r["reason"],
+                message=r["message"],
+                next_check_at=r["next_check_at"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
+    # -- workflows --------------------------------------------------------------------------
+    def create_workflow(self, wf: WorkflowRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO workflows (id, cluster, pool, node, role, state, step, reason, evidence,"
+                " machine, replacement_name, replacement, forced, started_at, updated_at,"
+                " finished_at, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                _wf_row(wf),
+            )
+            db.execute(
+                "INSERT INTO workflow_steps (workflow_id, step, status, at, detail)"
+                " VALUES (?,?,?,?,?)",
+                (wf.id, "created", "done", wf.started_at, json.dumps({"reason": wf.reason})),
+            )
+
+    def update_workflow(
+        self, wf: WorkflowRecord, *, journal: tuple[str, str, dict[str, Any]] | None = None
+    ) -> None:
+        """Save the workflow and, in the same transaction, append a journal line (step, status, detail)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE workflows SET state=?, step=?, machine=?, replacement=?, updated_at=?,"
+                " finished_at=?, error=? WHERE id=?",
+                (
+                    wf.state,
+                    wf.step,
+                    json.dumps(wf.machine) if wf.machine is not None else None,
+                    json.dumps(wf.replacement) if wf.replacement is not None else None,
+                    wf.updated_at,
+                    wf.finished_at,
+                    wf.error,
+                    wf.id,
+                ),
+            )
+            if journal is not None:
+                step, status, detail = journal
+                db.execute(
+                    "INSERT INTO workflow_steps (workflow_id, step, status, at, detail)"
+                    " VALUES (?,?,?,?,?)",
+                    (wf.id, step, status, wf.updated_at, json.dumps(detail, default=str)),
+                )
+
+    def journal(
+        self, wf_id: str, step: str, status: str, at: float, detail: dict[str, Any]
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO workflow_steps (workflow_id, step, status, at, detail) VALUES (?,?,?,?,?)",
+                (wf_id, step, status, at, json.dumps(detail, default=str)),
+            )
+
+    def workflow(self, wf_id: str) -> WorkflowRecord | None:
+        row = self._db.execute("SELECT * FROM workflows WHERE id=?", (wf_id,)).fetchone()
+        return _wf_from_row(row) if row else None
+
+    def workflows(
+        self,
+        *,
+        cluster: str | None = None,
+        state: str | None = None,
+        node: str | None = None,
+        since: float | None = None,
+    ) -> list[WorkflowRecord]:
+        where, args = [], []
+        for col, val in (("cluster", cluster), ("state", state), ("node", node)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if since is not None:
+            where.append("started_at>=?")
+            args.append(since)
+        sql = "SELECT * FROM workflows" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.execute(sql + " ORDER BY started_at, id", args).fetchall()
+        return [_wf_from_row(r) for r in rows]
+
+    def failed_since(self, cluster: str, since: float) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM workflows WHERE cluster=? AND state=? AND finished_at>=?",
+            (cluster, FAILED, since),
+        ).fetchone()
+        return int(row[0])
+
+    def steps(self, wf_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT step, status, at, detail FROM workflow_steps WHERE workflow_id=? ORDER BY seq",
+            (wf_id,),
+        ).fetchall()
+        return [
+            {
+                "step": r["step"],
+                "status": r["status"],
+                "at": r["at"],
+                "detail": json.loads(r["detail"]),
+            }
+            for r in rows
+        ]
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        at: float,
+        cluster: str,
+        event: str,
+        reason: str,
+        message: str,
+        node: str | None = None,
+        pool: str | None = None,
+        workflow_id: str | None = None,
+        evidence: dict[str, Any] | Sequence[Any] | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO audit (at, cluster, node, pool, workflow_id, event, reason, message,"
+                " evidence) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    at,
+                    cluster,
+                    node,
+                    pool,
+                    workflow_id,
+                    event,
+                    reason,
+                    message,
+                    json.dumps(evidence if evidence is not None else {}, default=str),
+                ),
+            )
+
+    def audit_log(
+        self,
+        *,
+        cluster: str | None = None,
+        node: str | None = None,
+        event: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        where, args = [], []
+        for col, val in (("cluster", cluster), ("node", node), ("event", event)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if since is not None:
+            where.append("at>=?")
+            args.append(since)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT {int(limit)})"
+        sql += " ORDER BY seq"
+        return [
+            AuditEntry(
+                seq=r["seq"],
+                at=r["at"],
+                cluster=r["cluster"],
+                node=r["node"],
+                pool=r["pool"],
+                workflow_id=r["workflow_id"],
+                event=r["event"],
+                reason=r["reason"],
+                message=r["message"],
+                evidence=json.loads(r["evidence"]),
+            )
+            for r in self._db.execute(sql, args).fetchall()
+        ]
+
+    def count_audit(self, *, cluster: str, event: str, since: float) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM audit WHERE cluster=? AND event=? AND at>=?",
+            (cluster, event, since),
+        ).fetchone()
+        return int(row[0])
+
+    # -- pauses and breaker -----------------------------------------------------------------
+    def set_paused(self, scope: str, paused: bool, *, at: float, note: str = "") -> bool:
+        """Returns True when this changed anything."""
+        with self._tx() as db:
+            if paused:
+                cur = db.execute("INSERT OR IGNORE INTO pauses VALUES (?,?,?)", (scope, at, note))
+            else:
+                cur = db.execute("DELETE FROM pauses WHERE scope=?", (scope,))
+            return cur.rowcount > 0
+
+    def pauses(self) -> dict[str, tuple[float, str]]:
+        return {
+            r["scope"]: (r["at"], r["note"])
+            for r in self._db.execute("SELECT * FROM pauses ORDER BY scope").fetchall()
+        }
+
+    def open_breaker(self, cluster: str, reason: str, at: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO breaker VALUES (?,?,?)", (cluster, reason, at))
+            return cur.rowcount > 0
+
+    def reset_breaker(self, cluster: str | None = None) -> list[str]:
+        with self._tx() as db:
+            if cluster is None:
+                names = [r[0] for r in db.execute("SELECT cluster FROM breaker").fetchall()]
+                db.execute("DELETE FROM breaker")
+            else:
+                names = [
+                    r[0]
+                    for r in db.execute("SELECT cluster FROM breaker WHERE cluster=?", (cluster,))
+                ]
+                db.execute("DELETE FROM breaker WHERE cluster=?", (cluster,))
+            return names
+
+    def breakers(self) -> dict[str, tuple[str, float]]:
+        return {
+            r["cluster"]: (r["reason"], r["opened_at"])
+            for r in self._db.execute("SELECT * FROM breaker").fetchall()
+        }
+
+
+def _wf_row(wf: WorkflowRecord) -> tuple[Any, ...]:
+    return (
+        wf.id,
+        wf.cluster,
+        wf.pool,
+        wf.node,
+        str(wf.role),
+        wf.state,
+        wf.step,
+        wf.reason,
+        json.dumps(wf.evidence, default=str),
+        json.dumps(wf.machine) if wf.machine is not None else None,
+        wf.replacement_name,
+        json.dumps(wf.replacement) if wf.replacement is not None else None,
+        int(wf.forced),
+        wf.started_at,
+        wf.updated_at,
+        wf.finished_at,
+        wf.error,
+    )
+
+
+def _wf_from_row(r: sqlite3.Row) -> WorkflowRecord:
+    return WorkflowRecord(
+        id=r["id"],
+        cluster=r["cluster"],
+        pool=r["pool"],
+        node=r["node"],
+        role=Role(r["role"]),
+        state=r["state"],
+        step=r["step"],
+        reason=r["reason"],
+        evidence=json.loads(r["evidence"]),
+        machine=json.loads(r["machine"]) if r["machine"] else None,
+        replacement_name=r["replacement_name"],
+        replacement=json.loads(r["replacement"]) if r["replacement"] else None,
+        forced=bool(r["forced"]),
+        started_at=r["started_at"],
+        updated_at=r["updated_at"],
+        finished_at=r["finished_at"],
+        error=r["error"],
+    )

@@ -1,0 +1,75 @@
+"""Retries for workflow steps: tenacity, typed by exception, sleeping on the injected clock.
+
+Only :class:`~healer.errors.TemporaryError` is retried; a ``delay`` it carries is honoured.
+``set_testing(True)`` removes the waits (as stamina's test mode does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from healer.clock import Clock
+from healer.config import RetryPolicy
+from healer.errors import TemporaryError
+
+log = structlog.get_logger("healer.workflow")
+T = TypeVar("T")
+
+_testing = False
+
+
+def set_testing(enabled: bool) -> None:
+    global _testing
+    _testing = enabled
+
+
+def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(initial=policy.initial_delay, max=policy.max_delay, jitter=1)
+
+    def wait(state: RetryCallState) -> float:
+        if _testing:
+            return 0.0
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TemporaryError) and exc.delay is not None:
+            return min(exc.delay, policy.max_delay)
+        return float(backoff(state))
+
+    return wait
+
+
+async def with_retries(
+    fn: Callable[[], Awaitable[T]], *, policy: RetryPolicy, clock: Clock, what: str
+) -> T:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "workflow.retrying",
+            step=what,
+            attempt=state.attempt_number,
+            of=policy.attempts,
+            wait=round(state.upcoming_sleep, 2),
+            error=str(exc),
+        )
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.attempts),
+        wait=_wait(policy),
+        retry=retry_if_exception_type(TemporaryError),
+        sleep=clock.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable: tenacity reraises the last error")

@@ -1,0 +1,1 @@
+"""Kubernetes test fixtures (fake API server)."""

@@ -1,0 +1,1 @@
+"""MQTT test fixtures (mosquitto from Debian on a free loopback port)."""
