@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker  # type: ignore[import-untyped]  # amqtt ships no py.typed
 
 _AMQTT_LOGGERS: Final = ("amqtt", "transitions")
 

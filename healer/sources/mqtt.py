@@ -19,6 +19,7 @@ default) is full of unacknowledged messages, a slow ``emit`` also applies back-p
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Final, NoReturn
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -121,8 +123,9 @@ async def reconnect_forever(
 class ConnectionState:
     """What :class:`MqttSource` reports to its ``on_state`` hook.
 
-    ``reason`` is one of ``connected``, ``connection_lost``, ``connect_failed``,
-    ``auth_failed``, ``subscribe_failed``, ``secret_unavailable``, ``stopped``.
+    ``reason`` is one of ``connected`` (CONNACK received), ``subscribed`` (SUBACK received:
+    fully working), ``connection_lost``, ``connect_failed``, ``auth_failed``,
+    ``subscribe_failed``, ``secret_unavailable``, ``stopped``.
     """
 
     connected: bool
@@ -200,9 +203,18 @@ class MqttSource:
                     client_id=self._config.client_id,
                     protocol=self._config.protocol,
                 )
-                await self._subscribe(client)
-                async for message in client.messages:
-                    await self._handle(client, message)
+                # Consume while subscribing: on a resumed session the broker may send the
+                # queued messages first and (amqtt does) wait for their PUBACK before it reads
+                # our SUBSCRIBE, so waiting for SUBACK before handling anything would stall.
+                # In one group, a link that drops before SUBACK ends the subscribe at once
+                # instead of after aiomqtt's ten-second timeout.
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._subscribe(client))
+                        group.create_task(self._consume(client))
+                except ExceptionGroup as failed:
+                    # One connection ends for one reason; hand that to the retry loop to classify.
+                    raise failed.exceptions[0] from None
         finally:
             # aiomqtt leaves the socket open when CONNACK never arrives (its timeout); without
             # this every such retry would leak a socket. A no-op when already disconnected.
@@ -223,7 +235,7 @@ class MqttSource:
         if cfg.protocol == "5":
             # Clean start off resumes the session; the broker only keeps it past the disconnect
             # if the CONNECT also carries a Session Expiry Interval (MQTT 5 defaults it to 0).
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = min(int(cfg.session_expiry), _MAX_SESSION_EXPIRY)
             session = {
                 "protocol": aiomqtt.ProtocolVersion.V5,
@@ -270,6 +282,11 @@ class MqttSource:
                 hint="messages sent while healer is down will be lost",
             )
         log.info("mqtt.subscribed", broker=self._broker, topic=topic, qos=code)
+        self._set_state(ConnectionState(connected=True, reason="subscribed"))
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._handle(client, message)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -313,7 +330,7 @@ class MqttSource:
     def _on_retry(self, error: Exception | None, delay: float) -> None:
         was_connected = self._state.connected
         text = str(error) if error is not None else "the session ended"
-        if isinstance(error, aiomqtt.MqttConnectError) and _code(error.rc) in _AUTH_REFUSED:
+        if isinstance(error, MqttConnectError) and _code(error.rc) in _AUTH_REFUSED:
             reason = "auth_failed"
             # The password itself is never logged; the user name says which one to check.
             log.error(

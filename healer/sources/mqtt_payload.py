@@ -166,7 +166,9 @@ def parse_message(
         return _to_event(cluster, node, channel, doc, at)
     except _Reject as rej:
         return rej.rejection
-    except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; report, don't crash
+    except Exception as exc:
+        # The contract is "never raises": one odd message must not take the source down. The
+        # fuzz tests assert this branch is never what answers, so it hides no known bug.
         return Rejection(BAD_SCHEMA, f"unexpected {type(exc).__name__} while parsing the message")
 
 
@@ -269,9 +271,7 @@ def _to_event(
                 f"'condition' {_short(condition)} is not a CamelCase name (at most 63 characters)",
             )
         status = _one_of(doc, "status", _STATUSES)
-        return event(
-            EventKind.CONDITION, condition=condition, status=status, detail=_prose(doc)
-        )
+        return event(EventKind.CONDITION, condition=condition, status=status, detail=_prose(doc))
     if channel == "reboot":
         what = _one_of(doc, "event", tuple(_REBOOT_EVENTS))
         kind = _REBOOT_EVENTS[what]

@@ -65,7 +65,9 @@ class MqttPublisher:
     async def start(self) -> None:
         """Start connecting in the background; :meth:`publish` waits for the connection."""
         if self._task is None:
-            self._task = asyncio.create_task(self._keep_connected(), name=f"mqtt-pub-{self._client_id}")
+            self._task = asyncio.create_task(
+                self._keep_connected(), name=f"mqtt-pub-{self._client_id}"
+            )
 
     async def stop(self) -> None:
         task, self._task = self._task, None

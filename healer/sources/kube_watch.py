@@ -1,0 +1,297 @@
+"""The Kubernetes source: Node objects and node Leases -> :class:`healer.model.NodeEvent`.
+
+It owns the list-then-watch loop for one cluster (list, emit a snapshot, watch from the list's
+resourceVersion, re-list on 410, back off while the API is unavailable) and the pure mapping
+from what the API shows to events (:func:`node_events`, :func:`lease_events`), which is where the
+decisions are and what the table tests cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from healer.clock import Clock
+from healer.errors import KubeUnavailable, PermanentError
+from healer.kube import KubeClient, LeaseInfo, NodeInfo, WatchEvent, WatchExpired
+from healer.model import EventKind, NodeEvent
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "kube"
+
+
+# ------------------------------------------------------------------ pure mapping
+
+
+def node_events(
+    *, cluster: str, current: NodeInfo, previous: NodeInfo | None, now: float
+) -> list[NodeEvent]:
+    """Events for one observation of a node.
+
+    With no ``previous`` (a list, an ADDED, a node we had not seen) the whole state is reported:
+    NODE_ADDED with the labels, then one CONDITION per condition. Otherwise only what changed:
+    LABELS when the labels differ, and a CONDITION for each condition that is new or whose
+    status or lastTransitionTime moved; unchanged conditions are not repeated on every
+    heartbeat-driven MODIFIED.
+    """
+    events: list[NodeEvent] = []
+    if previous is None:
+        events.append(
+            NodeEvent(
+                cluster=cluster,
+                node=current.name,
+                kind=EventKind.NODE_ADDED,
+                at=now,
+                source=SOURCE,
+                labels=dict(current.labels),
+                detail={"created_at": current.created_at},
+            )
+        )
+    elif current.labels != previous.labels:
+        events.append(
+            NodeEvent(
+                cluster=cluster,
+                node=current.name,
+                kind=EventKind.LABELS,
+                at=now,
+                source=SOURCE,
+                labels=dict(current.labels),
+            )
+        )
+    for ctype, (status, since) in current.conditions.items():
+        # A transition time that moved with an unchanged status means a flip and a flip back
+        # happened between two observations: the condition's clock restarted, so say so.
+        if previous is not None and previous.conditions.get(ctype) == (status, since):
+            continue
+        events.append(
+            NodeEvent(
+                cluster=cluster,
+                node=current.name,
+                kind=EventKind.CONDITION,
+                at=now,
+                source=SOURCE,
+                condition=ctype,
+                status=status,
+                since=since,
+            )
+        )
+    return events
+
+
+def node_deleted_event(*, cluster: str, node: str, now: float) -> NodeEvent:
+    return NodeEvent(cluster=cluster, node=node, kind=EventKind.NODE_DELETED, at=now, source=SOURCE)
+
+
+def lease_events(
+    *, cluster: str, current: LeaseInfo, previous_renew: float | None
+) -> list[NodeEvent]:
+    """A HEARTBEAT at the lease's renewTime when it moved forward; nothing otherwise (a
+    re-list or an unrelated update of the same renewal is not a new sign of life)."""
+    renew = current.renew_time
+    if renew is None or (previous_renew is not None and renew <= previous_renew):
+        return []
+    detail: dict[str, Any] = {}
+    if current.holder is not None:
+        detail["holder"] = current.holder
+    return [
+        NodeEvent(
+            cluster=cluster,
+            node=current.name,
+            kind=EventKind.HEARTBEAT,
+            at=renew,
+            source=SOURCE,
+            detail=detail,
+        )
+    ]
+
+
+# ------------------------------------------------------------------ the loop
+
+
+class KubeWatchSource:
+    """List-then-watch nodes and node leases of one cluster, forever, emitting NodeEvents.
+
+    Failure handling, in order of how often it happens:
+
+    * the server ends a watch (timeoutSeconds): watch again from the last resourceVersion seen;
+    * 410 Expired (:class:`WatchExpired`): list again at once and emit the snapshot (deleted
+      nodes are found by difference); a second 410 without progress in between backs off;
+    * :class:`KubeUnavailable`: report ``on_availability(False, reason)``, back off (exponential,
+      capped at ``backoff_max``, jittered, slept on the injected clock), list again, and report
+      ``(True, "")`` once a list succeeds;
+    * :class:`PermanentError` (e.g. 403 from RBAC): the same, at the longest backoff, logged as
+      an error: nothing healer does will fix it, but an operator might while we wait.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        client: KubeClient,
+        clock: Clock,
+        emit: Callable[[NodeEvent], Awaitable[None]],
+        on_availability: Callable[[bool, str], Awaitable[None]] | None = None,
+        watch_timeout: int = 60,
+        backoff_max: float = 30.0,
+        backoff_base: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._client = client
+        self._clock = clock
+        self._emit = emit
+        self._on_availability = on_availability
+        self._watch_timeout = watch_timeout
+        self._backoff_max = backoff_max
+        self._backoff_base = backoff_base
+        self._rng = rng if rng is not None else random.Random()
+        self._nodes: dict[str, NodeInfo] = {}
+        self._renewals: dict[str, float | None] = {}
+        self._available = True
+        self._failures = 0
+        self._progress = False  # a watch event arrived since the last list
+        self._log = log.bind(cluster=cluster)
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def run(self) -> None:
+        expired_in_a_row = 0
+        while True:
+            try:
+                await self._list_and_watch()
+            except WatchExpired as exc:
+                expired_in_a_row = 0 if self._progress else expired_in_a_row + 1
+                self._log.info("kube_watch.expired", reason=str(exc))
+                if expired_in_a_row > 1:
+                    await self._clock.sleep(self._backoff())
+            except KubeUnavailable as exc:
+                await self._set_available(False, str(exc))
+                delay = exc.delay if exc.delay is not None else self._backoff()
+                self._log.warning("kube_watch.unavailable", reason=str(exc), retry_in=delay)
+                await self._clock.sleep(delay)
+            except PermanentError as exc:
+                await self._set_available(False, str(exc))
+                self._log.error("kube_watch.failed", reason=str(exc), retry_in=self._backoff_max)
+                await self._clock.sleep(self._backoff_max)
+
+    def _backoff(self) -> float:
+        self._failures += 1
+        ceiling = min(self._backoff_max, self._backoff_base * 2.0 ** (self._failures - 1))
+        # Jitter keeps many daemons (or clusters) from hammering a recovering API in step.
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    async def _set_available(self, available: bool, reason: str) -> None:
+        if available == self._available:
+            return
+        self._available = available
+        if available:
+            self._log.info("kube_watch.available")
+        if self._on_availability is not None:
+            await self._on_availability(available, reason)
+
+    async def _list_and_watch(self) -> None:
+        nodes, nodes_rv = await self._client.list_nodes()
+        leases, leases_rv = await self._client.list_leases()
+        self._failures = 0
+        self._progress = False
+        await self._set_available(True, "")
+        now = self._clock.now()
+        listed = {n.name: n for n in nodes}
+        # Gone since the last list, or deleted and registered again under the same name (a
+        # replacement reusing it) while we were not watching: the old node's life ended.
+        ended = sorted(
+            name
+            for name, known in self._nodes.items()
+            if name not in listed or listed[name].created_at != known.created_at
+        )
+        events: list[NodeEvent] = [
+            node_deleted_event(cluster=self._cluster, node=name, now=now) for name in ended
+        ]
+        for node in nodes:
+            events.extend(node_events(cluster=self._cluster, current=node, previous=None, now=now))
+        self._nodes = listed
+        for lease in leases:
+            events.extend(
+                lease_events(
+                    cluster=self._cluster,
+                    current=lease,
+                    previous_renew=self._renewals.get(lease.name),
+                )
+            )
+        self._renewals = {lease.name: lease.renew_time for lease in leases}
+        self._log.info("kube_watch.listed", nodes=len(nodes), leases=len(leases))
+        for event in events:
+            await self._emit(event)
+        await _first_failure(
+            self._follow(self._client.watch_nodes, nodes_rv, self._on_node_event),
+            self._follow(self._client.watch_leases, leases_rv, self._on_lease_event),
+        )
+
+    async def _follow(
+        self,
+        watch: Callable[[str, int], AsyncGenerator[WatchEvent, None]],
+        resource_version: str,
+        handle: Callable[[WatchEvent], Awaitable[None]],
+    ) -> None:
+        """Watch forever, resuming from the last resourceVersion each time the server ends the
+        stream. Returns only by raising."""
+        while True:
+            async with contextlib.aclosing(watch(resource_version, self._watch_timeout)) as stream:
+                async for event in stream:
+                    if event.resource_version:
+                        resource_version = event.resource_version
+                    if event.type != "BOOKMARK":
+                        self._progress = True
+                        await handle(event)
+
+    async def _on_node_event(self, event: WatchEvent) -> None:
+        node = event.obj
+        if not isinstance(node, NodeInfo):
+            return
+        now = self._clock.now()
+        if event.type == "DELETED":
+            self._nodes.pop(node.name, None)
+            await self._emit(node_deleted_event(cluster=self._cluster, node=node.name, now=now))
+            return
+        # ADDED is a (re)appearance: report it whole even if a stale copy is remembered.
+        previous = None if event.type == "ADDED" else self._nodes.get(node.name)
+        self._nodes[node.name] = node
+        for ev in node_events(cluster=self._cluster, current=node, previous=previous, now=now):
+            await self._emit(ev)
+
+    async def _on_lease_event(self, event: WatchEvent) -> None:
+        lease = event.obj
+        if not isinstance(lease, LeaseInfo):
+            return
+        if event.type == "DELETED":
+            self._renewals.pop(lease.name, None)
+            return
+        previous = self._renewals.get(lease.name)
+        if lease.renew_time is not None and (previous is None or lease.renew_time > previous):
+            self._renewals[lease.name] = lease.renew_time
+        for ev in lease_events(cluster=self._cluster, current=lease, previous_renew=previous):
+            await self._emit(ev)
+
+
+async def _first_failure(*coros: Awaitable[None]) -> None:
+    """Run the coroutines together until the first one raises; cancel the rest and re-raise it
+    (a bare exception, not an ExceptionGroup, so callers can catch by type)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        exc = task.exception()
+        if exc is not None:
+            raise exc

@@ -1,0 +1,394 @@
+"""MqttSource, MqttPublisher and EmbeddedBroker against real brokers, plus the reconnect logic.
+
+Broker tests isolate themselves by client id on a module-wide mosquitto; the one that restarts
+the broker has its own. Every wait is bounded by ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from structlog.testing import capture_logs
+
+from healer.clock import RealClock, VirtualClock
+from healer.config import MqttConfig, SecretRef
+from healer.lab.broker import EmbeddedBroker
+from healer.metrics import REGISTRY
+from healer.model import EventKind, NodeEvent
+from healer.sources.mqtt import Backoff, ConnectionState, MqttSource, reconnect_forever
+from healer.sources.mqtt_publish import MqttPublisher
+from tests.plugins.mqtt import MOSQUITTO_PASSWORD, MOSQUITTO_USER, MosquittoBroker
+
+PREFIX = "healer/v1"
+WAIT = 10.0  # generous upper bound for anything that should take milliseconds on loopback
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(initial=0.05, maximum=0.3, stable_after=5.0, rng=random.Random(7))
+
+
+def rejected(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "healer_events_rejected_total", {"source": "mqtt", "reason": reason}
+    )
+    return value or 0.0
+
+
+class Harness:
+    """Runs one MqttSource and records what it emits and reports."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        known_clusters: Iterable[str] = ("prod",),
+        is_known_node: Callable[[str, str], bool] | None = None,
+        emit: Callable[[NodeEvent], Any] | None = None,
+    ) -> None:
+        self.events: list[NodeEvent] = []
+        self.states: list[ConnectionState] = []
+        self._changed = asyncio.Event()
+        self._custom_emit = emit
+        self.source = MqttSource(
+            config=config,
+            known_clusters=tuple(known_clusters),
+            clock=RealClock(),
+            emit=self._emit,
+            is_known_node=is_known_node,
+            on_state=self._on_state,
+            backoff=fast_backoff(),
+        )
+
+    async def _emit(self, event: NodeEvent) -> None:
+        if self._custom_emit is not None:
+            await self._custom_emit(event)
+        self.events.append(event)
+        self._changed.set()
+
+    def _on_state(self, state: ConnectionState) -> None:
+        self.states.append(state)
+        self._changed.set()
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_events(self, n: int) -> list[NodeEvent]:
+        await self.wait(lambda: len(self.events) >= n)
+        return self.events
+
+    async def wait_subscribed(self) -> None:
+        await self.wait(lambda: self.source.state.reason == "subscribed")
+
+    def nodes(self) -> set[str]:
+        return {e.node for e in self.events}
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, wait_subscribed: bool = True) -> AsyncIterator[Harness]:
+        task = asyncio.create_task(self.source.run())
+        try:
+            if wait_subscribed:
+                await self.wait_subscribed()
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                async with asyncio.timeout(WAIT):
+                    await task
+        assert self.source.state == ConnectionState(connected=False, reason="stopped")
+
+
+def config_for(
+    broker: MosquittoBroker | EmbeddedBroker, client_id: str, **extra: Any
+) -> MqttConfig:
+    return MqttConfig(host="127.0.0.1", port=broker.port, clientId=client_id, **extra)
+
+
+async def publish_raw(port: int, messages: Iterable[tuple[str, bytes]], **client_args: Any) -> None:
+    async with asyncio.timeout(WAIT), aiomqtt.Client("127.0.0.1", port, **client_args) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1)
+
+
+def heartbeat(node: str, cluster: str = "prod") -> tuple[str, bytes]:
+    return f"{PREFIX}/{cluster}/{node}/heartbeat", b'{"v": 1}'
+
+
+# -- against mosquitto ---------------------------------------------------------------------
+
+
+@pytest.mark.mosquitto
+async def test_events_flow_and_bad_messages_are_rejected(mosquitto: MosquittoBroker) -> None:
+    reasons = ["bad_json", "unknown_cluster", "unknown_channel", "unknown_node", "too_large"]
+    before = {r: rejected(r) for r in reasons}
+    secret_junk = b"not json: do-not-log-this-payload"
+    harness = Harness(
+        config_for(mosquitto, "flow"), is_known_node=lambda cluster, node: node != "stranger"
+    )
+    with capture_logs() as logs:
+        async with harness.running():
+            await publish_raw(
+                mosquitto.port,
+                [
+                    heartbeat("node-1"),
+                    (f"{PREFIX}/prod/node-1/heartbeat", secret_junk),
+                    heartbeat("node-1", cluster="staging"),
+                    (f"{PREFIX}/prod/node-1/metrics", b'{"v": 1}'),
+                    heartbeat("stranger"),
+                    (
+                        f"{PREFIX}/prod/node-1/heartbeat",
+                        b'{"v": 1, "pad": "' + b"x" * 20000 + b'"}',
+                    ),
+                    (
+                        f"{PREFIX}/prod/node-2/health",
+                        b'{"v": 1, "condition": "Ready", "status": "False", "reason": "Kubelet"}',
+                    ),
+                ],
+            )
+            events = await harness.wait_events(2)
+    # Messages are handled in order, so every rejection was counted before the last event.
+    assert [(e.node, e.kind) for e in events] == [
+        ("node-1", EventKind.HEARTBEAT),
+        ("node-2", EventKind.CONDITION),
+    ]
+    assert (events[1].condition, events[1].status) == ("Ready", "False")
+    assert events[1].detail == {"reason": "Kubelet"}
+    assert {r: rejected(r) - before[r] for r in reasons} == dict.fromkeys(reasons, 1.0)
+    rejections = [entry for entry in logs if entry["event"] == "mqtt.rejected"]
+    assert sorted(entry["reason"] for entry in rejections) == sorted(reasons)
+    for entry in rejections:
+        assert entry["topic"].startswith(PREFIX) and entry["log_level"] == "warning"
+        assert "payload" not in entry
+    assert "do-not-log-this-payload" not in repr(logs)
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_messages_sent_while_down_arrive_after_restart(
+    mosquitto: MosquittoBroker, protocol: str
+) -> None:
+    config = config_for(mosquitto, f"offline-{protocol}", protocol=protocol)
+    async with Harness(config).running():
+        pass  # the first connection creates the persistent session and its subscription
+    await publish_raw(mosquitto.port, [heartbeat(f"node-{i}") for i in range(5)])
+    harness = Harness(config)
+    async with harness.running():
+        events = await harness.wait_events(5)
+    assert [e.node for e in events] == [f"node-{i}" for i in range(5)]
+
+
+@pytest.mark.mosquitto
+async def test_message_is_acknowledged_only_after_emit_returns(mosquitto: MosquittoBroker) -> None:
+    # The first source "crashes" (is cancelled) inside emit; had paho acknowledged the message
+    # on receipt, the broker would consider it delivered and the second source would get nothing.
+    config = config_for(mosquitto, "ack-after-emit")
+    entered = asyncio.Event()
+
+    async def hang(event: NodeEvent) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async with Harness(config, emit=hang).running():
+        await publish_raw(mosquitto.port, [heartbeat("node-7")])
+        async with asyncio.timeout(WAIT):
+            await entered.wait()
+    harness = Harness(config)
+    async with harness.running():
+        events = await harness.wait_events(1)
+    assert events[0].node == "node-7"
+
+
+@pytest.mark.mosquitto
+async def test_broker_restart_loses_no_qos1_event(
+    mosquitto_restartable: MosquittoBroker,
+) -> None:
+    broker = mosquitto_restartable
+    config = config_for(broker, "restart")
+    harness = Harness(config)
+    publisher = MqttPublisher(
+        host="127.0.0.1",
+        port=broker.port,
+        prefix=PREFIX,
+        cluster="prod",
+        client_id="restart-agent",
+        backoff=fast_backoff(),
+    )
+    async with publisher:
+        async with harness.running():
+            for i in range(30):
+                if i == 10:
+                    # Mid-stream: the source and the publisher both lose the broker.
+                    await asyncio.to_thread(broker.restart)
+                async with asyncio.timeout(WAIT):
+                    await publisher.publish(f"node-{i}", "heartbeat", {"seq": i})
+            await harness.wait(lambda: len(harness.nodes()) == 30)
+            assert any(s.reason == "connection_lost" for s in harness.states)
+        # Queued for the absent source, then kept across a restart by mosquitto's persistence.
+        for i in range(30, 40):
+            async with asyncio.timeout(WAIT):
+                await publisher.publish(f"node-{i}", "heartbeat", {"seq": i})
+        await asyncio.to_thread(broker.restart)
+        async with harness.running():
+            await harness.wait(lambda: len(harness.nodes()) == 40)
+    assert harness.nodes() == {f"node-{i}" for i in range(40)}
+
+
+@pytest.mark.mosquitto
+async def test_wrong_password_logs_clearly_and_keeps_retrying(
+    mosquitto_secure: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "wrong-password-do-not-log"
+    monkeypatch.setenv("HEALER_TEST_MQTT_PASSWORD", wrong)
+    config = config_for(
+        mosquitto_secure,
+        "auth",
+        username=MOSQUITTO_USER,
+        password=SecretRef(env="HEALER_TEST_MQTT_PASSWORD"),
+    )
+    harness = Harness(config)
+    with capture_logs() as logs:
+        async with harness.running(wait_subscribed=False):
+
+            def failures() -> list[MutableMapping[str, Any]]:
+                return [e for e in logs if e["event"] == "mqtt.auth_failed"]
+
+            async with asyncio.timeout(WAIT):
+                # Repeated failures do not change the state, so there is nothing to wait on.
+                while len(failures()) < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert not harness.source.connected
+            assert harness.source.state.reason == "auth_failed"
+            entry = failures()[0]
+            assert entry["log_level"] == "error"
+            assert entry["broker"] == f"127.0.0.1:{mosquitto_secure.port}"
+            assert entry["username"] == MOSQUITTO_USER
+            assert entry["retry_in"] > 0
+            # The secret is read on every attempt, so fixing it heals without a restart.
+            monkeypatch.setenv("HEALER_TEST_MQTT_PASSWORD", MOSQUITTO_PASSWORD)
+            await harness.wait_subscribed()
+    assert wrong not in repr(logs)
+    assert MOSQUITTO_PASSWORD not in repr(logs)
+
+
+@pytest.mark.mosquitto
+async def test_tls_with_password(mosquitto_secure: MosquittoBroker, tmp_path: Path) -> None:
+    assert mosquitto_secure.tls_port is not None and mosquitto_secure.tls_ca is not None
+    password_file = tmp_path / "mqtt-password"
+    password_file.write_text(MOSQUITTO_PASSWORD + "\n")
+    config = MqttConfig(
+        host="127.0.0.1",
+        port=mosquitto_secure.tls_port,
+        clientId="tls",
+        username=MOSQUITTO_USER,
+        password=SecretRef(file=password_file),
+        tlsCa=mosquitto_secure.tls_ca,
+    )
+    harness = Harness(config)
+    async with harness.running():
+        await publish_raw(
+            mosquitto_secure.tls_port,
+            [heartbeat("node-tls")],
+            username=MOSQUITTO_USER,
+            password=MOSQUITTO_PASSWORD,
+            tls_params=aiomqtt.TLSParameters(ca_certs=str(mosquitto_secure.tls_ca)),
+        )
+        events = await harness.wait_events(1)
+    assert events[0].node == "node-tls"
+
+
+# -- against the embedded amqtt broker ----------------------------------------------------
+
+
+async def test_embedded_broker_end_to_end() -> None:
+    async with EmbeddedBroker() as broker:
+        assert broker.port > 0
+        config = config_for(broker, "lab-healer", protocol="3.1.1", username="healer")
+        harness = Harness(config)
+        async with MqttPublisher(
+            host="127.0.0.1",
+            port=broker.port,
+            prefix=PREFIX,
+            cluster="prod",
+            client_id="lab-agent",
+            username="agent",
+            backoff=fast_backoff(),
+        ) as publisher:
+            async with harness.running():
+                await publisher.publish("node-1", "reboot", {"event": "started"})
+                await harness.wait_events(1)
+            # amqtt queues for a stopped subscriber only because it presented a user name.
+            await publisher.publish("node-2", "upgrade", {"event": "finished"})
+            async with harness.running():
+                await harness.wait_events(2)
+    assert [(e.node, e.kind) for e in harness.events] == [
+        ("node-1", EventKind.REBOOT_STARTED),
+        ("node-2", EventKind.UPGRADE_FINISHED),
+    ]
+
+
+# -- reconnection logic, in virtual time ---------------------------------------------------
+
+
+def test_backoff_grows_caps_jitters_and_resets_only_after_a_stable_connection() -> None:
+    backoff = Backoff(initial=1.0, maximum=8.0, jitter=0.5, stable_after=30.0, rng=random.Random(1))
+    delays = [backoff.next_delay(now=0.0) for _ in range(6)]
+    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert base * 0.5 <= delay <= base
+    backoff.connected(now=100.0)
+    assert 4.0 <= backoff.next_delay(now=105.0) <= 8.0  # a flapping link keeps backing off
+    backoff.connected(now=200.0)
+    assert 0.5 <= backoff.next_delay(now=230.0) <= 1.0  # stayed up: start again from the bottom
+    huge = Backoff(initial=1.0, maximum=60.0)
+    huge.attempt = 10_000
+    assert 30.0 <= huge.next_delay(now=0.0) <= 60.0
+
+
+async def test_reconnect_forever_sleeps_backoff_between_attempts_on_the_clock() -> None:
+    clock = VirtualClock(start=0.0)
+    attempts: list[float] = []
+    retries: list[tuple[str | None, float]] = []
+
+    async def session() -> None:
+        attempts.append(clock.now())
+        raise aiomqtt.MqttError("refused")
+
+    backoff = Backoff(initial=1.0, maximum=4.0, jitter=0.0)
+    task = asyncio.create_task(
+        reconnect_forever(
+            session,
+            clock=clock,
+            backoff=backoff,
+            retry_on=(aiomqtt.MqttError,),
+            on_retry=lambda exc, delay: retries.append((str(exc) if exc else None, delay)),
+        )
+    )
+    await clock.advance(20.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert attempts == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 19.0]
+    assert [d for _, d in retries][:5] == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert retries[0][0] == "refused"
+
+
+async def test_reconnect_forever_lets_bugs_through() -> None:
+    async def session() -> None:
+        raise KeyError("a bug, not an outage")
+
+    with pytest.raises(KeyError):
+        await reconnect_forever(
+            session,
+            clock=VirtualClock(),
+            backoff=Backoff(),
+            retry_on=(aiomqtt.MqttError,),
+            on_retry=lambda exc, delay: None,
+        )
