@@ -23,7 +23,7 @@ from healer.model import Health, NodeEvent, NodeKey
 from healer.planner.planner import Planner
 from healer.provisioning.userdata import render_user_data
 from healer.sources.kube_watch import KubeWatchSource
-from healer.store.sqlite import Store, WorkflowRecord
+from healer.store.sqlite import SUCCEEDED, Store, WorkflowRecord
 from healer.workflow.runner import WorkflowRunner
 from providers import load_provider
 from providers.base import Provider
@@ -84,9 +84,11 @@ class Daemon:
 
     async def _workflow_finished(self, wf: WorkflowRecord) -> None:
         assert self.tracker is not None and self.planner is not None
-        obs = self.tracker.observation(NodeKey(wf.cluster, wf.node))
-        if obs is not None and not obs.exists:
-            self.tracker.forget(obs.key)
+        key = NodeKey(wf.cluster, wf.node)
+        # A replaced node is gone for good (healer deleted it), whether or not its deletion
+        # event was seen before a restart.
+        if wf.state == SUCCEEDED and self.tracker.observation(key) is not None:
+            self.tracker.forget(key)
         await self.planner.on_workflow_finished(wf)
 
     def _open_provider(self, cluster: ClusterConfig) -> Provider:
@@ -164,6 +166,7 @@ class Daemon:
                         emit=self.emit,
                         on_availability=self._availability_hook(cluster.name),
                         watch_timeout=int(self.tuning.watch_timeout),
+                        remembered=self._remembered_nodes(cluster.name),
                     )
                     tg.create_task(source.run(), name=f"kube-watch-{cluster.name}")
                 if self.config.mqtt is not None:
@@ -184,6 +187,13 @@ class Daemon:
                     await self._on_ready()
         finally:
             await runner.stop()
+
+    def _remembered_nodes(self, cluster: str) -> Callable[[], list[str]]:
+        def names() -> list[str]:
+            assert self.tracker is not None
+            return [obs.node for obs, _ in self.tracker.nodes(cluster) if obs.exists]
+
+        return names
 
     def _availability_hook(self, cluster: str) -> Callable[[bool, str], Awaitable[None]]:
         async def hook(available: bool, reason: str) -> None:

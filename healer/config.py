@@ -182,6 +182,12 @@ class ClusterRemediation(_Model):
     max_in_flight: int = Field(1, alias="maxInFlight", ge=1)
     max_per_hour: int = Field(10, alias="maxPerHour", ge=0)
     drain_timeout: Duration = Field(300.0, alias="drainTimeout")
+    storm_cooldown: Duration | None = Field(
+        None,
+        alias="stormCooldown",
+        description="after too many nodes were unhealthy at once, wait this long once it clears "
+        "before remediating there (default: the longest unhealthy-condition timeout)",
+    )
     exclude_label: str = Field("healer.io/exclude", alias="excludeLabel")
     retry: RetryPolicy = RetryPolicy()
 
@@ -257,6 +263,15 @@ class ClusterConfig(_Model):
                 if value is not None:
                     merged[key] = value
         return EffectiveHealth(**merged)
+
+    def storm_cooldown(self) -> float:
+        if self.remediation.storm_cooldown is not None:
+            return self.remediation.storm_cooldown
+        pools: list[str | None] = [None, *(p.name for p in self.pools)]
+        return max(
+            (c.timeout for name in pools for c in self.health_for(name).unhealthy_conditions),
+            default=0.0,
+        )
 
     def remediation_for(self, pool: str | None) -> EffectiveRemediation:
         p = self.pool(pool)

@@ -569,6 +569,7 @@ def test_guard_order_is_the_documented_one() -> None:
         guards.would_break_quorum,
         guards.too_many_unhealthy_in_pool,
         guards.too_many_unhealthy_in_cluster,
+        guards.storm_cooldown,
         guards.max_in_flight,
         guards.hourly_budget_exhausted,
     ]
@@ -588,10 +589,48 @@ def test_every_reason_is_documented() -> None:
         guards.CONTROL_PLANE_IN_FLIGHT,
         guards.WOULD_BREAK_QUORUM,
         guards.SINGLE_CONTROL_PLANE,
+        guards.STORM_COOLDOWN,
     ]
     assert guards.__doc__ is not None
     for reason in reasons:
         assert f"``{reason}``" in guards.__doc__
+
+
+@pytest.mark.parametrize(
+    ("storms", "now", "expected"),
+    [
+        ({}, 100.0, None),  # no storm: allowed
+        ({"pool:lab/workers": 99.0}, 100.0, guards.STORM_COOLDOWN),  # cleared 1s ago
+        ({"pool:lab/workers": 95.0}, 100.0, None),  # cooldown (5s) is over
+        ({"pool:lab/workers": 95.001}, 100.0, guards.STORM_COOLDOWN),  # just inside
+        ({"cluster:lab": 98.0}, 100.0, guards.STORM_COOLDOWN),  # a cluster-wide storm
+        ({"pool:lab/other": 99.0}, 100.0, None),  # another pool's storm does not count
+    ],
+)
+def test_storm_cooldown(storms: dict[str, float], now: float, expected: str | None) -> None:
+    cfg = cluster_cfg(pool("workers", 5), remediation={"stormCooldown": "5s"})
+    snapshot = ClusterSnapshot(
+        "lab",
+        workers(U, H, H, H, H),
+        0,
+        False,
+        False,
+        frozenset(),
+        False,
+        "",
+        now=now,
+        storms=storms,
+    )
+    refusal = check(ns("workers-1", U), snapshot, cfg)
+    assert (refusal.reason if refusal else None) == expected
+
+
+def test_storm_cooldown_defaults_to_the_longest_condition_timeout() -> None:
+    cfg = cluster_cfg(
+        pool("workers", 5),
+        health={"unhealthyConditions": [{"type": "Ready", "status": "Unknown", "timeout": "7m"}]},
+    )
+    assert cfg.storm_cooldown() == 420.0
 
 
 # --- the circuit breaker ------------------------------------------------------------------------

@@ -30,6 +30,10 @@ the configurable limits:
     is probably not the nodes (network partition, outage), and replacing them would not help.
 ``TooManyUnhealthyInCluster`` (scope ``cluster:<c>``)
     The same, over the whole cluster, against the cluster's ``maxUnhealthy``.
+``StormCooldown`` (scope ``pool:<c>/<p>`` or ``cluster:<c>``)
+    The scope was over its ``maxUnhealthy`` limit less than ``stormCooldown`` ago. When a
+    partition heals, nodes come back one by one; without this the first to return would free
+    the limit and the stragglers, about to return too, would be replaced.
 ``MaxInFlight`` (scope ``pool:<c>/<p>``)
     The pool already has ``maxInFlight`` remediations running.
 ``HourlyBudgetExhausted`` (scope ``cluster:<c>``)
@@ -56,8 +60,8 @@ do; the planner decides not to act.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from healer.config import BreakerPolicy, ClusterConfig, Threshold
 from healer.model import Health, Role
@@ -72,6 +76,7 @@ WOULD_BREAK_QUORUM = "WouldBreakQuorum"
 TOO_MANY_UNHEALTHY_IN_POOL = "TooManyUnhealthyInPool"
 TOO_MANY_UNHEALTHY_IN_CLUSTER = "TooManyUnhealthyInCluster"
 MAX_IN_FLIGHT = "MaxInFlight"
+STORM_COOLDOWN = "StormCooldown"
 HOURLY_BUDGET_EXHAUSTED = "HourlyBudgetExhausted"
 
 # Reasons the circuit breaker trips with (prefix of the breaker_reason string).
@@ -103,6 +108,9 @@ class ClusterSnapshot:
     breaker_open: bool
     breaker_reason: str  # why it tripped, from breaker_trip_reason()
     dry_run: bool = False
+    now: float = 0.0
+    # scope ("pool:<c>/<p>" or "cluster:<c>") -> the last time it was over its maxUnhealthy
+    storms: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -294,6 +302,21 @@ def too_many_unhealthy_in_cluster(
     )
 
 
+def storm_cooldown(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    cooldown = cfg.storm_cooldown()
+    for scope in (_pool_scope(s, c.pool), f"cluster:{s.cluster}"):
+        last = s.storms.get(scope)
+        if last is not None and s.now - last < cooldown:
+            return Refusal(
+                STORM_COOLDOWN,
+                f"{scope} had too many unhealthy nodes {s.now - last:.0f}s ago; waiting "
+                f"{cooldown:.0f}s after that clears before remediating {_node(s, c)}, since "
+                "nodes caught in it may still come back",
+                scope,
+            )
+    return None
+
+
 def max_in_flight(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
     running = sum(1 for n in _nodes(c, s) if n.pool == c.pool and n.remediating)
     limit = cfg.remediation_for(c.pool).max_in_flight
@@ -331,6 +354,7 @@ GUARDS: tuple[Guard, ...] = (
     would_break_quorum,
     too_many_unhealthy_in_pool,
     too_many_unhealthy_in_cluster,
+    storm_cooldown,
     max_in_flight,
     hourly_budget_exhausted,
 )

@@ -17,7 +17,15 @@ from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.health.tracker import HealthTracker
 from healer.model import Health, NodeKey, NodeObservation, Verdict
-from healer.planner.guards import ClusterSnapshot, NodeStatus, Refusal, breaker_trip_reason, check
+from healer.planner.guards import (
+    TOO_MANY_UNHEALTHY_IN_CLUSTER,
+    TOO_MANY_UNHEALTHY_IN_POOL,
+    ClusterSnapshot,
+    NodeStatus,
+    Refusal,
+    breaker_trip_reason,
+    check,
+)
 from healer.provisioning.naming import machine_name
 from healer.store.sqlite import RUNNING, Store, WorkflowRecord, pause_scope
 
@@ -30,6 +38,8 @@ FAILED_COOLDOWN = HOUR
 UNMANAGED_POOL = "UnmanagedPool"
 RECENTLY_FAILED = "RemediationFailedRecently"
 DRY_RUN = "DryRun"
+
+_STORM_REASONS = frozenset({TOO_MANY_UNHEALTHY_IN_POOL, TOO_MANY_UNHEALTHY_IN_CLUSTER})
 
 StartWorkflow = Callable[[WorkflowRecord], Awaitable[None]]
 
@@ -56,6 +66,7 @@ class Planner:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_refusal: dict[NodeKey, str] = {}
         self._frozen: dict[str, str] = {}
+        self._storms: dict[str, float] = self._recent_storms()
 
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
@@ -136,7 +147,20 @@ class Planner:
             breaker_open=cluster.name in breakers,
             breaker_reason=breakers.get(cluster.name, ("", 0.0))[0],
             dry_run=self._dry_run,
+            now=now,
+            storms=dict(self._storms),
         )
+
+    def _recent_storms(self) -> dict[str, float]:
+        """Seed storm times from the audit log, so a restart does not forget a storm."""
+        storms: dict[str, float] = {}
+        since = self._clock.now() - HOUR
+        for entry in self._store.audit_log(event="remediation.refused", since=since):
+            if entry.reason in _STORM_REASONS and isinstance(entry.evidence, dict):
+                scope = entry.evidence.get("scope")
+                if isinstance(scope, str):
+                    storms[scope] = max(storms.get(scope, 0.0), entry.at)
+        return storms
 
     async def consider(self, cluster_name: str) -> None:
         cluster = self._config.cluster(cluster_name)
@@ -161,6 +185,8 @@ class Planner:
                         scope=f"node:{cluster.name}/{candidate.node}",
                     )
                 if refusal is not None:
+                    if refusal.reason in _STORM_REASONS:
+                        self._storms[refusal.scope] = self._clock.now()
                     self._refuse(cluster, candidate, refusal)
                     continue
                 await self._launch(cluster, candidate)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -78,10 +78,20 @@ def node_events(
                 source=SOURCE,
                 condition=ctype,
                 status=status,
-                since=since,
+                since=_effective_since(since, now),
             )
         )
     return events
+
+
+# lastTransitionTime is serialised with one-second precision, so it can read up to a second
+# before the real transition. For a transition seen as it happens our own observation time is
+# the better clock: never earlier than the truth, so a threshold never expires early.
+TRANSITION_PRECISION = 2.0
+
+
+def _effective_since(since: float, now: float) -> float:
+    return now if 0.0 <= now - since < TRANSITION_PRECISION else since
 
 
 def node_deleted_event(*, cluster: str, node: str, now: float) -> NodeEvent:
@@ -141,8 +151,13 @@ class KubeWatchSource:
         backoff_max: float = 30.0,
         backoff_base: float = 1.0,
         rng: random.Random | None = None,
+        remembered: Callable[[], Iterable[str]] | None = None,
     ) -> None:
+        """``remembered`` names the nodes the caller's persisted state believes exist, so that a
+        node deleted while nobody was watching (healer down) is reported deleted on the first
+        list, not forgotten."""
         self._cluster = cluster
+        self._remembered = remembered
         self._client = client
         self._clock = clock
         self._emit = emit
@@ -207,11 +222,14 @@ class KubeWatchSource:
         listed = {n.name: n for n in nodes}
         # Gone since the last list, or deleted and registered again under the same name (a
         # replacement reusing it) while we were not watching: the old node's life ended.
-        ended = sorted(
+        ended_set = {
             name
             for name, known in self._nodes.items()
             if name not in listed or listed[name].created_at != known.created_at
-        )
+        }
+        if self._remembered is not None:
+            ended_set.update(n for n in self._remembered() if n not in listed)
+        ended = sorted(ended_set)
         events: list[NodeEvent] = [
             node_deleted_event(cluster=self._cluster, node=name, now=now) for name in ended
         ]

@@ -1,0 +1,262 @@
+"""The lab's world: a Kubernetes API (the HTTP fake), an MQTT broker, a cloud (the lab libcloud
+driver) and simulated kubelets for every running lab machine, plus the failures you can inject.
+
+The daemon is not part of it: `healer lab` runs a :class:`~healer.app.Daemon` beside it in the
+same process, and the crash tests run the daemon as a separate process against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from libcloud.compute.types import NodeState
+
+from healer.clock import Clock, RealClock
+from healer.config import HealerConfig
+from healer.kube import KubeClient
+from healer.lab.broker import EmbeddedBroker
+from healer.lab.kubeapi import FakeApiServer
+from healer.lab.kubelet import SimulatedKubelet
+from healer.model import LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_POOL, TAG_CLUSTER, TAG_POOL, Role
+from healer.sources.mqtt_publish import MqttPublisher
+from providers.lab.driver import LabNodeDriver
+
+log = structlog.get_logger("healer.lab")
+
+LAB_USER = "healer"
+
+
+@dataclass(frozen=True)
+class LabTimings:
+    """Seconds. Kept short so scenarios settle fast, and in proportion to production values."""
+
+    lease_grace: float = 3.0  # node-monitor-grace-period (production: 40s)
+    monitor_period: float = 0.25  # node lifecycle controller period (production: 5s)
+    renew_interval: float = 0.5  # kubelet lease renewal (production: 10s)
+    boot_delay: float = 1.0  # machine created -> kubelet registers
+    reboot_downtime: float = 5.0  # a reboot that comes back
+    fleet_poll: float = 0.2
+
+
+class LabCloud:
+    """The lab cloud as the harness sees it: the raw machine table, not the libcloud API, so it
+    still works during an injected provider outage."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.driver = LabNodeDriver(str(state_dir / "lab-cloud.sqlite"))
+
+    def machines(self, *, include_terminated: bool = False) -> list[dict[str, Any]]:
+        return [
+            m
+            for m in self.driver.ex_list_machines()
+            if include_terminated or m["state"] != NodeState.TERMINATED.value
+        ]
+
+    def power_off(self, machine_id: str) -> None:
+        self.driver.ex_set_state(machine_id, NodeState.STOPPED)
+
+    def set_outage(self, until: float | None) -> None:
+        self.driver.ex_set_outage(until)
+
+    def destroy_log(self) -> list[dict[str, Any]]:
+        return self.driver.ex_destroy_log()
+
+
+class LabHarness:
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        cluster: str = "lab",
+        pool_roles: dict[str, Role] | None = None,
+        timings: LabTimings | None = None,
+        kubeconfig: Path | None = None,
+        with_broker: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.cluster = cluster
+        self.pool_roles = pool_roles or {}
+        self.timings = timings or LabTimings()
+        self.clock = clock or RealClock()
+        self._external_kubeconfig = kubeconfig
+        self._with_broker = with_broker
+        self.api: FakeApiServer | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.publisher: MqttPublisher | None = None
+        self.kube: KubeClient | None = None
+        self.cloud = LabCloud(state_dir)
+        self.kubelets: dict[str, SimulatedKubelet] = {}
+        self._kubelet_tasks: dict[str, asyncio.Task[None]] = {}
+        self._seen_machines: set[str] = set()
+        self._fleet_task: asyncio.Task[None] | None = None
+        self.kubeconfig: Path = kubeconfig or state_dir / "lab-kubeconfig.yaml"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self._external_kubeconfig is None:
+            self.api = FakeApiServer(
+                lease_grace=self.timings.lease_grace, monitor_period=self.timings.monitor_period
+            )
+            await self.api.start()
+            self.api.write_kubeconfig(self.kubeconfig)
+        self.kube = await KubeClient.from_kubeconfig(self.kubeconfig)
+        if self._with_broker:
+            self.broker = EmbeddedBroker()
+            await self.broker.start()
+            self.publisher = MqttPublisher(
+                host="127.0.0.1",
+                port=self.broker.port,
+                prefix="healer/v1",
+                cluster=self.cluster,
+                client_id="lab-node-agents",
+                username=LAB_USER,
+            )
+            await self.publisher.start()
+        self._fleet_task = asyncio.create_task(self._fleet(), name="lab-fleet")
+
+    async def stop(self) -> None:
+        if self._fleet_task is not None:
+            self._fleet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fleet_task
+        for kubelet in self.kubelets.values():
+            kubelet.stop()
+        for task in self._kubelet_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._kubelet_tasks.values(), return_exceptions=True)
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.kube is not None:
+            await self.kube.close()
+        if self.api is not None:
+            await self.api.stop()
+
+    def daemon_config(self, config: HealerConfig) -> HealerConfig:
+        """The lab config with this harness's kubeconfig and broker port filled in."""
+        clusters = tuple(
+            c.model_copy(update={"kubeconfig": self.kubeconfig}) for c in config.clusters
+        )
+        update: dict[str, Any] = {"clusters": clusters}
+        if config.mqtt is not None:
+            if self.broker is None:
+                update["mqtt"] = None
+            else:
+                update["mqtt"] = config.mqtt.model_copy(update={"port": self.broker.port})
+        return config.model_copy(update=update)
+
+    # -- the fleet: a kubelet for every running lab machine ---------------------------------
+    async def _fleet(self) -> None:
+        while True:
+            try:
+                self._sync_fleet()
+            except Exception:
+                log.exception("lab.fleet_error")
+            await self.clock.sleep(self.timings.fleet_poll)
+
+    def _sync_fleet(self) -> None:
+        for m in self.cloud.machines():
+            tags = m["tags"]
+            if tags.get(TAG_CLUSTER) != self.cluster or m["id"] in self._seen_machines:
+                continue
+            if m["state"] != "running":
+                continue
+            self._seen_machines.add(m["id"])
+            pool = tags.get(TAG_POOL, "")
+            labels = {LABEL_POOL: pool, LABEL_CLUSTER: self.cluster}
+            if self.pool_roles.get(pool) is Role.CONTROL_PLANE:
+                labels[LABEL_CONTROL_PLANE] = ""
+            assert self.kube is not None
+            kubelet = SimulatedKubelet(
+                client=self.kube,
+                node=m["name"],
+                labels=labels,
+                clock=self.clock,
+                renew_interval=self.timings.renew_interval,
+                publish=self._publisher_for(m["name"]),
+            )
+            self.kubelets[m["name"]] = kubelet
+            self._kubelet_tasks[m["name"]] = asyncio.create_task(
+                self._boot(kubelet), name=f"kubelet-{m['name']}"
+            )
+
+    async def _boot(self, kubelet: SimulatedKubelet) -> None:
+        await self.clock.sleep(self.timings.boot_delay)
+        await kubelet.run()
+
+    def _publisher_for(self, node: str):  # type: ignore[no-untyped-def]
+        if self.publisher is None:
+            return None
+        publisher = self.publisher
+
+        async def publish(channel: str, payload: dict[str, Any]) -> None:
+            await publisher.publish(node, channel, payload)
+
+        return publish
+
+    # -- views ------------------------------------------------------------------------------
+    def machine(self, name: str) -> dict[str, Any] | None:
+        return next((m for m in self.cloud.machines() if m["name"] == name), None)
+
+    def pool_nodes(self, pool: str) -> list[str]:
+        return sorted(
+            m["name"]
+            for m in self.cloud.machines()
+            if m["tags"].get(TAG_POOL) == pool and m["tags"].get(TAG_CLUSTER) == self.cluster
+        )
+
+    async def ready_nodes(self) -> set[str]:
+        assert self.kube is not None
+        nodes, _ = await self.kube.list_nodes()
+        return {n.name for n in nodes if n.conditions.get("Ready", ("", 0.0))[0] == "True"}
+
+    async def wait_ready(self, count: int, *, timeout: float = 30.0) -> set[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = await self.ready_nodes()
+            if len(ready) >= count:
+                return ready
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(ready)} of {count} lab nodes became Ready")
+            await asyncio.sleep(0.2)
+
+    # -- failures ---------------------------------------------------------------------------
+    def crash(self, node: str) -> None:
+        """The machine dies: powered off in the cloud, its kubelet gone."""
+        m = self.machine(node)
+        if m is not None:
+            self.cloud.power_off(m["id"])
+        self.kubelets[node].crash()
+
+    def hang(self, node: str) -> None:
+        """The machine hangs: the cloud says running, but nothing answers."""
+        self.kubelets[node].crash()
+
+    async def reboot(
+        self, node: str, *, downtime: float | None = None, upgrade: bool = False
+    ) -> None:
+        await self.kubelets[node].reboot(downtime, upgrade=upgrade)
+
+    async def bad_upgrade(self, node: str) -> None:
+        """An upgrade whose reboot never comes back."""
+        await self.kubelets[node].reboot(None, upgrade=True)
+
+    def partition(self, nodes: list[str]) -> None:
+        for node in nodes:
+            self.kubelets[node].partition()
+
+    def heal(self, nodes: list[str]) -> None:
+        for node in nodes:
+            self.kubelets[node].heal()
+
+    def provider_outage(self, seconds: float) -> None:
+        self.cloud.set_outage(time.time() + seconds)

@@ -1,0 +1,226 @@
+"""`healer lab`: the daemon and its whole world in one process, with no setup.
+
+Interactive by default (a live timeline; failures injected by typing commands), or one scenario
+run to completion with a JSON report (``--scenario NAME --report FILE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+from healer.app import Daemon, Tuning
+from healer.config import HealerConfig, load_config
+from healer.errors import ConfigError
+from healer.lab.harness import LabHarness, LabTimings
+from healer.lab.scenarios import SCENARIOS, Context, run_scenario
+from healer.lab.timeline import configure_timeline
+from healer.provisioning.pools import ensure_pools
+from healer.provisioning.userdata import render_user_data
+from healer.store.sqlite import Store
+from providers import load_provider
+
+log = structlog.get_logger("healer.lab")
+
+DEFAULT_LAB_STATE = Path("lab-state")
+LAB_TUNING = Tuning(recheck_interval=1.0, join_poll_interval=0.25, watch_timeout=30.0)
+
+HELP = """\
+lab commands (type and press Enter):
+  nodes                        list lab machines and whether their node is Ready
+  crash NODE | hang NODE       the machine dies | hangs (cloud says running)
+  reboot NODE                  a planned reboot that comes back
+  bad-upgrade NODE             an upgrade whose reboot never comes back
+  partition FRACTION           cut that fraction of the workers pool off (e.g. 0.6)
+  heal                         end every partition
+  outage SECONDS               the lab cloud's API fails for that long
+  quit
+"""
+
+
+async def run_lab(
+    *,
+    config_path: Path,
+    state_dir: Path | None,
+    scenario: str | None,
+    report: Path | None,
+    kubeconfig: Path | None,
+    dry_run: bool = False,
+) -> int:
+    if scenario is not None and scenario not in SCENARIOS:
+        print(
+            f"healer lab: unknown scenario {scenario!r}; choose from: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"healer lab: {exc}", file=sys.stderr)
+        return 2
+    temp: tempfile.TemporaryDirectory[str] | None = None
+    if state_dir is None:
+        if scenario is not None:
+            temp = tempfile.TemporaryDirectory(prefix="healer-lab-")
+            state_dir = Path(temp.name)
+        else:
+            state_dir = DEFAULT_LAB_STATE
+    configure_timeline()
+    try:
+        return await _run(config, state_dir, scenario, report, kubeconfig, dry_run)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+
+
+async def _run(
+    config: HealerConfig,
+    state_dir: Path,
+    scenario: str | None,
+    report: Path | None,
+    kubeconfig: Path | None,
+    dry_run: bool,
+) -> int:
+    cluster = config.clusters[0]
+    harness = LabHarness(
+        state_dir=state_dir,
+        cluster=cluster.name,
+        pool_roles={p.name: p.role for p in cluster.pools},
+        timings=LabTimings(),
+        kubeconfig=kubeconfig,
+    )
+    await harness.start()
+    config = harness.daemon_config(config)
+    cluster = config.clusters[0]
+    provider = load_provider(
+        cluster.provider.plugin,
+        cluster=cluster.name,
+        options=cluster.provider.options,
+        credentials=cluster.provider.credentials,
+        state_dir=state_dir,
+    )
+    daemon_task: asyncio.Task[None] | None = None
+    try:
+        created = await ensure_pools(cluster, provider, user_data=render_user_data)
+        expected = sum(p.size for p in cluster.pools)
+        log.info(
+            "lab.cluster_ready_wait",
+            machines=expected,
+            created=len(created),
+            state_dir=str(state_dir),
+        )
+        daemon = Daemon(config, state_dir=state_dir, tuning=LAB_TUNING, dry_run=dry_run)
+        daemon_task = asyncio.create_task(daemon.run(), name="daemon")
+        await harness.wait_ready(expected, timeout=60.0)
+        log.info("lab.cluster_ready", nodes=expected)
+        if scenario is None:
+            await _interactive(harness, daemon_task)
+            return 0
+        store = Store.open(state_dir)
+        try:
+            result = await run_scenario(
+                scenario, Context(harness=harness, store=store, cluster=cluster)
+            )
+        finally:
+            store.close()
+        text = json.dumps(result, indent=2, default=str)
+        if report is not None:
+            report.write_text(text + "\n")
+            log.info("lab.report_written", path=str(report), ok=result["ok"])
+        _summary(result)
+        return 0 if result["ok"] else 1
+    finally:
+        if daemon_task is not None:
+            daemon_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await daemon_task
+        await provider.close()
+        await harness.stop()
+
+
+def _summary(result: dict) -> None:  # type: ignore[type-arg]
+    print(
+        f"\nscenario {result['scenario']}: {'OK' if result['ok'] else 'NOT OK'} "
+        f"in {result['duration_s']}s"
+    )
+    for name, value in result["expectations"].items():
+        print(f"  {'yes' if value else 'NO ':<4} {name}")
+    inv = result["invariants"]
+    print(
+        f"  machines {inv['machines_in_cloud']}/{inv['nodes_expected']}, "
+        f"orphaned {len(inv['orphaned_machines'])}, double deletions {len(inv['double_deletions'])}"
+    )
+    for r in result["remediations"]:
+        print(f"  remediation {r['node']} -> {r['replacement']}: {r['result']}")
+    for r in result.get("refusals", []):
+        print(f"  refused {r['node']}: {r['reason']}")
+
+
+async def _interactive(harness: LabHarness, daemon_task: asyncio.Task[None]) -> None:
+    print(HELP, flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (ValueError, OSError):
+        reader.feed_eof()
+    stdin_open = True
+    while not daemon_task.done():
+        if not stdin_open:
+            await asyncio.wait({daemon_task})
+            break
+        line = await reader.readline()
+        if not line:
+            stdin_open = False  # no terminal: keep running until a signal stops us
+            continue
+        if not await _command(harness, line.decode().split()):
+            break
+
+
+async def _command(harness: LabHarness, words: list[str]) -> bool:
+    if not words:
+        return True
+    cmd, args = words[0], words[1:]
+    try:
+        if cmd in ("quit", "exit"):
+            return False
+        if cmd == "nodes":
+            ready = await harness.ready_nodes()
+            for m in harness.cloud.machines():
+                print(
+                    f"  {m['name']:<32} {m['state']:<10} {'Ready' if m['name'] in ready else '-'}"
+                )
+        elif cmd in ("crash", "hang", "reboot", "bad-upgrade") and args:
+            node = args[0]
+            if cmd == "crash":
+                harness.crash(node)
+            elif cmd == "hang":
+                harness.hang(node)
+            elif cmd == "bad-upgrade":
+                await harness.bad_upgrade(node)
+            else:
+                await harness.reboot(node, downtime=harness.timings.reboot_downtime)
+            log.info("lab.injected", node=args[0], failure=cmd)
+        elif cmd == "partition" and args:
+            pool = harness.pool_nodes("workers")
+            cut = pool[: math.ceil(len(pool) * float(args[0]))]
+            harness.partition(cut)
+            log.info("lab.injected", failure="partition", nodes=",".join(cut))
+        elif cmd == "heal":
+            harness.heal(list(harness.kubelets))
+        elif cmd == "outage" and args:
+            harness.provider_outage(float(args[0]))
+            log.info("lab.injected", failure="provider-outage", until=time.time() + float(args[0]))
+        else:
+            print(HELP)
+    except (KeyError, ValueError) as exc:
+        print(f"  cannot do that: {exc}")
+    return True

@@ -1,0 +1,182 @@
+"""Kill the daemon with SIGKILL at every workflow step, restart it, and check the workflow
+completes exactly once: no orphaned machine, no machine destroyed twice, no second replacement.
+
+The lab world (API server, cloud, kubelets) lives in this test process; the daemon is a real
+`healer run` process, killed by a failpoint (HEALER_FAILPOINTS) at a precise point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from healer.config import load_config
+from healer.lab.harness import LabHarness, LabTimings
+from healer.lab.report import invariants
+from healer.model import Role
+from healer.provisioning.pools import ensure_pools
+from healer.provisioning.userdata import render_user_data
+from healer.store.sqlite import Store
+from healer.workflow.runner import STEPS
+from providers import load_provider
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+TIMINGS = LabTimings(lease_grace=1.0, monitor_period=0.1, renew_interval=0.25, boot_delay=0.3)
+POOLS = {"control-plane": Role.CONTROL_PLANE, "workers": Role.WORKER}
+CASE_TIMEOUT = 45.0
+
+
+def write_config(path: Path, kubeconfig: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "logFormat": "json",
+                "clusters": [
+                    {
+                        "name": "lab",
+                        "kubeconfig": str(kubeconfig),
+                        "provider": {"plugin": "lab"},
+                        "health": {
+                            "unhealthyConditions": [
+                                {"type": "Ready", "status": "Unknown", "timeout": "1s"},
+                                {"type": "Ready", "status": "False", "timeout": "1s"},
+                            ],
+                            "nodeStartupTimeout": "20s",
+                        },
+                        "remediation": {
+                            "maxPerHour": 100,
+                            "drainTimeout": "2s",
+                            "retry": {"attempts": 5, "initialDelay": "0.2s", "maxDelay": "1s"},
+                        },
+                        # Twelve deliberate crashes in a row would (rightly) trip the breaker.
+                        "breaker": {"maxNewUnhealthy": 100, "maxFailures": 100},
+                        "pools": [
+                            {"name": "control-plane", "role": "control-plane", "size": 1},
+                            {"name": "workers", "size": 3},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[LabHarness, Path]]:
+    state = tmp_path_factory.mktemp("crash-lab")
+    harness = LabHarness(state_dir=state, pool_roles=POOLS, timings=TIMINGS, with_broker=False)
+    await harness.start()
+    config_path = write_config(state / "healer.yaml", harness.kubeconfig)
+    cluster = load_config(config_path).clusters[0]
+    provider = load_provider("lab", cluster="lab", options={}, credentials={}, state_dir=state)
+    await ensure_pools(cluster, provider, user_data=render_user_data)
+    await provider.close()
+    await harness.wait_ready(4)
+    yield harness, config_path
+    await harness.stop()
+
+
+async def spawn(
+    config: Path, state: Path, log: Path, failpoint: str | None
+) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    env.pop("HEALER_FAILPOINTS", None)
+    if failpoint:
+        env["HEALER_FAILPOINTS"] = f"{failpoint}=kill"
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "healer.cli",
+        "run",
+        "-c",
+        str(config),
+        "--state-dir",
+        str(state),
+        env=env,
+        stdout=log.open("ab"),
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", STEPS)
+async def test_sigkill_at_each_step_then_resume(
+    lab: tuple[LabHarness, Path], step: str, when: str
+) -> None:
+    harness, config = lab
+    state = harness.state_dir
+    log = state / f"daemon-{step}-{when}.log"
+    await harness.wait_ready(4)
+    target = harness.pool_nodes("workers")[0]
+    store = Store.open(state)
+    try:
+        first = await spawn(config, state, log, f"workflow.{step}.{when}")
+        harness.crash(target)
+        rc = await asyncio.wait_for(first.wait(), CASE_TIMEOUT)
+        assert rc == -signal.SIGKILL, log.read_text()[-3000:]
+        [wf] = store.workflows(node=target)
+        assert wf.state == "running" and wf.step == step
+
+        second = await spawn(config, state, log, None)
+        try:
+
+            async def done() -> bool:
+                current = store.workflow(wf.id)
+                assert current is not None
+                if current.state == "failed":
+                    raise AssertionError(
+                        f"workflow failed: {current.error}\n{log.read_text()[-3000:]}"
+                    )
+                return current.state == "succeeded"
+
+            await until(done, CASE_TIMEOUT, f"workflow {wf.id} to complete")
+            await until(
+                lambda: _ready(harness, wf.replacement_name), CASE_TIMEOUT, "replacement Ready"
+            )
+        finally:
+            second.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(second.wait(), 20)
+
+        # Exactly once: one workflow, one replacement machine, the old machine destroyed once.
+        assert [w.id for w in store.workflows(node=target)] == [wf.id]
+        created = [
+            c for c in harness.cloud.driver.ex_created_log() if c["name"] == wf.replacement_name
+        ]
+        assert len(created) == 1
+        destroys = [d for d in harness.cloud.destroy_log() if d["name"] == target]
+        assert len(destroys) == 1 and destroys[0]["existed"] and not destroys[0]["repeat"]
+        inv = invariants(
+            cluster=load_config(config).clusters[0],
+            machines=harness.cloud.machines(include_terminated=True),
+            destroy_log=harness.cloud.destroy_log(),
+            ready_nodes=await harness.ready_nodes(),
+            store=store,
+        )
+        assert inv["ok"], inv
+        steps = [s["step"] for s in store.steps(wf.id) if s["status"] == "done"]
+        assert steps == ["created", *STEPS]
+    finally:
+        store.close()
+
+
+async def _ready(harness: LabHarness, name: str) -> bool:
+    return name in await harness.ready_nodes()
