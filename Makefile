@@ -15,8 +15,7 @@ lab: $(STAMP)
 	$(VENV)/bin/healer lab
 
 test: $(STAMP)
-	@command -v mosquitto >/dev/null || command -v /usr/sbin/mosquitto >/dev/null || \
-	  { echo "installing mosquitto (Debian package)"; apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
+	@./.ci/system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
