@@ -34,7 +34,9 @@ def set_testing(enabled: bool) -> None:
 
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=policy.initial_delay, max=policy.max_delay, jitter=1)
+    backoff = wait_exponential_jitter(
+        multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.initial_delay
+    )
 
     def wait(state: RetryCallState) -> float:
         if _testing:

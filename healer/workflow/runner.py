@@ -179,6 +179,8 @@ class WorkflowRunner:
         return wf
 
     def _fail(self, wf: WorkflowRecord, exc: BaseException) -> WorkflowRecord:
+        # The step that failed is the one last saved, not the one this task started from.
+        wf = self._store.workflow(wf.id) or wf
         now = self._clock.now()
         kind = "temporary error, retries exhausted" if isinstance(exc, TemporaryError) else "error"
         message = f"step {wf.step} failed ({kind}): {exc}"
