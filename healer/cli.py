@@ -138,12 +138,15 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not entries:
         print("no history" + (f" for node {args.node}" if args.node else ""))
         return 0
+    shown: set[str] = set()  # each piece of evidence once, under the first entry it explains
     for e in entries:
         where = f"{e.cluster}/{e.node}" if e.node else e.cluster
         print(f"{_ts(e.at)}  {e.event:<28} {where:<32} {e.reason}: {e.message}")
         if args.node:
             for item in _evidence_lines(e.evidence):
-                print(f"{'':26}  evidence: {item}")
+                if item not in shown:
+                    shown.add(item)
+                    print(f"{'':26}  evidence: {item}")
     for wf in workflows:
         print(
             f"\nworkflow {wf.id} ({wf.state}): {wf.node} -> {wf.replacement_name}, reason {wf.reason}"
@@ -340,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `healer history | head`: the reader left; that is fine
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

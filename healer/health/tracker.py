@@ -29,6 +29,7 @@ _AUDITED = {
     Health.PENDING: "node.degraded",
     Health.UNHEALTHY: "node.unhealthy",
     Health.REBOOTING: "node.rebooting",
+    Health.GONE: "node.deleted",
 }
 
 
