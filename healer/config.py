@@ -210,7 +210,7 @@ class MachineSpec(_Model):
 class PoolConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
     role: Role = Role.WORKER
-    size: int = Field(ge=0, le=1000)
+    size: int = Field(ge=0, le=10000)
     machine: MachineSpec = MachineSpec()
     labels: dict[str, str] = Field(default_factory=dict)
     health: HealthPolicy = HealthPolicy()
@@ -223,6 +223,53 @@ class ProviderConfig(_Model):
     credentials: dict[str, SecretRef] = Field(default_factory=dict)
 
 
+class MaintenanceWindow(_Model):
+    """When agents may reboot: ``days`` (mon..sun) from ``start`` to ``end`` (HH:MM) in
+    ``timezone``. An ``end`` at or before ``start`` runs past midnight into the next day."""
+
+    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = (
+        "mon",
+        "tue",
+        "wed",
+        "thu",
+        "fri",
+        "sat",
+        "sun",
+    )
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
+    timezone: str = "UTC"
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _lower_days(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(v.lower()[:3] if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+
+class RebootPolicy(_Model):
+    """How healer answers agents that ask to reboot (docs/mqtt.md, reboot arbitration)."""
+
+    windows: tuple[MaintenanceWindow, ...] = Field(
+        (), description="when reboots may start; empty: any time"
+    )
+    permit_ttl: Duration = Field(
+        600.0, alias="permitTtl", gt=0, description="a grant not used within this lapses"
+    )
+
+
 class ClusterConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
     kubeconfig: Path | None = None
@@ -231,6 +278,7 @@ class ClusterConfig(_Model):
     health: HealthPolicy = HealthPolicy()
     remediation: ClusterRemediation = ClusterRemediation()
     breaker: BreakerPolicy = BreakerPolicy()
+    reboots: RebootPolicy = RebootPolicy()
     paused: bool = False
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
 
@@ -309,11 +357,97 @@ class MqttConfig(_Model):
     tls_key: Path | None = Field(None, alias="tlsKey")
     session_expiry: Duration = Field(86400.0, alias="sessionExpiry")
     max_payload: int = Field(16384, alias="maxPayload", ge=64)
+    shared_group: str | None = Field(
+        None,
+        alias="sharedGroup",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="subscribe as $share/<group>/... so daemons in the group split the stream "
+        "(MQTT 5); see docs/mqtt.md for what that disables",
+    )
+    heartbeat_interval: Duration = Field(
+        30.0, alias="heartbeatInterval", gt=0, description="how often agents send a heartbeat"
+    )
+    heartbeat_miss_after: int = Field(
+        3,
+        alias="heartbeatMissAfter",
+        ge=1,
+        le=1000,
+        description="HeartbeatMissing=True after this many intervals without a heartbeat",
+    )
+    reboot_arbiter: bool = Field(
+        True, alias="rebootArbiter", description="answer agents' reboot-request messages"
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _shared_needs_v5(self) -> MqttConfig:
+        if self.shared_group is not None and self.protocol != "5":
+            raise ValueError("sharedGroup needs protocol '5' (shared subscriptions are MQTT 5)")
+        return self
+
+
+def _parse_listen(value: Any) -> Any:
+    """``"0.0.0.0:9095"`` or ``"[::1]:9095"`` -> ``("0.0.0.0", 9095)``."""
+    if not isinstance(value, str):
+        return value
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid listen address {value!r}: use 'HOST:PORT', e.g. '0.0.0.0:9095'")
+    return (host.removeprefix("[").removesuffix("]"), int(port))
+
+
+ListenAddress = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
+
+
+class WebhookConfig(_Model):
+    """The alert webhook (Alertmanager v4 and the generic format); see docs/webhook.md."""
+
+    listen: ListenAddress = ("0.0.0.0", 9095)
+    metrics_listen: ListenAddress | None = Field(
+        None,
+        alias="metricsListen",
+        description="serve /healthz and /metrics here instead of on the webhook listener",
+    )
+    token: SecretRef | None = Field(None, description="bearer token callers must present")
+    hmac_secret: SecretRef | None = Field(
+        None, alias="hmacSecret", description="key for X-Healer-Signature (HMAC-SHA256)"
+    )
+    max_skew: Duration = Field(300.0, alias="maxSkew", gt=0)
+    allow_unauthenticated: bool = Field(False, alias="allowUnauthenticated")
+    tls_cert: Path | None = Field(None, alias="tlsCert")
+    tls_key: Path | None = Field(None, alias="tlsKey")
+    max_body: int = Field(262144, alias="maxBody", ge=1024, le=64 * 1024 * 1024)
+    node_labels: tuple[str, ...] = Field(
+        ("node", "kubernetes_node", "instance", "nodename", "hostname"),
+        alias="nodeLabels",
+        min_length=1,
+    )
+    cluster_label: str = Field("cluster", alias="clusterLabel")
+    conditions: dict[str, str] = Field(
+        default_factory=dict, description="alertname -> node condition type (default: alertname)"
+    )
+    blocking_alerts: tuple[str, ...] = Field((), alias="blockingAlerts")
+    block_ttl: Duration = Field(
+        21600.0,
+        alias="blockTtl",
+        gt=0,
+        description="a blocking alert not re-sent (or resolved) for this long stops blocking",
+    )
+
+    @model_validator(mode="after")
+    def _auth_and_tls(self) -> WebhookConfig:
+        if self.token is None and self.hmac_secret is None and not self.allow_unauthenticated:
+            raise ValueError(
+                "the webhook needs 'token' and/or 'hmacSecret' (or allowUnauthenticated: true "
+                "on a network you trust)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both 'tlsCert' and 'tlsKey'")
+        return self
 
 
 class HealerConfig(_Model):
@@ -322,6 +456,7 @@ class HealerConfig(_Model):
     paused: bool = False
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="logFormat")
     mqtt: MqttConfig | None = None
+    webhook: WebhookConfig | None = None
     clusters: tuple[ClusterConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

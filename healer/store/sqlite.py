@@ -125,7 +125,9 @@ class Store:
         self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # WAL + NORMAL survives any process crash; a power cut may lose the last commits, which
+        # the idempotent workflow steps and a re-list of the API make good again.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
         found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
