@@ -96,3 +96,43 @@ def test_provider_outage_is_retried_until_it_passes(tmp_path: Path) -> None:
     report, output = run_scenario("provider-outage", tmp_path)
     assert report["ok"], output[-6000:]
     assert "workflow.retrying" in output
+
+
+async def test_simulated_kubelets_drive_an_external_api_server(tmp_path: Path) -> None:
+    """`healer lab --kubeconfig FILE`: the kubelets and the daemon use only the public API, so
+    they work against any API server; here one the lab did not start itself."""
+    import asyncio
+
+    from healer.lab.kubeapi import FakeApiServer
+
+    server = FakeApiServer(lease_grace=3.0, monitor_period=0.25)
+    await server.start()
+    try:
+        kubeconfig = server.write_kubeconfig(tmp_path / "external.kubeconfig")
+        report = tmp_path / "r.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "healer.cli",
+            "lab",
+            "--scenario",
+            "crash",
+            "--report",
+            str(report),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--kubeconfig",
+            str(kubeconfig),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), SCENARIO_TIMEOUT)
+        result = json.loads(report.read_text())
+        assert result["ok"], out.decode()[-4000:]
+        # The nodes really live in the external server.
+        assert len(server.nodes()) == 8
+        assert result["remediations"][0]["replacement"] in {
+            n["metadata"]["name"] for n in server.nodes()
+        }
+    finally:
+        await server.stop()
