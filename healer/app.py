@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +17,24 @@ from typing import Any
 
 import structlog
 
+from healer import metrics
 from healer.clock import Clock, RealClock
-from healer.config import ClusterConfig, HealerConfig
+from healer.config import ClusterConfig, HealerConfig, load_config
+from healer.errors import ConfigError
 from healer.health.tracker import HealthTracker
 from healer.kube import KubeClient
 from healer.model import Health, NodeEvent, NodeKey
+from healer.observability import MeteredProvider, MetricsServer, set_node_gauges
+from healer.operator import RequestDesk
+from healer.planner.alert_blocks import FILE_NAME as ALERT_BLOCKS_FILE
+from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.planner import Planner
 from healer.provisioning.userdata import render_user_data
+from healer.reload import field_paths, restart_required
+from healer.scheduler import PeriodicJobs
 from healer.sources.kube_watch import KubeWatchSource
-from healer.store.sqlite import SUCCEEDED, Store, WorkflowRecord
+from healer.store.sqlite import FAILED, RUNNING, SUCCEEDED, Store, WorkflowRecord
+from healer.systemd import Notifier, Supervisor
 from healer.workflow.runner import WorkflowRunner
 from providers import load_provider
 from providers.base import Provider
@@ -41,6 +52,10 @@ class Tuning:
     join_poll_interval: float = 2.0
     watch_timeout: float = 60.0
     renew_check: float = 1.0
+    request_poll: float = 1.0  # how often the daemon looks for `healer remediate` requests
+    status_interval: float = 10.0  # STATUS= to systemd, the status `healer status` shows
+    startup_timeout: float = 60.0  # READY=1 waits this long for sources at most
+    stall_after: float = 30.0  # the watchdog calls a part stuck after this many seconds
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,8 +69,12 @@ class Daemon:
         dry_run: bool = False,
         tuning: Tuning | None = None,
         on_ready: Callable[[], Awaitable[None]] | None = None,
+        notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier(None)
         self.state_dir = state_dir
         self.clock = clock or RealClock()
         self.dry_run = dry_run or config.dry_run
@@ -69,6 +88,22 @@ class Daemon:
         self.providers: dict[str, Provider] = {}
         self._events: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self.mqtt_source: Any = None
+        # Blocking alerts (webhook.blockingAlerts), kept in the state directory across restarts.
+        self.blocks = AlertBlocks(path=state_dir / ALERT_BLOCKS_FILE)
+        self.webhook: Any = None
+        self.heartbeats: Any = None
+        self.reboot_arbiter: Any = None
+        self.scheduler: PeriodicJobs | None = None
+        self.requests: RequestDesk | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.supervisor: Supervisor | None = None
+        self.ready = False
+        self.kube_sources: dict[str, KubeWatchSource] = {}
+        self._api_down: dict[str, str] = {}
+        self._busy_since: float | None = None  # monotonic: the consumer took an event then
+        self._untracked: set[str] = set()
+        self._reload_lock = asyncio.Lock()
+        self._started_at = time.time()
 
     async def emit(self, event: NodeEvent) -> None:
         await self._events.put(event)
@@ -77,28 +112,35 @@ class Daemon:
         assert self.tracker is not None
         while True:
             event = await self._events.get()
+            self._busy_since = time.monotonic()
             try:
                 await self.tracker.handle(event)
             except Exception:
                 log.exception("health.event_failed", cluster=event.cluster, node=event.node)
+            finally:
+                self._busy_since = None
 
     async def _workflow_finished(self, wf: WorkflowRecord) -> None:
         assert self.tracker is not None and self.planner is not None
         key = NodeKey(wf.cluster, wf.node)
+        if wf.state in (SUCCEEDED, FAILED):
+            metrics.REMEDIATIONS.labels(wf.cluster, wf.state).inc()
         # A replaced node is gone for good (healer deleted it), whether or not its deletion
         # event was seen before a restart.
         if wf.state == SUCCEEDED and self.tracker.observation(key) is not None:
             self.tracker.forget(key)
+            self._refresh_nodes(wf.cluster)
         await self.planner.on_workflow_finished(wf)
 
     def _open_provider(self, cluster: ClusterConfig) -> Provider:
-        return load_provider(
+        provider = load_provider(
             cluster.provider.plugin,
             cluster=cluster.name,
             options=cluster.provider.options,
             credentials=cluster.provider.credentials,
             state_dir=self.state_dir,
         )
+        return MeteredProvider(provider)  # type: ignore[return-value]
 
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +165,7 @@ class Daemon:
         planner_box: list[Planner] = []
 
         async def on_change(obs, verdict, previous):  # type: ignore[no-untyped-def]
+            self._refresh_nodes(obs.cluster)
             await planner_box[0].on_health_change(obs, verdict, previous)
 
         self.tracker = tracker = HealthTracker(
@@ -146,8 +189,36 @@ class Daemon:
             start=runner.start,
             dry_run=self.dry_run,
             recheck_interval=self.tuning.recheck_interval,
+            blocks=self.blocks,
         )
         planner_box.append(planner)
+        self.scheduler = scheduler = PeriodicJobs(
+            config=self.config,
+            store=store,
+            clock=self.clock,
+            tracker=tracker,
+            planner=planner,
+            runner=runner,
+            providers=self.providers,
+            kube=self.kube,
+            user_data=render_user_data,
+            dry_run=self.dry_run,
+        )
+        self.requests = RequestDesk(
+            store=store, planner=planner, clock=self.clock, poll_interval=self.tuning.request_poll
+        )
+        self.supervisor = Supervisor(
+            self,
+            self.notifier,
+            clock=self.clock,
+            status_interval=self.tuning.status_interval,
+            on_tick=self._publish_status,
+            on_liveness=lambda problems: metrics.LIVENESS_PROBLEMS.set(len(problems)),
+        )
+        metrics.RELOAD_OK.set(1)
+        metrics.RELOAD_TIME.set(time.time())
+        for cluster in self.config.clusters:
+            self._refresh_nodes(cluster.name)
         log.info(
             "daemon.starting",
             clusters=[c.name for c in self.config.clusters],
@@ -168,25 +239,137 @@ class Daemon:
                         watch_timeout=int(self.tuning.watch_timeout),
                         remembered=self._remembered_nodes(cluster.name),
                     )
+                    self.kube_sources[cluster.name] = source
                     tg.create_task(source.run(), name=f"kube-watch-{cluster.name}")
                 if self.config.mqtt is not None:
-                    from healer.sources.mqtt import MqttSource
-
-                    self.mqtt_source = MqttSource(
-                        config=self.config.mqtt,
-                        known_clusters=[c.name for c in self.config.clusters],
-                        clock=self.clock,
-                        emit=self.emit,
-                        is_known_node=tracker.knows,
-                    )
-                    tg.create_task(self.mqtt_source.run(), name="mqtt")
+                    self._start_mqtt(tg, tracker, store, planner)
+                if self.config.webhook is not None:
+                    self._start_webhook(tg, tracker, store, planner)
                 resumed = await runner.resume_all()
                 tg.create_task(planner.run(), name="planner")
-                log.info("daemon.ready", resumed_workflows=resumed)
+                tg.create_task(self.requests.run(), name="operator-requests")
+                scheduler.start()
+                if self.config.metrics is not None:
+                    host, port = self.config.metrics.listen
+                    self.metrics_server = MetricsServer(host=host, port=port, health=self.healthz)
+                    await self.metrics_server.start()
+                tg.create_task(self.supervisor.run(), name="supervisor")
+                waiting = await self._wait_for_sources()
+                self.ready = True
+                metrics.READY.set(1)
+                log.info("daemon.ready", resumed_workflows=resumed, not_connected=waiting)
+                self.notifier.ready(self.status_line())
+                self.supervisor.publish_status()
                 if self._on_ready is not None:
                     await self._on_ready()
         finally:
+            self.ready = False
+            metrics.READY.set(0)
+            scheduler.shutdown()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             await runner.stop()
+
+    def _start_mqtt(
+        self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
+    ) -> None:
+        """The MQTT source, the heartbeat-absence watcher and the reboot arbiter behind it."""
+        from healer.planner.reboots import RebootArbiter
+        from healer.sources.heartbeat import HeartbeatPolicy, HeartbeatWatcher, seed_from
+        from healer.sources.mqtt import MqttSource
+        from healer.sources.mqtt_reboot import (
+            REBOOT_PERMIT,
+            Permit,
+            RebootRequest,
+            control_topic,
+            permit_payload,
+        )
+
+        mqtt = self.config.mqtt
+        assert mqtt is not None
+        observers: list[Callable[[NodeEvent], Awaitable[None]]] = []
+        # In a shared group this daemon sees only some of each node's heartbeats, so silence
+        # would be misread as absence (docs/mqtt.md).
+        if mqtt.shared_group is None:
+            self.heartbeats = HeartbeatWatcher(
+                clock=self.clock,
+                emit=self.emit,
+                policy=HeartbeatPolicy(mqtt.heartbeat_interval, mqtt.heartbeat_miss_after),
+                is_known_node=tracker.knows,
+                seed=seed_from(
+                    (obs.key, {k: v.status for k, v in obs.conditions.items()})
+                    for c in self.config.clusters
+                    for obs, _ in tracker.nodes(c.name)
+                ),
+            )
+            observers.append(self.heartbeats.observe)
+            tg.create_task(self.heartbeats.run(), name="heartbeats")
+
+        async def publish_permit(cluster: str, node: str, permit: Permit) -> None:
+            topic = control_topic(mqtt.topic_prefix, cluster, node, REBOOT_PERMIT)
+            await self.mqtt_source.publish(topic, permit_payload(permit, now=self.clock.now()))
+
+        on_request: Callable[[RebootRequest], Awaitable[None]] | None = None
+        if mqtt.reboot_arbiter:
+            self.reboot_arbiter = arbiter = RebootArbiter(
+                config=self.config,
+                store=store,
+                clock=self.clock,
+                tracker=tracker,
+                publish=publish_permit,
+                blocks=self.blocks,
+                frozen=planner.frozen_reason,
+            )
+            observers.append(arbiter.observe)
+
+            async def on_request(request: RebootRequest) -> None:
+                await arbiter.on_request(request)
+
+        async def emit(event: NodeEvent) -> None:
+            await self.emit(event)
+            for observe in observers:
+                await observe(event)
+
+        self.mqtt_source = MqttSource(
+            config=mqtt,
+            known_clusters=[c.name for c in self.config.clusters],
+            clock=self.clock,
+            emit=emit,
+            is_known_node=tracker.knows,
+            on_reboot_request=on_request,
+        )
+        tg.create_task(self.mqtt_source.run(), name="mqtt")
+
+    def _start_webhook(
+        self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
+    ) -> None:
+        from healer.sources.webhook import WebhookServer
+        from healer.sources.webhook_payload import BlockChange
+
+        assert self.config.webhook is not None
+
+        async def on_block(change: BlockChange) -> None:
+            firing = "firing" if change.firing else "resolved"
+            store.audit(
+                at=self.clock.now(),
+                cluster=change.cluster,
+                event="alert.blocking" if change.firing else "alert.unblocked",
+                reason="BlockedByAlert" if change.firing else "AlertResolved",
+                message=f"blocking alert {change.alert} {firing} for cluster {change.cluster}",
+                evidence={"alert": change.alert, "fingerprint": change.fingerprint},
+            )
+            await planner.consider(change.cluster)
+
+        self.webhook = WebhookServer(
+            config=self.config.webhook,
+            known_clusters=[c.name for c in self.config.clusters],
+            clock=self.clock,
+            emit=self.emit,
+            is_known_node=tracker.knows,
+            blocks=self.blocks,
+            on_block=on_block,
+        )
+        tg.create_task(self.webhook.run(), name="webhook")
 
     def _remembered_nodes(self, cluster: str) -> Callable[[], list[str]]:
         def names() -> list[str]:
@@ -198,9 +381,196 @@ class Daemon:
     def _availability_hook(self, cluster: str) -> Callable[[bool, str], Awaitable[None]]:
         async def hook(available: bool, reason: str) -> None:
             assert self.planner is not None
+            if available:
+                self._api_down.pop(cluster, None)
+            else:
+                self._api_down[cluster] = reason
             await self.planner.on_api_availability(cluster, available, reason)
 
         return hook
+
+    async def _wait_for_sources(self) -> list[str]:
+        """Wait until every source has connected (the first list of each cluster's API is in,
+        the MQTT subscription is up), at most ``startup_timeout``. Returns those still not
+        connected: the daemon then reports READY anyway, saying so in its status, because a
+        service that never starts while one of several clusters is down helps nobody; the
+        planner decides nothing for a cluster whose API it cannot see."""
+        deadline = time.monotonic() + self.tuning.startup_timeout
+        while True:
+            waiting = self._unconnected()
+            if not waiting or time.monotonic() >= deadline:
+                if waiting:
+                    log.warning("daemon.sources_not_connected", sources=waiting)
+                return waiting
+            self.notifier.status("starting: waiting for " + ", ".join(waiting))
+            await asyncio.sleep(0.1)
+
+    def _unconnected(self) -> list[str]:
+        waiting = [
+            f"the API of cluster {name}"
+            for name, source in self.kube_sources.items()
+            if not source.synced.is_set()
+        ]
+        if self.mqtt_source is not None and not getattr(self.mqtt_source, "connected", True):
+            waiting.append("the MQTT broker")
+        return waiting
+
+    # -- systemd: liveness, status, reload --------------------------------------------------
+    def liveness(self) -> list[str]:
+        """What is stuck right now (empty when healthy); gates the systemd watchdog."""
+        problems = []
+        stall = self.tuning.stall_after
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > stall:
+            problems.append(
+                f"the event consumer has been handling one event for "
+                f"{time.monotonic() - busy:.0f}s ({self._events.qsize()} queued)"
+            )
+        if self.tracker is not None:
+            late = self.tracker.overdue(self.clock.now())
+            if late > stall:
+                problems.append(f"the health tracker is {late:.0f}s behind its re-evaluations")
+        if self.runner is not None:
+            # Lost twice in a row: a workflow between two states for one check is normal.
+            untracked = set(self.runner.untracked())
+            lost = sorted(untracked & self._untracked)
+            self._untracked = untracked
+            if lost:
+                problems.append(f"running workflow(s) with no task: {', '.join(lost)}")
+        return problems
+
+    def healthz(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting: " + self.status_line()
+        problems = self.liveness()
+        if problems:
+            return False, "unhealthy: " + "; ".join(problems)
+        return True, "ok: " + self.status_line()
+
+    def status_line(self) -> str:
+        if self.tracker is None or self.store is None:
+            return "starting"
+        clusters = self.config.clusters
+        nodes = [v for c in clusters for _, v in self.tracker.nodes(c.name)]
+        unhealthy = sum(1 for v in nodes if v.health is Health.UNHEALTHY)
+        in_flight = self.runner.in_flight if self.runner is not None else 0
+        parts = [
+            f"watching {len(clusters)} cluster(s), {len(nodes)} nodes"
+            + (f" ({unhealthy} unhealthy)" if unhealthy else "")
+            + f", {in_flight} workflows in flight"
+        ]
+        if self._api_down:
+            parts.append("API unreachable: " + ", ".join(sorted(self._api_down)))
+        pauses = self.store.pauses()
+        if pauses or self.config.paused:
+            parts.append("paused: " + ", ".join(sorted(pauses) or ["* (config)"]))
+        breakers = self.store.breakers()
+        if breakers:
+            parts.append("breaker open: " + ", ".join(sorted(breakers)))
+        if not self.ready:
+            waiting = self._unconnected()
+            if waiting:
+                parts.append("waiting for " + ", ".join(waiting))
+        return "; ".join(parts)
+
+    def _publish_status(self, line: str) -> None:
+        """Each status round: the line for `healer status`, and the gauges read from state."""
+        if self.store is None:
+            return
+        breakers = self.store.breakers()
+        pauses = self.store.pauses()
+        running = self.store.workflows(state=RUNNING)
+        for c in self.config.clusters:
+            metrics.BREAKER_OPEN.labels(c.name).set(1 if c.name in breakers else 0)
+            paused = (
+                self.config.paused
+                or c.paused
+                or "*" in pauses
+                or any(s == f"cluster:{c.name}" or s.startswith(f"pool:{c.name}/") for s in pauses)
+            )
+            metrics.PAUSED.labels(c.name).set(1 if paused else 0)
+            metrics.WORKFLOWS_IN_FLIGHT.labels(c.name).set(
+                sum(1 for wf in running if wf.cluster == c.name)
+            )
+        self.store.set_meta(
+            "daemon",
+            {
+                "pid": os.getpid(),
+                "started_at": self._started_at,
+                "updated_at": time.time(),
+                "ready": self.ready,
+                "status": line,
+                "status_interval": self.tuning.status_interval,
+            },
+        )
+
+    def _refresh_nodes(self, cluster: str) -> None:
+        if self.tracker is not None:
+            set_node_gauges(cluster, [v.health for _, v in self.tracker.nodes(cluster)])
+
+    def reconfigure(self, config: HealerConfig) -> None:
+        """Swap in a validated configuration (see :mod:`healer.reload` for what may change).
+
+        In-flight workflows keep the cluster settings they started with; new decisions, new
+        thresholds and new pools use ``config`` from here on.
+        """
+        self.config = config
+        for part in (self.tracker, self.planner, self.runner, self.scheduler, self.reboot_arbiter):
+            if part is not None:
+                part.reconfigure(config)
+        for cluster in config.clusters:
+            self._refresh_nodes(cluster.name)
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the configuration file; apply it whole or not at all."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            path = self.config_path
+            try:
+                if path is None:
+                    raise ConfigError("no configuration file to reload from")
+                new = load_config(path)
+                fields = restart_required(self.config, new)
+                if fields:
+                    raise ConfigError(
+                        f"{path}: only a restart changes these fields (systemctl restart "
+                        "healer):\n" + "\n".join(f"  {f}: changed" for f in fields)
+                    )
+            except ConfigError as exc:
+                message = str(exc)
+                log.error(
+                    "config.reload_rejected",
+                    path=str(path),
+                    fields=field_paths(message),
+                    reason=message,
+                )
+                if self.store is not None:
+                    self.store.audit(
+                        at=self.clock.now(),
+                        cluster="*",
+                        event="config.reload_rejected",
+                        reason="InvalidConfig",
+                        message=f"configuration reload rejected; the running configuration "
+                        f"stays: {message}",
+                        evidence={"fields": field_paths(message)},
+                    )
+                metrics.RELOAD_OK.set(0)
+                self.notifier.ready(f"{self.status_line()}; last reload rejected (see log)")
+                return False
+            self.reconfigure(new)
+            metrics.RELOAD_OK.set(1)
+            metrics.RELOAD_TIME.set(time.time())
+            log.info("config.reloaded", path=str(path), clusters=[c.name for c in new.clusters])
+            if self.store is not None:
+                self.store.audit(
+                    at=self.clock.now(),
+                    cluster="*",
+                    event="config.reloaded",
+                    reason="Reload",
+                    message=f"configuration reloaded from {path}",
+                )
+            self.notifier.ready(self.status_line())
+            return True
 
     # -- views for the lab and tests --------------------------------------------------------
     def unhealthy(self, cluster: str) -> list[str]:

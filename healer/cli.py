@@ -1,4 +1,5 @@
-"""The `healer` command: run | validate | lab | status | history | pause | resume | breaker | remediate.
+"""The `healer` command: run | validate | lab | status | history | pause | resume | breaker | remediate
+| plan | apply | destroy.
 
 Commands that inspect or steer a running daemon work on the state database it shares
 (``--state-dir`` or HEALER_STATE_DIR), so they need no socket and work while it is down too.
@@ -14,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,28 @@ def _config_path(args: argparse.Namespace) -> str:
     return args.config or os.environ.get("HEALER_CONFIG") or DEFAULT_CONFIG
 
 
+def _as_state_owner(state_dir: Path) -> None:
+    """Run as root, become the owner of the state directory before touching the database.
+
+    SQLite creates its -wal and -shm files as whoever opens the database first; a root-owned
+    one in /var/lib/healer would lock the daemon (User=healer) out of its own state. Dropping
+    to the directory's owner is what `sudo -u healer healer ...` does, done for the operator.
+    """
+    if os.geteuid() != 0 or not state_dir.is_dir():
+        return
+    st = state_dir.stat()
+    if st.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(st.st_gid)
+    os.setuid(st.st_uid)
+
+
 def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from healer.store.sqlite import DB_NAME, Store
 
     state_dir = state_dir_for(args)
+    _as_state_owner(state_dir)
     if not (state_dir / DB_NAME).exists():
         raise ConfigError(
             f"no healer state in {state_dir} (looked for {DB_NAME}); pass --state-dir or set "
@@ -72,6 +91,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for i, c in enumerate(config.clusters)
         if c.provider.plugin not in plugins
     ]
+    # What `healer apply` would need from each provider and cannot get (docs/provisioning.md).
+    problems += [f"{path}: {p}" for p in _infra_problems(config)]
+    # Files and secrets the machines' configuration refers to (docs/security.md).
+    from healer.provisioning.userdata import check_references
+
+    problems += [p for c in config.clusters for p in check_references(c, where=f"{path}: ")]
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -79,27 +104,119 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for c in config.clusters:
         pools = ", ".join(f"{p.name} ({p.role}, {p.size})" for p in c.pools)
         print(f"  cluster {c.name}: provider {c.provider.plugin}; pools: {pools}")
+        for line in _infra_report(c):
+            print(f"    {line}")
     return 0
+
+
+def _infra_problems(config: HealerConfig) -> list[str]:
+    from healer.provisioning.infra import desired_state
+    from providers.infra import capabilities_for
+
+    return [
+        problem
+        for c in config.clusters
+        for problem in desired_state(
+            c, capabilities_for(c.provider.plugin, c.provider.options)
+        ).problems
+    ]
+
+
+def _infra_report(cluster: Any) -> list[str]:
+    from healer.provisioning.infra import capability_report
+    from providers.infra import capabilities_for
+
+    caps = capabilities_for(cluster.provider.plugin, cluster.provider.options)
+    return capability_report(cluster, caps)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from healer.provisioning.commands import run_plan
+
+    path = _config_path(args)
+    return run_plan(args, config_path=path, state_dir=_provisioning_state_dir(args, path))
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from healer.provisioning.commands import run_apply
+
+    path = _config_path(args)
+    return run_apply(args, config_path=path, state_dir=_provisioning_state_dir(args, path))
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from healer.provisioning.commands import run_destroy
+
+    path = _config_path(args)
+    return run_destroy(args, config_path=path, state_dir=_provisioning_state_dir(args, path))
+
+
+def _provisioning_state_dir(args: argparse.Namespace, path: str) -> Path:
+    # The config's stateDir counts too; a config error surfaces in the command itself.
+    try:
+        config: HealerConfig | None = load_config(path)
+    except ConfigError:
+        config = None
+    return state_dir_for(args, config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from healer.app import Daemon
     from healer.logs import configure
+    from healer.systemd import Notifier
 
-    config = load_config(_config_path(args))
+    path = Path(_config_path(args))
+    config = load_config(path)
     configure(config.log_format)
-    daemon = Daemon(config, state_dir=state_dir_for(args, config), dry_run=args.dry_run)
-    return _run_until_signalled(daemon.run())
+    # Under systemd (Type=notify) this reports READY/STATUS/WATCHDOG/STOPPING; elsewhere no-op.
+    notifier = Notifier.from_env()
+    daemon = Daemon(
+        config,
+        state_dir=state_dir_for(args, config),
+        dry_run=args.dry_run,
+        notifier=notifier,
+        config_path=path,
+    )
+    return _run_until_signalled(daemon.run(), on_stop=notifier.stopping, on_reload=daemon.reload)
 
 
-def _run_until_signalled(coro: Any) -> int:
+def _run_until_signalled(
+    coro: Any,
+    *,
+    on_stop: Callable[[], object] | None = None,
+    on_reload: Callable[[], Awaitable[object]] | None = None,
+) -> int:
+    """Run ``coro`` until SIGTERM/SIGINT (cancelled: workflows checkpoint and resume at the next
+    start); SIGHUP calls ``on_reload`` (ExecReload= in the unit sends it)."""
+    import structlog
+
+    log = structlog.get_logger("healer.cli")
+
     async def main() -> None:
         task = asyncio.ensure_future(coro)
         loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[object]] = set()
+
+        def stop(sig: signal.Signals) -> None:
+            log.info("daemon.stopping", signal=sig.name)
+            if on_stop is not None:
+                on_stop()
+            task.cancel()
+
+        def reload() -> None:
+            assert on_reload is not None
+            log.info("config.reload_requested", signal="SIGHUP")
+            job: asyncio.Task[object] = loop.create_task(on_reload())  # type: ignore[arg-type]
+            reloads.add(job)
+            job.add_done_callback(reloads.discard)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop, sig)
+        if on_reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        log.info("daemon.stopped")
 
     asyncio.run(main())
     return 0
@@ -181,16 +298,69 @@ def _describe(ev: dict[str, Any]) -> str:
     return f"{_ts(ev.get('at'))} {ev.get('source', '?')}: {what}"
 
 
+def _daemon_info(store: Any) -> dict[str, Any]:
+    """The running daemon as its last status round left it in the state database."""
+    info = store.get_meta("daemon")
+    if not isinstance(info, dict):
+        return {"running": False, "detail": "no daemon has run on this state directory"}
+    age = time.time() - float(info.get("updated_at", 0.0))
+    # Three missed status rounds: stopped or stuck, whatever the pid says.
+    fresh = age <= 3 * float(info.get("status_interval", 10.0)) + 5.0
+    alive = True
+    try:
+        os.kill(int(info.get("pid", 0)), 0)
+    except ProcessLookupError:
+        alive = False
+    except (PermissionError, ValueError, OverflowError):
+        pass  # another user's process (or no pid): the freshness decides
+    return info | {"running": fresh and alive, "seconds_since_update": round(age, 1)}
+
+
+def _pools(args: argparse.Namespace, nodes: list[Any]) -> list[dict[str, Any]]:
+    """Pools with their desired size (from the config, when one is readable) and node health."""
+    desired: dict[tuple[str, str], int] = {}
+    explicit = bool(args.config or os.environ.get("HEALER_CONFIG"))
+    path = _config_path(args)
+    if explicit or Path(path).exists():
+        try:
+            config = load_config(path)
+        except ConfigError:
+            if explicit:
+                raise
+        else:
+            for c in config.clusters:
+                if args.cluster in (None, c.name):
+                    for pool in c.pools:
+                        desired[(c.name, pool.name)] = pool.size
+    out: dict[tuple[str, str], dict[str, Any]] = {
+        key: {"cluster": key[0], "pool": key[1], "size": size, "nodes": 0, "health": {}}
+        for key, size in desired.items()
+    }
+    for n in nodes:
+        o = n.observation
+        key = (o.cluster, o.pool or "-")
+        row = out.setdefault(
+            key, {"cluster": key[0], "pool": key[1], "size": None, "nodes": 0, "health": {}}
+        )
+        row["nodes"] += 1
+        row["health"][str(n.health)] = row["health"].get(str(n.health), 0) + 1
+    return [out[k] for k in sorted(out)]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = _open_store(args)
     nodes = store.nodes(args.cluster)
     running = store.workflows(cluster=args.cluster, state="running")
     pauses = store.pauses()
     breakers = store.breakers()
+    daemon = _daemon_info(store)
+    pools = _pools(args, nodes)
     if args.json:
         print(
             json.dumps(
                 {
+                    "daemon": daemon,
+                    "pools": pools,
                     "nodes": [
                         {
                             "cluster": n.observation.cluster,
@@ -204,7 +374,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                         for n in nodes
                     ],
                     "workflows": [
-                        {"id": w.id, "node": w.node, "step": w.step, "started_at": w.started_at}
+                        {
+                            "id": w.id,
+                            "cluster": w.cluster,
+                            "pool": w.pool,
+                            "node": w.node,
+                            "replacement": w.replacement_name,
+                            "step": w.step,
+                            "started_at": w.started_at,
+                        }
                         for w in running
                     ],
                     "pauses": sorted(pauses),
@@ -214,6 +392,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if daemon["running"]:
+        print(f"daemon: running (pid {daemon['pid']}): {daemon['status']}")
+    elif "updated_at" in daemon:
+        print(f"daemon: NOT RUNNING (last seen {_ts(daemon['updated_at'])}: {daemon['status']})")
+    else:
+        print(f"daemon: NOT RUNNING ({daemon['detail']})")
+    if pools:
+        print(f"\n{'CLUSTER':<10} {'POOL':<16} {'SIZE':>4} {'NODES':>5}  HEALTH")
+        for row in pools:
+            health = ", ".join(f"{v} {k}" for k, v in sorted(row["health"].items())) or "-"
+            size = "-" if row["size"] is None else str(row["size"])
+            print(f"{row['cluster']:<10} {row['pool']:<16} {size:>4} {row['nodes']:>5}  {health}")
+        print()
     print(f"{'CLUSTER':<10} {'NODE':<32} {'POOL':<16} {'HEALTH':<10} REASON")
     for n in nodes:
         o = n.observation
@@ -234,6 +425,7 @@ def cmd_pause(args: argparse.Namespace, paused: bool = True) -> int:
     if args.pool and not args.cluster:
         raise ConfigError("--pool needs --cluster")
     state_dir = state_dir_for(args)
+    _as_state_owner(state_dir)
     store = Store.open(state_dir)
     scope = pause_scope(args.cluster, args.pool)
     changed = store.set_paused(scope, paused, at=time.time(), note=getattr(args, "note", "") or "")
@@ -253,6 +445,7 @@ def cmd_pause(args: argparse.Namespace, paused: bool = True) -> int:
 def cmd_breaker(args: argparse.Namespace) -> int:
     from healer.store.sqlite import Store
 
+    _as_state_owner(state_dir_for(args))
     store = Store.open(state_dir_for(args))
     if args.action != "reset":
         for c, (reason, at) in store.breakers().items():
@@ -269,6 +462,41 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         )
     print(f"breaker reset for: {', '.join(names)}" if names else "no breaker was open")
     return 0
+
+
+EXIT_REFUSED = 1
+EXIT_NO_ANSWER = 3
+
+
+def cmd_remediate(args: argparse.Namespace) -> int:
+    from healer.operator import describe, request_remediation
+
+    store = _open_store(args)
+    cluster = args.cluster
+    if cluster is None:
+        clusters = sorted({n.observation.cluster for n in store.nodes()})
+        if len(clusters) != 1:
+            raise ConfigError(
+                "--cluster is needed"
+                + (f": healer knows nodes of {', '.join(clusters)}" if clusters else "")
+            )
+        cluster = clusters[0]
+    what = f"{cluster}/{args.node}"
+    if not args.json:
+        how = " with --force (the guards are skipped)" if args.force else " through the guards"
+        print(f"asking the running daemon to remediate {what}{how}...", flush=True)
+    answer = request_remediation(
+        store, cluster=cluster, node=args.node, force=args.force, timeout=args.timeout
+    )
+    if args.json:
+        print(json.dumps(answer | {"cluster": cluster, "node": args.node}, indent=2))
+    else:
+        print(describe(answer))
+        if answer["result"] == "started":
+            print(f"follow it with: healer history {args.node} --cluster {cluster}")
+    if answer["result"] == "started":
+        return 0
+    return EXIT_NO_ANSWER if answer["result"] == "timeout" else EXIT_REFUSED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,8 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("status", help="nodes, workflows in flight, pauses, breaker")
-    common(p, config=False)
+    p = sub.add_parser(
+        "status", help="the daemon, pools, nodes, workflows in flight, pauses, breaker"
+    )
+    common(p)
     p.add_argument("--cluster")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
@@ -326,11 +556,33 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--note", default="")
         p.set_defaults(func=lambda a, paused=paused: cmd_pause(a, paused))
 
+    p = sub.add_parser(
+        "remediate",
+        help="ask the running daemon to replace NODE now (through the guards unless --force)",
+    )
+    common(p, config=False)
+    p.add_argument("node")
+    p.add_argument("--cluster", help="needed when healer knows more than one cluster")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="skip the guards (breaker, pause, limits); the node must still be in a managed pool",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_remediate)
+
     p = sub.add_parser("breaker", help="show or reset the circuit breaker")
     common(p, config=False)
     p.add_argument("action", choices=["show", "reset"])
     p.add_argument("--cluster")
     p.set_defaults(func=cmd_breaker)
+
+    from healer.provisioning.commands import add_parsers
+
+    add_parsers(sub, common, (cmd_plan, cmd_apply, cmd_destroy))
     return parser
 
 

@@ -1,15 +1,18 @@
 """Typed configuration, loaded from one YAML file and validated up front.
 
 Errors name the file, the field path (``clusters[0].pools[1].remediation.maxUnhealthy``) and what
-is wrong. Secrets are given by reference (``{env: NAME}`` or ``{file: PATH}``) and are only read
-when used; their values never appear in ``repr`` or logs.
+is wrong. Secrets are given by reference (``{env: NAME}``, ``{file: PATH}`` or, under systemd,
+``{credential: NAME}``) and are only read when used; their values never appear in ``repr`` or
+logs.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,18 +59,43 @@ class _Model(BaseModel):
 
 
 class SecretRef(_Model):
-    """A secret given by reference. Exactly one of ``env`` or ``file``."""
+    """A secret given by reference. Exactly one of ``env``, ``file`` or ``credential``.
+
+    ``{credential: NAME}`` reads ``$CREDENTIALS_DIRECTORY/NAME``: the file systemd provides for
+    ``LoadCredential=NAME:/path`` (see systemd/healer.service and docs/install.md), readable only
+    by the service and never in its environment.
+    """
 
     env: str | None = None
     file: Path | None = None
+    credential: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]{1,255}$")
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("a secret reference needs exactly one of 'env' or 'file'")
+        given = [name for name in ("env", "file", "credential") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a secret reference needs exactly one of 'env', 'file' or 'credential'"
+            )
         return self
 
     def reveal(self) -> str:
+        if self.credential is not None:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(
+                    f"secret: credential {self.credential}: $CREDENTIALS_DIRECTORY is not set "
+                    f"(start healer from its systemd unit with LoadCredential={self.credential}:"
+                    "PATH, or use 'file' or 'env' outside systemd)"
+                )
+            path = Path(directory) / self.credential
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"secret: credential {self.credential}: cannot read {path}: {exc.strerror} "
+                    f"(is there a LoadCredential={self.credential}:... line in the unit?)"
+                ) from exc
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
@@ -80,6 +108,8 @@ class SecretRef(_Model):
             raise ConfigError(f"secret: cannot read {self.file}: {exc.strerror}") from exc
 
     def __repr__(self) -> str:
+        if self.credential is not None:
+            return f"SecretRef(credential:{self.credential})"
         where = f"env:{self.env}" if self.env else f"file:{self.file}"
         return f"SecretRef({where})"
 
@@ -223,6 +253,63 @@ class ProviderConfig(_Model):
     credentials: dict[str, SecretRef] = Field(default_factory=dict)
 
 
+def _cidr(value: Any) -> str:
+    """An IPv4 or IPv6 network in CIDR notation, without host bits (``10.0.0.0/16``)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a CIDR string like '10.0.0.0/16', got {value!r}")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError as exc:
+        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+
+
+Cidr = Annotated[str, BeforeValidator(_cidr)]
+
+
+class NetworkConfig(_Model):
+    """The cluster's private network and its one subnet (provisioning; docs/provisioning.md)."""
+
+    cidr: Cidr
+    subnet_cidr: Cidr = Field(alias="subnetCidr")
+    location: str | None = Field(
+        None,
+        description="the subnet's zone (EC2, lab) or region (GCE); default: the control-plane "
+        "pool's location",
+    )
+    public_ips: bool = Field(
+        False, alias="publicIps", description="give every machine a public address as well"
+    )
+
+    @model_validator(mode="after")
+    def _inside(self) -> NetworkConfig:
+        net, sub = ipaddress.ip_network(self.cidr), ipaddress.ip_network(self.subnet_cidr)
+        if sub.version != net.version or not sub.subnet_of(net):  # type: ignore[arg-type]
+            raise ValueError(f"subnetCidr {self.subnet_cidr} is not inside cidr {self.cidr}")
+        return self
+
+
+class HealthCheckConfig(_Model):
+    protocol: Literal["tcp", "http", "https"] = "https"
+    port: int = Field(6443, ge=1, le=65535)
+    path: str = "/readyz"
+    interval: Duration = 10.0
+    timeout: Duration = 5.0
+    healthy_threshold: int = Field(2, alias="healthyThreshold", ge=2, le=10)
+    unhealthy_threshold: int = Field(3, alias="unhealthyThreshold", ge=2, le=10)
+
+
+class LoadBalancerConfig(_Model):
+    """The API load balancer in front of the control-plane pool (needs ``network``)."""
+
+    enabled: bool = True
+    port: int = Field(6443, ge=1, le=65535)
+    internal: bool = Field(False, description="no public address; reachable inside the network")
+    api_cidrs: tuple[Cidr, ...] | None = Field(
+        None, alias="apiCidrs", description="who may reach the API (default: adminCidrs)"
+    )
+    health_check: HealthCheckConfig = Field(HealthCheckConfig(), alias="healthCheck")
+
+
 class MaintenanceWindow(_Model):
     """When agents may reboot: ``days`` (mon..sun) from ``start`` to ``end`` (HH:MM) in
     ``timezone``. An ``end`` at or before ``start`` runs past midnight into the next day."""
@@ -270,6 +357,209 @@ class RebootPolicy(_Model):
     )
 
 
+# ---- machine hardening and cluster level (healer/provisioning; docs/security.md)
+
+
+class SshConfig(_Model):
+    """The one SSH key authorised on every machine of the cluster. Without ``publicKey`` or
+    ``publicKeyFile`` healer generates an ed25519 key pair for the cluster in its state dir."""
+
+    user: str = Field(
+        "healer",
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="the only login user: sudo without password, no password login",
+    )
+    public_key: str | None = Field(None, alias="publicKey")
+    public_key_file: Path | None = Field(None, alias="publicKeyFile")
+
+    @field_validator("public_key")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from healer.provisioning.sshkeys import parse_public_key  # cryptography: lazy
+
+        return parse_public_key(value)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SshConfig:
+        if self.public_key is not None and self.public_key_file is not None:
+            raise ValueError("give at most one of 'publicKey' or 'publicKeyFile'")
+        return self
+
+
+class UpgradesConfig(_Model):
+    """Unattended security upgrades on every machine (the distribution's security origins)."""
+
+    enabled: bool = True
+    automatic_reboot: bool = Field(
+        True,
+        alias="automaticReboot",
+        description="reboot when an upgrade needs it; the node agent asks healer when",
+    )
+
+
+class AgentConfig(_Model):
+    """How the node agent on every machine reaches the MQTT broker."""
+
+    broker_host: str = Field(alias="brokerHost", min_length=1)
+    broker_port: int = Field(8883, alias="brokerPort", ge=1, le=65535)
+    tls: bool = True
+    tls_ca: Path | None = Field(None, alias="tlsCa", description="CA file, installed on machines")
+    username: str | None = None
+    password: SecretRef | None = None
+    topic_prefix: str = Field("healer/v1", alias="topicPrefix")
+    heartbeat_interval: Duration = Field(30.0, alias="heartbeatInterval", gt=0)
+
+
+class EncryptionAtRest(_Model):
+    provider: Literal["secretbox", "aescbc"] = "secretbox"
+
+
+class AuditConfig(_Model):
+    enabled: bool = False
+    policy_file: Path | None = Field(None, alias="policyFile")
+    max_age_days: int = Field(30, alias="maxAgeDays", ge=1)
+    max_backups: int = Field(10, alias="maxBackups", ge=1)
+    max_size_mb: int = Field(100, alias="maxSizeMb", ge=1)
+
+
+class KubernetesConfig(_Model):
+    """How healer bootstraps Kubernetes on its machines with kubeadm."""
+
+    version: str = Field("v1.31.4", pattern=r"^v?\d+\.\d+\.\d+$")
+    control_plane_endpoint: str | None = Field(
+        None,
+        alias="controlPlaneEndpoint",
+        description="host[:port] of the API; default: the load balancer healer created",
+    )
+    extra_sans: tuple[str, ...] = Field((), alias="extraSans")
+    pod_subnet: str = Field("10.244.0.0/16", alias="podSubnet")
+    service_subnet: str = Field("10.96.0.0/12", alias="serviceSubnet")
+    dns_domain: str = Field("cluster.local", alias="dnsDomain")
+    install_packages: bool = Field(True, alias="installPackages")
+    encryption: EncryptionAtRest = EncryptionAtRest()
+    audit: AuditConfig = AuditConfig()
+    bootstrap_token: SecretRef | None = Field(None, alias="bootstrapToken")
+    bootstrap_token_ttl: Duration = Field(86400.0, alias="bootstrapTokenTtl", gt=0)
+
+    @field_validator("version")
+    @classmethod
+    def _v_prefix(cls, value: str) -> str:
+        return value if value.startswith("v") else f"v{value}"
+
+    @field_validator("pod_subnet", "service_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid subnet {value!r}: {exc}") from None
+
+
+PsaLevel = Literal["privileged", "baseline", "restricted"]
+
+
+class PodSecurityLevels(_Model):
+    """Pod Security Admission levels for a namespace; an unset mode is not labelled."""
+
+    enforce: PsaLevel | None = None
+    audit: PsaLevel | None = None
+    warn: PsaLevel | None = None
+    version: str | None = Field(None, pattern=r"^(latest|v1\.\d+)$")
+
+
+class PodSecurityConfig(_Model):
+    default: PodSecurityLevels = PodSecurityLevels()
+    namespaces: dict[str, PodSecurityLevels] = Field(default_factory=dict)
+    exempt_namespaces: tuple[str, ...] = Field(("kube-system",), alias="exemptNamespaces")
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> PodSecurityConfig:
+        both = sorted(set(self.namespaces) & set(self.exempt_namespaces))
+        if both:
+            raise ValueError(f"namespaces both configured and exempt: {', '.join(both)}")
+        return self
+
+
+_RBAC_NAME = r"^[a-zA-Z0-9][-a-zA-Z0-9_.:]*$"
+_NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class PolicyRuleConfig(_Model):
+    api_groups: tuple[str, ...] = Field((), alias="apiGroups")
+    resources: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = Field(min_length=1)
+    resource_names: tuple[str, ...] = Field((), alias="resourceNames")
+    non_resource_urls: tuple[str, ...] = Field((), alias="nonResourceURLs")
+
+
+class RoleConfig(_Model):
+    name: str = Field(pattern=_RBAC_NAME, max_length=253)
+    namespace: str | None = Field(None, pattern=_NAMESPACE)
+    rules: tuple[PolicyRuleConfig, ...] = ()
+
+
+class RoleRefConfig(_Model):
+    kind: Literal["Role", "ClusterRole"]
+    name: str = Field(pattern=_RBAC_NAME)
+
+
+class SubjectConfig(_Model):
+    kind: Literal["User", "Group", "ServiceAccount"]
+    name: str = Field(min_length=1)
+    namespace: str | None = Field(None, pattern=_NAMESPACE)
+
+    @model_validator(mode="after")
+    def _sa_namespace(self) -> SubjectConfig:
+        if self.kind == "ServiceAccount" and self.namespace is None:
+            raise ValueError(f"ServiceAccount subject {self.name!r} needs a namespace")
+        return self
+
+
+class BindingConfig(_Model):
+    """A RoleBinding when ``namespace`` is set, else a ClusterRoleBinding."""
+
+    name: str = Field(pattern=_RBAC_NAME, max_length=253)
+    namespace: str | None = Field(None, pattern=_NAMESPACE)
+    role_ref: RoleRefConfig = Field(alias="roleRef")
+    subjects: tuple[SubjectConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ref(self) -> BindingConfig:
+        if self.namespace is None and self.role_ref.kind == "Role":
+            raise ValueError(
+                f"binding {self.name!r} has no namespace (a ClusterRoleBinding) and so can only "
+                "reference a ClusterRole"
+            )
+        return self
+
+
+class RbacConfig(_Model):
+    roles: tuple[RoleConfig, ...] = ()
+    cluster_roles: tuple[RoleConfig, ...] = Field((), alias="clusterRoles")
+    bindings: tuple[BindingConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _shape(self) -> RbacConfig:
+        for role in self.roles:
+            if role.namespace is None:
+                raise ValueError(f"role {role.name!r} needs a namespace (or is it a clusterRole?)")
+        for role in self.cluster_roles:
+            if role.namespace is not None:
+                raise ValueError(f"clusterRole {role.name!r} cannot have a namespace")
+        seen: set[tuple[str, str | None, str]] = set()
+        groups = (("Role", self.roles), ("ClusterRole", self.cluster_roles))
+        for kind, items in (*groups, ("Binding", self.bindings)):
+            for item in items:
+                key = (kind, item.namespace, item.name)
+                if key in seen:
+                    where = f" in namespace {item.namespace}" if item.namespace else ""
+                    raise ValueError(f"{kind} {item.name!r}{where} is defined twice")
+                seen.add(key)
+        return self
+
+
 class ClusterConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
     kubeconfig: Path | None = None
@@ -279,6 +569,19 @@ class ClusterConfig(_Model):
     remediation: ClusterRemediation = ClusterRemediation()
     breaker: BreakerPolicy = BreakerPolicy()
     reboots: RebootPolicy = RebootPolicy()
+    ssh: SshConfig = SshConfig()
+    upgrades: UpgradesConfig = UpgradesConfig()
+    agent: AgentConfig | None = None
+    kubernetes: KubernetesConfig | None = None
+    pod_security: PodSecurityConfig | None = Field(None, alias="podSecurity")
+    rbac: RbacConfig | None = None
+    network: NetworkConfig | None = Field(
+        None, description="build a private network, firewall and API load balancer"
+    )
+    admin_cidrs: tuple[Cidr, ...] = Field(
+        (), alias="adminCidrs", description="the only sources admitted to SSH (22)"
+    )
+    load_balancer: LoadBalancerConfig = Field(LoadBalancerConfig(), alias="loadBalancer")
     paused: bool = False
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
 
@@ -395,7 +698,7 @@ def _parse_listen(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid listen address {value!r}: use 'HOST:PORT', e.g. '0.0.0.0:9095'")
     return (host.removeprefix("[").removesuffix("]"), int(port))
 
@@ -450,6 +753,39 @@ class WebhookConfig(_Model):
         return self
 
 
+class MetricsConfig(_Model):
+    """The daemon's own Prometheus listener (/metrics and /healthz); see docs/operations.md."""
+
+    listen: ListenAddress = ("127.0.0.1", 9310)
+
+
+class OrphanPolicy(_Model):
+    """Machines tagged as healer's for a cluster that healer has no record of (orphan sweep)."""
+
+    destroy: bool = Field(
+        False, description="destroy an orphan once it has been reported for 'grace'"
+    )
+    grace: Duration = Field(1800.0, description="time from the first report to a destroy")
+
+
+class ScheduleConfig(_Model):
+    """Intervals of the periodic jobs (healer.scheduler). ``0`` turns a job off."""
+
+    resync: Duration = Field(300.0, description="compare pools, machines and nodes per cluster")
+    drift_repair: Duration = Field(
+        300.0, alias="driftRepair", description="give a pool below its size a machine"
+    )
+    orphan_sweep: Duration = Field(600.0, alias="orphanSweep")
+    maintenance: Duration = Field(60.0, description="re-evaluate the maintenance windows")
+    stale_workflows: Duration = Field(300.0, alias="staleWorkflows")
+    stale_after: Duration = Field(
+        7200.0,
+        alias="staleAfter",
+        ge=600.0,
+        description="a running remediation with no progress for this long is failed",
+    )
+
+
 class HealerConfig(_Model):
     state_dir: Path | None = Field(None, alias="stateDir")
     dry_run: bool = Field(False, alias="dryRun")
@@ -457,6 +793,9 @@ class HealerConfig(_Model):
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="logFormat")
     mqtt: MqttConfig | None = None
     webhook: WebhookConfig | None = None
+    metrics: MetricsConfig | None = None
+    orphans: OrphanPolicy = OrphanPolicy()
+    schedule: ScheduleConfig = ScheduleConfig()
     clusters: tuple[ClusterConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -520,8 +859,27 @@ def _resolve_paths(cfg: HealerConfig, base: Path) -> HealerConfig:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
 
-    clusters = tuple(c.model_copy(update={"kubeconfig": fix(c.kubeconfig)}) for c in cfg.clusters)
+    clusters = tuple(
+        _resolve_provisioning_paths(c.model_copy(update={"kubeconfig": fix(c.kubeconfig)}), fix)
+        for c in cfg.clusters
+    )
     return cfg.model_copy(update={"clusters": clusters, "state_dir": fix(cfg.state_dir)})
+
+
+def _resolve_provisioning_paths(
+    c: ClusterConfig, fix: Callable[[Path | None], Path | None]
+) -> ClusterConfig:
+    update: dict[str, Any] = {}
+    if c.ssh.public_key_file is not None:
+        update["ssh"] = c.ssh.model_copy(update={"public_key_file": fix(c.ssh.public_key_file)})
+    if c.agent is not None and c.agent.tls_ca is not None:
+        update["agent"] = c.agent.model_copy(update={"tls_ca": fix(c.agent.tls_ca)})
+    if c.kubernetes is not None and c.kubernetes.audit.policy_file is not None:
+        audit = c.kubernetes.audit.model_copy(
+            update={"policy_file": fix(c.kubernetes.audit.policy_file)}
+        )
+        update["kubernetes"] = c.kubernetes.model_copy(update={"audit": audit})
+    return c.model_copy(update=update) if update else c
 
 
 def load_config(path: str | Path) -> HealerConfig:

@@ -21,11 +21,12 @@ silently retries 410 once and resumes on its own; healer wants to see every 410 
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from kubernetes_asyncio.client import (
     Configuration,
     CoordinationV1Api,
     CoreV1Api,
+    RbacAuthorizationV1Api,
 )
 from kubernetes_asyncio.client.exceptions import OpenApiException
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
@@ -120,6 +122,39 @@ class NamespaceInfo:
     name: str
     labels: dict[str, str]
     resource_version: str
+
+
+@dataclass(frozen=True)
+class RbacObject:
+    """A Role, ClusterRole, RoleBinding or ClusterRoleBinding. ``content`` is the kind's own
+    payload as JSON: ``{"rules": [...]}`` for roles, ``{"roleRef": {...}, "subjects": [...]}``
+    for bindings."""
+
+    kind: str
+    name: str
+    namespace: str | None
+    labels: dict[str, str]
+    content: dict[str, Any]
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    namespace: str
+    name: str
+    type: str
+    data: dict[str, bytes] = field(repr=False)  # decoded; never shown in reprs or logs
+    labels: dict[str, str]
+    resource_version: str
+
+
+RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+_RBAC_CONTENT = {
+    "Role": ("rules",),
+    "ClusterRole": ("rules", "aggregationRule"),
+    "RoleBinding": ("roleRef", "subjects"),
+    "ClusterRoleBinding": ("roleRef", "subjects"),
+}
 
 
 @dataclass(frozen=True)
@@ -224,6 +259,30 @@ def namespace_from_json(obj: Json) -> NamespaceInfo:
     )
 
 
+def secret_from_json(obj: Json) -> SecretInfo:
+    meta = obj.get("metadata") or {}
+    return SecretInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        type=str(obj.get("type", "Opaque")),
+        data={k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()},
+        labels=dict(meta.get("labels") or {}),
+        resource_version=str(meta.get("resourceVersion", "")),
+    )
+
+
+def rbac_from_json(kind: str, obj: Json) -> RbacObject:
+    meta = obj.get("metadata") or {}
+    return RbacObject(
+        kind=kind,
+        name=str(meta.get("name", "")),
+        namespace=meta.get("namespace"),
+        labels=dict(meta.get("labels") or {}),
+        content={k: obj[k] for k in _RBAC_CONTENT[kind] if obj.get(k) is not None},
+        resource_version=str(meta.get("resourceVersion", "")),
+    )
+
+
 # ------------------------------------------------------------------ the client
 
 
@@ -258,6 +317,7 @@ class KubeClient:
         self._api = api_client
         self._core = CoreV1Api(api_client)
         self._coordination = CoordinationV1Api(api_client)
+        self._rbac = RbacAuthorizationV1Api(api_client)
         self._clock: Clock = clock if clock is not None else RealClock()
         self._request_timeout = request_timeout
 
@@ -692,6 +752,177 @@ class KubeClient:
             {"metadata": {"labels": labels}},
             _content_type="application/merge-patch+json",
         )
+        if answer.status == 404:
+            return False
+        self._expect(what, answer)
+        return True
+
+    # -------------------------------------------------------------- secrets
+
+    async def get_secret(self, namespace: str, name: str) -> SecretInfo | None:
+        what = f'get secret "{namespace}/{name}"'
+        answer = await self._call(what, self._core.read_namespaced_secret, name, namespace)
+        if answer.status == 404:
+            return None
+        return secret_from_json(self._expect(what, answer))
+
+    async def put_secret(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        type_: str,
+        data: dict[str, bytes],
+        labels: dict[str, str] | None = None,
+        resource_version: str | None = None,
+    ) -> None:
+        """Create the Secret, or replace it as read at ``resource_version``. A concurrent
+        change (409) raises :class:`TemporaryError`. The data never appears in errors."""
+        what = f'put secret "{namespace}/{name}"'
+        meta: Json = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": meta,
+            "type": type_,
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+        if resource_version:
+            answer = await self._call(
+                what, self._core.replace_namespaced_secret, name, namespace, body
+            )
+        else:
+            answer = await self._call(what, self._core.create_namespaced_secret, namespace, body)
+        if answer.status == 409:
+            raise TemporaryError(f"{what}: changed concurrently; re-read and try again")
+        self._expect(what, answer)
+
+    # -------------------------------------------------------------- RBAC
+
+    def _rbac_methods(self, kind: str) -> tuple[bool, str]:
+        """(namespaced, method stem) for one of :data:`RBAC_KINDS`."""
+        stems = {
+            "Role": (True, "role"),
+            "ClusterRole": (False, "cluster_role"),
+            "RoleBinding": (True, "role_binding"),
+            "ClusterRoleBinding": (False, "cluster_role_binding"),
+        }
+        if kind not in stems:
+            raise PermanentError(f"unknown RBAC kind {kind!r}; expected one of {RBAC_KINDS}")
+        return stems[kind]
+
+    @staticmethod
+    def _rbac_what(verb: str, kind: str, name: str, namespace: str | None) -> str:
+        where = f"{namespace}/{name}" if namespace else name
+        return f'{verb} {kind} "{where}"'
+
+    async def list_rbac(self, kind: str, label_selector: str | None = None) -> list[RbacObject]:
+        """Every object of ``kind`` (in all namespaces), optionally filtered by labels."""
+        namespaced, stem = self._rbac_methods(kind)
+        method = getattr(
+            self._rbac, f"list_{stem}_for_all_namespaces" if namespaced else f"list_{stem}"
+        )
+        what = f"list {kind}s"
+        kwargs = {"label_selector": label_selector} if label_selector else {}
+        body = self._expect(what, await self._call(what, method, **kwargs))
+        return [rbac_from_json(kind, item) for item in body.get("items") or []]
+
+    async def get_rbac(
+        self, kind: str, name: str, namespace: str | None = None
+    ) -> RbacObject | None:
+        namespaced, stem = self._rbac_methods(kind)
+        what = self._rbac_what("get", kind, name, namespace)
+        if namespaced:
+            answer = await self._call(
+                what, getattr(self._rbac, f"read_namespaced_{stem}"), name, namespace
+            )
+        else:
+            answer = await self._call(what, getattr(self._rbac, f"read_{stem}"), name)
+        if answer.status == 404:
+            return None
+        return rbac_from_json(kind, self._expect(what, answer))
+
+    def _rbac_body(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        labels: dict[str, str],
+        content: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> Json:
+        meta: Json = {"name": name, "labels": dict(labels)}
+        if namespace is not None:
+            meta["namespace"] = namespace
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": kind,
+            "metadata": meta,
+            **content,
+        }
+
+    async def create_rbac(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        labels: dict[str, str],
+        content: dict[str, Any],
+    ) -> RbacObject:
+        namespaced, stem = self._rbac_methods(kind)
+        what = self._rbac_what("create", kind, name, namespace)
+        body = self._rbac_body(kind, name, namespace, labels, content)
+        if namespaced:
+            answer = await self._call(
+                what, getattr(self._rbac, f"create_namespaced_{stem}"), namespace, body
+            )
+        else:
+            answer = await self._call(what, getattr(self._rbac, f"create_{stem}"), body)
+        if answer.status == 409:
+            raise TemporaryError(f"{what}: it already exists (created concurrently); re-read")
+        return rbac_from_json(kind, self._expect(what, answer))
+
+    async def replace_rbac(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        labels: dict[str, str],
+        content: dict[str, Any],
+        *,
+        resource_version: str,
+    ) -> RbacObject | None:
+        """Replace the object as read at ``resource_version``. None if it is gone; a concurrent
+        change (409) raises :class:`TemporaryError` so the caller re-reads."""
+        namespaced, stem = self._rbac_methods(kind)
+        what = self._rbac_what("replace", kind, name, namespace)
+        body = self._rbac_body(kind, name, namespace, labels, content, resource_version)
+        if namespaced:
+            answer = await self._call(
+                what, getattr(self._rbac, f"replace_namespaced_{stem}"), name, namespace, body
+            )
+        else:
+            answer = await self._call(what, getattr(self._rbac, f"replace_{stem}"), name, body)
+        if answer.status == 404:
+            return None
+        if answer.status == 409:
+            raise TemporaryError(f"{what}: changed concurrently; re-read and try again")
+        return rbac_from_json(kind, self._expect(what, answer))
+
+    async def delete_rbac(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete the object. False if it was already gone."""
+        namespaced, stem = self._rbac_methods(kind)
+        what = self._rbac_what("delete", kind, name, namespace)
+        if namespaced:
+            answer = await self._call(
+                what, getattr(self._rbac, f"delete_namespaced_{stem}"), name, namespace
+            )
+        else:
+            answer = await self._call(what, getattr(self._rbac, f"delete_{stem}"), name)
         if answer.status == 404:
             return False
         self._expect(what, answer)

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 REGISTRY: Final = CollectorRegistry()
 # The standard process_* and python_info series operators expect from any exporter.
@@ -31,5 +38,124 @@ EVENTS_REJECTED: Final = Counter(
     "Messages a source could not turn into an event, by reason "
     "(see healer.sources.mqtt_payload for the MQTT reasons).",
     ["source", "reason"],
+    registry=REGISTRY,
+)
+
+# -- the daemon: health, remediation, guards (label values: cluster names from the config,
+# health states, refusal reasons and step names; all bounded sets) ------------------------------
+NODES: Final = Gauge(
+    "healer_nodes",
+    "Nodes healer tracks, by cluster and health state.",
+    ["cluster", "health"],
+    registry=REGISTRY,
+)
+REMEDIATIONS: Final = Counter(
+    "healer_remediations",
+    "Remediation workflows by outcome: started, succeeded, failed.",
+    ["cluster", "outcome"],
+    registry=REGISTRY,
+)
+REFUSALS: Final = Counter(
+    "healer_refusals",
+    "Remediations a guard refused, by reason (counted once per node and change of reason, "
+    "as in the audit log).",
+    ["cluster", "reason"],
+    registry=REGISTRY,
+)
+BREAKER_OPEN: Final = Gauge(
+    "healer_breaker_open",
+    "1 while the cluster's circuit breaker is open (no remediation until `healer breaker reset`).",
+    ["cluster"],
+    registry=REGISTRY,
+)
+PAUSED: Final = Gauge(
+    "healer_paused",
+    "1 while remediation in the cluster is paused (globally, for the cluster or for any pool).",
+    ["cluster"],
+    registry=REGISTRY,
+)
+WORKFLOWS_IN_FLIGHT: Final = Gauge(
+    "healer_workflows_in_flight",
+    "Remediation workflows running now.",
+    ["cluster"],
+    registry=REGISTRY,
+)
+STEP_SECONDS: Final = Histogram(
+    "healer_workflow_step_duration_seconds",
+    "How long each remediation step took, by outcome (done or failed).",
+    ["step", "outcome"],
+    buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800),
+    registry=REGISTRY,
+)
+PROVIDER_SECONDS: Final = Histogram(
+    "healer_provider_call_duration_seconds",
+    "Cloud provider calls, by provider plugin and operation.",
+    ["provider", "operation"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+PROVIDER_ERRORS: Final = Counter(
+    "healer_provider_errors",
+    "Failed cloud provider calls, by kind: temporary (retried) or permanent.",
+    ["provider", "operation", "kind"],
+    registry=REGISTRY,
+)
+
+# -- the service: scheduler, reloads, readiness ----------------------------------------------
+JOB_RUNS: Final = Counter(
+    "healer_scheduler_job_runs",
+    "Periodic job runs (healer.scheduler), by job and outcome (ok or error).",
+    ["job", "outcome"],
+    registry=REGISTRY,
+)
+ORPHANS: Final = Gauge(
+    "healer_orphan_machines",
+    "Machines tagged as healer's for the cluster that healer has no record of (last sweep).",
+    ["cluster"],
+    registry=REGISTRY,
+)
+ORPHANS_DESTROYED: Final = Counter(
+    "healer_orphan_machines_destroyed",
+    "Orphaned machines destroyed after their grace period (orphans.destroy: true).",
+    ["cluster"],
+    registry=REGISTRY,
+)
+DRIFT_MACHINES: Final = Counter(
+    "healer_drift_machines_created",
+    "Machines created because a pool was below its configured size.",
+    ["cluster", "pool"],
+    registry=REGISTRY,
+)
+POOL_MACHINES: Final = Gauge(
+    "healer_pool_machines",
+    "Per pool at the last resync: desired size, machines in the cloud, Ready nodes.",
+    ["cluster", "pool", "kind"],
+    registry=REGISTRY,
+)
+MAINTENANCE_OPEN: Final = Gauge(
+    "healer_maintenance_window_open",
+    "1 while the cluster's reboot maintenance window is open (or none is configured).",
+    ["cluster"],
+    registry=REGISTRY,
+)
+RELOAD_OK: Final = Gauge(
+    "healer_config_last_reload_successful",
+    "1 if the last configuration reload (SIGHUP) was applied, 0 if it was rejected.",
+    registry=REGISTRY,
+)
+RELOAD_TIME: Final = Gauge(
+    "healer_config_last_reload_success_timestamp_seconds",
+    "When the configuration in use was loaded (start or the last applied reload).",
+    registry=REGISTRY,
+)
+READY: Final = Gauge(
+    "healer_ready",
+    "1 once the daemon's sources are connected and its state is loaded (READY=1 to systemd).",
+    registry=REGISTRY,
+)
+LIVENESS_PROBLEMS: Final = Gauge(
+    "healer_liveness_problems",
+    "Problems the watchdog check found at its last run (0 when healthy; no WATCHDOG=1 "
+    "is sent to systemd while it is above 0).",
     registry=REGISTRY,
 )

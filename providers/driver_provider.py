@@ -39,6 +39,7 @@ from healer.errors import ConfigError, HealerError, PermanentError, ProviderErro
 from healer.model import TAG_CLUSTER
 from providers.base import Machine, MachineRequest, MachineState, tags_match
 from providers.dialects import Dialect, http_status
+from providers.infra_driver import DriverInfra, InfraBackend
 
 T = TypeVar("T")
 
@@ -160,6 +161,14 @@ class DriverProvider:
         # Serialises calls on one name (create) or one id (destroy) within this process, so two
         # tasks cannot both find "no machine yet" and create two. Weak: unused locks go away.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Networks, firewalls and load balancers, for plugins that have them (use_infra).
+        self.infra: DriverInfra | None = None
+
+    def use_infra(self, backend: InfraBackend) -> DriverInfra:
+        """Give this provider infrastructure operations; machines it creates from now on are
+        placed in the cluster's subnet and load balancer whenever healer built them."""
+        self.infra = DriverInfra(self, backend)
+        return self.infra
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, cluster={self.cluster!r})"
@@ -179,6 +188,9 @@ class DriverProvider:
                         machine=existing.name,
                         machine_id=existing.id,
                     )
+                    # A retry after an ambiguous failure: the first call may have stopped short
+                    # of the load balancer.
+                    await self._attach(op, existing)
                     return existing
                 raise PermanentError(
                     f"provider {self.name}: {op} refused: machine {existing.id} already has that "
@@ -192,6 +204,7 @@ class DriverProvider:
             machine=machine.name,
             machine_id=machine.id,
         )
+        await self._attach(op, machine)
         return machine
 
     async def destroy_machine(self, machine: Machine) -> bool:
@@ -219,6 +232,22 @@ class DriverProvider:
         wanted = dict(tags)
         return await self._run(f"list_machines({_fmt_tags(wanted)})", self._list_sync, wanted)
 
+    async def run_blocking(self, op: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(driver, op, *args)`` in the worker pool with this provider's error mapping.
+
+        For code in this package that makes its own libcloud calls (the infrastructure backends).
+        """
+        return await self._run(op, fn, *args)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """The in-process lock for ``key``, shared by every caller of this provider."""
+        return self._lock(key)
+
+    async def _attach(self, op: str, machine: Machine) -> None:
+        infra = self.infra
+        if infra is not None:
+            await self._run(op, lambda driver, _op: infra.attach(driver, machine))
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -227,6 +256,8 @@ class DriverProvider:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         while not self._idle.empty():
             _close_driver(self._idle.get_nowait())
+        if self.infra is not None:
+            self.infra.backend.close()
 
     # -- work done in the pool (blocking) ---------------------------------------------------
 
@@ -236,7 +267,9 @@ class DriverProvider:
         )
         size = self._resolve_size(driver, op, request.size, location)
         image = self._resolve_image(driver, op, request.image)
-        kwargs = dict(request.extra)
+        # The cluster's subnet and firewall first, so an explicit machine extra still wins.
+        kwargs = self.infra.placement_kwargs(driver, request) if self.infra is not None else {}
+        kwargs.update(request.extra)
         kwargs.update(self._dialect.create_kwargs(tags=request.tags, user_data=request.user_data))
         try:
             node = driver.create_node(
@@ -259,6 +292,9 @@ class DriverProvider:
                 f"provider {self.name}: {op} refused: the live machine no longer matches "
                 f"(name {node.name!r}; {_tag_diff(live_tags, machine.tags)}); nothing destroyed"
             )
+        if self.infra is not None:
+            # Out of the load balancer first, so no client is sent to a machine going away.
+            self.infra.detach(driver, machine)
         try:
             done = driver.destroy_node(node)
         except Exception as exc:

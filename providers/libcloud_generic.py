@@ -16,6 +16,10 @@ Options:
 ``max_concurrency``
     Worker threads, hence concurrent cloud calls (default 4).
 
+With ``ec2``, ``gce`` and ``healer_lab`` the plugin also builds networks, firewalls and load
+balancers (:mod:`providers.ec2_infra`, :mod:`providers.gce_infra`, :mod:`providers.lab.infra`);
+see docs/provisioning.md.
+
 Credentials: ``key`` and ``secret`` become the driver's first two positional arguments, as
 libcloud expects; any other credential is passed by keyword (``token`` for EC2 session tokens).
 For ``healer_lab`` the key defaults to ``<state_dir>/lab-cloud.sqlite``. Secrets are read once,
@@ -111,6 +115,34 @@ class LibcloudProvider(DriverProvider):
             max_workers=workers,
             secrets=[v for v in (key, secret, *revealed.values()) if isinstance(v, str)],
         )
+        self._use_infra(driver_name, key, secret, keywords)
+
+    def _use_infra(
+        self, driver_name: str, key: str, secret: str | None, keywords: Mapping[str, Any]
+    ) -> None:
+        """Networks, firewalls and load balancers, for the drivers healer has them for."""
+        name = driver_name.lower()
+        if name == "healer_lab":
+            from providers.lab.infra import LabInfraBackend
+
+            self.use_infra(LabInfraBackend())
+        elif name == "ec2":
+            from providers.ec2_infra import Ec2ElbDriver, Ec2InfraBackend
+
+            # The ELB is reached with the same credentials, region and endpoint settings.
+            region = str(keywords.get("region", "us-east-1"))
+            elb_kwargs = {
+                k: keywords[k]
+                for k in ("token", "host", "port", "secure", "timeout")
+                if k in keywords
+            }
+            self.use_infra(
+                Ec2InfraBackend(lambda: Ec2ElbDriver(key, secret or "", region, **elb_kwargs))
+            )
+        elif name == "gce":
+            from providers.gce_infra import GceInfraBackend
+
+            self.use_infra(GceInfraBackend())
 
 
 def _driver_args(where: str, raw: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -9,6 +9,10 @@ Two corrections make moto's answers byte-compatible with EC2 for libcloud (moto'
 serializer differs from the real service here): real EC2 sends the default namespace
 ``http://ec2.amazonaws.com/doc/2016-11-15/`` *with* the trailing slash, and error documents
 (``<Response><Errors>...``) *without* a namespace. libcloud's XPath lookups depend on both.
+
+The same server answers Elastic Load Balancing (classic ELB, API 2012-06-01): moto routes by the
+service named in the SigV4 signature. libcloud's ELB driver posts to ``/2012-06-01/``, which the
+real endpoint accepts and moto routes only as ``/``; the path is rewritten before moto sees it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ REGION = "us-east-1"
 _NS_BARE = b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15"'
 _NS_EC2 = b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"'
 _ERROR_ROOT = re.compile(rb"<Response xmlns=\"[^\"]*\">")
+_ELB_PATH = "/2012-06-01/"
 
 StartResponse = Callable[..., Any]
 
@@ -44,6 +49,7 @@ class WireRequest:
     method: str
     action: str | None
     params: dict[str, str]  # query string and form body, as EC2 received them
+    service: str = "ec2"  # or "elb" (classic Elastic Load Balancing)
 
 
 class _EC2Wire:
@@ -59,13 +65,17 @@ class _EC2Wire:
         body = environ["wsgi.input"].read(length) if length else b""
         # Hand moto the body we consumed.
         environ["wsgi.input"] = io.BytesIO(body)
+        service = "ec2"
+        if environ.get("PATH_INFO") == _ELB_PATH:
+            environ["PATH_INFO"] = "/"
+            service = "elb"
         params = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         if body and "form-urlencoded" in environ.get("CONTENT_TYPE", ""):
             params.update({k: v[-1] for k, v in parse_qs(body.decode()).items()})
         if environ.get("HTTP_USER_AGENT", "").startswith("libcloud/"):
             with self._lock:
                 self.requests.append(
-                    WireRequest(environ["REQUEST_METHOD"], params.get("Action"), params)
+                    WireRequest(environ["REQUEST_METHOD"], params.get("Action"), params, service)
                 )
 
         captured: dict[str, Any] = {}
@@ -134,8 +144,8 @@ class Ec2Emulator:
         value = attr.get("UserData", {}).get("Value")
         return base64.b64decode(value).decode() if value else ""
 
-    def calls(self, action: str) -> list[WireRequest]:
-        return [r for r in self.wire.requests if r.action == action]
+    def calls(self, action: str, service: str = "ec2") -> list[WireRequest]:
+        return [r for r in self.wire.requests if r.action == action and r.service == service]
 
     def stop(self) -> None:
         self._server.shutdown()

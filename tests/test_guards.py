@@ -397,6 +397,48 @@ CASES = [
         None,
         snapshot={"paused_pools": frozenset({"infra"})},
     ),
+    # --- blocking alerts (kured-style) ---
+    Case(
+        "a blocking alert is firing",
+        WORKERS_5,
+        workers(U, H, H, H, H),
+        guards.BLOCKED_BY_ALERT,
+        "cluster:lab",
+        "blocking alert KubeAPIDown firing for cluster lab; not remediating lab/workers-1 "
+        "until it resolves",
+        snapshot={"blocking_alerts": ("KubeAPIDown",)},
+    ),
+    Case(
+        "two blocking alerts are firing",
+        WORKERS_5,
+        workers(U, H, H, H, H),
+        guards.BLOCKED_BY_ALERT,
+        "cluster:lab",
+        "blocking alerts EtcdNoLeader, KubeAPIDown firing for cluster lab; not remediating "
+        "lab/workers-1 until they resolve",
+        snapshot={"blocking_alerts": ("EtcdNoLeader", "KubeAPIDown")},
+    ),
+    Case(
+        "no blocking alert firing",
+        WORKERS_5,
+        workers(U, H, H, H, H),
+        None,
+        snapshot={"blocking_alerts": ()},
+    ),
+    Case(
+        "pause wins over a blocking alert",
+        WORKERS_5,
+        workers(U, H, H, H, H),
+        guards.PAUSED,
+        snapshot={"cluster_paused": True, "blocking_alerts": ("KubeAPIDown",)},
+    ),
+    Case(
+        "a blocking alert wins over exclusion and the limits",
+        WORKERS_5,
+        (ns("workers-1", U, excluded=True), *workers(U, U, U, U)[1:]),
+        guards.BLOCKED_BY_ALERT,
+        snapshot={"blocking_alerts": ("KubeAPIDown",)},
+    ),
     # --- the node itself ---
     Case(
         "excluded",
@@ -562,6 +604,7 @@ def test_guard_order_is_the_documented_one() -> None:
     documented = [
         guards.breaker_open,
         guards.paused,
+        guards.blocked_by_alert,
         guards.excluded,
         guards.already_remediating,
         guards.single_control_plane,
@@ -580,6 +623,7 @@ def test_every_reason_is_documented() -> None:
     reasons = [
         guards.BREAKER_OPEN,
         guards.PAUSED,
+        guards.BLOCKED_BY_ALERT,
         guards.EXCLUDED,
         guards.ALREADY_REMEDIATING,
         guards.TOO_MANY_UNHEALTHY_IN_POOL,

@@ -79,6 +79,15 @@ class HealthTracker:
     def knows(self, cluster: str, node: str) -> bool:
         return NodeKey(cluster, node) in self._obs
 
+    def overdue(self, now: float) -> float:
+        """How many seconds the most overdue scheduled re-evaluation is late (0.0 if none is).
+
+        A healthy tracker keeps this near zero; the watchdog treats a large value as stuck.
+        """
+        if not self._scheduled:
+            return 0.0
+        return max(0.0, now - min(self._scheduled.values()))
+
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
         for key in list(self._obs):

@@ -1,7 +1,7 @@
 """An HTTP fake of the Kubernetes API server that answers like the real one.
 
-It owns a small in-memory cluster (nodes, pods, PodDisruptionBudgets, node leases, namespaces),
-serves it over real HTTP with the real JSON shapes (objects, lists, ``Status`` errors,
+It owns a small in-memory cluster (nodes, pods, PodDisruptionBudgets, node leases, namespaces,
+Secrets, RBAC roles and bindings), serves it over real HTTP with the real JSON shapes (objects, lists, ``Status`` errors,
 newline-delimited watch streams with resourceVersions and ``410 Expired``), and plays the two
 controllers healer depends on:
 
@@ -48,6 +48,10 @@ TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
 TAINT_UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
 ANNOTATION_MIRROR = "kubernetes.io/config.mirror"
+# RBAC objects and Secrets have no spec or status: their payload (rules, roleRef, subjects,
+# data) sits at the top level, and a PUT replaces all of it.
+RBAC_GROUP = "rbac.authorization.k8s.io"
+_NO_SPEC = frozenset({"secrets", "roles", "clusterroles", "rolebindings", "clusterrolebindings"})
 
 # The apiserver closes watches without timeoutSeconds after a randomised ~30-60 min; one fixed
 # value is enough here.
@@ -71,7 +75,8 @@ _REASONS = {
 }
 
 _PATH = re.compile(
-    r"(?P<prefix>/api/v1|/apis/policy/v1|/apis/coordination\.k8s\.io/v1)"
+    r"(?P<prefix>/api/v1|/apis/policy/v1|/apis/coordination\.k8s\.io/v1"
+    r"|/apis/rbac\.authorization\.k8s\.io/v1)"
     r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?/?"
 )
@@ -98,6 +103,7 @@ _RESOURCES = {
         _Resource("/api/v1", "nodes", "Node", "v1", "", namespaced=False),
         _Resource("/api/v1", "namespaces", "Namespace", "v1", "", namespaced=False),
         _Resource("/api/v1", "pods", "Pod", "v1", "", namespaced=True),
+        _Resource("/api/v1", "secrets", "Secret", "v1", "", namespaced=True),
         _Resource(
             "/apis/policy/v1",
             "poddisruptionbudgets",
@@ -113,6 +119,22 @@ _RESOURCES = {
             "coordination.k8s.io/v1",
             "coordination.k8s.io",
             namespaced=True,
+        ),
+        *(
+            _Resource(
+                "/apis/rbac.authorization.k8s.io/v1",
+                plural,
+                kind,
+                "rbac.authorization.k8s.io/v1",
+                RBAC_GROUP,
+                namespaced=namespaced,
+            )
+            for plural, kind, namespaced in (
+                ("roles", "Role", True),
+                ("clusterroles", "ClusterRole", False),
+                ("rolebindings", "RoleBinding", True),
+                ("clusterrolebindings", "ClusterRoleBinding", False),
+            )
         ),
     )
 }
@@ -564,7 +586,7 @@ class FakeApiServer:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339(self.clock.now())
         meta.pop("deletionTimestamp", None)
-        if res.plural != "namespaces":
+        if res.plural != "namespaces" and res.plural not in _NO_SPEC:
             obj.setdefault("spec", {})
         if res.plural in ("nodes", "pods", "namespaces"):
             # Go serialises these (non-pointer) status structs even when empty.
@@ -976,6 +998,12 @@ class FakeApiServer:
                 if key in ("kind", "apiVersion", "metadata", "status"):
                     continue
                 new[key] = copy.deepcopy(value)
+            if res.plural in _NO_SPEC:
+                # Nothing server-owned at the top level: a PUT replaces the whole payload.
+                for key in [
+                    k for k in new if k not in body and k not in ("kind", "apiVersion", "metadata")
+                ]:
+                    del new[key]
             meta = body.get("metadata") or {}
             for key in ("labels", "annotations", "ownerReferences", "finalizers"):
                 if key in meta:
@@ -1028,7 +1056,14 @@ class FakeApiServer:
         return self._commit(res, ns, name, new)
 
     def _commit(self, res: _Resource, ns: str, name: str, new: Obj) -> Obj:
-        if new == self._store[res.plural].get((ns, name)):
+        old = self._store[res.plural].get((ns, name))
+        if res.group == RBAC_GROUP and old is not None and old.get("roleRef") != new.get("roleRef"):
+            raise _ApiError(
+                422,
+                f'{res.kind}.rbac.authorization.k8s.io "{name}" is invalid: roleRef: Invalid '
+                "value: cannot change roleRef",
+            )
+        if new == old:
             return self._decorate(res, new)  # a no-op write does not bump resourceVersion
         self._store_put(res, ns, new, "MODIFIED")
         if res.plural == "nodes":

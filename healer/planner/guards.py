@@ -14,6 +14,10 @@ the configurable limits:
     in its window); it stays open until an operator resets it. Wins over everything.
 ``Paused`` (scope ``global``, ``cluster:<c>`` or ``pool:<c>/<p>``, widest first)
     Remediation is paused by an operator or the config.
+``BlockedByAlert`` (scope ``cluster:<c>``)
+    A configured blocking alert (``webhook.blockingAlerts``, kured-style) is firing for the
+    cluster; the alert webhook records it (:mod:`healer.planner.alert_blocks`). Lifted when the
+    alert resolves (or its ``blockTtl`` lapses without a repeat).
 ``Excluded`` (scope ``node:<c>/<n>``)
     The node carries the exclusion label.
 ``AlreadyRemediating`` (scope ``node:<c>/<n>``)
@@ -68,6 +72,7 @@ from healer.model import Health, Role
 
 BREAKER_OPEN = "BreakerOpen"
 PAUSED = "Paused"
+BLOCKED_BY_ALERT = "BlockedByAlert"
 EXCLUDED = "Excluded"
 ALREADY_REMEDIATING = "AlreadyRemediating"
 SINGLE_CONTROL_PLANE = "SingleControlPlane"
@@ -111,6 +116,8 @@ class ClusterSnapshot:
     now: float = 0.0
     # scope ("pool:<c>/<p>" or "cluster:<c>") -> the last time it was over its maxUnhealthy
     storms: Mapping[str, float] = field(default_factory=dict)
+    # names of the blocking alerts firing for this cluster (see healer.planner.alert_blocks)
+    blocking_alerts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,19 @@ def paused(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | N
             _pool_scope(s, c.pool),
         )
     return None
+
+
+def blocked_by_alert(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    if not s.blocking_alerts:
+        return None
+    count = len(s.blocking_alerts)
+    until = "it resolves" if count == 1 else "they resolve"
+    return Refusal(
+        BLOCKED_BY_ALERT,
+        f"blocking alert{_s(count)} {', '.join(s.blocking_alerts)} firing for cluster "
+        f"{s.cluster}; not remediating {_node(s, c)} until {until}",
+        f"cluster:{s.cluster}",
+    )
 
 
 # --- the node itself ----------------------------------------------------------------------
@@ -347,6 +367,7 @@ def hourly_budget_exhausted(
 GUARDS: tuple[Guard, ...] = (
     breaker_open,
     paused,
+    blocked_by_alert,
     excluded,
     already_remediating,
     single_control_plane,

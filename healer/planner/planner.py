@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from healer import metrics
 from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.health.tracker import HealthTracker
 from healer.model import Health, NodeKey, NodeObservation, Verdict
+from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.guards import (
     TOO_MANY_UNHEALTHY_IN_CLUSTER,
     TOO_MANY_UNHEALTHY_IN_POOL,
@@ -55,6 +57,7 @@ class Planner:
         start: StartWorkflow,
         dry_run: bool = False,
         recheck_interval: float = 15.0,
+        blocks: AlertBlocks | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -63,6 +66,7 @@ class Planner:
         self._start = start
         self._dry_run = dry_run or config.dry_run
         self._recheck = recheck_interval
+        self._blocks = blocks
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_refusal: dict[NodeKey, str] = {}
         self._frozen: dict[str, str] = {}
@@ -71,6 +75,10 @@ class Planner:
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
         self._dry_run = self._dry_run or config.dry_run
+
+    def frozen_reason(self, cluster: str) -> str | None:
+        """Why decisions for ``cluster`` are frozen (its API is unreachable), or None."""
+        return self._frozen.get(cluster)
 
     # -- hooks ------------------------------------------------------------------------------
     async def on_api_availability(self, cluster: str, available: bool, reason: str) -> None:
@@ -149,6 +157,7 @@ class Planner:
             dry_run=self._dry_run,
             now=now,
             storms=dict(self._storms),
+            blocking_alerts=self._blocks.active(cluster.name, now) if self._blocks else (),
         )
 
     def _recent_storms(self) -> dict[str, float]:
@@ -222,6 +231,7 @@ class Planner:
         if self._last_refusal.get(key) == refusal.reason:
             return  # already recorded; the audit log gets one line per change of reason
         self._last_refusal[key] = refusal.reason
+        metrics.REFUSALS.labels(cluster.name, refusal.reason).inc()
         event = (
             "remediation.would_remediate" if refusal.reason == DRY_RUN else "remediation.refused"
         )
@@ -264,9 +274,12 @@ class Planner:
             role=node.role,
             state=RUNNING,
             step="cordon",
-            reason=verdict.reason if verdict else "Manual",
+            # A node replaced on request while not unhealthy: say so, not "Healthy".
+            reason=verdict.reason if verdict and verdict.needs_remediation else "Manual",
             evidence={
-                "verdict": verdict.message if verdict else "manual request",
+                "verdict": verdict.message
+                if verdict and verdict.needs_remediation
+                else "manual request (`healer remediate`)",
                 "recent": list(obs.recent) if obs else [],
             },
             replacement_name=machine_name(cluster.name, pool, wf_id),
@@ -275,6 +288,7 @@ class Planner:
             forced=forced,
         )
         self._store.create_workflow(wf)
+        metrics.REMEDIATIONS.labels(cluster.name, "started").inc()
         self._store.audit(
             at=now,
             cluster=cluster.name,
@@ -341,6 +355,7 @@ class Planner:
             policy=cluster.breaker,
         )
         if reason and self._store.open_breaker(cluster_name, reason, now):
+            metrics.BREAKER_OPEN.labels(cluster_name).set(1)
             log.error("breaker.opened", cluster=cluster_name, reason=reason)
             self._store.audit(
                 at=now,

@@ -172,6 +172,9 @@ class KubeWatchSource:
         self._failures = 0
         self._progress = False  # a watch event arrived since the last list
         self._log = log.bind(cluster=cluster)
+        # Set once the first list's snapshot has been emitted: the daemon reports READY to
+        # systemd only when every source has connected.
+        self.synced = asyncio.Event()
 
     @property
     def available(self) -> bool:
@@ -248,6 +251,7 @@ class KubeWatchSource:
         self._log.info("kube_watch.listed", nodes=len(nodes), leases=len(leases))
         for event in events:
             await self._emit(event)
+        self.synced.set()
         await _first_failure(
             self._follow(self._client.watch_nodes, nodes_rv, self._on_node_event),
             self._follow(self._client.watch_leases, leases_rv, self._on_lease_event),

@@ -44,6 +44,12 @@ from healer.sources.mqtt_payload import (
     parse_message,
     subscription_filter,
 )
+from healer.sources.mqtt_reboot import (
+    REBOOT_REQUEST,
+    RebootRequest,
+    control_channel,
+    parse_reboot_request,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +149,13 @@ class MqttSource:
     ``known_clusters`` limits accepted topics to configured clusters; ``is_known_node``
     (cluster, node) -> bool, when given, rejects nodes the daemon does not manage.
     ``on_state`` is called whenever :attr:`state` changes (from the event loop; keep it quick).
+
+    With ``sharedGroup`` set the subscription is ``$share/<group>/<prefix>/+/+/+``: the broker
+    hands each message to one member of the group. ``on_reboot_request`` receives the agents'
+    reboot requests (:mod:`healer.sources.mqtt_reboot`); in a shared group the daemon that has
+    it also subscribes to ``<prefix>/+/+/reboot-request`` directly, so it sees every request
+    (possibly twice: the arbiter answers idempotently). :meth:`publish` sends on the live
+    connection (the arbiter's answers).
     """
 
     def __init__(
@@ -155,8 +168,11 @@ class MqttSource:
         is_known_node: Callable[[str, str], bool] | None = None,
         on_state: Callable[[ConnectionState], None] | None = None,
         backoff: Backoff | None = None,
+        on_reboot_request: Callable[[RebootRequest], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
+        self._on_reboot_request = on_reboot_request
+        self._client: aiomqtt.Client | None = None
         self._known_clusters = frozenset(known_clusters)
         self._clock = clock
         self._emit = emit
@@ -195,6 +211,7 @@ class MqttSource:
         client = self._new_client()
         try:
             async with client:
+                self._client = client
                 self._backoff.connected(self._clock.now())
                 self._set_state(ConnectionState(connected=True, reason="connected"))
                 log.info(
@@ -216,6 +233,7 @@ class MqttSource:
                     # One connection ends for one reason; hand that to the retry loop to classify.
                     raise failed.exceptions[0] from None
         finally:
+            self._client = None
             # aiomqtt leaves the socket open when CONNACK never arrives (its timeout); without
             # this every such retry would leak a socket. A no-op when already disconnected.
             _paho(client).disconnect()
@@ -258,8 +276,30 @@ class MqttSource:
         _paho(client).manual_ack_set(True)
         return client
 
+    def subscriptions(self) -> list[str]:
+        """The topic filters this source subscribes to."""
+        cfg = self._config
+        topic = subscription_filter(cfg.topic_prefix)
+        if cfg.shared_group is None:
+            return [topic]
+        topics = [f"$share/{cfg.shared_group}/{topic}"]
+        if self._on_reboot_request is not None:
+            topics.append(f"{cfg.topic_prefix.rstrip('/')}/+/+/{REBOOT_REQUEST}")
+        return topics
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish on the current connection; raises ``aiomqtt.MqttError`` when there is none."""
+        client = self._client
+        if client is None or not self._state.connected:
+            raise aiomqtt.MqttError(f"not connected to {self._broker}")
+        await client.publish(topic, payload, qos=qos)
+
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        topic = subscription_filter(self._config.topic_prefix)
+        for topic in self.subscriptions():
+            await self._subscribe_one(client, topic)
+        self._set_state(ConnectionState(connected=True, reason="subscribed"))
+
+    async def _subscribe_one(self, client: aiomqtt.Client, topic: str) -> None:
         # Subscribing again on every connection is harmless with a resumed session and needed
         # for a new one (first start, or the broker forgot the session).
         granted = await client.subscribe(topic, qos=1)
@@ -282,7 +322,6 @@ class MqttSource:
                 hint="messages sent while healer is down will be lost",
             )
         log.info("mqtt.subscribed", broker=self._broker, topic=topic, qos=code)
-        self._set_state(ConnectionState(connected=True, reason="subscribed"))
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -294,6 +333,12 @@ class MqttSource:
         if not isinstance(payload, bytes | bytearray):
             # aiomqtt types payload loosely; from the wire it is always bytes.
             payload = str(payload).encode()
+        channel = control_channel(topic, self._config.topic_prefix)
+        if channel is not None:
+            await self._control(channel, topic, bytes(payload))
+            if message.qos > 0:
+                _paho(client).ack(message.mid, message.qos)
+            return
         result = parse_message(
             topic,
             payload,
@@ -324,6 +369,32 @@ class MqttSource:
         # are acknowledged too, or they would block the in-flight window and come back forever.
         if message.qos > 0:
             _paho(client).ack(message.mid, message.qos)
+
+    async def _control(self, channel: str, topic: str, payload: bytes) -> None:
+        # reboot-permit messages are answers (ours, echoed back by the wildcard subscription, or
+        # another daemon's); reboot-request messages go to the arbiter if this daemon runs one.
+        if channel != REBOOT_REQUEST or self._on_reboot_request is None:
+            return
+        request = parse_reboot_request(
+            topic,
+            payload,
+            prefix=self._config.topic_prefix,
+            now=self._clock.now(),
+            max_payload=self._config.max_payload,
+            known_clusters=self._known_clusters,
+        )
+        if isinstance(request, Rejection):
+            EVENTS_REJECTED.labels(source=SOURCE, reason=request.reason).inc()
+            log.warning(
+                "mqtt.rejected",
+                reason=request.reason,
+                topic=_clip(topic),
+                error=request.message,
+                size=len(payload),
+            )
+            return
+        EVENTS_RECEIVED.labels(source=SOURCE).inc()
+        await self._on_reboot_request(request)
 
     # -- reporting -----------------------------------------------------------------------------
 

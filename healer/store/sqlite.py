@@ -1,5 +1,6 @@
 """Durable state in one SQLite file: node health records, workflows and their step journal,
-the append-only audit log, pauses and the circuit breaker.
+the append-only audit log, pauses and the circuit breaker, and the operator requests the CLI
+hands to a running daemon.
 
 Nothing a restart needs lives only in memory. The daemon and the CLI (another process) share the
 file: WAL mode, a busy timeout, short transactions. The audit table refuses UPDATE and DELETE.
@@ -55,6 +56,10 @@ CREATE TABLE IF NOT EXISTS pauses (
 CREATE TABLE IF NOT EXISTS breaker (
     cluster TEXT PRIMARY KEY, reason TEXT NOT NULL, opened_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, cluster TEXT NOT NULL,
+    node TEXT, args TEXT NOT NULL, state TEXT NOT NULL, answer TEXT, answered_at REAL
+);
 """
 
 RUNNING = "running"
@@ -84,6 +89,28 @@ class WorkflowRecord:
 
     def with_(self, **changes: Any) -> WorkflowRecord:
         return replace(self, **changes)
+
+
+REQUEST_PENDING = "pending"  # written by the CLI, not yet taken by the daemon
+REQUEST_TAKEN = "taken"  # the daemon is acting on it
+REQUEST_ANSWERED = "answered"  # the answer is in ``answer``
+REQUEST_CANCELLED = "cancelled"  # the CLI stopped waiting before the daemon took it
+REQUEST_EXPIRED = "expired"  # too old when the daemon saw it; not acted on
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """An operator request (``healer remediate``) passed from the CLI to the running daemon."""
+
+    id: str
+    at: float
+    kind: str
+    cluster: str
+    node: str | None
+    args: dict[str, Any]
+    state: str
+    answer: dict[str, Any] | None = None
+    answered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -404,6 +431,79 @@ class Store:
             r["cluster"]: (r["reason"], r["opened_at"])
             for r in self._db.execute("SELECT * FROM breaker").fetchall()
         }
+
+    # -- meta: small facts the daemon publishes for the CLI (e.g. its status line) ---------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row["value"]) if row is not None else None
+
+    # -- operator requests: the CLI asks, the running daemon answers (healer.operator) -------
+    def add_request(
+        self,
+        *,
+        request_id: str,
+        kind: str,
+        cluster: str,
+        node: str | None,
+        args: dict[str, Any],
+        at: float,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO requests (id, at, kind, cluster, node, args, state)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (request_id, at, kind, cluster, node, json.dumps(args), REQUEST_PENDING),
+            )
+
+    def pending_requests(self) -> list[RequestRow]:
+        rows = self._db.execute(
+            "SELECT * FROM requests WHERE state=? ORDER BY at, id", (REQUEST_PENDING,)
+        ).fetchall()
+        return [_request_from_row(r) for r in rows]
+
+    def request(self, request_id: str) -> RequestRow | None:
+        row = self._db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        return _request_from_row(row) if row is not None else None
+
+    def move_request(
+        self,
+        request_id: str,
+        *,
+        to: str,
+        at: float,
+        answer: dict[str, Any] | None = None,
+        only_from: str | None = None,
+    ) -> bool:
+        """Set a request's state (and answer); with ``only_from``, only if it is in that state.
+
+        The compare-and-set is what keeps the CLI (cancelling on timeout) and the daemon
+        (claiming) from both acting on one request. Returns True when the row changed.
+        """
+        sql = "UPDATE requests SET state=?, answer=?, answered_at=? WHERE id=?"
+        params: list[Any] = [to, json.dumps(answer) if answer is not None else None, at, request_id]
+        if only_from is not None:
+            sql += " AND state=?"
+            params.append(only_from)
+        with self._tx() as db:
+            return db.execute(sql, params).rowcount > 0
+
+
+def _request_from_row(r: sqlite3.Row) -> RequestRow:
+    return RequestRow(
+        id=r["id"],
+        at=r["at"],
+        kind=r["kind"],
+        cluster=r["cluster"],
+        node=r["node"],
+        args=json.loads(r["args"]),
+        state=r["state"],
+        answer=json.loads(r["answer"]) if r["answer"] else None,
+        answered_at=r["answered_at"],
+    )
 
 
 def _wf_row(wf: WorkflowRecord) -> tuple[Any, ...]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from healer import failpoints
+from healer import failpoints, metrics
 from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.errors import HealerError, PermanentError, TemporaryError
@@ -30,11 +30,16 @@ from providers.base import Machine, MachineRequest, MachineState, Provider
 
 log = structlog.get_logger("healer.workflow")
 
+_CONTEXT_KEYS = frozenset({"cluster", "pool", "node", "workflow"})
 STEPS = ("cordon", "drain", "delete_node", "destroy_machine", "create_machine", "wait_for_join")
 DONE = "done"
 
 UserDataFor = Callable[[ClusterConfig, str, str], str]  # (cluster, pool, machine name) -> user data
 Finished = Callable[[WorkflowRecord], Awaitable[None]]
+
+
+class StaleWorkflow(PermanentError):
+    """A running workflow made no progress for longer than ``schedule.staleAfter``."""
 
 
 def _machine_json(m: Machine) -> dict[str, Any]:
@@ -82,6 +87,7 @@ class WorkflowRunner:
         self._on_finished = on_finished
         self._join_poll = join_poll_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
 
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
@@ -119,9 +125,38 @@ class WorkflowRunner:
 
     async def stop(self) -> None:
         """Cancel running workflows; their state on disk says where each will resume."""
+        self._stopping = True
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def untracked(self) -> list[str]:
+        """Ids of workflows the store says are running but no task of this runner is running:
+        a workflow healer lost track of (the watchdog reports it)."""
+        return [
+            wf.id
+            for wf in self._store.workflows(state=RUNNING)
+            if (task := self._tasks.get(wf.id)) is None or task.done()
+        ]
+
+    async def expire(self, wf_id: str, reason: str) -> WorkflowRecord | None:
+        """Fail a running workflow that stopped making progress (the scheduler's stale-workflow
+        job): cancel its task, then record the failure with ``reason``. Returns the failed
+        record, or None when it was no longer running."""
+        task = self._tasks.get(wf_id)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        wf = self._store.workflow(wf_id)
+        if wf is None or wf.state != RUNNING:
+            return None
+        with structlog.contextvars.bound_contextvars(
+            cluster=wf.cluster, node=wf.node, pool=wf.pool, workflow=wf.id
+        ):
+            wf = self._fail(wf, StaleWorkflow(reason))
+        if self._on_finished is not None:
+            await self._on_finished(wf)
+        return wf
 
     # -- running ----------------------------------------------------------------------------
     async def _run(self, wf: WorkflowRecord) -> None:
@@ -131,10 +166,19 @@ class WorkflowRunner:
             try:
                 wf = await self._steps(wf)
             except asyncio.CancelledError:
+                # The record on disk is the current one (its step, machine and replacement);
+                # the local ``wf`` is what this task started with.
+                wf = self._store.workflow(wf.id) or wf
+                if self._stopping:
+                    # A checkpoint line: the journal shows where the daemon stopped and where
+                    # the next one resumes. A synchronous write, so it is whole or absent.
+                    self._store.journal(
+                        wf.id, wf.step, "suspended", self._clock.now(), {"why": "daemon stopping"}
+                    )
                 log.info("remediation.suspended", step=wf.step)
                 raise
             except (HealerError, Exception) as exc:
-                wf = self._fail(wf, exc)
+                wf = self._fail(self._store.workflow(wf.id) or wf, exc)
             if self._on_finished is not None and wf.state != RUNNING:
                 await self._on_finished(wf)
 
@@ -162,7 +206,17 @@ class WorkflowRunner:
             if nxt == DONE:
                 wf = wf.with_(state=SUCCEEDED, finished_at=now)
             self._store.update_workflow(wf, journal=(step, "done", detail))
-            log.info(f"remediation.{step}_done", **{k: v for k, v in detail.items() if k != "step"})
+            metrics.STEP_SECONDS.labels(step, "done").observe(now - started)
+            # Detail keys must not overwrite the bound context (wait_for_join's "node" is the
+            # replacement's name, not the node this workflow replaces).
+            log.info(
+                f"remediation.{step}_done",
+                **{
+                    (f"{step}_{k}" if k in _CONTEXT_KEYS else k): v
+                    for k, v in detail.items()
+                    if k != "step"
+                },
+            )
         self._store.audit(
             at=self._clock.now(),
             cluster=wf.cluster,
@@ -186,6 +240,10 @@ class WorkflowRunner:
         message = f"step {wf.step} failed ({kind}): {exc}"
         wf = wf.with_(state=FAILED, error=message, updated_at=now, finished_at=now)
         self._store.update_workflow(wf, journal=(wf.step, "failed", {"error": str(exc)}))
+        began = [s["at"] for s in self._store.steps(wf.id) if s["step"] == wf.step]
+        metrics.STEP_SECONDS.labels(wf.step, "failed").observe(
+            max(0.0, now - (began[0] if began else wf.started_at))
+        )
         self._store.audit(
             at=now,
             cluster=wf.cluster,

@@ -15,11 +15,16 @@ Destroyed machines stay as ``TERMINATED`` rows, and every create and destroy cal
 lab run can report afterwards, for instance, how many machines were destroyed twice.
 
 Methods prefixed ``ex_`` are the lab's control panel, not cloud API: they ignore outages, so a
-harness can always end one.
+harness can always end one. (``create_node``'s ``ex_subnet_id``/``ex_firewall_ids``/
+``ex_public_ip`` are ordinary driver arguments, as on EC2.) Networks, subnets, firewalls and load
+balancers live in the same file; :mod:`providers.lab.infra` owns them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import itertools
 import json
 import math
 import os
@@ -88,7 +93,31 @@ CREATE TABLE IF NOT EXISTS destroy_log (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS infra (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deleted_at REAL
+);
+CREATE TABLE IF NOT EXISTS node_network (
+    node_id TEXT PRIMARY KEY,
+    subnet_id TEXT NOT NULL,
+    firewall_ids TEXT NOT NULL,
+    public_ip TEXT
+);
+CREATE VIEW IF NOT EXISTS nodes_v AS
+    SELECT nodes.*, node_network.subnet_id AS subnet_id,
+           node_network.firewall_ids AS firewall_ids, node_network.public_ip AS public_ip
+    FROM nodes LEFT JOIN node_network ON node_network.node_id = nodes.id;
 """
+# The first host addresses of a lab subnet are reserved, as clouds reserve theirs (the load
+# balancer's private address is the first of them).
+_RESERVED_HOSTS = 4
 
 
 class _NoNetworkConnection(ConnectionKey):
@@ -194,11 +223,11 @@ class LabNodeDriver(NodeDriver):
         """Every machine ever created, terminated ones included (as EC2 lists them)."""
         with self._tx(write=False, api=True) as conn:
             if ex_node_ids is None:
-                rows = conn.execute("SELECT * FROM nodes ORDER BY seq").fetchall()
+                rows = conn.execute("SELECT * FROM nodes_v ORDER BY seq").fetchall()
             else:
                 marks = ",".join("?" * len(ex_node_ids))
                 rows = conn.execute(
-                    f"SELECT * FROM nodes WHERE id IN ({marks}) ORDER BY seq", list(ex_node_ids)
+                    f"SELECT * FROM nodes_v WHERE id IN ({marks}) ORDER BY seq", list(ex_node_ids)
                 ).fetchall()
         return [self._to_node(row) for row in rows]
 
@@ -235,8 +264,16 @@ class LabNodeDriver(NodeDriver):
         auth: Any = None,
         ex_tags: Mapping[str, str] | None = None,
         ex_userdata: str | None = None,
+        ex_subnet_id: str | None = None,
+        ex_firewall_ids: list[str] | None = None,
+        ex_public_ip: bool = False,
     ) -> Node:
-        """Create a running machine. Names need not be unique, as on EC2."""
+        """Create a running machine. Names need not be unique, as on EC2.
+
+        With ``ex_subnet_id`` the machine gets the next address of that subnet (and a public
+        address too with ``ex_public_ip``) and is governed by ``ex_firewall_ids``; without, a
+        private address of the lab's flat network.
+        """
         # Validated like a cloud would: a 400 the caller cannot fix by retrying.
         if not name:
             raise _http_error(400, "lab cloud: a machine needs a name")
@@ -270,12 +307,55 @@ class LabNodeDriver(NodeDriver):
                     now,
                 ),
             )
+            if ex_subnet_id is not None:
+                address = self._place(conn, node_id, ex_subnet_id, ex_firewall_ids or [])
+                public = _public_ip(seq) if ex_public_ip else None
+                conn.execute("UPDATE nodes SET private_ip = ? WHERE id = ?", (address, node_id))
+                conn.execute(
+                    "INSERT INTO node_network (node_id, subnet_id, firewall_ids, public_ip)"
+                    " VALUES (?,?,?,?)",
+                    (node_id, ex_subnet_id, json.dumps(sorted(ex_firewall_ids or [])), public),
+                )
             conn.execute(
                 "INSERT INTO create_log (node_id, name, tags, at) VALUES (?,?,?,?)",
                 (node_id, name, json.dumps(tags, sort_keys=True), now),
             )
-            row = conn.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+            row = conn.execute("SELECT * FROM nodes_v WHERE id = ?", (node_id,)).fetchone()
         return self._to_node(row)
+
+    def _place(
+        self, conn: sqlite3.Connection, node_id: str, subnet_id: str, firewall_ids: list[str]
+    ) -> str:
+        """The machine's address in ``subnet_id``; a 400 when the subnet or a firewall is not
+        a live lab resource, or when the subnet is full."""
+        subnet = conn.execute(
+            "SELECT spec FROM infra WHERE id = ? AND kind = 'subnet' AND deleted_at IS NULL",
+            (subnet_id,),
+        ).fetchone()
+        if subnet is None:
+            raise _http_error(400, f"lab cloud: no subnet {subnet_id!r}")
+        spec = json.loads(subnet["spec"])
+        for fw in firewall_ids:
+            found = conn.execute(
+                "SELECT spec FROM infra WHERE id = ? AND kind = 'firewall' AND deleted_at IS NULL",
+                (fw,),
+            ).fetchone()
+            if found is None or json.loads(found["spec"])["network_id"] != spec["network_id"]:
+                raise _http_error(400, f"lab cloud: no firewall {fw!r} in the subnet's network")
+        used = conn.execute(
+            "SELECT COUNT(*) FROM node_network WHERE subnet_id = ?", (subnet_id,)
+        ).fetchone()[0]
+        hosts = ipaddress.ip_network(spec["cidr"]).hosts()
+        address = next(itertools.islice(hosts, _RESERVED_HOSTS + used, None), None)
+        if address is None:
+            raise _http_error(400, f"lab cloud: subnet {subnet_id} ({spec['cidr']}) is full")
+        return str(address)
+
+    def api_transaction(
+        self, *, write: bool
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One transaction of cloud API (fails during an outage), for :mod:`providers.lab.infra`."""
+        return self._tx(write=write, api=True)
 
     def destroy_node(self, node: Node) -> bool:
         """Terminate ``node``; ``False`` when it was unknown or already terminated.
@@ -330,7 +410,7 @@ class LabNodeDriver(NodeDriver):
         ``state`` is the libcloud ``NodeState`` value (``"running"``, ``"terminated"``, ...).
         """
         with self._tx(write=False, api=False) as conn:
-            rows = conn.execute("SELECT * FROM nodes ORDER BY seq").fetchall()
+            rows = conn.execute("SELECT * FROM nodes_v ORDER BY seq").fetchall()
         return [
             {
                 "id": r["id"],
@@ -346,13 +426,16 @@ class LabNodeDriver(NodeDriver):
                 "updated_at": r["updated_at"],
                 "destroyed_at": r["destroyed_at"],
                 "reboots": r["reboots"],
+                "subnet_id": r["subnet_id"],
+                "firewall_ids": json.loads(r["firewall_ids"] or "[]"),
+                "public_ip": r["public_ip"],
             }
             for r in rows
         ]
 
     def ex_get_node(self, node_id: str) -> Node | None:
         with self._tx(write=False, api=False) as conn:
-            row = conn.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+            row = conn.execute("SELECT * FROM nodes_v WHERE id = ?", (node_id,)).fetchone()
         return None if row is None else self._to_node(row)
 
     def ex_set_state(self, node_id: str, state: NodeState) -> None:
@@ -429,7 +512,7 @@ class LabNodeDriver(NodeDriver):
             id=row["id"],
             name=row["name"],
             state=NodeState(row["state"]),
-            public_ips=[],
+            public_ips=[row["public_ip"]] if row["public_ip"] else [],
             private_ips=[row["private_ip"]],
             driver=self,
             created_at=datetime.fromtimestamp(row["created_at"], tz=UTC),
@@ -442,6 +525,8 @@ class LabNodeDriver(NodeDriver):
                 "reboots": row["reboots"],
                 "updated_at": row["updated_at"],
                 "destroyed_at": row["destroyed_at"],
+                "subnet_id": row["subnet_id"],
+                "firewall_ids": json.loads(row["firewall_ids"] or "[]"),
             },
         )
 
@@ -449,6 +534,11 @@ class LabNodeDriver(NodeDriver):
 def _http_error(code: int, message: str, headers: dict[str, str] | None = None) -> BaseHTTPError:
     # What libcloud's HTTP drivers raise for an error status, so callers see no difference.
     return BaseHTTPError(code, message, headers=headers)  # type: ignore[no-untyped-call]
+
+
+def _public_ip(seq: int) -> str:
+    # 198.18.0.0/15 is reserved for benchmarking: never a real host.
+    return f"198.{18 + ((seq >> 16) & 1)}.{(seq >> 8) & 0xFF}.{seq & 0xFF}"
 
 
 def _private_ip(seq: int) -> str:

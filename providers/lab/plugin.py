@@ -5,6 +5,9 @@ same file with :class:`~providers.lab.driver.LabNodeDriver` to crash machines or
 while the daemon runs.
 
 Options (all optional): ``max_concurrency`` (worker threads, default 4). No credentials.
+
+It also builds networks, subnets, firewalls and load balancers (:mod:`providers.lab.infra`), so
+``healer apply`` can be tried end to end without a cloud.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from healer.errors import ConfigError
 from providers.dialects import LabDialect
 from providers.driver_provider import DriverProvider
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
+from providers.lab.infra import LabInfraBackend
 
 _OPTIONS = {"max_concurrency"}
 
@@ -51,3 +55,4 @@ class LabProvider(DriverProvider):
             dialect=LabDialect(),
             max_workers=workers,
         )
+        self.use_infra(LabInfraBackend())

@@ -1,0 +1,204 @@
+"""Operator requests: how `healer remediate NODE` reaches the planner of a running daemon.
+
+The daemon owns the planner, so the CLI cannot decide anything itself. It writes a request row
+to the state database the two share (no socket to secure, and the row is audit evidence); the
+daemon's :class:`RequestDesk` polls for pending rows, claims one with a compare-and-set, asks the
+planner (:meth:`healer.planner.planner.Planner.remediate_now`: the same guards unless
+``force``) and writes the answer back, which the CLI is waiting for.
+
+A request the daemon has not taken when the CLI gives up is cancelled by the CLI (again a
+compare-and-set), so an operator who saw "no answer" is never surprised by a remediation hours
+later when the daemon comes back. A pending request older than :data:`MAX_AGE` is expired, not
+acted on, for the same reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from healer.clock import Clock
+from healer.planner.guards import Refusal
+from healer.planner.planner import Planner
+from healer.store.sqlite import (
+    REQUEST_ANSWERED,
+    REQUEST_CANCELLED,
+    REQUEST_EXPIRED,
+    REQUEST_PENDING,
+    REQUEST_TAKEN,
+    RequestRow,
+    Store,
+    WorkflowRecord,
+)
+
+log = structlog.get_logger("healer.operator")
+
+REMEDIATE = "remediate"
+MAX_AGE = 300.0
+API_UNREACHABLE = "ApiUnreachable"
+
+# Answers: {"result": "started" | "refused" | "error" | "expired" | "timeout", ...}
+Answer = dict[str, Any]
+
+
+class RequestDesk:
+    """The daemon side: answers pending operator requests, one at a time, in arrival order."""
+
+    def __init__(
+        self, *, store: Store, planner: Planner, clock: Clock, poll_interval: float = 1.0
+    ) -> None:
+        self._store = store
+        self._planner = planner
+        self._clock = clock
+        self._poll = poll_interval
+
+    async def run(self) -> None:
+        while True:
+            await self.serve_pending()
+            await self._clock.sleep(self._poll)
+
+    async def serve_pending(self) -> int:
+        """Answer every pending request; returns how many were taken."""
+        taken = 0
+        for request in self._store.pending_requests():
+            now = self._clock.now()
+            if now - request.at > MAX_AGE:
+                answer: Answer = {
+                    "result": "expired",
+                    "message": f"request {request.id} waited {now - request.at:.0f}s "
+                    f"(limit {MAX_AGE:.0f}s) for a daemon; not acted on",
+                }
+                self._store.move_request(
+                    request.id,
+                    to=REQUEST_EXPIRED,
+                    at=now,
+                    answer=answer,
+                    only_from=REQUEST_PENDING,
+                )
+                log.warning("operator.request_expired", request=request.id, node=request.node)
+                continue
+            if not self._store.move_request(
+                request.id, to=REQUEST_TAKEN, at=now, only_from=REQUEST_PENDING
+            ):
+                continue  # the CLI cancelled it in the meantime
+            taken += 1
+            answer = await self._answer(request)
+            self._store.move_request(
+                request.id, to=REQUEST_ANSWERED, at=self._clock.now(), answer=answer
+            )
+        return taken
+
+    async def _answer(self, request: RequestRow) -> Answer:
+        if request.kind != REMEDIATE or request.node is None:
+            return {"result": "error", "message": f"unknown request kind {request.kind!r}"}
+        force = bool(request.args.get("force", False))
+        with structlog.contextvars.bound_contextvars(
+            cluster=request.cluster, node=request.node, request=request.id
+        ):
+            answer = await self._remediate(request.cluster, request.node, force=force)
+            log.info("operator.remediate_answered", force=force, **answer)
+        self._store.audit(
+            at=self._clock.now(),
+            cluster=request.cluster,
+            node=request.node,
+            workflow_id=answer.get("workflow"),
+            event="operator.remediate",
+            reason="OperatorForced" if force else "Operator",
+            message=f"`healer remediate{' --force' if force else ''}` for "
+            f"{request.cluster}/{request.node}: {describe(answer)}",
+            evidence={"request": request.id, "answer": answer},
+        )
+        return answer
+
+    async def _remediate(self, cluster: str, node: str, *, force: bool) -> Answer:
+        frozen = self._planner.frozen_reason(cluster)
+        if frozen is not None and not force:
+            return {
+                "result": "refused",
+                "reason": API_UNREACHABLE,
+                "message": f"the API of cluster {cluster} is unreachable ({frozen}); healer "
+                "decides nothing on stale data (use --force to override)",
+            }
+        try:
+            outcome = await self._planner.remediate_now(cluster, node, force=force)
+        except KeyError as exc:
+            return {"result": "error", "message": str(exc.args[0]) if exc.args else str(exc)}
+        if isinstance(outcome, Refusal):
+            return {"result": "refused", "reason": outcome.reason, "message": outcome.message}
+        assert isinstance(outcome, WorkflowRecord)
+        return {
+            "result": "started",
+            "workflow": outcome.id,
+            "replacement": outcome.replacement_name,
+            "forced": force,
+        }
+
+
+def describe(answer: Answer) -> str:
+    """One line for the terminal and the audit log."""
+    result = answer.get("result")
+    if result == "started":
+        forced = " (forced past the guards)" if answer.get("forced") else ""
+        return (
+            f"remediation started{forced}: workflow {answer['workflow']}, "
+            f"replacement {answer['replacement']}"
+        )
+    if result == "refused":
+        return f"refused ({answer['reason']}): {answer['message']}"
+    return f"{result}: {answer.get('message', '')}"
+
+
+def request_remediation(
+    store: Store,
+    *,
+    cluster: str,
+    node: str,
+    force: bool,
+    timeout: float,
+    poll: float = 0.2,
+    now: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Answer:
+    """The CLI side: file a request and wait for the daemon's answer (blocking).
+
+    On timeout the request is cancelled if the daemon has not taken it yet; if it has, the
+    answer is waited for a little longer, since the decision is then already being made.
+    """
+    request_id = uuid.uuid4().hex[:12]
+    store.add_request(
+        request_id=request_id,
+        kind=REMEDIATE,
+        cluster=cluster,
+        node=node,
+        args={"force": force},
+        at=now(),
+    )
+    deadline = now() + timeout
+    extended = False
+    while True:
+        row = store.request(request_id)
+        if row is not None and row.state in (REQUEST_ANSWERED, REQUEST_EXPIRED) and row.answer:
+            return row.answer
+        if now() >= deadline:
+            if store.move_request(
+                request_id, to=REQUEST_CANCELLED, at=now(), only_from=REQUEST_PENDING
+            ):
+                return {
+                    "result": "timeout",
+                    "message": f"no daemon took request {request_id} within {timeout:.0f}s; "
+                    "it is cancelled. Is healer running on this state directory "
+                    "(systemctl status healer)?",
+                }
+            if extended:
+                return {
+                    "result": "timeout",
+                    "message": f"the daemon took request {request_id} but has not answered; "
+                    "see `healer history` and the daemon's log for what it did",
+                }
+            extended = True  # taken: the decision is being made, give it a little longer
+            deadline = now() + max(timeout, 10.0)
+        sleep(poll)

@@ -1,0 +1,414 @@
+"""Desired against actual: the plan of ``healer plan``, ``apply`` and ``destroy``. Pure.
+
+:func:`plan` compares :class:`~healer.provisioning.infra.Desired` with what the cloud reported
+(:class:`Actual`) and returns one :class:`Action` per change, each a line a person can read:
+
+- ``+`` create: a missing network, subnet, firewall, load balancer or machine;
+- ``~`` update: firewall permissions, a load balancer's health check, allowed sources or members,
+  a subnet's public addressing, a missing internet gateway;
+- ``-`` delete: a firewall or load balancer of the cluster that the config no longer wants;
+- ``!`` conflict: a difference that cannot be changed in place (a network's range). ``apply``
+  refuses to start while there is one.
+
+Things healer deliberately does not do are notes, not actions: it never scales a pool down (that
+needs a drain; remediation owns it) and never deletes a network or subnet outside ``destroy``.
+
+``known`` is what the last ``apply`` saw per pool (see :mod:`healer.provisioning.apply`). It only
+explains a missing machine ("replaces lab-workers-3f9a1c2e, which is gone"); how many machines to
+create is decided by the cloud's tags alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from healer.provisioning.infra import Desired
+from providers.base import Machine
+from providers.infra import (
+    Firewall,
+    LoadBalancer,
+    Network,
+    Subnet,
+)
+
+
+class Change(enum.StrEnum):
+    CREATE = "+"
+    UPDATE = "~"
+    DELETE = "-"
+    CONFLICT = "!"
+
+
+@dataclass(frozen=True)
+class Action:
+    change: Change
+    kind: str  # network | subnet | firewall | load-balancer | machine
+    name: str  # the resource's name ("" for a machine not yet named)
+    detail: str
+    pool: str | None = None
+    resource_id: str | None = None
+
+    def __str__(self) -> str:
+        if self.name:
+            return f"{self.change} {self.kind} {self.name}: {self.detail}"
+        return f"{self.change} {self.kind} {self.detail}"
+
+
+@dataclass(frozen=True)
+class Actual:
+    """Everything healer-tagged for one cluster, as the cloud reported it."""
+
+    networks: tuple[Network, ...] = ()
+    subnets: tuple[Subnet, ...] = ()
+    firewalls: tuple[Firewall, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
+    machines: Mapping[str, tuple[Machine, ...]] = field(default_factory=dict)  # by pool tag
+
+
+@dataclass(frozen=True)
+class Plan:
+    cluster: str
+    actions: tuple[Action, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.actions)
+
+    @property
+    def conflicts(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.change is Change.CONFLICT)
+
+    def lines(self) -> list[str]:
+        out = [str(a) for a in self.actions]
+        out.extend(f"  note: {n}" for n in self.notes)
+        return out
+
+
+R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
+
+
+def _one(items: Sequence[R], name: str) -> list[R]:
+    return [i for i in items if i.name == name]
+
+
+def plan(
+    desired: Desired, actual: Actual, known: Mapping[str, Sequence[str]] | None = None
+) -> Plan:
+    """The actions that take ``actual`` to ``desired``, in the order ``apply`` performs them."""
+    actions: list[Action] = []
+    notes: list[str] = []
+    known = known or {}
+
+    for problem in desired.problems:
+        actions.append(Action(Change.CONFLICT, "config", "", problem))
+
+    if desired.network is None:
+        for kind, items in (
+            ("network", actual.networks),
+            ("subnet", actual.subnets),
+            ("firewall", actual.firewalls),
+            ("load balancer", actual.load_balancers),
+        ):
+            for item in items:
+                notes.append(
+                    f"{kind} {item.name} ({item.id}) exists but the config has no 'network' "
+                    "block; healer leaves it alone (`healer destroy` removes it)"
+                )
+    else:
+        actions.extend(_infra_actions(desired, actual, notes))
+
+    actions.extend(_machine_actions(desired, actual, known, notes))
+    actions.extend(_member_actions(desired, actual))
+    return Plan(cluster=desired.cluster, actions=tuple(actions), notes=tuple(notes))
+
+
+def _infra_actions(desired: Desired, actual: Actual, notes: list[str]) -> list[Action]:
+    out: list[Action] = []
+    net_spec, sub_spec, fw_spec = desired.network, desired.subnet, desired.firewall
+    assert net_spec is not None and sub_spec is not None and fw_spec is not None
+
+    # network
+    nets = _one(actual.networks, net_spec.name)
+    network: Network | None = nets[0] if nets else None
+    gateway = " with an internet gateway" if net_spec.internet_gateway else ""
+    if network is None:
+        out.append(Action(Change.CREATE, "network", net_spec.name, f"{net_spec.cidr}{gateway}"))
+    elif network.cidr != net_spec.cidr:
+        out.append(
+            Action(
+                Change.CONFLICT,
+                "network",
+                network.name,
+                f"is {network.cidr} in the cloud, {net_spec.cidr} in the config; a network's "
+                "range cannot change in place (destroy, then apply)",
+                resource_id=network.id,
+            )
+        )
+    elif net_spec.internet_gateway and not network.internet_gateway:
+        out.append(
+            Action(
+                Change.UPDATE,
+                "network",
+                network.name,
+                "add an internet gateway (a public load balancer or public addresses need one)",
+                resource_id=network.id,
+            )
+        )
+    for other_net in actual.networks:
+        if other_net.name != net_spec.name:
+            notes.append(
+                f"network {other_net.name} ({other_net.id}) is not in the config; left alone"
+            )
+
+    # subnet
+    subs = _one(actual.subnets, sub_spec.name)
+    subnet: Subnet | None = subs[0] if subs else None
+    where = f" in {sub_spec.location}" if sub_spec.location else ""
+    addressing = "public addresses" if sub_spec.public_ips else "private addresses only"
+    if subnet is None:
+        out.append(
+            Action(
+                Change.CREATE,
+                "subnet",
+                sub_spec.name,
+                f"{sub_spec.cidr}{where} in network {sub_spec.network}, {addressing}",
+            )
+        )
+    else:
+        moved = subnet.cidr != sub_spec.cidr or (
+            network is not None and subnet.network_id != network.id
+        )
+        relocated = sub_spec.location is not None and subnet.location != sub_spec.location
+        if moved or relocated:
+            out.append(
+                Action(
+                    Change.CONFLICT,
+                    "subnet",
+                    subnet.name,
+                    f"is {subnet.cidr} in {subnet.location or '?'} (network {subnet.network_id}) "
+                    f"in the cloud, the config wants {sub_spec.cidr}{where}; a subnet cannot "
+                    "move in place (destroy, then apply)",
+                    resource_id=subnet.id,
+                )
+            )
+        elif subnet.public_ips != sub_spec.public_ips:
+            out.append(
+                Action(
+                    Change.UPDATE,
+                    "subnet",
+                    subnet.name,
+                    f"{addressing} for machines created from now on",
+                    resource_id=subnet.id,
+                )
+            )
+    for other_sub in actual.subnets:
+        if other_sub.name != sub_spec.name:
+            notes.append(
+                f"subnet {other_sub.name} ({other_sub.id}) is not in the config; left alone"
+            )
+
+    # firewall
+    wanted = fw_spec.permissions()
+    fws = _one(actual.firewalls, fw_spec.name)
+    if not fws:
+        rules = "; ".join(str(p) for p in sorted(wanted))
+        out.append(Action(Change.CREATE, "firewall", fw_spec.name, f"admits only {rules}"))
+    else:
+        fw = fws[0]
+        add, remove = wanted - fw.permissions, fw.permissions - wanted
+        if add or remove:
+            parts = [f"+ {p}" for p in sorted(add)] + [f"- {p}" for p in sorted(remove)]
+            out.append(
+                Action(Change.UPDATE, "firewall", fw.name, "; ".join(parts), resource_id=fw.id)
+            )
+    for other_fw in actual.firewalls:
+        if other_fw.name != fw_spec.name:
+            out.append(
+                Action(
+                    Change.DELETE,
+                    "firewall",
+                    other_fw.name,
+                    "not in the desired state",
+                    resource_id=other_fw.id,
+                )
+            )
+
+    # load balancer
+    lb_spec = desired.load_balancer
+    if lb_spec is not None:
+        lbs = _one(actual.load_balancers, lb_spec.name)
+        kind = "internal" if lb_spec.internal else "public"
+        if not lbs:
+            sources = ", ".join(lb_spec.allowed_sources) or "anywhere the firewall admits"
+            out.append(
+                Action(
+                    Change.CREATE,
+                    "load-balancer",
+                    lb_spec.name,
+                    f"{kind} tcp/{lb_spec.port} -> {lb_spec.target_port} on the members of pool "
+                    f"{desired.control_plane}; health check {lb_spec.health_check}; clients "
+                    f"{sources}",
+                )
+            )
+        else:
+            lb = lbs[0]
+            if (lb.port, lb.target_port, lb.internal) != (
+                lb_spec.port,
+                lb_spec.target_port,
+                lb_spec.internal,
+            ):
+                was = "internal" if lb.internal else "public"
+                out.append(
+                    Action(
+                        Change.CONFLICT,
+                        "load-balancer",
+                        lb.name,
+                        f"is {was} tcp/{lb.port} -> {lb.target_port} in the cloud, the config "
+                        f"wants {kind} tcp/{lb_spec.port} -> {lb_spec.target_port}; destroy it to "
+                        "change that",
+                        resource_id=lb.id,
+                    )
+                )
+            changes = []
+            if lb.health_check != lb_spec.health_check:
+                changes.append(f"health check {lb.health_check} -> {lb_spec.health_check}")
+            if tuple(sorted(lb.allowed_sources)) != tuple(sorted(lb_spec.allowed_sources)):
+                changes.append(
+                    f"clients {', '.join(lb.allowed_sources) or '-'} -> "
+                    f"{', '.join(sorted(lb_spec.allowed_sources)) or '-'}"
+                )
+            if changes:
+                out.append(
+                    Action(
+                        Change.UPDATE,
+                        "load-balancer",
+                        lb.name,
+                        "; ".join(changes),
+                        resource_id=lb.id,
+                    )
+                )
+    keep = {lb_spec.name} if lb_spec is not None else set()
+    for other in actual.load_balancers:
+        if other.name not in keep:
+            out.append(
+                Action(
+                    Change.DELETE,
+                    "load-balancer",
+                    other.name,
+                    "not in the desired state"
+                    + (" (loadBalancer.enabled is false)" if lb_spec is None else ""),
+                    resource_id=other.id,
+                )
+            )
+    return out
+
+
+def _machine_actions(
+    desired: Desired,
+    actual: Actual,
+    known: Mapping[str, Sequence[str]],
+    notes: list[str],
+) -> list[Action]:
+    out: list[Action] = []
+    lb = desired.load_balancer
+    for pool in desired.pools:
+        have = actual.machines.get(pool.name, ())
+        names = {m.name for m in have}
+        gone = [n for n in known.get(pool.name, ()) if n not in names]
+        spec = pool.machine
+        where = f" in {spec.location}" if spec.location else ""
+        joins = (
+            f"; joins load balancer {lb.name}"
+            if lb is not None and pool.name == desired.control_plane
+            else ""
+        )
+        missing = pool.size - len(have)
+        for i in range(max(0, missing)):
+            replaces = f"; replaces {gone[i]}, which is gone" if i < len(gone) else ""
+            out.append(
+                Action(
+                    Change.CREATE,
+                    "machine",
+                    "",
+                    f"in pool {pool.name} ({spec.size}, {spec.image}{where}), "
+                    f"{len(have) + i + 1} of {pool.size}{replaces}{joins}",
+                    pool=pool.name,
+                )
+            )
+        if missing < 0:
+            surplus = ", ".join(sorted(names))
+            notes.append(
+                f"pool {pool.name} has {len(have)} machines ({surplus}), the config says "
+                f"{pool.size}: healer does not scale pools down; drain and delete the extra "
+                "machines yourself"
+            )
+    configured = {p.name for p in desired.pools}
+    for pool_name, machines in sorted(actual.machines.items()):
+        if pool_name not in configured and machines:
+            notes.append(
+                f"{len(machines)} machine(s) of pool {pool_name!r}, which the config does not "
+                f"have: {', '.join(sorted(m.name for m in machines))}"
+            )
+    return out
+
+
+def _member_actions(desired: Desired, actual: Actual) -> list[Action]:
+    lb_spec = desired.load_balancer
+    if lb_spec is None or desired.control_plane is None:
+        return []
+    lbs = _one(actual.load_balancers, lb_spec.name)
+    if not lbs:
+        return []
+    lb = lbs[0]
+    machines = actual.machines.get(desired.control_plane, ())
+    by_id = {m.id: m.name for m in machines}
+    add = sorted(set(by_id) - set(lb.members))
+    remove = sorted(set(lb.members) - set(by_id))
+    if not add and not remove:
+        return []
+    parts = [f"+ {by_id[i]} ({i})" for i in add] + [f"- {i}" for i in remove]
+    return [
+        Action(
+            Change.UPDATE,
+            "load-balancer",
+            lb.name,
+            "members " + "; ".join(parts),
+            resource_id=lb.id,
+        )
+    ]
+
+
+def destroy_plan(cluster: str, actual: Actual) -> Plan:
+    """Everything healer-tagged for ``cluster``, in the order it can be deleted."""
+    actions: list[Action] = []
+    for lb in actual.load_balancers:
+        actions.append(
+            Action(Change.DELETE, "load-balancer", lb.name, lb.address or "-", resource_id=lb.id)
+        )
+    for pool, machines in sorted(actual.machines.items()):
+        for m in sorted(machines, key=lambda m: m.name):
+            actions.append(
+                Action(
+                    Change.DELETE,
+                    "machine",
+                    m.name,
+                    f"{m.id} in pool {pool}",
+                    pool=pool,
+                    resource_id=m.id,
+                )
+            )
+    for fw in actual.firewalls:
+        actions.append(Action(Change.DELETE, "firewall", fw.name, fw.id, resource_id=fw.id))
+    for sub in actual.subnets:
+        actions.append(
+            Action(Change.DELETE, "subnet", sub.name, f"{sub.cidr} ({sub.id})", resource_id=sub.id)
+        )
+    for net in actual.networks:
+        actions.append(
+            Action(Change.DELETE, "network", net.name, f"{net.cidr} ({net.id})", resource_id=net.id)
+        )
+    return Plan(cluster=cluster, actions=tuple(actions))

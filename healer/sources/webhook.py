@@ -1,0 +1,453 @@
+"""The alert webhook: an aiohttp server that turns alert notifications into :class:`NodeEvent`.
+
+Owns the HTTP side: listeners (TLS when given a certificate and key), authentication (bearer
+token and/or an HMAC-SHA256 signature with a timestamp and a replay cache), the body size limit,
+the ``/healthz`` and ``/metrics`` endpoints, and counting. What a body means is decided in
+:mod:`healer.sources.webhook_payload`.
+
+A request is checked in this order, cheapest first, so an unauthenticated caller never gets the
+server to buffer a large body:
+
+1. ``Content-Length`` over ``maxBody`` -> 413 (nothing is read);
+2. bearer token (when configured) -> 401;
+3. the body is read, stopping with 413 as soon as it passes ``maxBody`` (chunked uploads too);
+4. HMAC signature (when configured) -> 401: ``X-Healer-Timestamp`` (Unix seconds) must be within
+   ``maxSkew`` of now and ``X-Healer-Signature: sha256=<hex>`` must be
+   ``HMAC-SHA256(secret, "<timestamp>." + body)``; a signature already seen within the skew
+   window is a replay -> 401 ``replayed``;
+5. the body is parsed -> 400/404/422, or accepted -> 200 with a JSON summary.
+
+Secrets are read on every request (``SecretRef``), so a rotated token file takes effect without
+a restart; if a secret cannot be read the request is answered 503 and the error logged.
+Every refused request and every refused alert is counted in ``healer_events_rejected_total``
+with ``source="webhook"``; every event passed on in ``healer_events_received_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import math
+import ssl
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Final, NoReturn
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from healer.clock import Clock
+from healer.config import WebhookConfig
+from healer.errors import ConfigError
+from healer.metrics import EVENTS_RECEIVED, EVENTS_REJECTED, REGISTRY
+from healer.model import NodeEvent
+from healer.planner.alert_blocks import AlertBlocks
+from healer.sources.webhook_payload import (
+    REPLAYED,
+    SOURCE,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    AlertRules,
+    BlockChange,
+    Parsed,
+    Rejection,
+    parse_alertmanager,
+    parse_generic,
+)
+
+log = structlog.get_logger(__name__)
+
+Emit = Callable[[NodeEvent], Awaitable[None]]
+OnBlock = Callable[[BlockChange], Awaitable[None]]
+
+TIMESTAMP_HEADER: Final = "X-Healer-Timestamp"
+SIGNATURE_HEADER: Final = "X-Healer-Signature"
+_CHUNK: Final = 65536
+_LOG_MAX: Final = 200
+
+
+def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
+    """The ``X-Healer-Signature`` value for ``body`` sent at ``timestamp``: ``sha256=<hex>``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+class ReplayCache:
+    """Signatures seen within the skew window. A signed request is valid for ``max_skew`` either
+    side of its timestamp, so remembering each signature for ``2 * max_skew`` covers the whole
+    time it could be replayed; older ones fail the skew check anyway."""
+
+    def __init__(self, max_skew: float, *, limit: int = 100_000) -> None:
+        self._ttl = 2 * max_skew
+        self._limit = limit
+        self._seen: dict[str, float] = {}  # signature -> forget after
+
+    def seen(self, signature: str, now: float) -> bool:
+        """True if ``signature`` was already used; records it otherwise."""
+        if len(self._seen) >= self._limit or len(self._seen) % 256 == 0:
+            self._purge(now)
+        if signature in self._seen and self._seen[signature] > now:
+            return True
+        if len(self._seen) >= self._limit:
+            # Full of live entries: refusing is safer than forgetting one (a replay would pass).
+            return True
+        self._seen[signature] = now + self._ttl
+        return False
+
+    def _purge(self, now: float) -> None:
+        self._seen = {s: t for s, t in self._seen.items() if t > now}
+
+
+def check_signature(
+    *,
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    now: float,
+    max_skew: float,
+    replays: ReplayCache,
+) -> Rejection | None:
+    """None when the request is signed, fresh and new; otherwise why not."""
+    if not timestamp or not signature:
+        return Rejection(UNAUTHORIZED, f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required")
+    try:
+        sent = float(timestamp)
+    except ValueError:
+        return Rejection(UNAUTHORIZED, f"{TIMESTAMP_HEADER} is not a number of seconds")
+    if not math.isfinite(sent) or abs(now - sent) > max_skew:
+        return Rejection(
+            UNAUTHORIZED,
+            f"{TIMESTAMP_HEADER} is more than {max_skew:.0f}s away from the server's clock",
+        )
+    expected = sign(secret, timestamp, body)
+    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+        return Rejection(UNAUTHORIZED, "the signature does not match the body")
+    # Only a valid signature is remembered: junk must not be able to fill the cache.
+    if replays.seen(expected, now):
+        return Rejection(REPLAYED, "this signed request was already received")
+    return None
+
+
+def count_rejection(rejection: Rejection) -> None:
+    """Count one refused request or alert in ``healer_events_rejected_total``."""
+    EVENTS_REJECTED.labels(source=SOURCE, reason=rejection.reason).inc()
+
+
+def count_accepted(parsed: Parsed) -> None:
+    """Count what an accepted request brought: its events and block changes as received, its
+    left-out alerts as rejected. The server calls this for every accepted request."""
+    for _, rejection in parsed.rejections:
+        count_rejection(rejection)
+    EVENTS_RECEIVED.labels(source=SOURCE).inc(len(parsed.events) + len(parsed.blocks))
+
+
+def check_bearer(header: str | None, token: str) -> bool:
+    if not header:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+class WebhookServer:
+    """Serve the webhook (and, unless ``metricsListen`` is set, /healthz and /metrics).
+
+    ``run()`` serves until cancelled. ``app()`` gives the aiohttp application for tests.
+    ``on_block`` is awaited after a blocking alert starts or stops blocking a cluster.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: WebhookConfig,
+        known_clusters: Collection[str],
+        clock: Clock,
+        emit: Emit,
+        is_known_node: Callable[[str, str], bool] | None = None,
+        blocks: AlertBlocks | None = None,
+        on_block: OnBlock | None = None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._config = config
+        self._known = frozenset(known_clusters)
+        self._clock = clock
+        self._emit = emit
+        self._is_known_node = is_known_node
+        self.blocks = blocks if blocks is not None else AlertBlocks()
+        self._on_block = on_block
+        self._registry = registry
+        self._replays = ReplayCache(config.max_skew)
+        self._rules = AlertRules(
+            node_labels=config.node_labels,
+            cluster_label=config.cluster_label,
+            conditions=dict(config.conditions),
+            blocking_alerts=frozenset(config.blocking_alerts),
+        )
+        self._runners: list[web.AppRunner] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    # -- applications ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        # aiohttp's own limit backs ours up; our streaming read answers 413 before it.
+        app = web.Application(client_max_size=self._config.max_body + 1)
+        app.router.add_post("/v1/alertmanager", self._alertmanager)
+        app.router.add_post("/v1/alertmanager/{cluster}", self._alertmanager)
+        app.router.add_post("/v1/events", self._generic)
+        if self._config.metrics_listen is None:
+            self._add_ops_routes(app)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+        self._add_ops_routes(app)
+        return app
+
+    def _add_ops_routes(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self._config
+        ssl_ctx = self._ssl_context()
+        await self._serve(self.app(), cfg.listen, ssl_ctx)
+        if cfg.metrics_listen is not None:
+            await self._serve(self.metrics_app(), cfg.metrics_listen, None)
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self.addresses = []
+
+    async def run(self) -> NoReturn:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")  # pragma: no cover - wait() only ends by cancel
+        finally:
+            await self.stop()
+
+    async def _serve(
+        self, app: web.Application, listen: tuple[str, int], ssl_ctx: ssl.SSLContext | None
+    ) -> None:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, listen[0], listen[1], ssl_context=ssl_ctx)
+        await site.start()
+        for addr in runner.addresses:
+            bound = (str(addr[0]), int(addr[1]))
+            self.addresses.append(bound)
+            log.info("webhook.listening", host=bound[0], port=bound[1], tls=ssl_ctx is not None)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self._config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"webhook: cannot load tlsCert {cfg.tls_cert} / tlsKey {cfg.tls_key}: {exc}"
+            ) from exc
+        return ctx
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(self._registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def _alertmanager(self, request: web.Request) -> web.Response:
+        path_cluster = request.match_info.get("cluster")
+
+        def parse(body: bytes) -> Parsed | Rejection:
+            return parse_alertmanager(
+                body,
+                path_cluster=path_cluster,
+                rules=self._rules,
+                known_clusters=self._known,
+                now=self._clock.now(),
+                max_body=self._config.max_body,
+                is_known_node=self._is_known_node,
+            )
+
+        return await self._ingest(request, "alertmanager", parse)
+
+    async def _generic(self, request: web.Request) -> web.Response:
+        def parse(body: bytes) -> Parsed | Rejection:
+            return parse_generic(
+                body,
+                known_clusters=self._known,
+                now=self._clock.now(),
+                max_body=self._config.max_body,
+                is_known_node=self._is_known_node,
+            )
+
+        return await self._ingest(request, "generic", parse)
+
+    async def _ingest(
+        self, request: web.Request, kind: str, parse: Callable[[bytes], Parsed | Rejection]
+    ) -> web.Response:
+        cfg = self._config
+        length = request.content_length
+        if length is not None and length > cfg.max_body:
+            return self._refuse(
+                request,
+                kind,
+                Rejection(TOO_LARGE, f"body is {length} bytes; the limit is {cfg.max_body}"),
+            )
+        try:
+            token = cfg.token.reveal() if cfg.token is not None else None
+            secret = cfg.hmac_secret.reveal() if cfg.hmac_secret is not None else None
+        except ConfigError as exc:
+            log.error("webhook.secret_unavailable", error=str(exc))
+            return web.json_response(
+                {
+                    "error": "credentials_unavailable",
+                    "message": "the server cannot read its secret",
+                },
+                status=503,
+            )
+        if token is not None and not check_bearer(request.headers.get("Authorization"), token):
+            return self._refuse(
+                request, kind, Rejection(UNAUTHORIZED, "a valid bearer token is required")
+            )
+        body = await _read_limited(request, cfg.max_body)
+        if body is None:
+            return self._refuse(
+                request,
+                kind,
+                Rejection(TOO_LARGE, f"body is over the limit of {cfg.max_body} bytes"),
+            )
+        if secret is not None:
+            bad = check_signature(
+                secret=secret,
+                timestamp=request.headers.get(TIMESTAMP_HEADER),
+                signature=request.headers.get(SIGNATURE_HEADER),
+                body=body,
+                now=self._clock.now(),
+                max_skew=cfg.max_skew,
+                replays=self._replays,
+            )
+            if bad is not None:
+                return self._refuse(request, kind, bad)
+        result = parse(body)
+        if isinstance(result, Rejection):
+            return self._refuse(request, kind, result)
+        return await self._accept(request, kind, result)
+
+    async def _accept(self, request: web.Request, kind: str, parsed: Parsed) -> web.Response:
+        count_accepted(parsed)
+        for index, rejection in parsed.rejections:
+            log.warning(
+                "webhook.alert_rejected",
+                format=kind,
+                alert=index,
+                reason=rejection.reason,
+                error=rejection.message,
+            )
+        blocked: list[str] = []
+        for change in parsed.blocks:
+            await self._apply_block(change)
+            blocked.append(
+                f"{change.cluster}/{change.alert}={'firing' if change.firing else 'resolved'}"
+            )
+        for event in parsed.events:
+            await self._emit(event)
+        log.info(
+            "webhook.received",
+            format=kind,
+            events=len(parsed.events),
+            blocks=len(parsed.blocks),
+            rejected=len(parsed.rejections),
+        )
+        return web.json_response(
+            {
+                "accepted": len(parsed.events),
+                "blocks": blocked,
+                "rejected": [
+                    {"alert": index, "reason": r.reason, "message": r.message}
+                    for index, r in parsed.rejections
+                ],
+            }
+        )
+
+    async def _apply_block(self, change: BlockChange) -> None:
+        now = self._clock.now()
+        if change.firing:
+            changed = self.blocks.fire(
+                cluster=change.cluster,
+                alert=change.alert,
+                fingerprint=change.fingerprint,
+                since=change.since,
+                now=now,
+                ttl=self._config.block_ttl,
+            )
+        else:
+            changed = self.blocks.resolve(
+                cluster=change.cluster,
+                alert=change.alert,
+                fingerprint=change.fingerprint,
+                now=now,
+            )
+        if changed:
+            log.warning(
+                "webhook.blocking" if change.firing else "webhook.unblocked",
+                cluster=change.cluster,
+                alert=change.alert,
+            )
+            if self._on_block is not None:
+                await self._on_block(change)
+
+    def _refuse(self, request: web.Request, kind: str, rejection: Rejection) -> web.Response:
+        count_rejection(rejection)
+        log.warning(
+            "webhook.rejected",
+            format=kind,
+            reason=rejection.reason,
+            status=rejection.status,
+            error=rejection.message[:_LOG_MAX],
+            remote=request.remote,
+        )
+        headers: dict[str, Any] = {}
+        if rejection.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="healer"'
+        resp = web.json_response(
+            {"error": rejection.reason, "message": rejection.message},
+            status=rejection.status,
+            headers=headers,
+        )
+        if rejection.reason == TOO_LARGE:
+            # The rest of the body was not read; do not let the client keep streaming it.
+            resp.force_close()
+        return resp
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is longer than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)

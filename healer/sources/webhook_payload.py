@@ -1,0 +1,500 @@
+"""The alert webhook's wire contract: request bodies -> :class:`NodeEvent` and alert blocks (pure).
+
+Owns the two accepted formats, the mapping from alerts to nodes, and the fixed set of rejection
+reasons with the HTTP status each one answers. :mod:`healer.sources.webhook` only moves bytes,
+checks credentials and reports; what a body means is decided here, so it can be table-tested and
+fuzzed without a server. Nothing here raises on any input.
+
+**Alertmanager** (webhook payload ``"version": "4"``), ``POST /v1/alertmanager/<cluster>`` or
+``POST /v1/alertmanager`` (then each alert names its cluster in the ``clusterLabel`` label):
+
+* an alert whose ``alertname`` is in ``blockingAlerts`` becomes a :class:`BlockChange` for its
+  cluster (firing -> blocks, resolved -> lifts), not a node condition;
+* any other alert is mapped to a node by the first of ``nodeLabels`` it carries (a ``:port``
+  suffix is stripped, so ``instance="w-1:9100"`` names ``w-1``; the value is lower-cased) and
+  becomes ``CONDITION <type>=True`` while firing and ``=False`` once resolved, where ``<type>`` is
+  ``conditions[alertname]`` or else the alertname itself. ``since`` is the alert's ``startsAt``
+  (firing) or ``endsAt`` (resolved), never later than now, so a ``timeout`` in
+  ``unhealthyConditions`` counts from when the alert really started;
+* several alerts for the same node and condition in one notification fold into one event, firing
+  if any of them is.
+
+**Generic**, ``POST /v1/events``: one JSON object ``{"cluster", "node", "condition", "status"}``
+with ``status`` one of ``True``/``False``/``Unknown`` (JSON ``true``/``false`` accepted) and
+optional ``reason`` and ``message`` strings.
+
+Rejections of a whole request (the HTTP status is in brackets):
+
+``too_large`` [413]            the body is longer than ``maxBody``
+``bad_json`` [400]             not UTF-8 or not JSON (NaN and Infinity are not JSON)
+``bad_schema`` [422]           valid JSON of the wrong shape; the message names the field
+``unsupported_version`` [422]  an Alertmanager payload whose ``version`` is not ``"4"``
+``unknown_cluster`` [404]      the cluster in the URL (or the generic body) is not configured
+``unknown_node`` [404]         generic format only: the node is not one healer manages
+
+Rejections of single alerts inside an accepted Alertmanager notification (answered 200, listed
+in the response and counted): ``unknown_cluster`` (no or an unknown cluster label),
+``no_node`` (none of ``nodeLabels`` holds a node name), ``unknown_node`` (a node healer does not
+manage), ``bad_condition`` (the condition type is not a CamelCase name: map the alert in
+``conditions``).
+
+The server adds ``unauthorized`` and ``replayed`` [401] (see :mod:`healer.sources.webhook`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from healer.model import EventKind, NodeEvent
+from healer.sources.mqtt_payload import is_cluster_name, is_node_name
+
+SOURCE: Final = "webhook"
+ALERTMANAGER_VERSION: Final = "4"
+
+UNAUTHORIZED: Final = "unauthorized"
+REPLAYED: Final = "replayed"
+TOO_LARGE: Final = "too_large"
+BAD_JSON: Final = "bad_json"
+BAD_SCHEMA: Final = "bad_schema"
+UNSUPPORTED_VERSION: Final = "unsupported_version"
+UNKNOWN_CLUSTER: Final = "unknown_cluster"
+UNKNOWN_NODE: Final = "unknown_node"
+NO_NODE: Final = "no_node"
+BAD_CONDITION: Final = "bad_condition"
+
+#: HTTP status for each reason that can reject a whole request.
+STATUS: Final[Mapping[str, int]] = {
+    UNAUTHORIZED: 401,
+    REPLAYED: 401,
+    TOO_LARGE: 413,
+    BAD_JSON: 400,
+    BAD_SCHEMA: 422,
+    UNSUPPORTED_VERSION: 422,
+    UNKNOWN_CLUSTER: 404,
+    UNKNOWN_NODE: 404,
+}
+#: Reasons a single alert of an accepted notification can be rejected for.
+ALERT_REASONS: Final = frozenset({UNKNOWN_CLUSTER, NO_NODE, UNKNOWN_NODE, BAD_CONDITION})
+#: Every reason the webhook counts (``healer_events_rejected_total{source="webhook"}``).
+REASONS: Final = frozenset(STATUS) | ALERT_REASONS
+
+MAX_ALERTS: Final = 10_000
+MAX_LABEL_LEN: Final = 1024
+MAX_REASON_LEN: Final = 128
+MAX_MESSAGE_LEN: Final = 1024
+
+_CONDITION_RE: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
+_RFC3339: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+_STATUSES: Final = ("True", "False", "Unknown")
+# Go's zero time: Alertmanager sends it as endsAt of alerts that have no end yet.
+_GO_ZERO_YEAR: Final = 1
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why something was refused. ``reason`` is one of :data:`REASONS`."""
+
+    reason: str
+    message: str
+
+    @property
+    def status(self) -> int:
+        return STATUS.get(self.reason, 422)
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    """The parts of ``webhook:`` in the config the mapping needs."""
+
+    node_labels: tuple[str, ...] = ("node", "kubernetes_node", "instance", "nodename", "hostname")
+    cluster_label: str = "cluster"
+    conditions: Mapping[str, str] = field(default_factory=dict)
+    blocking_alerts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class BlockChange:
+    """A blocking alert fired or resolved for a cluster."""
+
+    cluster: str
+    alert: str
+    fingerprint: str
+    firing: bool
+    since: float
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """An accepted request: the events to emit, the block changes, the alerts left out."""
+
+    events: tuple[NodeEvent, ...] = ()
+    blocks: tuple[BlockChange, ...] = ()
+    rejections: tuple[tuple[int, Rejection], ...] = ()  # (alert index, why)
+
+
+class _Reject(Exception):
+    """Internal: unwinds validation with a rejection; never leaves this module."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.rejection = Rejection(reason, message)
+
+
+NodeFilter = Callable[[str, str], bool]
+
+
+def parse_alertmanager(
+    body: bytes,
+    *,
+    path_cluster: str | None,
+    rules: AlertRules,
+    known_clusters: Container[str],
+    now: float,
+    max_body: int,
+    is_known_node: NodeFilter | None = None,
+) -> Parsed | Rejection:
+    """An Alertmanager (v4) notification -> events and block changes, or why not."""
+    try:
+        if path_cluster is not None:
+            _check_cluster(path_cluster, known_clusters)
+        doc = _decode(body, max_body)
+        if "version" not in doc:
+            raise _Reject(BAD_SCHEMA, "'version' is missing (Alertmanager sends \"4\")")
+        if doc["version"] != ALERTMANAGER_VERSION:
+            raise _Reject(
+                UNSUPPORTED_VERSION,
+                f"Alertmanager payload version {_short(doc['version'])} is not supported "
+                '(this daemon reads "4")',
+            )
+        alerts = doc.get("alerts")
+        if not isinstance(alerts, list):
+            raise _Reject(BAD_SCHEMA, f"'alerts' must be an array, not {_json_type(alerts)}")
+        if len(alerts) > MAX_ALERTS:
+            raise _Reject(
+                BAD_SCHEMA, f"'alerts' has {len(alerts)} entries; the limit is {MAX_ALERTS}"
+            )
+        checked = [_alert(i, a, now) for i, a in enumerate(alerts)]
+        return _map_alerts(checked, path_cluster, rules, known_clusters, is_known_node, now)
+    except _Reject as rej:
+        return rej.rejection
+    except Exception as exc:
+        # "Never raises": one odd request must not become a 500. The fuzz tests assert this
+        # branch is never what answers, so it hides no known bug.
+        return Rejection(BAD_SCHEMA, f"unexpected {type(exc).__name__} while parsing the body")
+
+
+def parse_generic(
+    body: bytes,
+    *,
+    known_clusters: Container[str],
+    now: float,
+    max_body: int,
+    is_known_node: NodeFilter | None = None,
+) -> Parsed | Rejection:
+    """A generic ``{cluster, node, condition, status}`` object -> one event, or why not."""
+    try:
+        doc = _decode(body, max_body)
+        cluster = _str_field(doc, "cluster")
+        node = _str_field(doc, "node")
+        condition = _str_field(doc, "condition")
+        status = doc.get("status")
+        if isinstance(status, bool):
+            status = "True" if status else "False"
+        if status not in _STATUSES:
+            raise _Reject(
+                BAD_SCHEMA, f"'status' is {_short(status)}; expected one of {', '.join(_STATUSES)}"
+            )
+        if not is_cluster_name(cluster):
+            raise _Reject(BAD_SCHEMA, f"'cluster' {_short(cluster)} is not a DNS-1123 label")
+        _check_cluster(cluster, known_clusters)
+        if not is_node_name(node):
+            raise _Reject(BAD_SCHEMA, f"'node' {_short(node)} is not a DNS-1123 subdomain")
+        if _CONDITION_RE.fullmatch(condition) is None:
+            raise _Reject(
+                BAD_SCHEMA,
+                f"'condition' {_short(condition)} is not a CamelCase name (at most 63 characters)",
+            )
+        if is_known_node is not None and not is_known_node(cluster, node):
+            raise _Reject(UNKNOWN_NODE, f"node {cluster}/{node} is not managed by healer")
+        detail = _prose(doc)
+        event = NodeEvent(
+            cluster=cluster,
+            node=node,
+            kind=EventKind.CONDITION,
+            at=now,
+            source=SOURCE,
+            condition=condition,
+            status=status,
+            detail=detail,
+        )
+        return Parsed(events=(event,))
+    except _Reject as rej:
+        return rej.rejection
+    except Exception as exc:
+        return Rejection(BAD_SCHEMA, f"unexpected {type(exc).__name__} while parsing the body")
+
+
+def strip_port(value: str) -> str:
+    """``"w-1:9100"`` -> ``"w-1"``, ``"[fd00::1]:9100"`` -> ``"fd00::1"``; a bare IPv6 address or
+    a plain name is returned unchanged."""
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else value
+    host, sep, port = value.rpartition(":")
+    if sep and host and ":" not in host and port.isdigit():
+        return host
+    return value
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Alert:
+    index: int
+    name: str
+    firing: bool
+    labels: Mapping[str, str]
+    since: float
+    fingerprint: str
+
+
+def _alert(index: int, raw: Any, now: float) -> _Alert:
+    where = f"alerts[{index}]"
+    if not isinstance(raw, dict):
+        raise _Reject(BAD_SCHEMA, f"{where} must be an object, not {_json_type(raw)}")
+    status = raw.get("status")
+    if status not in ("firing", "resolved"):
+        raise _Reject(
+            BAD_SCHEMA, f"{where}.status is {_short(status)}; expected 'firing' or 'resolved'"
+        )
+    labels = raw.get("labels")
+    if not isinstance(labels, dict):
+        raise _Reject(BAD_SCHEMA, f"{where}.labels must be an object, not {_json_type(labels)}")
+    for key, value in labels.items():
+        if not isinstance(value, str) or len(value) > MAX_LABEL_LEN:
+            raise _Reject(
+                BAD_SCHEMA,
+                f"{where}.labels.{_short(key, 30)} must be a string of at most "
+                f"{MAX_LABEL_LEN} characters",
+            )
+    name = labels.get("alertname")
+    if not name:
+        raise _Reject(BAD_SCHEMA, f"{where}.labels.alertname is missing")
+    firing = status == "firing"
+    stamp = _time(raw, "startsAt" if firing else "endsAt", where)
+    # Never in the future: a sender's clock ahead of ours must not delay a threshold.
+    since = min(stamp, now) if stamp is not None else now
+    fingerprint = raw.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        canonical = json.dumps(sorted(labels.items()), separators=(",", ":"))
+        fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _Alert(index, name, firing, labels, since, fingerprint[:64])
+
+
+def _map_alerts(
+    alerts: list[_Alert],
+    path_cluster: str | None,
+    rules: AlertRules,
+    known_clusters: Container[str],
+    is_known_node: NodeFilter | None,
+    now: float,
+) -> Parsed:
+    blocks: list[BlockChange] = []
+    rejections: list[tuple[int, Rejection]] = []
+    # (cluster, node, condition) -> [firing, since, alert name]; insertion order is kept.
+    folded: dict[tuple[str, str, str], list[Any]] = {}
+    for alert in alerts:
+        cluster = (
+            path_cluster if path_cluster is not None else alert.labels.get(rules.cluster_label)
+        )
+        if cluster is None or cluster not in known_clusters:
+            what = (
+                f"alert {_short(alert.name)} has no {rules.cluster_label!r} label and the URL "
+                "names no cluster"
+                if cluster is None
+                else f"cluster {_short(cluster)} is not configured"
+            )
+            rejections.append((alert.index, Rejection(UNKNOWN_CLUSTER, what)))
+            continue
+        if alert.name in rules.blocking_alerts:
+            blocks.append(
+                BlockChange(cluster, alert.name, alert.fingerprint, alert.firing, alert.since)
+            )
+            continue
+        node = _node_of(alert.labels, rules.node_labels)
+        if node is None:
+            rejections.append(
+                (
+                    alert.index,
+                    Rejection(
+                        NO_NODE,
+                        f"alert {_short(alert.name)} carries none of the labels "
+                        f"{', '.join(rules.node_labels)} with a node name",
+                    ),
+                )
+            )
+            continue
+        if is_known_node is not None and not is_known_node(cluster, node):
+            rejections.append(
+                (
+                    alert.index,
+                    Rejection(UNKNOWN_NODE, f"node {cluster}/{node} is not managed by healer"),
+                )
+            )
+            continue
+        condition = rules.conditions.get(alert.name, alert.name)
+        if _CONDITION_RE.fullmatch(condition) is None:
+            rejections.append(
+                (
+                    alert.index,
+                    Rejection(
+                        BAD_CONDITION,
+                        f"alert {_short(alert.name)} does not name a CamelCase condition type; "
+                        "map it in webhook.conditions",
+                    ),
+                )
+            )
+            continue
+        key = (cluster, node, condition)
+        seen = folded.get(key)
+        if seen is None:
+            folded[key] = [alert.firing, alert.since, alert.name]
+        elif alert.firing and not seen[0]:
+            folded[key] = [True, alert.since, alert.name]
+        elif alert.firing == seen[0]:
+            # Same state from several alerts: the earliest start is when the condition began.
+            seen[1] = min(seen[1], alert.since)
+    events = tuple(
+        NodeEvent(
+            cluster=cluster,
+            node=node,
+            kind=EventKind.CONDITION,
+            at=now,
+            source=SOURCE,
+            condition=condition,
+            status="True" if firing else "False",
+            since=since,
+            detail={"alert": name},
+        )
+        for (cluster, node, condition), (firing, since, name) in folded.items()
+    )
+    return Parsed(events=events, blocks=tuple(blocks), rejections=tuple(rejections))
+
+
+def _node_of(labels: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    for label in names:
+        value = labels.get(label)
+        if not value:
+            continue
+        node = strip_port(value.strip()).lower()
+        if is_node_name(node):
+            return node
+    return None
+
+
+def _check_cluster(cluster: str, known: Container[str]) -> None:
+    if cluster not in known:
+        raise _Reject(UNKNOWN_CLUSTER, f"cluster {_short(cluster)} is not configured")
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Reject(BAD_JSON, f"body contains {name}, which is not JSON")
+
+
+def _decode(body: bytes, max_body: int) -> dict[str, Any]:
+    if len(body) > max_body:
+        raise _Reject(TOO_LARGE, f"body is {len(body)} bytes; the limit is {max_body}")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Reject(BAD_JSON, f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except _Reject:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and over-long integer literals
+        raise _Reject(BAD_JSON, f"body is not valid JSON: {_first_line(exc)}") from None
+    except RecursionError:
+        raise _Reject(BAD_JSON, "body is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise _Reject(BAD_SCHEMA, f"body must be a JSON object, not {_json_type(doc)}")
+    return doc
+
+
+def _time(raw: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is not an RFC 3339 time")
+    try:
+        parsed = dt.datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is not a valid date") from None
+    if parsed.year <= _GO_ZERO_YEAR:
+        return None
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError):
+        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is out of range") from None
+
+
+def _str_field(doc: Mapping[str, Any], key: str) -> str:
+    if key not in doc:
+        raise _Reject(BAD_SCHEMA, f"field {key!r} is required")
+    value = doc[key]
+    if not isinstance(value, str):
+        raise _Reject(BAD_SCHEMA, f"field {key!r} must be a string, not {_json_type(value)}")
+    return value
+
+
+def _prose(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, limit in (("reason", MAX_REASON_LEN), ("message", MAX_MESSAGE_LEN)):
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise _Reject(BAD_SCHEMA, f"field {key!r} must be a string, not {_json_type(value)}")
+        if len(value) > limit:
+            raise _Reject(
+                BAD_SCHEMA, f"field {key!r} is {len(value)} characters; the limit is {limit}"
+            )
+        out[key] = value
+    return out
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+    return type(value).__name__
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A bounded repr for messages: senders control these values and logs must stay small."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__

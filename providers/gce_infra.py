@@ -1,0 +1,465 @@
+"""GCE infrastructure through libcloud: a custom-mode VPC network, a subnetwork, firewall rules and
+a target-pool load balancer.
+
+What gets built for a cluster (names from :mod:`healer.provisioning.infra`):
+
+- the network is a custom-mode network (no automatic subnetworks); GCE gives it a route to the
+  internet gateway itself, used only by machines with an external address;
+- the subnet is a regional subnetwork with Private Google Access; machines get no external
+  address unless ``network.publicIps`` is set;
+- the firewall is a set of GCE firewall rules, one per protocol and port range, named
+  ``<firewall>-<protocol>[-<ports>]`` and applied to instances carrying the network tag
+  ``<firewall>`` (every healer machine of the cluster gets it). GCE denies all other ingress;
+- the load balancer is a legacy HTTP health check, a target pool and a regional TCP forwarding
+  rule (libcloud's GCE load-balancer driver builds the same pieces). It passes client packets
+  through unchanged, so 6443 on the nodes admits the API clients and Google's health-check ranges
+  by address, and it only takes HTTP health checks (see docs/provisioning.md).
+
+Networks, subnetworks, firewall rules, target pools and legacy health checks have no labels, so
+healer's tags are written as JSON into each resource's ``description`` (``healer:{...}``) and read
+back from there. Resource names are unique in a project (per region for regional ones), so names
+serve as ids here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from libcloud.common.google import ResourceNotFoundError
+from libcloud.compute.base import Node, NodeDriver
+
+from healer.errors import PermanentError
+from providers.base import MachineRequest, tags_match
+from providers.infra import (
+    GCE,
+    Capabilities,
+    Firewall,
+    FirewallSpec,
+    HealthCheck,
+    LoadBalancer,
+    LoadBalancerSpec,
+    Network,
+    NetworkSpec,
+    Permission,
+    Subnet,
+    SubnetSpec,
+)
+from providers.infra_driver import InfraBackend, Placement
+
+R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
+
+_MARK = "healer:"
+
+
+def describe(tags: Mapping[str, str], **more: Any) -> str:
+    """A description carrying healer's tags (and ``more``) as JSON."""
+    return _MARK + json.dumps({"tags": dict(tags), **more}, sort_keys=True)
+
+
+def meta_of(description: str | None) -> dict[str, Any] | None:
+    """The JSON healer wrote into a description; ``None`` for anyone else's resource."""
+    if not description or not description.startswith(_MARK):
+        return None
+    try:
+        data = json.loads(description[len(_MARK) :])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("tags"), dict) else None
+
+
+def _gce(driver: NodeDriver) -> Any:
+    # The GCE driver's ex_* methods are not on the NodeDriver base class.
+    return driver
+
+
+def _rule_suffix(protocol: str, low: int | None, high: int | None) -> str:
+    if low is None:
+        return protocol
+    return f"{protocol}-{low}" if low == high else f"{protocol}-{low}-{high}"
+
+
+def _permissions_of(rule: Any) -> list[Permission]:
+    """A GCE firewall rule's allowed entries times its source ranges (and source tags)."""
+    sources = list(rule.source_ranges or []) + [f"group:tag:{t}" for t in rule.source_tags or []]
+    out: list[Permission] = []
+    for allowed in rule.allowed or []:
+        protocol = str(allowed.get("IPProtocol", "all")).lower()
+        ports = allowed.get("ports") or []
+        ranges: list[tuple[int | None, int | None]]
+        if protocol in ("all", "icmp"):
+            ranges = [(None, None)]
+        elif not ports:
+            ranges = [(1, 65535)]
+        else:
+            ranges = []
+            for text in ports:
+                low, _, high = str(text).partition("-")
+                ranges.append((int(low), int(high or low)))
+        for low_port, high_port in ranges:
+            out.extend(Permission(protocol, low_port, high_port, s) for s in sources)
+    return out
+
+
+class GceInfraBackend(InfraBackend):
+    capabilities: Capabilities = GCE
+
+    # -- networks ------------------------------------------------------------------------------
+
+    def list_networks(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Network]:
+        out = []
+        for net in _gce(driver).ex_list_networks():
+            meta = meta_of(net.extra.get("description"))
+            if meta is None or not tags_match(meta["tags"], tags):
+                continue
+            out.append(
+                Network(
+                    id=net.name,
+                    name=net.name,
+                    cidr=str(meta.get("cidr", "")),
+                    tags=meta["tags"],
+                    internet_gateway=True,  # every GCE network routes to the internet gateway
+                    extra={"selfLink": net.extra.get("selfLink"), "mode": net.extra.get("mode")},
+                )
+            )
+        return out
+
+    def create_network(self, driver: NodeDriver, spec: NetworkSpec) -> Network:
+        # GCE custom networks have no range of their own; the config's is kept in the
+        # description so that a plan can compare it.
+        _gce(driver).ex_create_network(
+            spec.name, None, description=describe(spec.tags, cidr=spec.cidr), mode="custom"
+        )
+        return self._one(self.list_networks(driver, spec.tags), spec.name)
+
+    def add_internet_gateway(self, driver: NodeDriver, network: Network) -> None:
+        return None  # a GCE network always has its default route to the internet gateway
+
+    def delete_network(self, driver: NodeDriver, network: Network) -> bool:
+        gce = _gce(driver)
+        try:
+            found = gce.ex_get_network(network.name)
+        except ResourceNotFoundError:
+            return False
+        return bool(gce.ex_destroy_network(found))
+
+    # -- subnets -------------------------------------------------------------------------------
+
+    def list_subnets(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Subnet]:
+        out = []
+        for sub in _gce(driver).ex_list_subnetworks(region="all"):
+            meta = meta_of(sub.extra.get("description"))
+            if meta is None or not tags_match(meta["tags"], tags):
+                continue
+            out.append(
+                Subnet(
+                    id=sub.name,
+                    name=sub.name,
+                    network_id=sub.network.name if sub.network is not None else "",
+                    cidr=sub.cidr,
+                    location=sub.region.name if sub.region is not None else None,
+                    tags=meta["tags"],
+                    public_ips=bool(meta.get("public_ips", False)),
+                    extra={"selfLink": sub.extra.get("selfLink")},
+                )
+            )
+        return out
+
+    def create_subnet(self, driver: NodeDriver, spec: SubnetSpec, network: Network) -> Subnet:
+        if not spec.location:
+            raise PermanentError(
+                f"subnet {spec.name}: GCE subnetworks are regional; set network.location "
+                "(a region such as europe-west1, or a zone in it)"
+            )
+        _gce(driver).ex_create_subnetwork(
+            spec.name,
+            cidr=spec.cidr,
+            network=network.name,
+            region=spec.location,
+            description=describe(spec.tags, public_ips=spec.public_ips),
+            privateipgoogleaccess=True,  # Google APIs (e.g. the registry) without a public IP
+        )
+        return self._one(self.list_subnets(driver, spec.tags), spec.name)
+
+    def set_subnet_public_ips(self, driver: NodeDriver, subnet: Subnet, public: bool) -> None:
+        gce = _gce(driver)
+        request = f"/regions/{subnet.location}/subnetworks/{subnet.name}"
+        current = gce.connection.request(request, method="GET").object
+        gce.connection.async_request(
+            request,
+            method="PATCH",
+            data={
+                "description": describe(subnet.tags, public_ips=public),
+                "fingerprint": current.get("fingerprint"),
+            },
+        )
+
+    def delete_subnet(self, driver: NodeDriver, subnet: Subnet) -> bool:
+        gce = _gce(driver)
+        try:
+            gce.ex_get_subnetwork(subnet.name, region=subnet.location)
+        except ResourceNotFoundError:
+            return False
+        return bool(gce.ex_destroy_subnetwork(subnet.name, region=subnet.location))
+
+    # -- firewalls -----------------------------------------------------------------------------
+
+    def _rules(self, driver: NodeDriver, tags: Mapping[str, str]) -> dict[str, list[Any]]:
+        """healer's GCE firewall rules carrying ``tags``, by the healer firewall they make up."""
+        groups: dict[str, list[Any]] = defaultdict(list)
+        for rule in _gce(driver).ex_list_firewalls():
+            meta = meta_of(rule.extra.get("description"))
+            if meta is None or not tags_match(meta["tags"], tags) or "firewall" not in meta:
+                continue
+            groups[str(meta["firewall"])].append(rule)
+        return groups
+
+    def list_firewalls(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Firewall]:
+        out = []
+        for name, rules in sorted(self._rules(driver, tags).items()):
+            perms: set[Permission] = set()
+            for rule in rules:
+                perms.update(_permissions_of(rule))
+            first = meta_of(rules[0].extra.get("description")) or {"tags": {}}
+            out.append(
+                Firewall(
+                    id=name,
+                    name=name,
+                    network_id=rules[0].network.name,
+                    permissions=frozenset(perms),
+                    tags=first["tags"],
+                    extra={"rules": sorted(r.name for r in rules)},
+                )
+            )
+        return out
+
+    def create_firewall(self, driver: NodeDriver, spec: FirewallSpec, network: Network) -> Firewall:
+        # A GCE "firewall" of healer's is its rules; they are created with the permissions.
+        return Firewall(
+            id=spec.name,
+            name=spec.name,
+            network_id=network.id,
+            permissions=frozenset(),
+            tags=dict(spec.tags),
+        )
+
+    def change_permissions(
+        self,
+        driver: NodeDriver,
+        firewall: Firewall,
+        spec: FirewallSpec,
+        *,
+        add: frozenset[Permission],
+        remove: frozenset[Permission],
+    ) -> None:
+        gce = _gce(driver)
+        wanted = (firewall.permissions - remove) | add
+        for perm in wanted:
+            if ":" in perm.source:
+                raise PermanentError(
+                    f"firewall {firewall.name}: GCE rules here take addresses only, not "
+                    f"{perm.source!r} (a pass-through load balancer cannot be named as a source)"
+                )
+        by_range: dict[tuple[str, int | None, int | None], list[str]] = defaultdict(list)
+        for perm in wanted:
+            by_range[perm.protocol, perm.from_port, perm.to_port].append(perm.source)
+        notes = {(r.protocol, *(r.ports or (None, None))): r.description for r in spec.rules}
+        existing = {r.name: r for r in self._rules(driver, firewall.tags).get(firewall.name, [])}
+        keep: set[str] = set()
+        for (protocol, low, high), sources in sorted(by_range.items(), key=str):
+            name = f"{firewall.name}-{_rule_suffix(protocol, low, high)}"
+            keep.add(name)
+            ranges = sorted(sources)
+            allowed: dict[str, Any] = {"IPProtocol": protocol}
+            if low is not None:
+                allowed["ports"] = [str(low) if low == high else f"{low}-{high}"]
+            rule = existing.get(name)
+            if rule is None:
+                note = notes.get((protocol, low, high), "")
+                gce.ex_create_firewall(
+                    name,
+                    allowed=[allowed],
+                    network=firewall.network_id,
+                    source_ranges=ranges,
+                    target_tags=[firewall.name],
+                    description=describe(firewall.tags, firewall=firewall.name, note=note),
+                )
+            elif (
+                sorted(rule.source_ranges or []) != ranges
+                or rule.source_tags
+                or (rule.allowed != [allowed])
+            ):
+                rule.source_ranges = ranges
+                rule.source_tags = None
+                rule.allowed = [allowed]
+                rule.target_tags = [firewall.name]
+                gce.ex_update_firewall(rule)
+        for name, rule in existing.items():
+            if name not in keep:
+                gce.ex_destroy_firewall(rule)
+
+    def delete_firewall(self, driver: NodeDriver, firewall: Firewall) -> bool:
+        rules = self._rules(driver, firewall.tags).get(firewall.name, [])
+        for rule in rules:
+            _gce(driver).ex_destroy_firewall(rule)
+        return bool(rules)
+
+    # -- load balancers ------------------------------------------------------------------------
+
+    def list_load_balancers(
+        self, driver: NodeDriver, tags: Mapping[str, str]
+    ) -> list[LoadBalancer]:
+        out = []
+        for rule in _gce(driver).ex_list_forwarding_rules(region="all"):
+            meta = meta_of(rule.extra.get("description"))
+            if meta is None or not tags_match(meta["tags"], tags):
+                continue
+            pool = rule.targetpool
+            low, _, _high = str(rule.extra.get("portRange") or "0").partition("-")
+            health = None
+            checks = list(getattr(pool, "healthchecks", None) or [])
+            if checks:
+                hc = checks[0]
+                health = HealthCheck(
+                    protocol="http",
+                    port=int(hc.port),
+                    path=str(hc.path),
+                    interval=int(hc.interval),
+                    timeout=int(hc.timeout),
+                    healthy_threshold=int(hc.healthy_threshold),
+                    unhealthy_threshold=int(hc.unhealthy_threshold),
+                )
+            members = sorted(
+                str(n.id) if isinstance(n, Node) else str(n)
+                for n in (getattr(pool, "nodes", None) or [])
+            )
+            out.append(
+                LoadBalancer(
+                    id=rule.name,
+                    name=rule.name,
+                    address=rule.address,
+                    port=int(low),
+                    target_port=int(low),  # pass-through: the same port on the members
+                    health_check=health,
+                    allowed_sources=(),
+                    internal=False,
+                    members=tuple(members),
+                    tags=meta["tags"],
+                    extra={
+                        "region": rule.region.name if rule.region is not None else None,
+                        "target_pool": getattr(pool, "name", None),
+                        "health_checks": [c.name for c in checks],
+                    },
+                )
+            )
+        return out
+
+    def create_load_balancer(
+        self, driver: NodeDriver, spec: LoadBalancerSpec, network: Network, subnet: Subnet
+    ) -> LoadBalancer:
+        gce = _gce(driver)
+        if spec.port != spec.target_port:
+            raise PermanentError(
+                f"load balancer {spec.name}: a GCE target pool forwards to the same port; "
+                f"loadBalancer.port must be {spec.target_port}"
+            )
+        region = subnet.location
+        check = spec.health_check
+        hc_name = f"{spec.name}-hc"
+        try:
+            hc = gce.ex_get_healthcheck(hc_name)  # left by an interrupted create
+        except ResourceNotFoundError:
+            hc = gce.ex_create_healthcheck(
+                hc_name,
+                path=check.path or "/",
+                port=check.port,
+                interval=check.interval,
+                timeout=check.timeout,
+                unhealthy_threshold=check.unhealthy_threshold,
+                healthy_threshold=check.healthy_threshold,
+                description=describe(spec.tags, load_balancer=spec.name),
+            )
+        try:
+            pool = gce.ex_get_targetpool(spec.name, region=region)
+        except ResourceNotFoundError:
+            pool = gce.ex_create_targetpool(spec.name, region=region, healthchecks=[hc])
+        gce.ex_create_forwarding_rule(
+            spec.name,
+            target=pool,
+            region=region,
+            protocol="tcp",
+            port_range=f"{spec.port}-{spec.port}",
+            description=describe(spec.tags),
+        )
+        return self._one(self.list_load_balancers(driver, spec.tags), spec.name)
+
+    def update_load_balancer(
+        self, driver: NodeDriver, lb: LoadBalancer, spec: LoadBalancerSpec
+    ) -> None:
+        gce = _gce(driver)
+        if lb.health_check == spec.health_check:
+            return
+        for name in lb.extra.get("health_checks", []):
+            hc = gce.ex_get_healthcheck(name)
+            check = spec.health_check
+            hc.path, hc.port = check.path or "/", check.port
+            hc.interval, hc.timeout = check.interval, check.timeout
+            hc.healthy_threshold = check.healthy_threshold
+            hc.unhealthy_threshold = check.unhealthy_threshold
+            gce.ex_update_healthcheck(hc)
+
+    def change_members(
+        self, driver: NodeDriver, lb: LoadBalancer, *, add: Sequence[str], remove: Sequence[str]
+    ) -> None:
+        gce = _gce(driver)
+        pool = gce.ex_get_targetpool(lb.extra["target_pool"], region=lb.extra["region"])
+        nodes = {str(n.id): n for n in gce.list_nodes(ex_zone="all")} if add or remove else {}
+        for machine_id in add:
+            node = nodes.get(machine_id)
+            if node is None:
+                raise PermanentError(f"load balancer {lb.name}: no instance with id {machine_id}")
+            gce.ex_targetpool_add_node(pool, node)
+        for member in remove:
+            # A member that is no instance any more is listed by its URL; remove it by that.
+            gce.ex_targetpool_remove_node(pool, nodes.get(member, member))
+
+    def delete_load_balancer(self, driver: NodeDriver, lb: LoadBalancer) -> bool:
+        gce = _gce(driver)
+        existed = False
+        region = lb.extra.get("region")
+        try:
+            rule = gce.ex_get_forwarding_rule(lb.name, region=region)
+        except ResourceNotFoundError:
+            rule = None
+        if rule is not None:
+            gce.ex_destroy_forwarding_rule(rule)
+            existed = True
+        # Already gone is fine: a retried delete, or an interrupted create that never made them.
+        with contextlib.suppress(ResourceNotFoundError):
+            gce.ex_destroy_targetpool(gce.ex_get_targetpool(lb.name, region=region))
+        for name in lb.extra.get("health_checks") or [f"{lb.name}-hc"]:
+            with contextlib.suppress(ResourceNotFoundError):
+                gce.ex_destroy_healthcheck(gce.ex_get_healthcheck(name))
+        return existed
+
+    # -- machines ------------------------------------------------------------------------------
+
+    def placement_kwargs(
+        self, driver: NodeDriver, placement: Placement, request: MachineRequest
+    ) -> dict[str, Any]:
+        return {
+            "ex_network": placement.network.name,
+            "ex_subnetwork": placement.subnet.name,
+            "ex_tags": sorted(f.name for f in placement.firewalls),  # firewall target tags
+            "external_ip": "ephemeral" if placement.subnet.public_ips else None,
+        }
+
+    @staticmethod
+    def _one(items: Sequence[R], name: str) -> R:
+        found = [i for i in items if i.name == name]
+        if len(found) != 1:
+            raise PermanentError(f"GCE does not list {name!r} after creating it")
+        return found[0]
