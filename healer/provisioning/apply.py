@@ -122,6 +122,7 @@ async def apply(
     user_data: UserData,
     inventory: Inventory,
     on_plan: Callable[[Plan], None] | None = None,
+    on_load_balancer: Callable[[LoadBalancer], None] | None = None,
 ) -> ApplyResult:
     """Bring ``cluster`` to its config. Raises ``PermanentError`` on a conflict, before any
     change."""
@@ -137,6 +138,9 @@ async def apply(
     created: list[Machine] = []
     if the_plan.changes:
         lb = await _ensure_infra(desired, the_plan, provider)
+        if lb is not None and on_load_balancer is not None:
+            # Before any machine is rendered: their kubeadm configuration joins through it.
+            on_load_balancer(lb)
         created = await ensure_pools(cluster, provider, user_data=user_data)
         if lb is not None and desired.control_plane is not None:
             infra = infra_of(provider)

@@ -20,10 +20,12 @@ from healer.config import ClusterConfig, HealerConfig, load_config
 from healer.errors import ConfigError, HealerError
 from healer.logs import configure
 from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan_destroy
+from healer.provisioning.kubeadm import record_api_endpoint
 from healer.provisioning.plan import Plan
 from healer.provisioning.pools import UserData
 from providers import load_provider
 from providers.base import Provider
+from providers.infra import LoadBalancer
 
 EXIT_CHANGES = 2
 
@@ -106,6 +108,11 @@ def run_plan(args: argparse.Namespace, *, config_path: str, state_dir: Path) -> 
     return EXIT_CHANGES if detailed and changes else 0
 
 
+def _record_endpoint(state_dir: Path, cluster: str, lb: LoadBalancer) -> None:
+    if lb.address:
+        record_api_endpoint(state_dir, cluster, lb.address, port=lb.port)
+
+
 def run_apply(args: argparse.Namespace, *, config_path: str, state_dir: Path) -> int:
     config = load_config(config_path)
     clusters = _clusters(config, args.cluster, config_path)
@@ -122,6 +129,9 @@ def run_apply(args: argparse.Namespace, *, config_path: str, state_dir: Path) ->
                     user_data=user_data,
                     inventory=Inventory(state_dir, cluster.name),
                     on_plan=lambda p: _print_plan(p, sys.stdout),
+                    on_load_balancer=lambda lb, name=cluster.name: _record_endpoint(
+                        state_dir, name, lb
+                    ),
                 )
             finally:
                 await provider.close()
