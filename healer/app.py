@@ -29,7 +29,7 @@ from healer.operator import RequestDesk
 from healer.planner.alert_blocks import FILE_NAME as ALERT_BLOCKS_FILE
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.planner import Planner
-from healer.provisioning.userdata import render_user_data
+from healer.provisioning.userdata import UserDataBuilder
 from healer.reload import field_paths, restart_required
 from healer.scheduler import PeriodicJobs
 from healer.sources.kube_watch import KubeWatchSource
@@ -101,7 +101,7 @@ class Daemon:
         self.kube_sources: dict[str, KubeWatchSource] = {}
         self._api_down: dict[str, str] = {}
         self._busy_since: float | None = None  # monotonic: the consumer took an event then
-        self._untracked: set[str] = set()
+        self._untracked: dict[str, float] = {}  # workflow id -> monotonic time first seen lost
         self._reload_lock = asyncio.Lock()
         self._started_at = time.time()
 
@@ -168,6 +168,8 @@ class Daemon:
             self._refresh_nodes(obs.cluster)
             await planner_box[0].on_health_change(obs, verdict, previous)
 
+        # One renderer for first machines and replacements: hardening, agent, kubeadm join.
+        user_data = UserDataBuilder(self.state_dir)
         self.tracker = tracker = HealthTracker(
             config=self.config, store=store, clock=self.clock, on_change=on_change
         )
@@ -177,7 +179,7 @@ class Daemon:
             clock=self.clock,
             kube=self.kube,
             providers=self.providers,
-            user_data=render_user_data,
+            user_data=user_data,
             on_finished=self._workflow_finished,
             join_poll_interval=self.tuning.join_poll_interval,
         )
@@ -193,6 +195,7 @@ class Daemon:
         )
         planner_box.append(planner)
         self.scheduler = scheduler = PeriodicJobs(
+            state_dir=self.state_dir,
             config=self.config,
             store=store,
             clock=self.clock,
@@ -201,7 +204,7 @@ class Daemon:
             runner=runner,
             providers=self.providers,
             kube=self.kube,
-            user_data=render_user_data,
+            user_data=user_data,
             dry_run=self.dry_run,
         )
         self.requests = RequestDesk(
@@ -396,13 +399,16 @@ class Daemon:
         service that never starts while one of several clusters is down helps nobody; the
         planner decides nothing for a cluster whose API it cannot see."""
         deadline = time.monotonic() + self.tuning.startup_timeout
+        said: list[str] = []
         while True:
             waiting = self._unconnected()
             if not waiting or time.monotonic() >= deadline:
                 if waiting:
                     log.warning("daemon.sources_not_connected", sources=waiting)
                 return waiting
-            self.notifier.status("starting: waiting for " + ", ".join(waiting))
+            if waiting != said:
+                self.notifier.status("starting: waiting for " + ", ".join(waiting))
+                said = waiting
             await asyncio.sleep(0.1)
 
     def _unconnected(self) -> list[str]:
@@ -431,10 +437,12 @@ class Daemon:
             if late > stall:
                 problems.append(f"the health tracker is {late:.0f}s behind its re-evaluations")
         if self.runner is not None:
-            # Lost twice in a row: a workflow between two states for one check is normal.
-            untracked = set(self.runner.untracked())
-            lost = sorted(untracked & self._untracked)
-            self._untracked = untracked
+            # Lost for longer than the stall bound: a workflow can be between its record and
+            # its task for a moment (while it is being expired, say), however often we look.
+            now = time.monotonic()
+            untracked = self.runner.untracked()
+            self._untracked = {i: self._untracked.get(i, now) for i in untracked}
+            lost = sorted(i for i, since in self._untracked.items() if now - since > stall)
             if lost:
                 problems.append(f"running workflow(s) with no task: {', '.join(lost)}")
         return problems

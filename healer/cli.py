@@ -324,9 +324,11 @@ def _pools(args: argparse.Namespace, nodes: list[Any]) -> list[dict[str, Any]]:
     if explicit or Path(path).exists():
         try:
             config = load_config(path)
-        except ConfigError:
+        except ConfigError as exc:
             if explicit:
                 raise
+            # The default file is optional here: say why the sizes are missing, and go on.
+            print(f"note: configured pool sizes not shown: {exc}", file=sys.stderr)
         else:
             for c in config.clusters:
                 if args.cluster in (None, c.name):

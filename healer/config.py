@@ -778,6 +778,11 @@ class ScheduleConfig(_Model):
     orphan_sweep: Duration = Field(600.0, alias="orphanSweep")
     maintenance: Duration = Field(60.0, description="re-evaluate the maintenance windows")
     stale_workflows: Duration = Field(300.0, alias="staleWorkflows")
+    policy_reconcile: Duration = Field(
+        300.0,
+        alias="policyReconcile",
+        description="put back drift in Pod Security labels and RBAC (clusters that configure them)",
+    )
     stale_after: Duration = Field(
         7200.0,
         alias="staleAfter",

@@ -2,7 +2,7 @@
 
 It owns talking to one cluster's API server and turning what comes back into healer's own frozen
 records (:class:`NodeInfo`, :class:`PodInfo`, :class:`LeaseInfo`, :class:`NamespaceInfo`,
-:class:`WatchEvent`) and typed errors. Nothing it returns or raises is a ``kubernetes_asyncio``
+:class:`RbacObject`, :class:`SecretInfo`, :class:`WatchEvent`) and typed errors. Nothing it returns or raises is a ``kubernetes_asyncio``
 type:
 
 * the API cannot be reached, answers 5xx, or throttles with 429 (except an eviction refused by a

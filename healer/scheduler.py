@@ -43,6 +43,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -56,6 +57,7 @@ from healer.health.tracker import HealthTracker
 from healer.maintenance import in_window, next_change, reboots_allowed
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
 from healer.planner.planner import FAILED_COOLDOWN, Planner
+from healer.provisioning.cluster_policy import reconcile_cluster_policy
 from healer.provisioning.pools import UserData, ensure_pools
 from healer.store.sqlite import FAILED, RUNNING, Store, WorkflowRecord
 from healer.workflow.runner import WorkflowRunner
@@ -180,6 +182,12 @@ def find_orphans(
 # -- the jobs ----------------------------------------------------------------------------------
 
 
+def _has_policy(cluster: ClusterConfig) -> bool:
+    return any(
+        getattr(cluster, name, None) is not None for name in ("pod_security", "rbac", "kubernetes")
+    )
+
+
 class PeriodicJobs:
     """The daemon's periodic jobs and the APScheduler that runs them."""
 
@@ -196,8 +204,10 @@ class PeriodicJobs:
         kube: Mapping[str, Any],
         user_data: UserData,
         dry_run: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
         self._config = config
+        self._state_dir = state_dir
         self._store = store
         self._clock = clock
         self._tracker = tracker
@@ -249,6 +259,7 @@ class PeriodicJobs:
                 ("resync", s.resync),
                 ("drift", s.drift_repair),
                 ("orphans", s.orphan_sweep),
+                ("policy", s.policy_reconcile if _has_policy(cluster) else 0.0),
             ):
                 if every > 0:
                     jobs[f"{name}:{cluster.name}"] = every
@@ -268,6 +279,7 @@ class PeriodicJobs:
             "resync": self.resync,
             "drift": self.repair_drift,
             "orphans": self.sweep_orphans,
+            "policy": self.reconcile_policy,
         }
         for job_id, every in self.intervals().items():
             kind, _, cluster = job_id.partition(":")
@@ -303,6 +315,20 @@ class PeriodicJobs:
                 log.error("scheduler.job_failed", error=str(exc), exc_type=type(exc).__name__)
             else:
                 metrics.JOB_RUNS.labels(kind, "ok").inc()
+
+    # -- cluster policy (Pod Security labels, RBAC, the join token) -------------------------
+    async def reconcile_policy(self, cluster_name: str) -> list[str]:
+        """Put back drift in the cluster's Pod Security labels and RBAC objects."""
+        cluster = self._config.cluster(cluster_name)
+        kube = self._kube.get(cluster_name)
+        if cluster is None or kube is None:
+            return []
+        changes = await reconcile_cluster_policy(
+            cluster, kube, dry_run=self._dry_run, state_dir=self._state_dir, clock=self._clock
+        )
+        for change in changes:
+            log.info("policy.reconciled", change=change)
+        return changes
 
     # -- resync ----------------------------------------------------------------------------
     async def resync(self, cluster_name: str) -> list[PoolCensus] | None:

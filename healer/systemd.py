@@ -187,12 +187,20 @@ class Supervisor:
 
     async def _status_loop(self) -> None:
         while True:
-            self.publish_status()
+            try:
+                self.publish_status()
+            except Exception as exc:
+                # A status round that fails (the state database busy, say) is reported and
+                # retried next round; it must not take the daemon down with it.
+                log.warning("supervisor.status_failed", error=str(exc), exc_type=type(exc).__name__)
             await self._clock.sleep(self._status_interval)
 
     def check(self, lag: float, max_lag: float) -> list[str]:
         """The watchdog's verdict for one round: the target's problems plus loop lag."""
-        problems = list(self._target.liveness())
+        try:
+            problems = list(self._target.liveness())
+        except Exception as exc:
+            problems = [f"the liveness check failed: {type(exc).__name__}: {exc}"]
         if lag > max_lag:
             problems.append(f"event loop lag {lag:.1f}s (limit {max_lag:.1f}s)")
         if self._on_liveness is not None:

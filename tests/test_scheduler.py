@@ -558,3 +558,30 @@ async def test_orphan_sweep_in_the_lab(tmp_path: Path) -> None:
             daemon_task.cancel()
             await asyncio.gather(daemon_task, return_exceptions=True)
         await harness.stop()
+
+
+async def test_policy_reconcile_job_puts_pod_security_drift_back(
+    tmp_path: Path, fake_api: Any, kube: Any
+) -> None:
+    """Clusters that configure Pod Security (or RBAC) get a periodic reconcile job."""
+    config = make_config(
+        cluster={"podSecurity": {"default": {"enforce": "baseline", "version": "latest"}}}
+    )
+    world = World(tmp_path, config)
+    try:
+        assert "policy:lab" in world.jobs.intervals()
+        assert "policy:lab" not in World(tmp_path / "plain", make_config()).jobs.intervals()
+        world.jobs._kube = {"lab": kube}  # the daemon passes its clients the same way
+        fake_api.add_namespace("shop")
+        changes = await world.jobs.reconcile_policy("lab")
+        assert any("shop" in c for c in changes)
+        labels = fake_api.namespace("shop")["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+        await kube.patch_namespace_labels(
+            "shop", {"pod-security.kubernetes.io/enforce": "privileged"}
+        )
+        await world.jobs.reconcile_policy("lab")
+        labels = fake_api.namespace("shop")["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    finally:
+        await world.close()

@@ -146,3 +146,12 @@ def test_supervisor_counts_loop_lag_as_a_problem() -> None:
     sup = Supervisor(_Target(), Notifier(None))
     assert sup.check(0.2, 1.0) == []
     assert sup.check(1.5, 1.0) == ["event loop lag 1.5s (limit 1.0s)"]
+
+
+def test_a_failing_liveness_check_is_a_problem_not_a_crash() -> None:
+    class Broken(_Target):
+        def liveness(self) -> list[str]:
+            raise RuntimeError("database is locked")
+
+    sup = Supervisor(Broken(), Notifier(None))
+    assert sup.check(0.0, 1.0) == ["the liveness check failed: RuntimeError: database is locked"]

@@ -9,7 +9,7 @@ import pytest
 
 from healer.clock import VirtualClock
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_POOL, EventKind, Health, NodeEvent, NodeObservation, Verdict
+from healer.model import LABEL_POOL, EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
 from healer.store.sqlite import Store
 from tests.helpers import lab_like_config
 
@@ -113,3 +113,16 @@ async def test_state_survives_a_restart(tracked, tmp_path: Path) -> None:
     assert again == [Health.UNHEALTHY]
     assert clock.now() == t0 + 5.0
     assert [e.event for e in store.audit_log(node="w-1")][-1] == "node.unhealthy"
+
+
+async def test_late_events_do_not_resurrect_a_forgotten_node(tracked) -> None:
+    clock, tracker, _changes, store = tracked
+    await join(clock, tracker)
+    tracker.forget(NodeKey("lab", "w-1"))
+    await tracker.handle(ev(clock, EventKind.HEARTBEAT))
+    await tracker.handle(ev(clock, EventKind.CONDITION, condition="Ready", status="Unknown"))
+    assert not tracker.knows("lab", "w-1")
+    assert store.nodes() == []
+    # Only the API showing the node again brings it back.
+    await join(clock, tracker)
+    assert tracker.knows("lab", "w-1")

@@ -17,7 +17,7 @@ from healer.clock import Clock
 from healer.config import HealerConfig
 from healer.health.observe import apply_event
 from healer.health.verdict import evaluate
-from healer.model import Health, NodeEvent, NodeKey, NodeObservation, Verdict
+from healer.model import EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
 from healer.store.sqlite import Store
 
 log = structlog.get_logger("healer.health")
@@ -105,8 +105,20 @@ class HealthTracker:
             )
             return
         key = event.key
+        previous = self._obs.get(key)
+        if previous is None and event.kind is not EventKind.NODE_ADDED:
+            # A node exists for healer once the Kubernetes API has shown it. A late heartbeat or
+            # agent message for a node that is gone (or not yet listed) must not resurrect it.
+            log.debug(
+                "health.event_for_unknown_node",
+                cluster=event.cluster,
+                node=event.node,
+                kind=str(event.kind),
+                source=event.source,
+            )
+            return
         obs = apply_event(
-            self._obs.get(key),
+            previous,
             event,
             exclude_label=cluster.remediation.exclude_label,
             pool_roles={p.name: p.role for p in cluster.pools},

@@ -1,9 +1,9 @@
 """An HTTP fake of the Kubernetes API server that answers like the real one.
 
 It owns a small in-memory cluster (nodes, pods, PodDisruptionBudgets, node leases, namespaces,
-Secrets, RBAC roles and bindings), serves it over real HTTP with the real JSON shapes (objects, lists, ``Status`` errors,
-newline-delimited watch streams with resourceVersions and ``410 Expired``), and plays the two
-controllers healer depends on:
+Secrets, RBAC roles and bindings), serves it over real HTTP with the real JSON shapes (objects,
+lists, ``Status`` errors, newline-delimited watch streams with resourceVersions and ``410
+Expired``), and plays the two controllers healer depends on:
 
 * the node lifecycle controller: a node whose lease (or status heartbeat) is older than
   ``lease_grace`` turns ``Ready=Unknown`` and gets the ``node.kubernetes.io/unreachable:NoExecute``

@@ -26,6 +26,10 @@ upgrade     ``event``: ``started`` | ``finished`` | ``failed``;           UPGRAD
             ``message``                                                   UPGRADE_FAILED
 ==========  ============================================================  =====================
 
+The two control channels of reboot arbitration, ``reboot-request`` and ``reboot-permit``, share
+this framing but are not events: :mod:`healer.sources.mqtt_reboot` owns them, and the source
+routes them there before this parser sees them.
+
 Rejection reasons (stable strings: they are metric labels and log fields):
 
 ``bad_topic``            topic is not ``<prefix>/<cluster>/<node>/<channel>`` with valid names
