@@ -11,6 +11,7 @@ A dialect's methods run in the provider's worker threads and may block.
 from __future__ import annotations
 
 import abc
+import gzip
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +52,9 @@ def http_status(exc: BaseException) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
 
 
 class Dialect(abc.ABC):
@@ -127,8 +131,16 @@ class Ec2Dialect(Dialect):
         self.image_owner = image_owner
 
     def create_kwargs(self, *, tags: Mapping[str, str], user_data: str) -> dict[str, Any]:
-        # libcloud base64-encodes ex_userdata itself.
-        return {"ex_metadata": dict(tags), "ex_userdata": user_data or None}
+        # libcloud base64-encodes ex_userdata itself. EC2 takes at most 16 KiB of user data;
+        # cloud-init recognises gzip by its magic bytes, so larger documents go gzipped.
+        data: str | bytes | None = user_data or None
+        if user_data and len(user_data.encode()) > EC2_USER_DATA_LIMIT:
+            data = gzip.compress(user_data.encode(), mtime=0)
+            if len(data) > EC2_USER_DATA_LIMIT:
+                raise PermanentError(
+                    f"user data is {len(data)} bytes even gzipped; EC2 accepts {EC2_USER_DATA_LIMIT}"
+                )
+        return {"ex_metadata": dict(tags), "ex_userdata": data}
 
     def state_of(self, node: Node) -> MachineState:
         # libcloud maps "shutting-down" to UNKNOWN; for healer it is already gone, and treating

@@ -268,8 +268,9 @@ async def test_410_gone_relists(
     fake_api.delete_node("n1")
     fake_api.add_node("n3")
     fake_api.compact()
-    await eventually(lambda: fake_api.request_count("LIST", "nodes") == 2)
-    await eventually(lambda: fake_api.request_count("WATCH", "nodes") == 3)
+    # Generous bounds: on a loaded CI machine the reconnect, 410 and re-list take a while.
+    await eventually(lambda: fake_api.request_count("LIST", "nodes") == 2, timeout=30)
+    await eventually(lambda: fake_api.request_count("WATCH", "nodes") == 3, timeout=30)
     assert len(harness.of(EventKind.NODE_ADDED, "n3")) == 1
     # The deletion was never streamed: it is found by difference with the new list.
     assert len(harness.of(EventKind.NODE_DELETED, "n1")) == 1

@@ -410,6 +410,22 @@ def test_ec2_dialect_treats_shutting_down_as_terminated() -> None:
     assert Ec2Dialect().state_of(node) is MachineState.TERMINATED
 
 
+def test_ec2_dialect_gzips_user_data_over_the_16k_limit() -> None:
+    import gzip
+    import os
+
+    small = Ec2Dialect().create_kwargs(tags={}, user_data="#cloud-config\n")
+    assert small["ex_userdata"] == "#cloud-config\n"
+    big_text = "#cloud-config\nwrite_files:\n" + "  - {path: /x, content: hello}\n" * 1500
+    assert len(big_text) > 16384
+    big = Ec2Dialect().create_kwargs(tags={}, user_data=big_text)["ex_userdata"]
+    assert isinstance(big, bytes) and big[:2] == b"\x1f\x8b" and len(big) <= 16384
+    assert gzip.decompress(big).decode() == big_text
+    noise = "#cloud-config\n# " + os.urandom(20000).hex()
+    with pytest.raises(PermanentError, match="even gzipped"):
+        Ec2Dialect().create_kwargs(tags={}, user_data=noise)
+
+
 def test_ec2_dialect_kwargs() -> None:
     assert Ec2Dialect().create_kwargs(tags={"a": "b"}, user_data="") == {
         "ex_metadata": {"a": "b"},

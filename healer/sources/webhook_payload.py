@@ -53,6 +53,9 @@ from typing import Any, Final
 
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import is_cluster_name, is_node_name
+from healer.sources.payload_text import first_line as _first_line
+from healer.sources.payload_text import json_type as _json_type
+from healer.sources.payload_text import short as _short
 
 SOURCE: Final = "webhook"
 ALERTMANAGER_VERSION: Final = "4"
@@ -471,30 +474,3 @@ def _prose(doc: Mapping[str, Any]) -> dict[str, Any]:
             )
         out[key] = value
     return out
-
-
-def _json_type(value: Any) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case int() | float():
-            return "a number"
-        case str():
-            return "a string"
-        case list():
-            return "an array"
-        case dict():
-            return "an object"
-    return type(value).__name__
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """A bounded repr for messages: senders control these values and logs must stay small."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
