@@ -47,7 +47,6 @@ Rejection reasons (stable strings: they are metric labels and log fields):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Container, Mapping
@@ -55,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from healer.model import EventKind, NodeEvent
-from healer.sources.payload_text import first_line as _first_line
+from healer.sources.payload_text import PayloadRejected, decode_json_object
 from healer.sources.payload_text import json_type as _json_type
 from healer.sources.payload_text import short as _short
 
@@ -206,27 +205,11 @@ def _parse_topic(topic: str, prefix: str) -> tuple[str, str, str]:
     return cluster, node, channel
 
 
-def _reject_constant(name: str) -> Any:
-    raise _Reject(BAD_JSON, f"payload contains {name}, which is not JSON")
-
-
 def _decode(payload: bytes, max_payload: int) -> dict[str, Any]:
-    if len(payload) > max_payload:
-        raise _Reject(TOO_LARGE, f"payload is {len(payload)} bytes; the limit is {max_payload}")
     try:
-        text = bytes(payload).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Reject(BAD_JSON, f"payload is not UTF-8 (byte {exc.start})") from None
-    try:
-        doc = json.loads(text, parse_constant=_reject_constant)
-    except _Reject:
-        raise
-    except ValueError as exc:  # JSONDecodeError, and over-long integer literals
-        raise _Reject(BAD_JSON, f"payload is not valid JSON: {_first_line(exc)}") from None
-    except RecursionError:
-        raise _Reject(BAD_JSON, "payload is nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise _Reject(BAD_SCHEMA, f"payload must be a JSON object, not {_json_type(doc)}")
+        doc = decode_json_object(payload, max_payload, what="payload")
+    except PayloadRejected as exc:
+        raise _Reject(exc.reason, str(exc)) from None
     version = doc.get("v")
     if "v" not in doc:
         raise _Reject(BAD_SCHEMA, "payload has no schema version field 'v'")

@@ -3,6 +3,7 @@ parsers: bounded, so a sender cannot make our logs large."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -31,3 +32,37 @@ def short(value: Any, limit: int = 40) -> str:
 
 def first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+class PayloadRejected(Exception):
+    """A payload that is not a bounded, UTF-8, JSON object; ``reason`` is a parser reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reject_constant(name: str) -> Any:
+    raise PayloadRejected("bad_json", f"contains {name}, which is not JSON")
+
+
+def decode_json_object(data: bytes, limit: int, *, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, or :class:`PayloadRejected` with reason ``too_large``,
+    ``bad_json`` or ``bad_schema``; ``what`` ("payload", "body") names it in messages."""
+    if len(data) > limit:
+        raise PayloadRejected("too_large", f"{what} is {len(data)} bytes; the limit is {limit}")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadRejected("bad_json", f"{what} is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except PayloadRejected as exc:
+        raise PayloadRejected(exc.reason, f"{what} {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, and over-long integer literals
+        raise PayloadRejected("bad_json", f"{what} is not valid JSON: {first_line(exc)}") from None
+    except RecursionError:
+        raise PayloadRejected("bad_json", f"{what} is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise PayloadRejected("bad_schema", f"{what} must be a JSON object, not {json_type(doc)}")
+    return doc

@@ -53,7 +53,7 @@ from typing import Any, Final
 
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import is_cluster_name, is_node_name
-from healer.sources.payload_text import first_line as _first_line
+from healer.sources.payload_text import PayloadRejected, decode_json_object
 from healer.sources.payload_text import json_type as _json_type
 from healer.sources.payload_text import short as _short
 
@@ -409,27 +409,11 @@ def _check_cluster(cluster: str, known: Container[str]) -> None:
         raise _Reject(UNKNOWN_CLUSTER, f"cluster {_short(cluster)} is not configured")
 
 
-def _reject_constant(name: str) -> Any:
-    raise _Reject(BAD_JSON, f"body contains {name}, which is not JSON")
-
-
 def _decode(body: bytes, max_body: int) -> dict[str, Any]:
-    if len(body) > max_body:
-        raise _Reject(TOO_LARGE, f"body is {len(body)} bytes; the limit is {max_body}")
     try:
-        text = bytes(body).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Reject(BAD_JSON, f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        doc = json.loads(text, parse_constant=_reject_constant)
-    except _Reject:
-        raise
-    except ValueError as exc:  # JSONDecodeError, and over-long integer literals
-        raise _Reject(BAD_JSON, f"body is not valid JSON: {_first_line(exc)}") from None
-    except RecursionError:
-        raise _Reject(BAD_JSON, "body is nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise _Reject(BAD_SCHEMA, f"body must be a JSON object, not {_json_type(doc)}")
+        doc = decode_json_object(body, max_body, what="body")
+    except PayloadRejected as exc:
+        raise _Reject(exc.reason, str(exc)) from None
     return doc
 
 
