@@ -36,7 +36,7 @@ def _type_name(annotation: Any) -> str:
         inner = [a for a in get_args(annotation) if a is not Ellipsis]
         return f"list of {_type_name(inner[0])}" if inner else "list"
     if origin is dict:
-        key, value = get_args(annotation) or (Any, Any)
+        _key, value = get_args(annotation) or (Any, Any)
         return f"map of {_type_name(value)}"
     if isinstance(annotation, type):
         if annotation.__name__ == "Threshold":
