@@ -178,7 +178,7 @@ class WorkflowRunner:
                 log.info("remediation.suspended", step=wf.step)
                 raise
             except (HealerError, Exception) as exc:
-                wf = self._fail(self._store.workflow(wf.id) or wf, exc)
+                wf = self._fail(wf, exc)  # _fail re-reads the saved record
             if self._on_finished is not None and wf.state != RUNNING:
                 await self._on_finished(wf)
 
