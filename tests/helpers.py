@@ -27,3 +27,35 @@ def lab_like_config(**cluster_overrides: Any) -> HealerConfig:
     }
     cluster.update(cluster_overrides)
     return parse_config({"clusters": [cluster]})
+
+
+def fast_lab_config(
+    kubeconfig: Any, *, startup_timeout: str = "20s", **cluster_changes: Any
+) -> dict[str, Any]:
+    """The config of a `healer run` subprocess driven against a lab harness in tests: one
+    control-plane node and three workers, second-scale thresholds, fast retries, and a breaker
+    wide enough for a test that crashes node after node on purpose."""
+    cluster: dict[str, Any] = {
+        "name": "lab",
+        "kubeconfig": str(kubeconfig),
+        "provider": {"plugin": "lab"},
+        "health": {
+            "unhealthyConditions": [
+                {"type": "Ready", "status": "Unknown", "timeout": "1s"},
+                {"type": "Ready", "status": "False", "timeout": "1s"},
+            ],
+            "nodeStartupTimeout": startup_timeout,
+        },
+        "remediation": {
+            "maxPerHour": 100,
+            "drainTimeout": "2s",
+            "retry": {"attempts": 5, "initialDelay": "0.2s", "maxDelay": "1s"},
+        },
+        "breaker": {"maxNewUnhealthy": 100, "maxFailures": 100},
+        "pools": [
+            {"name": "control-plane", "role": "control-plane", "size": 1},
+            {"name": "workers", "size": 3},
+        ],
+    }
+    cluster.update(cluster_changes)
+    return {"logFormat": "json", "clusters": [cluster]}

@@ -28,6 +28,7 @@ from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from healer.workflow.runner import STEPS
 from providers import load_provider
+from tests.helpers import fast_lab_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -37,38 +38,9 @@ CASE_TIMEOUT = 45.0
 
 
 def write_config(path: Path, kubeconfig: Path) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "logFormat": "json",
-                "clusters": [
-                    {
-                        "name": "lab",
-                        "kubeconfig": str(kubeconfig),
-                        "provider": {"plugin": "lab"},
-                        "health": {
-                            "unhealthyConditions": [
-                                {"type": "Ready", "status": "Unknown", "timeout": "1s"},
-                                {"type": "Ready", "status": "False", "timeout": "1s"},
-                            ],
-                            "nodeStartupTimeout": "20s",
-                        },
-                        "remediation": {
-                            "maxPerHour": 100,
-                            "drainTimeout": "2s",
-                            "retry": {"attempts": 5, "initialDelay": "0.2s", "maxDelay": "1s"},
-                        },
-                        # Twelve deliberate crashes in a row would (rightly) trip the breaker.
-                        "breaker": {"maxNewUnhealthy": 100, "maxFailures": 100},
-                        "pools": [
-                            {"name": "control-plane", "role": "control-plane", "size": 1},
-                            {"name": "workers", "size": 3},
-                        ],
-                    }
-                ],
-            }
-        )
-    )
+    # Twelve deliberate crashes in a row would (rightly) trip a default breaker: the config's
+    # breaker is wide open.
+    path.write_text(yaml.safe_dump(fast_lab_config(kubeconfig)))
     return path
 
 

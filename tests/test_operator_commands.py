@@ -40,6 +40,7 @@ from healer.store.sqlite import (
     Store,
 )
 from providers import load_provider
+from tests.helpers import fast_lab_config
 from tests.plugins.kube import wait_for
 
 TIMINGS = LabTimings(lease_grace=1.0, monitor_period=0.1, renew_interval=0.25, boot_delay=0.3)
@@ -54,33 +55,7 @@ TUNING = Tuning(
 
 
 def config_data(kubeconfig: Path) -> dict[str, Any]:
-    return {
-        "logFormat": "json",
-        "clusters": [
-            {
-                "name": "lab",
-                "kubeconfig": str(kubeconfig),
-                "provider": {"plugin": "lab"},
-                "health": {
-                    "unhealthyConditions": [
-                        {"type": "Ready", "status": "Unknown", "timeout": "1s"},
-                        {"type": "Ready", "status": "False", "timeout": "1s"},
-                    ],
-                    "nodeStartupTimeout": "20s",
-                },
-                "remediation": {
-                    "maxPerHour": 100,
-                    "drainTimeout": "2s",
-                    "retry": {"attempts": 5, "initialDelay": "0.2s", "maxDelay": "1s"},
-                },
-                "breaker": {"maxNewUnhealthy": 100, "maxFailures": 100},
-                "pools": [
-                    {"name": "control-plane", "role": "control-plane", "size": 1},
-                    {"name": "workers", "size": 3},
-                ],
-            }
-        ],
-    }
+    return fast_lab_config(kubeconfig)
 
 
 @dataclass

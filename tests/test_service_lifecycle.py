@@ -35,6 +35,7 @@ from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store, WorkflowRecord
 from healer.workflow.runner import STEPS
 from providers import load_provider
+from tests.helpers import fast_lab_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,29 +48,7 @@ WAIT = 40.0
 
 
 def config_data(kubeconfig: Path, **cluster_changes: Any) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": "lab",
-        "kubeconfig": str(kubeconfig),
-        "provider": {"plugin": "lab"},
-        "health": {
-            "unhealthyConditions": [
-                {"type": "Ready", "status": "Unknown", "timeout": "1s"},
-                {"type": "Ready", "status": "False", "timeout": "1s"},
-            ],
-            "nodeStartupTimeout": "30s",
-        },
-        "remediation": {
-            "maxPerHour": 100,
-            "drainTimeout": "2s",
-            "retry": {"attempts": 5, "initialDelay": "0.2s", "maxDelay": "1s"},
-        },
-        "pools": [
-            {"name": "control-plane", "role": "control-plane", "size": 1},
-            {"name": "workers", "size": 3},
-        ],
-    }
-    cluster.update(cluster_changes)
-    return {"logFormat": "json", "clusters": [cluster]}
+    return fast_lab_config(kubeconfig, startup_timeout="30s", **cluster_changes)
 
 
 def write(path: Path, data: dict[str, Any]) -> Path:
