@@ -71,7 +71,7 @@ def render() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `healer/config.py` by `python -m healer.configdoc`; do not edit by hand.",
+        "Generated from the models in `healer/config/` by `python -m healer.configdoc`; do not edit by hand.",
         "Durations are seconds or `30s`/`5m`/`1h`; secrets are references (`{env: NAME}`,",
         "`{file: PATH}` or `{credential: NAME}`). See [configuration.md](configuration.md) for a",
         "guided tour.",

@@ -1,0 +1,223 @@
+"""Machine hardening and cluster security: SSH, upgrades, the node agent, kubeadm, Pod Security,
+RBAC.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from healer.config.types import (
+    ConfigModel as _Model,
+)
+from healer.config.types import (
+    Duration,
+    SecretRef,
+)
+
+
+class SshConfig(_Model):
+    """The one SSH key authorised on every machine of the cluster. Without ``publicKey`` or
+    ``publicKeyFile`` healer generates an ed25519 key pair for the cluster in its state dir."""
+
+    user: str = Field(
+        "healer",
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="the only login user: sudo without password, no password login",
+    )
+    public_key: str | None = Field(None, alias="publicKey")
+    public_key_file: Path | None = Field(None, alias="publicKeyFile")
+
+    @field_validator("public_key")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from healer.provisioning.sshkeys import parse_public_key  # cryptography: lazy
+
+        return parse_public_key(value)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SshConfig:
+        if self.public_key is not None and self.public_key_file is not None:
+            raise ValueError("give at most one of 'publicKey' or 'publicKeyFile'")
+        return self
+
+
+class UpgradesConfig(_Model):
+    """Unattended security upgrades on every machine (the distribution's security origins)."""
+
+    enabled: bool = True
+    automatic_reboot: bool = Field(
+        True,
+        alias="automaticReboot",
+        description="reboot when an upgrade needs it; the node agent asks healer when",
+    )
+
+
+class AgentConfig(_Model):
+    """How the node agent on every machine reaches the MQTT broker."""
+
+    broker_host: str = Field(alias="brokerHost", min_length=1)
+    broker_port: int = Field(8883, alias="brokerPort", ge=1, le=65535)
+    tls: bool = True
+    tls_ca: Path | None = Field(None, alias="tlsCa", description="CA file, installed on machines")
+    username: str | None = None
+    password: SecretRef | None = None
+    topic_prefix: str = Field("healer/v1", alias="topicPrefix")
+    heartbeat_interval: Duration = Field(30.0, alias="heartbeatInterval", gt=0)
+
+
+class EncryptionAtRest(_Model):
+    provider: Literal["secretbox", "aescbc"] = "secretbox"
+
+
+class AuditConfig(_Model):
+    enabled: bool = False
+    policy_file: Path | None = Field(None, alias="policyFile")
+    max_age_days: int = Field(30, alias="maxAgeDays", ge=1)
+    max_backups: int = Field(10, alias="maxBackups", ge=1)
+    max_size_mb: int = Field(100, alias="maxSizeMb", ge=1)
+
+
+class KubernetesConfig(_Model):
+    """How healer bootstraps Kubernetes on its machines with kubeadm."""
+
+    version: str = Field("v1.31.4", pattern=r"^v?\d+\.\d+\.\d+$")
+    control_plane_endpoint: str | None = Field(
+        None,
+        alias="controlPlaneEndpoint",
+        description="host[:port] of the API; default: the load balancer healer created",
+    )
+    extra_sans: tuple[str, ...] = Field((), alias="extraSans")
+    pod_subnet: str = Field("10.244.0.0/16", alias="podSubnet")
+    service_subnet: str = Field("10.96.0.0/12", alias="serviceSubnet")
+    dns_domain: str = Field("cluster.local", alias="dnsDomain")
+    install_packages: bool = Field(True, alias="installPackages")
+    encryption: EncryptionAtRest = EncryptionAtRest()
+    audit: AuditConfig = AuditConfig()
+    bootstrap_token: SecretRef | None = Field(None, alias="bootstrapToken")
+    bootstrap_token_ttl: Duration = Field(86400.0, alias="bootstrapTokenTtl", gt=0)
+
+    @field_validator("version")
+    @classmethod
+    def _v_prefix(cls, value: str) -> str:
+        return value if value.startswith("v") else f"v{value}"
+
+    @field_validator("pod_subnet", "service_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid subnet {value!r}: {exc}") from None
+
+
+PsaLevel = Literal["privileged", "baseline", "restricted"]
+
+
+class PodSecurityLevels(_Model):
+    """Pod Security Admission levels for a namespace; an unset mode is not labelled."""
+
+    enforce: PsaLevel | None = None
+    audit: PsaLevel | None = None
+    warn: PsaLevel | None = None
+    version: str | None = Field(None, pattern=r"^(latest|v1\.\d+)$")
+
+
+class PodSecurityConfig(_Model):
+    default: PodSecurityLevels = PodSecurityLevels()
+    namespaces: dict[str, PodSecurityLevels] = Field(default_factory=dict)
+    exempt_namespaces: tuple[str, ...] = Field(("kube-system",), alias="exemptNamespaces")
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> PodSecurityConfig:
+        both = sorted(set(self.namespaces) & set(self.exempt_namespaces))
+        if both:
+            raise ValueError(f"namespaces both configured and exempt: {', '.join(both)}")
+        return self
+
+
+_RBAC_NAME = r"^[a-zA-Z0-9][-a-zA-Z0-9_.:]*$"
+_NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class PolicyRuleConfig(_Model):
+    api_groups: tuple[str, ...] = Field((), alias="apiGroups")
+    resources: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = Field(min_length=1)
+    resource_names: tuple[str, ...] = Field((), alias="resourceNames")
+    non_resource_urls: tuple[str, ...] = Field((), alias="nonResourceURLs")
+
+
+class RoleConfig(_Model):
+    name: str = Field(pattern=_RBAC_NAME, max_length=253)
+    namespace: str | None = Field(None, pattern=_NAMESPACE)
+    rules: tuple[PolicyRuleConfig, ...] = ()
+
+
+class RoleRefConfig(_Model):
+    kind: Literal["Role", "ClusterRole"]
+    name: str = Field(pattern=_RBAC_NAME)
+
+
+class SubjectConfig(_Model):
+    kind: Literal["User", "Group", "ServiceAccount"]
+    name: str = Field(min_length=1)
+    namespace: str | None = Field(None, pattern=_NAMESPACE)
+
+    @model_validator(mode="after")
+    def _sa_namespace(self) -> SubjectConfig:
+        if self.kind == "ServiceAccount" and self.namespace is None:
+            raise ValueError(f"ServiceAccount subject {self.name!r} needs a namespace")
+        return self
+
+
+class BindingConfig(_Model):
+    """A RoleBinding when ``namespace`` is set, else a ClusterRoleBinding."""
+
+    name: str = Field(pattern=_RBAC_NAME, max_length=253)
+    namespace: str | None = Field(None, pattern=_NAMESPACE)
+    role_ref: RoleRefConfig = Field(alias="roleRef")
+    subjects: tuple[SubjectConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ref(self) -> BindingConfig:
+        if self.namespace is None and self.role_ref.kind == "Role":
+            raise ValueError(
+                f"binding {self.name!r} has no namespace (a ClusterRoleBinding) and so can only "
+                "reference a ClusterRole"
+            )
+        return self
+
+
+class RbacConfig(_Model):
+    roles: tuple[RoleConfig, ...] = ()
+    cluster_roles: tuple[RoleConfig, ...] = Field((), alias="clusterRoles")
+    bindings: tuple[BindingConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _shape(self) -> RbacConfig:
+        for role in self.roles:
+            if role.namespace is None:
+                raise ValueError(f"role {role.name!r} needs a namespace (or is it a clusterRole?)")
+        for role in self.cluster_roles:
+            if role.namespace is not None:
+                raise ValueError(f"clusterRole {role.name!r} cannot have a namespace")
+        seen: set[tuple[str, str | None, str]] = set()
+        groups = (("Role", self.roles), ("ClusterRole", self.cluster_roles))
+        for kind, items in (*groups, ("Binding", self.bindings)):
+            for item in items:
+                key = (kind, item.namespace, item.name)
+                if key in seen:
+                    where = f" in namespace {item.namespace}" if item.namespace else ""
+                    raise ValueError(f"{kind} {item.name!r}{where} is defined twice")
+                seen.add(key)
+        return self
