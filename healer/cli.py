@@ -357,6 +357,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     breakers = store.breakers()
     daemon = _daemon_info(store)
     pools = _pools(args, nodes)
+    blocking = _blocking_alerts(args)
     if args.json:
         print(
             json.dumps(
@@ -389,6 +390,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     ],
                     "pauses": sorted(pauses),
                     "breakers": {c: r for c, (r, _) in breakers.items()},
+                    "blocking_alerts": blocking,
                 },
                 indent=2,
             )
@@ -418,7 +420,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         "breaker: " + (", ".join(f"{c} OPEN ({r})" for c, (r, _) in breakers.items()) or "closed")
     )
+    print(
+        "blocking alerts: "
+        + ("; ".join(f"{c}: {', '.join(names)}" for c, names in blocking.items()) or "none")
+    )
     return 0
+
+
+def _blocking_alerts(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Blocking alerts firing now, per cluster (they pause remediation and reboots there)."""
+    from healer.planner.alert_blocks import FILE_NAME, AlertBlocks
+
+    blocks = AlertBlocks(path=state_dir_for(args) / FILE_NAME)
+    now = time.time()
+    clusters = sorted({b.cluster for b in blocks.blocks(args.cluster)})
+    return {c: list(names) for c in clusters if (names := blocks.active(c, now))}
 
 
 def cmd_pause(args: argparse.Namespace, paused: bool = True) -> int:
