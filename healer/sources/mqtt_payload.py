@@ -54,7 +54,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from healer.model import EventKind, NodeEvent
-from healer.sources.payload_text import PayloadRejected, decode_json_object
+
+# The free-text limits are part of the payload contract, so they are exported from here too.
+from healer.sources.payload_text import MAX_MESSAGE_LEN as MAX_MESSAGE_LEN
+from healer.sources.payload_text import MAX_REASON_LEN as MAX_REASON_LEN
+from healer.sources.payload_text import (
+    PayloadRejected,
+    decode_json_object,
+    prose,
+)
 from healer.sources.payload_text import json_type as _json_type
 from healer.sources.payload_text import short as _short
 
@@ -93,8 +101,6 @@ REASONS: Final = PARSE_REASONS | {UNKNOWN_NODE}
 # timestamp beyond it would make a stale node look alive for that long.
 MAX_FUTURE_SKEW: Final = 300.0
 
-MAX_REASON_LEN: Final = 128
-MAX_MESSAGE_LEN: Final = 1024
 MAX_PACKAGES: Final = 512
 MAX_PACKAGE_LEN: Final = 200
 
@@ -296,20 +302,10 @@ def _one_of(doc: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
 
 
 def _prose(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The optional free-text ``reason`` and ``message``, bounded so logs and storage stay small."""
-    out: dict[str, Any] = {}
-    for key, limit in (("reason", MAX_REASON_LEN), ("message", MAX_MESSAGE_LEN)):
-        value = doc.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise _Reject(BAD_SCHEMA, f"field {key!r} must be a string, not {_json_type(value)}")
-        if len(value) > limit:
-            raise _Reject(
-                BAD_SCHEMA, f"field {key!r} is {len(value)} characters; the limit is {limit}"
-            )
-        out[key] = value
-    return out
+    try:
+        return dict(prose(doc))
+    except PayloadRejected as exc:
+        raise _Reject(exc.reason, str(exc)) from None
 
 
 def _packages(doc: Mapping[str, Any]) -> list[str] | None:

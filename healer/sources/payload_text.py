@@ -4,6 +4,7 @@ parsers: bounded, so a sender cannot make our logs large."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -66,3 +67,27 @@ def decode_json_object(data: bytes, limit: int, *, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise PayloadRejected("bad_schema", f"{what} must be a JSON object, not {json_type(doc)}")
     return doc
+
+
+MAX_REASON_LEN = 128
+MAX_MESSAGE_LEN = 1024
+
+
+def prose(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The optional free-text ``reason`` and ``message`` of a payload, bounded so logs and
+    storage stay small; :class:`PayloadRejected` (``bad_schema``) when they are not."""
+    out: dict[str, str] = {}
+    for key, limit in (("reason", MAX_REASON_LEN), ("message", MAX_MESSAGE_LEN)):
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise PayloadRejected(
+                "bad_schema", f"field {key!r} must be a string, not {json_type(value)}"
+            )
+        if len(value) > limit:
+            raise PayloadRejected(
+                "bad_schema", f"field {key!r} is {len(value)} characters; the limit is {limit}"
+            )
+        out[key] = value
+    return out

@@ -53,7 +53,15 @@ from typing import Any, Final
 
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import is_cluster_name, is_node_name
-from healer.sources.payload_text import PayloadRejected, decode_json_object
+
+# The free-text limits are part of the payload contract, so they are exported from here too.
+from healer.sources.payload_text import MAX_MESSAGE_LEN as MAX_MESSAGE_LEN
+from healer.sources.payload_text import MAX_REASON_LEN as MAX_REASON_LEN
+from healer.sources.payload_text import (
+    PayloadRejected,
+    decode_json_object,
+    prose,
+)
 from healer.sources.payload_text import json_type as _json_type
 from healer.sources.payload_text import short as _short
 
@@ -89,8 +97,6 @@ REASONS: Final = frozenset(STATUS) | ALERT_REASONS
 
 MAX_ALERTS: Final = 10_000
 MAX_LABEL_LEN: Final = 1024
-MAX_REASON_LEN: Final = 128
-MAX_MESSAGE_LEN: Final = 1024
 
 _CONDITION_RE: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 _RFC3339: Final = re.compile(
@@ -445,16 +451,7 @@ def _str_field(doc: Mapping[str, Any], key: str) -> str:
 
 
 def _prose(doc: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, limit in (("reason", MAX_REASON_LEN), ("message", MAX_MESSAGE_LEN)):
-        value = doc.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise _Reject(BAD_SCHEMA, f"field {key!r} must be a string, not {_json_type(value)}")
-        if len(value) > limit:
-            raise _Reject(
-                BAD_SCHEMA, f"field {key!r} is {len(value)} characters; the limit is {limit}"
-            )
-        out[key] = value
-    return out
+    try:
+        return dict(prose(doc))
+    except PayloadRejected as exc:
+        raise _Reject(exc.reason, str(exc)) from None
