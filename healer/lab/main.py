@@ -21,7 +21,7 @@ from healer.app import Daemon, Tuning
 from healer.config import HealerConfig, load_config
 from healer.errors import ConfigError
 from healer.lab.harness import LabHarness, LabTimings
-from healer.lab.scenarios import SCENARIOS, Context, run_scenario
+from healer.lab.scenarios import SCENARIOS, STARTS_ITS_OWN_DAEMON, Context, run_scenario
 from healer.lab.timeline import configure_timeline
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
@@ -107,7 +107,7 @@ async def _run(
         credentials=cluster.provider.credentials,
         state_dir=state_dir,
     )
-    daemon_task: asyncio.Task[None] | None = None
+    control = LabDaemon(config, state_dir=state_dir, dry_run=dry_run)
     try:
         created = await ensure_pools(cluster, provider, user_data=render_user_data)
         expected = sum(p.size for p in cluster.pools)
@@ -117,20 +117,20 @@ async def _run(
             created=len(created),
             state_dir=str(state_dir),
         )
-        daemon = Daemon(config, state_dir=state_dir, tuning=LAB_TUNING, dry_run=dry_run)
-        daemon_task = asyncio.create_task(daemon.run(), name="daemon")
+        if scenario not in STARTS_ITS_OWN_DAEMON:
+            await control.start()
         await harness.wait_ready(expected, timeout=60.0)
         log.info("lab.cluster_ready", nodes=expected)
         if scenario is None:
-            await _interactive(harness, daemon_task)
+            await _interactive(harness, control)
             return 0
-        store = Store.open(state_dir)
+        ctx = Context(
+            harness=harness, store=Store.open(state_dir), cluster=cluster, control=control
+        )
         try:
-            result = await run_scenario(
-                scenario, Context(harness=harness, store=store, cluster=cluster)
-            )
+            result = await run_scenario(scenario, ctx)
         finally:
-            store.close()
+            ctx.store.close()
         text = json.dumps(result, indent=2, default=str)
         if report is not None:
             report.write_text(text + "\n")
@@ -138,12 +138,38 @@ async def _run(
         _summary(result)
         return 0 if result["ok"] else 1
     finally:
-        if daemon_task is not None:
-            daemon_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await daemon_task
+        await control.stop()
         await provider.close()
         await harness.stop()
+
+
+class LabDaemon:
+    """The daemon the lab runs in its own process, which scenarios may stop and start again."""
+
+    def __init__(self, config: HealerConfig, *, state_dir: Path, dry_run: bool) -> None:
+        self._config = config
+        self._state_dir = state_dir
+        self._dry_run = dry_run
+        self.daemon: Daemon | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.task is not None and not self.task.done():
+            return
+        self.daemon = Daemon(
+            self._config, state_dir=self._state_dir, tuning=LAB_TUNING, dry_run=self._dry_run
+        )
+        self.task = asyncio.create_task(self.daemon.run(), name="daemon")
+        log.info("lab.daemon_started", state_dir=str(self._state_dir))
+
+    async def stop(self) -> None:
+        task, self.task, self.daemon = self.task, None, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        log.info("lab.daemon_stopped")
 
 
 def _summary(result: dict) -> None:  # type: ignore[type-arg]
@@ -164,7 +190,7 @@ def _summary(result: dict) -> None:  # type: ignore[type-arg]
         print(f"  refused {r['node']}: {r['reason']}")
 
 
-async def _interactive(harness: LabHarness, daemon_task: asyncio.Task[None]) -> None:
+async def _interactive(harness: LabHarness, control: LabDaemon) -> None:
     print(HELP, flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -173,9 +199,9 @@ async def _interactive(harness: LabHarness, daemon_task: asyncio.Task[None]) -> 
     except (ValueError, OSError):
         reader.feed_eof()
     stdin_open = True
-    while not daemon_task.done():
+    while control.task is not None and not control.task.done():
         if not stdin_open:
-            await asyncio.wait({daemon_task})
+            await asyncio.wait({control.task})
             break
         line = await reader.readline()
         if not line:

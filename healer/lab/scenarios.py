@@ -8,18 +8,23 @@ partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from healer.config import ClusterConfig
 from healer.lab.harness import LabHarness
 from healer.lab.report import invariants, refusals, remediations
-from healer.store.sqlite import Store
+from healer.store.sqlite import DB_NAME, Store
+
+if TYPE_CHECKING:
+    from healer.app import Daemon
 
 log = structlog.get_logger("healer.lab")
 
@@ -30,11 +35,62 @@ PARTITION_FRACTION = 0.6
 OUTAGE_SECONDS = 10.0
 
 
+class DaemonControl(Protocol):
+    """The lab's daemon as a scenario sees it: started, stopped and restarted on demand."""
+
+    @property
+    def daemon(self) -> Daemon | None:
+        """The running daemon (None while stopped)."""
+
+    async def start(self) -> None:
+        """Start the daemon on the lab's state directory (no-op if it runs)."""
+
+    async def stop(self) -> None:
+        """Stop the daemon as SIGTERM would (no-op if it is stopped)."""
+
+
+# What a restart does to the state directory's database first (see Context.restart_daemon).
+STATE_KEPT = "keep"
+STATE_DELETED = "delete"
+STATE_ZERO_BYTE = "zero-byte"
+STATE_FOREIGN = "foreign"
+
+
 @dataclass
 class Context:
     harness: LabHarness
     store: Store
     cluster: ClusterConfig
+    control: DaemonControl
+
+    @property
+    def daemon(self) -> Daemon | None:
+        return self.control.daemon
+
+    async def restart_daemon(self, *, state: str = STATE_KEPT) -> None:
+        """Stop the daemon, do ``state`` to its database, start it again; ``self.store`` is
+        reopened on whatever database the new daemon uses.
+
+        ``delete`` removes ``healer.sqlite`` (and its WAL files), ``zero-byte`` leaves an empty
+        file in its place, ``foreign`` a SQLite database of some other program.
+        """
+        await self.control.stop()
+        self.store.close()
+        state_dir = self.harness.state_dir
+        if state != STATE_KEPT:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (state_dir / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+        if state == STATE_ZERO_BYTE:
+            (state_dir / DB_NAME).write_bytes(b"")
+        elif state == STATE_FOREIGN:
+            with contextlib.closing(sqlite3.connect(state_dir / DB_NAME)) as db:
+                db.execute("CREATE TABLE songs (title TEXT, artist TEXT)")
+                db.execute("INSERT INTO songs VALUES ('Blue Monday', 'New Order')")
+                db.commit()
+        elif state not in (STATE_KEPT, STATE_DELETED):
+            raise ValueError(f"unknown state action {state!r}")
+        await self.control.start()
+        self.store = Store.open(state_dir)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -198,7 +254,9 @@ async def scenario_partition(ctx: Context) -> dict[str, Any]:
     }
 
 
-SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
+Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
+
+SCENARIOS: dict[str, Scenario] = {
     "crash": scenario_crash,
     "hang": scenario_hang,
     "reboot": scenario_reboot,
@@ -206,6 +264,12 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "partition": scenario_partition,
     "provider-outage": scenario_provider_outage,
 }
+
+
+# Scenarios that start the daemon themselves (``await ctx.control.start()``), after setting up
+# the world it wakes up to (a cluster older than nodeStartupTimeout, say). For the others the
+# daemon runs before the scenario begins.
+STARTS_ITS_OWN_DAEMON: set[str] = set()
 
 
 async def run_scenario(name: str, ctx: Context) -> dict[str, Any]:
