@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,14 @@ from healer.provisioning.userdata import UserDataBuilder
 from healer.reload import field_paths, restart_required
 from healer.scheduler import PeriodicJobs
 from healer.sources.kube_watch import KubeWatchSource
-from healer.store.sqlite import FAILED, RUNNING, SUCCEEDED, Store, WorkflowRecord
+from healer.store.sqlite import (
+    BREAKER_BAD_UPGRADE,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    Store,
+    WorkflowRecord,
+)
 from healer.systemd import Notifier, Supervisor
 from healer.workflow.runner import WorkflowRunner
 from providers import load_provider
@@ -42,6 +49,7 @@ from providers.base import Provider
 log = structlog.get_logger("healer.app")
 
 EVENT_QUEUE_SIZE = 10_000
+CLOCK_STEP_TOLERANCE = 1.0  # seconds the wall clock may move against the timeline unreported
 
 
 @dataclass
@@ -76,7 +84,8 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier or Notifier(None)
         self.state_dir = state_dir
-        self.clock = clock or RealClock()
+        # The timeline continues from the state directory's checkpoint (healer/clock.py).
+        self.clock = clock or RealClock.resume(state_dir)
         self.dry_run = dry_run or config.dry_run
         self.tuning = tuning or Tuning()
         self._on_ready = on_ready
@@ -103,7 +112,8 @@ class Daemon:
         self._busy_since: float | None = None  # monotonic: the consumer took an event then
         self._untracked: dict[str, float] = {}  # workflow id -> monotonic time first seen lost
         self._reload_lock = asyncio.Lock()
-        self._started_at = time.time()
+        self._started_at = self.clock.now()
+        self._clock_offset = self.clock.wall() - self.clock.now()  # to notice steps
 
     async def emit(self, event: NodeEvent) -> None:
         await self._events.put(event)
@@ -144,12 +154,14 @@ class Daemon:
 
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._checkpoint_clock(started=True)
         self.store = store = Store.open(self.state_dir)
+        self._say_first_start(store)
         try:
             for cluster in self.config.clusters:
                 self.providers[cluster.name] = self._open_provider(cluster)
                 self.kube[cluster.name] = await KubeClient.from_kubeconfig(
-                    cluster.kubeconfig, cluster.context
+                    cluster.kubeconfig, cluster.context, clock=self.clock
                 )
             await self._run_parts(store)
         finally:
@@ -160,6 +172,7 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await provider.close()
             store.close()
+            self._checkpoint_clock()
 
     async def _run_parts(self, store: Store) -> None:
         planner_box: list[Planner] = []
@@ -170,8 +183,17 @@ class Daemon:
 
         # One renderer for first machines and replacements: hardening, agent, kubeadm join.
         user_data = UserDataBuilder(self.state_dir)
+
+        async def on_synced(cluster: str) -> None:
+            self._refresh_nodes(cluster)
+            await planner_box[0].consider(cluster)
+
         self.tracker = tracker = HealthTracker(
-            config=self.config, store=store, clock=self.clock, on_change=on_change
+            config=self.config,
+            store=store,
+            clock=self.clock,
+            on_change=on_change,
+            on_synced=on_synced,
         )
         self.runner = runner = WorkflowRunner(
             config=self.config,
@@ -219,7 +241,7 @@ class Daemon:
             on_liveness=lambda problems: metrics.LIVENESS_PROBLEMS.set(len(problems)),
         )
         metrics.RELOAD_OK.set(1)
-        metrics.RELOAD_TIME.set(time.time())
+        metrics.RELOAD_TIME.set(self.clock.wall())
         for cluster in self.config.clusters:
             self._refresh_nodes(cluster.name)
         log.info(
@@ -310,7 +332,12 @@ class Daemon:
 
         async def publish_permit(cluster: str, node: str, permit: Permit) -> None:
             topic = control_topic(mqtt.topic_prefix, cluster, node, REBOOT_PERMIT)
-            await self.mqtt_source.publish(topic, permit_payload(permit, now=self.clock.now()))
+            # On the wire times are wall-clock times: the agent compares them with its own.
+            wall = self.clock.wall()
+            if permit.expires_at is not None:
+                expires = permit.expires_at + wall - self.clock.now()
+                permit = replace(permit, expires_at=expires)
+            await self.mqtt_source.publish(topic, permit_payload(permit, now=wall))
 
         on_request: Callable[[RebootRequest], Awaitable[None]] | None = None
         if mqtt.reboot_arbiter:
@@ -323,6 +350,8 @@ class Daemon:
                 blocks=self.blocks,
                 frozen=planner.frozen_reason,
             )
+            # One arbiter: the guards count the nodes holding a grant as out of service.
+            planner.watch_reboot_grants(arbiter.granted_nodes)
             observers.append(arbiter.observe)
 
             async def on_request(request: RebootRequest) -> None:
@@ -374,6 +403,27 @@ class Daemon:
         )
         tg.create_task(self.webhook.run(), name="webhook")
 
+    def _say_first_start(self, store: Store) -> None:
+        """No state, an empty or a foreign database: say so (log and audit), decide nothing."""
+        first = store.first_start
+        if first is None:
+            return
+        log.warning(
+            "state.first_start",
+            reason=first.reason,
+            detail=first.message,
+            state_dir=str(self.state_dir),
+            moved_aside=str(first.moved_to) if first.moved_to else None,
+        )
+        store.audit(
+            at=self.clock.now(),
+            cluster="*",
+            event="state.first_start",
+            reason=first.reason,
+            message=first.message,
+            evidence={"moved_aside": str(first.moved_to) if first.moved_to else None},
+        )
+
     def _remembered_nodes(self, cluster: str) -> Callable[[], list[str]]:
         def names() -> list[str]:
             assert self.tracker is not None
@@ -388,6 +438,9 @@ class Daemon:
                 self._api_down.pop(cluster, None)
             else:
                 self._api_down[cluster] = reason
+                # Stale until the next list is folded in whole (the planner waits for it).
+                if self.tracker is not None:
+                    self.tracker.unsync(cluster, reason)
             await self.planner.on_api_availability(cluster, available, reason)
 
         return hook
@@ -475,14 +528,42 @@ class Daemon:
         breakers = self.store.breakers()
         if breakers:
             parts.append("breaker open: " + ", ".join(sorted(breakers)))
+        bad_upgrade = self.store.breakers(kind=BREAKER_BAD_UPGRADE)
+        if bad_upgrade:
+            parts.append("bad-upgrade breaker open: " + ", ".join(sorted(bad_upgrade)))
         if not self.ready:
             waiting = self._unconnected()
             if waiting:
                 parts.append("waiting for " + ", ".join(waiting))
         return "; ".join(parts)
 
+    def _checkpoint_clock(self, *, started: bool = False) -> None:
+        """Save the timeline for the next process (healer/clock.py) and say when the wall
+        clock stepped: durations do not follow it, only the periodic jobs are rescheduled
+        (APScheduler plans on the wall clock; a step back would stall them)."""
+        if isinstance(self.clock, RealClock):
+            self.clock.checkpoint()
+        offset = self.clock.wall() - self.clock.now()
+        if started:
+            log.info(
+                "clock.resumed",
+                how=getattr(self.clock, "resumed", "injected"),
+                wall_minus_timeline=round(offset, 3),
+            )
+        elif abs(offset - self._clock_offset) > CLOCK_STEP_TOLERANCE:
+            log.warning(
+                "clock.stepped",
+                seconds=round(offset - self._clock_offset, 3),
+                wall_minus_timeline=round(offset, 3),
+                effect="none on thresholds, cooldowns, budgets or windows (monotonic timeline)",
+            )
+            if self.scheduler is not None:
+                self.scheduler.reconfigure(self.config)
+        self._clock_offset = offset
+
     def _publish_status(self, line: str) -> None:
         """Each status round: the line for `healer status`, and the gauges read from state."""
+        self._checkpoint_clock()
         if self.store is None:
             return
         breakers = self.store.breakers()
@@ -490,6 +571,9 @@ class Daemon:
         running = self.store.workflows(state=RUNNING)
         for c in self.config.clusters:
             metrics.BREAKER_OPEN.labels(c.name).set(1 if c.name in breakers else 0)
+            metrics.BAD_UPGRADE_BREAKER_OPEN.labels(c.name).set(
+                1 if c.name in self.store.breakers(kind=BREAKER_BAD_UPGRADE) else 0
+            )
             paused = (
                 self.config.paused
                 or c.paused
@@ -505,7 +589,7 @@ class Daemon:
             {
                 "pid": os.getpid(),
                 "started_at": self._started_at,
-                "updated_at": time.time(),
+                "updated_at": self.clock.now(),
                 "ready": self.ready,
                 "status": line,
                 "status_interval": self.tuning.status_interval,
@@ -567,7 +651,7 @@ class Daemon:
                 return False
             self.reconfigure(new)
             metrics.RELOAD_OK.set(1)
-            metrics.RELOAD_TIME.set(time.time())
+            metrics.RELOAD_TIME.set(self.clock.wall())
             log.info("config.reloaded", path=str(path), clusters=[c.name for c in new.clusters])
             if self.store is not None:
                 self.store.audit(

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +105,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  cluster {c.name}: provider {c.provider.plugin}; pools: {pools}")
         for line in _infra_report(c):
             print(f"    {line}")
+    # Valid but probably unwanted (unarbitrated reboots, ...): said, not refused.
+    from healer.config.warnings import config_warnings
+
+    for warning in config_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -168,6 +172,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = Path(_config_path(args))
     config = load_config(path)
     configure(config.log_format)
+    import structlog
+
+    from healer.config.warnings import config_warnings
+
+    for warning in config_warnings(config):
+        structlog.get_logger("healer.cli").warning("config.warning", detail=warning)
     # Under systemd (Type=notify) this reports READY/STATUS/WATCHDOG/STOPPING; elsewhere no-op.
     notifier = Notifier.from_env()
     daemon = Daemon(
@@ -298,12 +308,20 @@ def _describe(ev: dict[str, Any]) -> str:
     return f"{_ts(ev.get('at'))} {ev.get('source', '?')}: {what}"
 
 
+def _timeline(state_dir: Path) -> float:
+    """Now on the daemon's timeline (healer/clock.py), which is what it stores times on: the
+    wall clock may have stepped since."""
+    from healer.clock import RealClock
+
+    return RealClock.resume(state_dir).now()
+
+
 def _daemon_info(store: Any) -> dict[str, Any]:
     """The running daemon as its last status round left it in the state database."""
     info = store.get_meta("daemon")
     if not isinstance(info, dict):
         return {"running": False, "detail": "no daemon has run on this state directory"}
-    age = time.time() - float(info.get("updated_at", 0.0))
+    age = _timeline(Path(store.path).parent) - float(info.get("updated_at", 0.0))
     # Three missed status rounds: stopped or stuck, whatever the pid says.
     fresh = age <= 3 * float(info.get("status_interval", 10.0)) + 5.0
     alive = True
@@ -350,13 +368,18 @@ def _pools(args: argparse.Namespace, nodes: list[Any]) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from healer.store.sqlite import BREAKER_BAD_UPGRADE
+    from healer.workflow.capacity import capacity_lines, capacity_report
+
     store = _open_store(args)
     nodes = store.nodes(args.cluster)
     running = store.workflows(cluster=args.cluster, state="running")
     pauses = store.pauses()
     breakers = store.breakers()
+    bad_upgrade = store.breakers(kind=BREAKER_BAD_UPGRADE)
     daemon = _daemon_info(store)
     pools = _pools(args, nodes)
+    capacity = capacity_report(store, pools, cluster=args.cluster)
     blocking = _blocking_alerts(args)
     if args.json:
         print(
@@ -390,7 +413,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                     ],
                     "pauses": sorted(pauses),
                     "breakers": {c: r for c, (r, _) in breakers.items()},
+                    "bad_upgrade_breakers": {c: r for c, (r, _) in bad_upgrade.items()},
                     "blocking_alerts": blocking,
+                    "capacity": capacity,
                 },
                 indent=2,
             )
@@ -409,6 +434,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             size = "-" if row["size"] is None else str(row["size"])
             print(f"{row['cluster']:<10} {row['pool']:<16} {size:>4} {row['nodes']:>5}  {health}")
         print()
+    for line in capacity_lines(capacity):
+        print(line)
+    if capacity:
+        print()
     print(f"{'CLUSTER':<10} {'NODE':<32} {'POOL':<16} {'HEALTH':<10} REASON")
     for n in nodes:
         o = n.observation
@@ -419,6 +448,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("paused: " + (", ".join(sorted(pauses)) or "no"))
     print(
         "breaker: " + (", ".join(f"{c} OPEN ({r})" for c, (r, _) in breakers.items()) or "closed")
+    )
+    print(
+        "bad-upgrade breaker: "
+        + (", ".join(f"{c} OPEN ({r})" for c, (r, _) in bad_upgrade.items()) or "closed")
     )
     print(
         "blocking alerts: "
@@ -432,7 +465,7 @@ def _blocking_alerts(args: argparse.Namespace) -> dict[str, list[str]]:
     from healer.planner.alert_blocks import FILE_NAME, AlertBlocks
 
     blocks = AlertBlocks(path=state_dir_for(args) / FILE_NAME)
-    now = time.time()
+    now = _timeline(state_dir_for(args))
     clusters = sorted({b.cluster for b in blocks.blocks(args.cluster)})
     return {c: list(names) for c in clusters if (names := blocks.active(c, now))}
 
@@ -446,9 +479,10 @@ def cmd_pause(args: argparse.Namespace, paused: bool = True) -> int:
     _as_state_owner(state_dir)
     store = Store.open(state_dir)
     scope = pause_scope(args.cluster, args.pool)
-    changed = store.set_paused(scope, paused, at=time.time(), note=getattr(args, "note", "") or "")
+    now = _timeline(state_dir)
+    changed = store.set_paused(scope, paused, at=now, note=getattr(args, "note", "") or "")
     store.audit(
-        at=time.time(),
+        at=now,
         cluster=args.cluster or "*",
         pool=args.pool,
         event="operator.paused" if paused else "operator.resumed",
@@ -461,33 +495,66 @@ def cmd_pause(args: argparse.Namespace, paused: bool = True) -> int:
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:
-    from healer.store.sqlite import Store
+    from healer.store.sqlite import BREAKER_BAD_UPGRADE, BREAKER_KINDS, Store
 
     _as_state_owner(state_dir_for(args))
     store = Store.open(state_dir_for(args))
+    kinds = BREAKER_KINDS if args.kind == "all" else (args.kind,)
+    label = {k: ("bad-upgrade breaker" if k == BREAKER_BAD_UPGRADE else "breaker") for k in kinds}
+    shown_as = {
+        k: ("bad-upgrade breaker OPEN" if k == BREAKER_BAD_UPGRADE else "OPEN") for k in kinds
+    }
     if args.action != "reset":
-        for c, (reason, at) in store.breakers().items():
-            print(f"{c}: OPEN since {_ts(at)}: {reason}")
+        shown = 0
+        for kind in kinds:
+            for c, (reason, at) in store.breakers(kind=kind).items():
+                if args.cluster in (None, c):
+                    print(f"{c}: {shown_as[kind]} since {_ts(at)}: {reason}")
+                    shown += 1
+        if not shown:
+            print("no breaker is open")
         return 0
-    names = store.reset_breaker(args.cluster)
-    for name in names:
-        store.audit(
-            at=time.time(),
-            cluster=name,
-            event="breaker.reset",
-            reason="Operator",
-            message="circuit breaker reset by an operator",
+    from healer.operator import reset_breakers
+
+    reset = [
+        f"{name} ({label[kind]})" if kind == BREAKER_BAD_UPGRADE else name
+        for name, kind in reset_breakers(
+            store, cluster=args.cluster, kinds=kinds, at=_timeline(state_dir_for(args))
         )
-    print(f"breaker reset for: {', '.join(names)}" if names else "no breaker was open")
+    ]
+    print(f"breaker reset for: {', '.join(reset)}" if reset else "no breaker was open")
     return 0
 
 
 EXIT_REFUSED = 1
 EXIT_NO_ANSWER = 3
+EXIT_STOPPED = 4  # the remediation started and then stopped or failed (e.g. DrainBlockedByPdb)
+EXIT_NOT_CONFIRMED = 5  # a node that is not unhealthy, and no confirmation (prompt or --yes)
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; False when there is none (stdin is not a tty) or the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _node_health(store: Any, cluster: str, node: str) -> tuple[str, str] | None:
+    """(health, reason) as the daemon last recorded it, or None for a node it never saw."""
+    for n in store.nodes(cluster):
+        if n.observation.node == node:
+            return str(n.health), n.reason
+    return None
 
 
 def cmd_remediate(args: argparse.Namespace) -> int:
-    from healer.operator import describe, request_remediation
+    from healer.clock import RealClock
+    from healer.operator import describe, follow_workflow, request_remediation
+    from healer.planner.planner import CONFIRMATION_REQUIRED
 
     store = _open_store(args)
     cluster = args.cluster
@@ -500,20 +567,95 @@ def cmd_remediate(args: argparse.Namespace) -> int:
             )
         cluster = clusters[0]
     what = f"{cluster}/{args.node}"
+    pdbs = (
+        "PodDisruptionBudgets are overridden after drainTimeout (--force)"
+        if args.force
+        else "its drain respects PodDisruptionBudgets"
+    )
+
+    def confirmed_now(state: str) -> bool:
+        """The operator's yes for a node that is not unhealthy; explains a no on stderr."""
+        if args.yes:
+            return True
+        question = f"{what} is {state}. Replace it anyway ({pdbs}; its machine is destroyed)?"
+        if _confirm(question):
+            return True
+        why = "not confirmed" if sys.stdin.isatty() else "no terminal to ask on: pass --yes"
+        message = (
+            f"not remediating {what}: it is {state}, and replacing it needs a confirmation "
+            f"({why}); nothing was done"
+        )
+        print(f"healer: {message}", file=sys.stderr)
+        if args.json:
+            refused = {"result": "refused", "reason": CONFIRMATION_REQUIRED, "message": message}
+            print(json.dumps(refused | {"cluster": cluster, "node": args.node}, indent=2))
+        return False
+
+    confirmed = bool(args.yes)
+    known = _node_health(store, cluster, args.node)
+    if known is not None and known[0] != "unhealthy" and not confirmed:
+        if not confirmed_now(f"{known[0]} ({known[1]}), not unhealthy"):
+            return EXIT_NOT_CONFIRMED
+        confirmed = True
     if not args.json:
         how = " with --force (the guards are skipped)" if args.force else " through the guards"
         print(f"asking the running daemon to remediate {what}{how}...", flush=True)
-    answer = request_remediation(
-        store, cluster=cluster, node=args.node, force=args.force, timeout=args.timeout
-    )
+
+    timeline = RealClock.resume(state_dir_for(args))
+
+    def ask() -> dict[str, Any]:
+        return request_remediation(
+            store,
+            cluster=cluster,
+            node=args.node,
+            force=args.force,
+            confirmed=confirmed,
+            timeout=args.timeout,
+            now=timeline.now,  # the request's time is compared with the daemon's now
+        )
+
+    answer = ask()
+    if answer.get("reason") == CONFIRMATION_REQUIRED and not confirmed:
+        # The daemon's verdict, fresher than the database's: it is not unhealthy after all.
+        if not confirmed_now("not unhealthy by the daemon's current verdict"):
+            return EXIT_NOT_CONFIRMED
+        confirmed = True
+        answer = ask()
+    outcome: dict[str, Any] | None = None
+    if answer["result"] == "started" and not args.no_wait:
+        if not args.json:
+            print(describe(answer), flush=True)
+            print(f"waiting for the drain of {what} ({pdbs})...", flush=True)
+        drain_within = float(answer.get("drain_within") or 300.0)
+        # Plus room for the steps' retries and the daemon's pace.
+        outcome = follow_workflow(
+            store, answer["workflow"], timeout=drain_within + max(args.timeout, 30.0)
+        )
     if args.json:
-        print(json.dumps(answer | {"cluster": cluster, "node": args.node}, indent=2))
-    else:
+        out = answer | {"cluster": cluster, "node": args.node}
+        if outcome is not None:
+            out["outcome"] = outcome
+        print(json.dumps(out, indent=2))
+    elif outcome is None:
         print(describe(answer))
         if answer["result"] == "started":
             print(f"follow it with: healer history {args.node} --cluster {cluster}")
+    else:
+        result = outcome["result"]
+        if result == "failed":
+            reason = outcome.get("reason") or "error"
+            # A drain stopped by a budget destroyed nothing: say "stopped", not "failed".
+            result = f"{'stopped' if reason.startswith('Drain') else 'failed'} ({reason})"
+        print(f"{result}: {outcome['message']}")
+        print(f"see: healer history {args.node} --cluster {cluster}")
     if answer["result"] == "started":
+        if outcome is not None and outcome["result"] in ("failed", "error"):
+            return EXIT_STOPPED
+        if outcome is not None and outcome["result"] == "following":
+            return EXIT_NO_ANSWER
         return 0
+    if answer.get("reason") == CONFIRMATION_REQUIRED:
+        return EXIT_NOT_CONFIRMED
     return EXIT_NO_ANSWER if answer["result"] == "timeout" else EXIT_REFUSED
 
 
@@ -541,8 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument(
         "--scenario",
-        help="run one scenario and exit: crash, hang, reboot, "
-        "bad-upgrade, partition, provider-outage",
+        help="run one scenario and exit: crash, hang, reboot, bad-upgrade, partition, "
+        "provider-outage; day-one safety: adopt, adopt-zero-byte, adopt-foreign, lost-state, "
+        "forged-ready, forged-ready-crash, corroborate, create-fails, partitioned-node, "
+        "zone-outage, bad-upgrade-wave, breaker-reset, clock-jump (docs/lab.md)",
     )
     p.add_argument("--report", help="write the scenario's JSON report here")
     p.add_argument("--kubeconfig", help="drive the simulated kubelets against this API server")
@@ -584,7 +728,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="skip the guards (breaker, pause, limits); the node must still be in a managed pool",
+        help="skip the guards (breaker, pause, limits) and override PodDisruptionBudgets after "
+        "drainTimeout; the node must still be in a managed pool",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="confirm the replacement of a node that is not unhealthy without a prompt "
+        "(needed without a terminal)",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the workflow started instead of waiting for its drain",
     )
     p.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)"
@@ -592,10 +748,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_remediate)
 
-    p = sub.add_parser("breaker", help="show or reset the circuit breaker")
+    p = sub.add_parser("breaker", help="show or reset the circuit breakers")
     common(p, config=False)
     p.add_argument("action", choices=["show", "reset"])
     p.add_argument("--cluster")
+    p.add_argument(
+        "--kind",
+        choices=["all", "remediation", "bad-upgrade"],
+        default="all",
+        help="which breaker (default: both the remediation and the bad-upgrade breaker)",
+    )
     p.set_defaults(func=cmd_breaker)
 
     from healer.provisioning.commands import add_parsers

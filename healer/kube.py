@@ -47,6 +47,12 @@ from healer.errors import ConfigError, KubeUnavailable, PermanentError, Temporar
 
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 ANNOTATION_MIRROR = "kubernetes.io/config.mirror"
+# Non-graceful node shutdown (GA in Kubernetes 1.28): on a node that is not Ready and carries
+# this taint, kube-controller-manager force-deletes the pods and detaches their volumes at once.
+# Only for a machine known to be off: the pods' old copies must not be running any more.
+TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+OUT_OF_SERVICE_VALUE = "nodeshutdown"
+_TAINT_CONFLICT_RETRIES = 5
 
 # Slack on top of the server-side watch timeout before the client gives up on a silent stream.
 _WATCH_READ_SLACK = 30.0
@@ -540,6 +546,69 @@ class KubeClient:
         self._expect(what, answer)
         return True
 
+    async def add_taint(self, name: str, taint: Taint) -> bool:
+        """Add ``taint`` to the node (kept as is when one with its key and effect is there).
+
+        ``spec.taints`` is a list the API replaces whole, so the new list is written with the
+        resourceVersion it was read at, and re-read on a 409 conflict (the node controller adds
+        and removes its own taints meanwhile). A NoExecute taint gets ``timeAdded``, as kubectl
+        sets it. False if the node no longer exists."""
+        what = f'taint node "{name}" with {taint.key}={taint.value or ""}:{taint.effect}'
+
+        def change(taints: list[Json]) -> list[Json] | None:
+            if any(t.get("key") == taint.key and t.get("effect") == taint.effect for t in taints):
+                return None
+            new: Json = {"key": taint.key, "effect": taint.effect}
+            if taint.value is not None:
+                new["value"] = taint.value
+            if taint.effect == "NoExecute":
+                new["timeAdded"] = format_time(self._clock.wall())  # read by other hosts
+            return [*taints, new]
+
+        return await self._update_taints(what, name, change)
+
+    async def remove_taint(self, name: str, key: str) -> bool:
+        """Remove every taint with ``key``. False if the node no longer exists."""
+        what = f'untaint node "{name}" ({key})'
+
+        def change(taints: list[Json]) -> list[Json] | None:
+            kept = [t for t in taints if t.get("key") != key]
+            return None if len(kept) == len(taints) else kept
+
+        return await self._update_taints(what, name, change)
+
+    async def _update_taints(
+        self, what: str, name: str, change: Callable[[list[Json]], list[Json] | None]
+    ) -> bool:
+        for _ in range(_TAINT_CONFLICT_RETRIES):
+            raw = await self._get_node_json(name)
+            if raw is None:
+                return False
+            taints = list((raw.get("spec") or {}).get("taints") or [])
+            new = change(taints)
+            if new is None:
+                return True
+            patch = {
+                "metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]},
+                "spec": {"taints": new},
+            }
+            answer = await self._call(
+                what,
+                self._core.patch_node,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+            if answer.status == 404:
+                return False
+            if answer.status == 409:
+                continue  # changed since we read it: read again
+            self._expect(what, answer)
+            return True
+        raise KubeUnavailable(
+            f"{what}: the node kept changing ({_TAINT_CONFLICT_RETRIES} conflicts in a row)"
+        )
+
     async def delete_node(self, name: str) -> bool:
         """Delete the Node object. False if it was already gone."""
         what = f'delete node "{name}"'
@@ -660,7 +729,7 @@ class KubeClient:
             ),
             None,
         )
-        now = format_time(self._clock.now())
+        now = format_time(self._clock.wall())  # read by other hosts
         transition = (
             previous["lastTransitionTime"]
             if previous is not None
@@ -696,7 +765,7 @@ class KubeClient:
         resourceVersion read, so a concurrent writer makes us re-read rather than overwrite."""
         what = f'renew lease "{NODE_LEASE_NAMESPACE}/{name}"'
         for _ in range(3):
-            renew = format_micro_time(self._clock.now())
+            renew = format_micro_time(self._clock.wall())  # read by other hosts
             answer = await self._call(
                 what, self._coordination.read_namespaced_lease, name, NODE_LEASE_NAMESPACE
             )

@@ -68,6 +68,13 @@ BREAKER_OPEN: Final = Gauge(
     ["cluster"],
     registry=REGISTRY,
 )
+BAD_UPGRADE_BREAKER_OPEN: Final = Gauge(
+    "healer_bad_upgrade_breaker_open",
+    "1 while the cluster's bad-upgrade breaker is open (no reboot granted and no reboot failure "
+    "replaced until `healer breaker reset`).",
+    ["cluster"],
+    registry=REGISTRY,
+)
 PAUSED: Final = Gauge(
     "healer_paused",
     "1 while remediation in the cluster is paused (globally, for the cluster or for any pool).",

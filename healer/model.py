@@ -16,6 +16,8 @@ LABEL_POOL = "healer.io/pool"
 LABEL_CLUSTER = "healer.io/cluster"
 LABEL_ROLE = "healer.io/role"
 LABEL_CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
+# The failure domain, set by the cloud controller (or the lab): the zone limits count by it.
+LABEL_ZONE = "topology.kubernetes.io/zone"
 TAG_MANAGED = "healer.io/managed"
 TAG_CLUSTER = "healer.io/cluster"
 TAG_POOL = "healer.io/pool"
@@ -49,6 +51,11 @@ class EventKind(enum.StrEnum):
     UPGRADE_FINISHED = "upgrade_finished"
     UPGRADE_FAILED = "upgrade_failed"
     LABELS = "labels"  # node labels changed (pool, role, exclusion)
+    # Cluster-level markers of the Kubernetes source (``node`` is ""): a full list of the
+    # cluster's nodes follows, and the list has been emitted whole. Between the two the tracker
+    # folds events without judging anyone: nothing is decided on half a list.
+    LIST_STARTED = "list_started"
+    SYNCED = "synced"
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class NodeEvent:
     status: str | None = None  # for CONDITION: "True" | "False" | "Unknown"
     since: float | None = None  # for CONDITION: lastTransitionTime when the source knows it
     labels: dict[str, str] | None = None  # for NODE_ADDED / LABELS
+    # For NODE_ADDED: the node's conditions as first seen (type -> (status, since)), so that a
+    # node never exists for healer without them.
+    conditions: dict[str, tuple[str, float]] | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,6 +83,8 @@ class NodeEvent:
         out: dict[str, Any] = {"kind": str(self.kind), "at": self.at, "source": self.source}
         if self.condition:
             out["condition"] = f"{self.condition}={self.status}"
+        if self.conditions:
+            out["conditions"] = {k: status for k, (status, _) in self.conditions.items()}
         if self.detail:
             out["detail"] = self.detail
         return out
@@ -82,6 +94,7 @@ class NodeEvent:
 class ConditionObs:
     status: str
     since: float  # when this status began (lastTransitionTime, or first seen)
+    source: str | None = None  # who reported it ("kube", "mqtt", ...; None in older records)
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,12 @@ class NodeObservation:
     excluded: bool = False  # carries the exclusion label
     labels: dict[str, str] = field(default_factory=dict)
     recent: tuple[dict[str, Any], ...] = ()  # last few events, kept as evidence
+    # The node already existed when healer first saw it (in a list, with no record of it):
+    # judged by its conditions, never by its age.
+    adopted: bool = False
+    # When healer asked the cloud for this node's machine (a replacement's ``requested_at``);
+    # None for machines healer did not create. Only these get ``nodeStartupTimeout``.
+    machine_requested_at: float | None = None
 
     @property
     def key(self) -> NodeKey:
@@ -119,13 +138,16 @@ class NodeObservation:
             "exists": self.exists,
             "ever_ready": self.ever_ready,
             "conditions": {
-                k: {"status": v.status, "since": v.since} for k, v in self.conditions.items()
+                k: {"status": v.status, "since": v.since, "source": v.source}
+                for k, v in self.conditions.items()
             },
             "reboot_started_at": self.reboot_started_at,
             "last_heartbeat": self.last_heartbeat,
             "excluded": self.excluded,
             "labels": dict(self.labels),
             "recent": list(self.recent),
+            "adopted": self.adopted,
+            "machine_requested_at": self.machine_requested_at,
         }
 
     @classmethod
@@ -139,7 +161,7 @@ class NodeObservation:
             exists=bool(data.get("exists", True)),
             ever_ready=bool(data.get("ever_ready", False)),
             conditions={
-                k: ConditionObs(status=v["status"], since=float(v["since"]))
+                k: ConditionObs(status=v["status"], since=float(v["since"]), source=v.get("source"))
                 for k, v in data.get("conditions", {}).items()
             },
             reboot_started_at=data.get("reboot_started_at"),
@@ -147,6 +169,8 @@ class NodeObservation:
             excluded=bool(data.get("excluded", False)),
             labels=dict(data.get("labels", {})),
             recent=tuple(data.get("recent", ())),
+            adopted=bool(data.get("adopted", False)),
+            machine_requested_at=data.get("machine_requested_at"),
         )
 
 
@@ -165,6 +189,9 @@ class Verdict:
     reason: str  # machine-readable, CamelCase as in Cluster API: "ReadyUnknownTimeout"
     message: str  # human sentence with the numbers
     next_check_at: float | None  # when the verdict could change with no new event
+    # The signals the verdict rests on, with their sources and times, for the audit log:
+    # {"condition": "Ready=Unknown", "source": "kube", "since": ..., "for": ...}.
+    signals: tuple[dict[str, Any], ...] = ()
 
     @property
     def needs_remediation(self) -> bool:

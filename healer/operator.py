@@ -4,7 +4,12 @@ The daemon owns the planner, so the CLI cannot decide anything itself. It writes
 to the state database the two share (no socket to secure, and the row is audit evidence); the
 daemon's :class:`RequestDesk` polls for pending rows, claims one with a compare-and-set, asks the
 planner (:meth:`healer.planner.planner.Planner.remediate_now`: the same guards unless
-``force``) and writes the answer back, which the CLI is waiting for.
+``force``; a node that is not UNHEALTHY only when ``confirmed``) and writes the answer back,
+which the CLI is waiting for. A started answer carries how long the workflow may take to get
+through its drain (``drain_within``: ``drainTimeout``, plus ``nodeStartupTimeout`` in the surge
+order): the CLI then follows the workflow in the same database until its drain is done or it
+stopped (a PodDisruptionBudget healer may not override stops it before anything destructive), so
+the operator learns the outcome that matters, not only that something started.
 
 A request the daemon has not taken when the CLI gives up is cancelled by the CLI (again a
 compare-and-set), so an operator who saw "no answer" is never surprised by a remediation hours
@@ -25,6 +30,7 @@ from healer.clock import Clock
 from healer.planner.guards import Refusal
 from healer.planner.planner import Planner
 from healer.store.sqlite import (
+    BREAKER_BAD_UPGRADE,
     REQUEST_ANSWERED,
     REQUEST_CANCELLED,
     REQUEST_EXPIRED,
@@ -96,11 +102,14 @@ class RequestDesk:
         if request.kind != REMEDIATE or request.node is None:
             return {"result": "error", "message": f"unknown request kind {request.kind!r}"}
         force = bool(request.args.get("force", False))
+        confirmed = bool(request.args.get("confirmed", False))
         with structlog.contextvars.bound_contextvars(
             cluster=request.cluster, node=request.node, request=request.id
         ):
-            answer = await self._remediate(request.cluster, request.node, force=force)
-            log.info("operator.remediate_answered", force=force, **answer)
+            answer = await self._remediate(
+                request.cluster, request.node, force=force, confirmed=confirmed
+            )
+            log.info("operator.remediate_answered", force=force, confirmed=confirmed, **answer)
         self._store.audit(
             at=self._clock.now(),
             cluster=request.cluster,
@@ -114,7 +123,7 @@ class RequestDesk:
         )
         return answer
 
-    async def _remediate(self, cluster: str, node: str, *, force: bool) -> Answer:
+    async def _remediate(self, cluster: str, node: str, *, force: bool, confirmed: bool) -> Answer:
         frozen = self._planner.frozen_reason(cluster)
         if frozen is not None and not force:
             return {
@@ -124,7 +133,9 @@ class RequestDesk:
                 "decides nothing on stale data (use --force to override)",
             }
         try:
-            outcome = await self._planner.remediate_now(cluster, node, force=force)
+            outcome = await self._planner.remediate_now(
+                cluster, node, force=force, confirmed=confirmed
+            )
         except KeyError as exc:
             return {"result": "error", "message": str(exc.args[0]) if exc.args else str(exc)}
         if isinstance(outcome, Refusal):
@@ -135,6 +146,7 @@ class RequestDesk:
             "workflow": outcome.id,
             "replacement": outcome.replacement_name,
             "forced": force,
+            "drain_within": self._planner.drain_within(cluster, outcome.pool),
         }
 
 
@@ -159,6 +171,7 @@ def request_remediation(
     node: str,
     force: bool,
     timeout: float,
+    confirmed: bool = False,
     poll: float = 0.2,
     now: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
@@ -174,7 +187,7 @@ def request_remediation(
         kind=REMEDIATE,
         cluster=cluster,
         node=node,
-        args={"force": force},
+        args={"force": force, "confirmed": confirmed},
         at=now(),
     )
     deadline = now() + timeout
@@ -202,3 +215,79 @@ def request_remediation(
             extended = True  # taken: the decision is being made, give it a little longer
             deadline = now() + max(timeout, 10.0)
         sleep(poll)
+
+
+def follow_workflow(
+    store: Store,
+    workflow_id: str,
+    *,
+    timeout: float,
+    poll: float = 0.5,
+    now: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Answer:
+    """The CLI side, after a started answer: wait until the workflow's drain is done (from then
+    on the node's pods are out and the replacement goes on) or the workflow ended.
+
+    ``{"result": "drained" | "succeeded" | "failed" | "following", ...}``; "following" when
+    ``timeout`` passed first (the workflow goes on; `healer history` shows it). A failed one
+    carries its ``reason`` (``DrainBlockedByPdb`` when a budget stopped it before anything
+    destructive).
+    """
+    deadline = now() + timeout
+    while True:
+        wf = store.workflow(workflow_id)
+        if wf is None:
+            return {"result": "error", "message": f"workflow {workflow_id} is not in the database"}
+        if wf.state == "failed":
+            reasons = [
+                e.reason
+                for e in store.audit_log(node=wf.node, event="remediation.failed")
+                if e.workflow_id == wf.id
+            ]
+            return {
+                "result": "failed",
+                "reason": reasons[-1] if reasons else "",
+                "step": wf.step,
+                "message": wf.error or "",
+            }
+        if wf.state == "succeeded":
+            return {
+                "result": "succeeded",
+                "message": f"{wf.node} replaced by {wf.replacement_name}",
+            }
+        if any(s["step"] == "drain" and s["status"] == "done" for s in store.steps(wf.id)):
+            return {
+                "result": "drained",
+                "step": wf.step,
+                "message": f"{wf.node} is drained; its replacement goes on (step {wf.step})",
+            }
+        if now() >= deadline:
+            return {
+                "result": "following",
+                "step": wf.step,
+                "message": f"workflow {wf.id} is still at step {wf.step} after {timeout:.0f}s",
+            }
+        sleep(poll)
+
+
+def reset_breakers(
+    store: Store, *, cluster: str | None, kinds: tuple[str, ...], at: float
+) -> list[tuple[str, str]]:
+    """`healer breaker reset`: close the ``kinds`` breakers of ``cluster`` (all when None),
+    record the reset time (the next trip counts only what follows it: a fresh window) and audit
+    each reset. Returns the (cluster, kind) pairs that were open."""
+    reset: list[tuple[str, str]] = []
+    for kind in kinds:
+        what = "bad-upgrade breaker" if kind == BREAKER_BAD_UPGRADE else "circuit breaker"
+        for name in store.reset_breaker(cluster, at=at, kind=kind):
+            store.audit(
+                at=at,
+                cluster=name,
+                event="breaker.reset",
+                reason="Operator",
+                message=f"{what} reset by an operator; a fresh window starts now",
+                evidence={"breaker": kind},
+            )
+            reset.append((name, kind))
+    return reset

@@ -14,7 +14,9 @@ do, per cluster unless said otherwise (intervals in ``schedule:``, ``0`` turns a
 ``drift``
     A pool with fewer machines than its size gets new ones (:func:`ensure_pools`). Never for a
     pool with a remediation in flight (its replacement is on the way) or one that failed within
-    the planner's cooldown (a human looks first), and never past the guards' stop switches:
+    the planner's cooldown (a human looks first) -- unless that failure left the pool a machine
+    short (its old machine fenced, no replacement): restoring capacity is never held back by
+    the cooldown -- and never past the guards' stop switches:
     an open breaker, a pause, a blocking alert, an unreachable API, a dry run.
 ``orphans``
     A machine tagged as healer's for the cluster that is neither a node healer knows nor part of
@@ -393,10 +395,13 @@ class PeriodicJobs:
             return []
         stop = self._stop_switch(cluster)
         now = self._clock.now()
+        # A failure that left its pool short is exactly what drift repair is for: it does not
+        # count (the planner's cooldown is for a human to look at a node, not at a gap).
         recently_failed = {
             wf.pool
             for wf in self._store.workflows(cluster=cluster_name, state=FAILED)
             if (wf.finished_at or 0.0) >= now - FAILED_COOLDOWN
+            and not self._store.left_pool_short(wf.id)
         }
         paused_pools = self._planner.snapshot(cluster).paused_pools
         eligible = []
@@ -497,7 +502,9 @@ class PeriodicJobs:
         ages = {}
         for m in machines:
             first = self._first_listed.setdefault(m.id, now)
-            ages[m.id] = now - (m.created_at if m.created_at is not None else first)
+            # created_at is the cloud's wall clock: onto our timeline (healer/clock.py).
+            born = self._clock.from_wall(m.created_at) if m.created_at is not None else first
+            ages[m.id] = now - born
         running = self._store.workflows(cluster=cluster_name, state=RUNNING)
         orphans = find_orphans(cluster, machines, known_nodes=known, running=running, ages=ages)
         found = self._found(cluster_name)

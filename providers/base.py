@@ -1,8 +1,10 @@
 """The provider plugin boundary: the typed contract every cloud plugin fulfils.
 
 This module owns the records that cross the boundary (:class:`Machine`, :class:`MachineRequest`,
-the normalised :class:`MachineState`), the :class:`Provider` protocol the workflow calls, and the
-factory signature the daemon uses to build a plugin. It imports nothing from libcloud, so the rest
+the normalised :class:`MachineState`), the :class:`Provider` protocol the workflow calls, the
+optional capabilities a plugin may add (:class:`PowerControl` for fencing,
+:class:`CapacityPreflight` for surge), and the factory signature the daemon uses to build a
+plugin. It imports nothing from libcloud, so the rest
 of healer can type against it without pulling the cloud library in.
 """
 
@@ -91,6 +93,64 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CapacityCheck:
+    """The answer of a capacity preflight: may ``count`` more machines like a request be made?
+
+    ``reason`` is a stable CamelCase word when ``ok`` is false (``QuotaExceeded``,
+    ``NoCapacity``); ``available`` is how many more machines fit, when the cloud says.
+    """
+
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    available: int | None = None
+
+
+@runtime_checkable
+class PowerControl(Protocol):
+    """Optional capability: power a machine off without destroying it (fencing).
+
+    The workflow fences a machine before it deletes its Node; a plugin without this capability
+    is fenced by :meth:`Provider.destroy_machine` instead, which is just as safe but loses the
+    machine's disks for a post-mortem.
+    """
+
+    async def power_off_machine(self, machine: Machine) -> bool:
+        """Power ``machine`` off; return once the cloud reports it stopped (not "stopping").
+
+        ``False`` when it was already stopped or terminated. Safe to retry. As for destroy, the
+        machine is re-read by id first and ``PermanentError`` is raised, with nothing done, when
+        its live name or tags no longer match ``machine``.
+        """
+        ...
+
+
+@runtime_checkable
+class CapacityPreflight(Protocol):
+    """Optional capability: ask the cloud whether a machine can be created, before creating it.
+
+    Needed for ``remediation.strategy: surge``: the replacement is created before the old machine
+    is destroyed, so the cloud must have room for one more. Without it, surge falls back to
+    the replace order.
+    """
+
+    async def check_capacity(self, request: MachineRequest, count: int = 1) -> CapacityCheck:
+        """Whether ``count`` more machines like ``request`` fit in the quota now. Raises
+        ``ProviderError`` when the cloud cannot be asked (retry later)."""
+        ...
+
+
+def can_power_off(provider: object) -> bool:
+    """True when ``provider`` implements :class:`PowerControl`."""
+    return isinstance(provider, PowerControl)
+
+
+def can_check_capacity(provider: object) -> bool:
+    """True when ``provider`` implements :class:`CapacityPreflight`."""
+    return isinstance(provider, CapacityPreflight)
 
 
 class ProviderFactory(Protocol):

@@ -25,6 +25,7 @@ import pytest
 from healer.agent import healer_agent
 from healer.clock import RealClock
 from healer.config import MqttConfig
+from healer.health.provenance import Ownership
 from healer.health.tracker import HealthTracker
 from healer.model import LABEL_POOL, EventKind, NodeEvent
 from healer.planner import reboots
@@ -88,8 +89,15 @@ async def listening(
                 elif channel == "reboot-permit":
                     parsed = None
                 else:
+                    # As a daemon configured with `mqtt.conditions: [NodeDiskFailing]` reads
+                    # them: the agent's `health` command reports the operator's own conditions.
                     parsed = parse_message(
-                        topic, payload, prefix=PREFIX, now=_now(), max_payload=16384
+                        topic,
+                        payload,
+                        prefix=PREFIX,
+                        now=_now(),
+                        max_payload=16384,
+                        owners=Ownership.of(mqtt_conditions=["NodeDiskFailing"]),
                     )
                 assert not isinstance(parsed, Rejection), (topic, payload, parsed)
                 seen.messages.append((topic, json.loads(payload)))

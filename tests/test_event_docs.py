@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from healer.agent import healer_agent
 from healer.clock import RealClock
 from healer.config import WebhookConfig, parse_config
+from healer.health.provenance import Ownership
 from healer.model import EventKind, NodeEvent
 from healer.planner.reboots import Situation, decide
 from healer.sources.mqtt_payload import parse_message
@@ -58,10 +59,20 @@ def lines(block: str) -> list[tuple[str, bytes]]:
 
 
 def test_mqtt_messages_parse() -> None:
+    # With the agents' own conditions named as the page shows (`mqtt.conditions`).
+    named = parse_config({"mqtt": yaml_blocks("mqtt.md")[0]["mqtt"], "clusters": [CLUSTER]}).mqtt
+    assert named is not None
+    owners = Ownership.of(mqtt_conditions=named.conditions)
     kinds = []
     for topic, payload in lines(example("mqtt.md", "mqtt")):
         event = parse_message(
-            topic, payload, prefix="healer/v1", now=NOW, max_payload=16384, known_clusters={"prod"}
+            topic,
+            payload,
+            prefix="healer/v1",
+            now=NOW,
+            max_payload=16384,
+            known_clusters={"prod"},
+            owners=owners,
         )
         assert isinstance(event, NodeEvent), (topic, event)
         kinds.append(event.kind)
@@ -107,8 +118,9 @@ def test_reboot_arbitration_exchange_is_what_healer_sends() -> None:
 
 def test_mqtt_yaml_snippets_validate() -> None:
     blocks = yaml_blocks("mqtt.md")
-    assert len(blocks) == 4
-    health, mqtt, shared, clusters = blocks
+    assert len(blocks) == 5
+    named, health, mqtt, shared, clusters = blocks
+    assert parse_config({**named, "clusters": [CLUSTER]}).mqtt.conditions == ("NodeDiskFailing",)  # type: ignore[union-attr]
     parse_config({"mqtt": mqtt["mqtt"], "clusters": [{**CLUSTER, **health}]})
     parse_config({"mqtt": shared["mqtt"], "clusters": [CLUSTER]})
     reboots = (
@@ -171,7 +183,9 @@ async def test_alertmanager_example_payload_and_answer() -> None:
         pass
 
     server = WebhookServer(
-        config=WebhookConfig.model_validate({"allowUnauthenticated": True}),
+        config=WebhookConfig.model_validate(
+            {"allowUnauthenticated": True, "conditions": config.conditions}
+        ),
         known_clusters=["prod"],
         clock=RealClock(),
         emit=emit,
@@ -188,6 +202,7 @@ def test_generic_example() -> None:
         known_clusters={"prod"},
         now=NOW,
         max_body=4096,
+        conditions=frozenset(webhook_config().conditions.values()),
     )
     assert isinstance(parsed, Parsed)
     assert parsed.events[0].detail == {
@@ -209,7 +224,9 @@ async def test_curl_examples_run(tmp_path: Path) -> None:
         events.append(event)
 
     def server_for(**auth: Any) -> WebhookServer:
-        config = WebhookConfig.model_validate({"listen": "127.0.0.1:0", **auth})
+        config = WebhookConfig.model_validate(
+            {"listen": "127.0.0.1:0", "conditions": webhook_config().conditions, **auth}
+        )
         return WebhookServer(config=config, known_clusters=["prod"], clock=RealClock(), emit=emit)
 
     for name, auth in (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from healer.planner import guards
 from healer.planner.guards import ClusterSnapshot, NodeStatus, breaker_trip_reason, check
 
 H, P, U = Health.HEALTHY, Health.PENDING, Health.UNHEALTHY
+S = Health.STARTING
 CP = Role.CONTROL_PLANE
 
 
@@ -77,6 +78,10 @@ def run(case: Case) -> guards.Refusal | None:
     return check(candidate, snapshot, case.cfg)
 
 
+BAD_UPGRADE_WHY = (
+    "TooManyRebootFailures: 2 nodes did not come back from a planned reboot in the last 3600s "
+    "(limit 2)"
+)
 CP_3 = cluster_cfg(pool("cp", 3, role="control-plane"), pool("workers", 5))
 CP_5 = cluster_cfg(pool("cp", 5, role="control-plane"), pool("workers", 5))
 CP_1 = cluster_cfg(pool("cp", 1, role="control-plane"), pool("workers", 5))
@@ -90,8 +95,8 @@ CASES = [
         workers(U, P, P, H, H),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
         "pool:lab/workers",
-        "3 of 5 nodes in pool lab/workers are unhealthy or being remediated "
-        "(limit 40% = 2); not remediating lab/workers-1",
+        "3 of 5 nodes in pool lab/workers are out of service "
+        "(1 unhealthy, 2 pending; limit 40% = 2); not remediating lab/workers-1",
     ),
     Case("40% of 5 = 2: two allowed", WORKERS_5, workers(U, U, H, H, H), None),
     Case(
@@ -99,8 +104,8 @@ CASES = [
         cluster_cfg(pool("workers", 3)),
         workers(U, P, H),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
-        message="2 of 3 nodes in pool lab/workers are unhealthy or being remediated "
-        "(limit 40% = 1); not remediating lab/workers-1",
+        message="2 of 3 nodes in pool lab/workers are out of service "
+        "(1 unhealthy, 1 pending; limit 40% = 1); not remediating lab/workers-1",
     ),
     Case("40% of 3 = 1: one allowed", cluster_cfg(pool("workers", 3)), workers(U, H, H), None),
     Case(
@@ -108,8 +113,8 @@ CASES = [
         cluster_cfg(pool("workers", 10, maxUnhealthy=1)),
         workers(U, U, *[H] * 8),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
-        message="2 of 10 nodes in pool lab/workers are unhealthy or being remediated "
-        "(limit 1); not remediating lab/workers-1",
+        message="2 of 10 nodes in pool lab/workers are out of service "
+        "(2 unhealthy; limit 1); not remediating lab/workers-1",
     ),
     Case(
         "count limit 1: one allowed",
@@ -128,16 +133,17 @@ CASES = [
         cluster_cfg(pool("workers", 4), remediation={"maxUnhealthy": "25%"}),
         workers(U, U, H, H),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
-        message="2 of 4 nodes in pool lab/workers are unhealthy or being remediated "
-        "(limit 25% = 1); not remediating lab/workers-1",
+        message="2 of 4 nodes in pool lab/workers are out of service "
+        "(2 unhealthy; limit 25% = 1); not remediating lab/workers-1",
     ),
     Case(
         "a node being remediated counts as unhealthy",
         WORKERS_5,
         (*workers(U, P, H, H), ns("workers-5", remediating=True)),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
-        message="3 of 5 nodes in pool lab/workers are unhealthy or being remediated "
-        "(limit 40% = 2); not remediating lab/workers-1",
+        message="3 of 5 nodes in pool lab/workers are out of service "
+        "(1 being remediated, 1 unhealthy, 1 pending; limit 40% = 2); "
+        "not remediating lab/workers-1",
     ),
     Case(
         "a deleted node being remediated still counts as unhealthy",
@@ -151,11 +157,16 @@ CASES = [
         workers(H, P, U, H, H),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
     ),
+    Case("starting nodes do not count", WORKERS_5, workers(U, Health.STARTING, S, S, H), None),
+    # Rebooting nodes count (issue 8: repairs see reboots); this case was "starting and rebooting
+    # nodes do not count" and allowed the repair.
     Case(
-        "starting and rebooting nodes do not count",
-        WORKERS_5,
-        workers(U, Health.STARTING, Health.REBOOTING, H, H),
-        None,
+        "rebooting nodes count",
+        cluster_cfg(pool("workers", 3)),
+        workers(U, Health.REBOOTING, H),
+        guards.TOO_MANY_UNHEALTHY_IN_POOL,
+        message="2 of 3 nodes in pool lab/workers are out of service "
+        "(1 unhealthy, 1 rebooting; limit 40% = 1); not remediating lab/workers-1",
     ),
     Case(
         "pool that lost nodes keeps its configured size",
@@ -174,8 +185,8 @@ CASES = [
         cluster_cfg(pool("workers", 3)),
         workers(U, P, H, Health.GONE, Health.GONE),  # 2 of 3 (limit 1), not 2 of 5
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
-        message="2 of 3 nodes in pool lab/workers are unhealthy or being remediated "
-        "(limit 40% = 1); not remediating lab/workers-1",
+        message="2 of 3 nodes in pool lab/workers are out of service "
+        "(1 unhealthy, 1 pending; limit 40% = 1); not remediating lab/workers-1",
     ),
     Case(
         "unhealthy nodes in another pool do not count for this pool",
@@ -189,8 +200,8 @@ CASES = [
         (ns("stray-1", U, pool=None), ns("stray-2", P, pool=None), *workers(H, H, H)),
         guards.TOO_MANY_UNHEALTHY_IN_POOL,
         "pool:lab/(none)",
-        "2 of 2 nodes in pool lab/(none) are unhealthy or being remediated "
-        "(limit 40% = 0); not remediating lab/stray-1",
+        "2 of 2 nodes in pool lab/(none) are out of service "
+        "(1 unhealthy, 1 pending; limit 40% = 0); not remediating lab/stray-1",
         candidate="stray-1",
     ),
     # --- maxUnhealthy in the cluster ---
@@ -204,7 +215,7 @@ CASES = [
         (*workers(U, U, H, H, H), *workers(U, H, H, pool="infra")),
         guards.TOO_MANY_UNHEALTHY_IN_CLUSTER,
         "cluster:lab",
-        "3 of 8 nodes in cluster lab are unhealthy or being remediated (limit 2); "
+        "3 of 8 nodes in cluster lab are out of service (3 unhealthy; limit 2); "
         "not remediating lab/workers-1",
     ),
     Case(
@@ -215,8 +226,8 @@ CASES = [
         ),
         (*workers(U, U, U, H, H), *workers(U, U, pool="infra")),  # 5 of 10, limit 4
         guards.TOO_MANY_UNHEALTHY_IN_CLUSTER,
-        message="5 of 10 nodes in cluster lab are unhealthy or being remediated "
-        "(limit 40% = 4); not remediating lab/workers-1",
+        message="5 of 10 nodes in cluster lab are out of service "
+        "(5 unhealthy; limit 40% = 4); not remediating lab/workers-1",
     ),
     Case(
         "cluster limit not reached",
@@ -487,6 +498,45 @@ CASES = [
             "paused_pools": frozenset({"workers"}),
         },
     ),
+    # --- the bad-upgrade breaker: only the nodes that failed their reboot ---
+    Case(
+        "bad-upgrade breaker refuses a reboot failure",
+        WORKERS_5,
+        (replace(ns("workers-1", U), reason="RebootTimeout"), *workers(U, H, H, H, H)[1:]),
+        guards.BAD_UPGRADE_BREAKER_OPEN,
+        "cluster:lab",
+        "the bad-upgrade breaker of cluster lab is open (TooManyRebootFailures: 2 nodes did not "
+        "come back from a planned reboot in the last 3600s (limit 2)); not replacing "
+        "lab/workers-1, which did not come back from its reboot either, until it is reset",
+        snapshot={"bad_upgrade_breaker": BAD_UPGRADE_WHY},
+    ),
+    Case(
+        "bad-upgrade breaker lets other failures through",
+        WORKERS_5,
+        (replace(ns("workers-1", U), reason="ReadyUnknownTimeout"), *workers(U, H, H, H, H)[1:]),
+        None,
+        snapshot={"bad_upgrade_breaker": BAD_UPGRADE_WHY},
+    ),
+    Case(
+        "a closed bad-upgrade breaker lets a reboot failure through",
+        WORKERS_5,
+        (replace(ns("workers-1", U), reason="RebootTimeout"), *workers(U, H, H, H, H)[1:]),
+        None,
+    ),
+    Case(
+        "bad-upgrade breaker reported before a pause",
+        WORKERS_5,
+        (replace(ns("workers-1", U), reason="RebootTimeout"), *workers(U, H, H, H, H)[1:]),
+        guards.BAD_UPGRADE_BREAKER_OPEN,
+        snapshot={"bad_upgrade_breaker": BAD_UPGRADE_WHY, "global_paused": True},
+    ),
+    Case(
+        "the remediation breaker wins over the bad-upgrade breaker",
+        WORKERS_5,
+        (replace(ns("workers-1", U), reason="RebootTimeout"), *workers(U, H, H, H, H)[1:]),
+        guards.BREAKER_OPEN,
+        snapshot={"bad_upgrade_breaker": BAD_UPGRADE_WHY, "breaker_open": True},
+    ),
     Case(
         "global pause reported before cluster and pool pauses",
         WORKERS_5,
@@ -603,6 +653,7 @@ def test_candidate_missing_from_the_snapshot_is_counted() -> None:
 def test_guard_order_is_the_documented_one() -> None:
     documented = [
         guards.breaker_open,
+        guards.bad_upgrade_breaker_open,
         guards.paused,
         guards.blocked_by_alert,
         guards.excluded,
@@ -611,6 +662,7 @@ def test_guard_order_is_the_documented_one() -> None:
         guards.control_plane_in_flight,
         guards.would_break_quorum,
         guards.too_many_unhealthy_in_pool,
+        guards.too_many_unhealthy_in_zone,
         guards.too_many_unhealthy_in_cluster,
         guards.storm_cooldown,
         guards.max_in_flight,
@@ -622,6 +674,7 @@ def test_guard_order_is_the_documented_one() -> None:
 def test_every_reason_is_documented() -> None:
     reasons = [
         guards.BREAKER_OPEN,
+        guards.BAD_UPGRADE_BREAKER_OPEN,
         guards.PAUSED,
         guards.BLOCKED_BY_ALERT,
         guards.EXCLUDED,
@@ -726,5 +779,34 @@ def test_breaker_trip_reason(
         breaker_trip_reason(
             failures_in_window=failures, new_unhealthy_in_window=new_unhealthy, policy=policy
         )
+        == expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("failures", "policy", "expected"),
+    [
+        (0, DEFAULT_BREAKER, None),
+        (1, DEFAULT_BREAKER, None),
+        (
+            2,
+            DEFAULT_BREAKER,
+            "TooManyRebootFailures: 2 nodes did not come back from a planned reboot in the "
+            "last 3600s (limit 2)",
+        ),
+        (
+            1,
+            BreakerPolicy(max_reboot_failures=1, reboot_failure_window="10m"),
+            "TooManyRebootFailures: 1 node did not come back from a planned reboot in the "
+            "last 600s (limit 1)",
+        ),
+        (2, BreakerPolicy(max_reboot_failures=3), None),
+    ],
+)
+def test_reboot_failure_trip_reason(
+    failures: int, policy: BreakerPolicy, expected: str | None
+) -> None:
+    assert (
+        guards.reboot_failure_trip_reason(reboot_failures_in_window=failures, policy=policy)
         == expected
     )

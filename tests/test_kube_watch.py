@@ -17,6 +17,7 @@ from healer.model import EventKind, NodeEvent
 from healer.sources.kube_watch import (
     KubeWatchSource,
     lease_events,
+    list_batch,
     node_deleted_event,
     node_events,
 )
@@ -56,11 +57,8 @@ NODE_CASES: list[tuple[str, NodeInfo, NodeInfo | None, list[tuple[Any, ...]]]] =
         "first sight reports everything",
         node(conditions={"Ready": ("True", 100.0), "DiskPressure": ("False", 90.0)}),
         None,
-        [
-            (*ADDED, {"pool": "a"}, NOW, {"created_at": 50.0}),
-            ("condition", "Ready", "True", 100.0, None, NOW, {}),
-            ("condition", "DiskPressure", "False", 90.0, None, NOW, {}),
-        ],
+        # One event: the conditions ride on NODE_ADDED (see test_first_sight_carries_...).
+        [(*ADDED, {"pool": "a"}, NOW, {"created_at": 50.0})],
     ),
     (
         "nothing changed but the resourceVersion (a heartbeat)",
@@ -146,6 +144,40 @@ def test_lease_events(
     assert brief(events) == expected
 
 
+@pytest.mark.parametrize(
+    ("conditions", "expected"),
+    [
+        (
+            {"Ready": ("True", 100.0), "DiskPressure": ("False", 90.0)},
+            {"Ready": ("True", 100.0), "DiskPressure": ("False", 90.0)},
+        ),
+        # A transition seen as it happens is dated by our observation (never early).
+        ({"Ready": ("False", NOW - 1.0)}, {"Ready": ("False", NOW)}),
+        ({}, {}),
+    ],
+    ids=["old transitions kept", "fresh transition at now", "no conditions"],
+)
+def test_first_sight_carries_the_conditions(
+    conditions: dict[str, tuple[str, float]], expected: dict[str, tuple[str, float]]
+) -> None:
+    """A node never exists for healer without its conditions: one NODE_ADDED holds them."""
+    [added] = node_events(cluster="c1", current=node(conditions=conditions), previous=None, now=NOW)
+    assert added.kind is EventKind.NODE_ADDED
+    assert added.conditions == expected
+
+
+def test_list_batch_is_framed_by_the_markers() -> None:
+    inner = node_events(cluster="c1", current=node(), previous=None, now=NOW)
+    batch = list_batch(cluster="c1", events=inner, nodes=1, first=True, now=NOW)
+    assert [e.kind for e in batch] == [
+        EventKind.LIST_STARTED,
+        EventKind.NODE_ADDED,
+        EventKind.SYNCED,
+    ]
+    assert batch[0].node == batch[-1].node == ""
+    assert batch[-1].detail == {"nodes": 1, "first": True}
+
+
 def test_node_deleted_event() -> None:
     event = node_deleted_event(cluster="c1", node="n1", now=NOW)
     assert (event.kind, event.at, event.source) == (EventKind.NODE_DELETED, NOW, "kube")
@@ -206,13 +238,17 @@ async def test_snapshot_then_changes(
     async def emit(event: NodeEvent) -> None:
         h_events.append(event)
 
-    source = KubeWatchSource(cluster="c1", client=kube, clock=VirtualClock(), emit=emit)
+    # Seen 10 s after the renewal: a remote time is kept as it is (a future one would be
+    # clamped to now, healer/clock.py).
+    clock = VirtualClock(1_700_000_010.0)
+    source = KubeWatchSource(cluster="c1", client=kube, clock=clock, emit=emit)
     task = asyncio.create_task(source.run())
     try:
-        await eventually(lambda: len(h_events) >= 6)
-        kinds = [(str(e.kind), e.condition) for e in h_events]
-        assert kinds[0] == ("node_added", None)
-        assert ("condition", "Ready") in kinds
+        await eventually(lambda: any(e.kind is EventKind.SYNCED for e in h_events))
+        kinds = [str(e.kind) for e in h_events]
+        # The list is one batch: markers around it, each node whole in one NODE_ADDED.
+        assert kinds == ["list_started", "node_added", "heartbeat", "synced"]
+        assert h_events[1].conditions is not None and "Ready" in h_events[1].conditions
         (beat,) = [e for e in h_events if e.kind is EventKind.HEARTBEAT]
         assert beat.at == 1_700_000_000.5 and beat.node == "n1"
         h_events.clear()
@@ -240,10 +276,6 @@ async def test_snapshot_then_changes(
             ("condition", "n1", "Ready", "False"),
             ("heartbeat", "n1", None, None),
             ("node_added", "n2", None, None),
-            ("condition", "n2", "MemoryPressure", "False"),
-            ("condition", "n2", "DiskPressure", "False"),
-            ("condition", "n2", "PIDPressure", "False"),
-            ("condition", "n2", "Ready", "True"),
             ("node_deleted", "n1", None, None),
         ]
         labels = next(e for e in h_events if e.kind is EventKind.LABELS).labels
@@ -278,6 +310,10 @@ async def test_410_gone_relists(
     assert len(harness.of(EventKind.NODE_ADDED, "n2")) == 2
     assert harness.availability == []
     assert harness.source.available
+    # Each list is framed by the markers; only the first says so.
+    await eventually(lambda: len(harness.of(EventKind.SYNCED)) == 2)
+    assert [e.detail["first"] for e in harness.of(EventKind.SYNCED)] == [True, False]
+    assert len(harness.of(EventKind.LIST_STARTED)) == 2
 
 
 async def test_unavailable_backs_off_and_reports(
@@ -331,9 +367,12 @@ async def test_harness_sees_initial_snapshot(
     # Nodes that appear after start arrive through the watch as full snapshots too.
     await eventually(lambda: fake_api.request_count("WATCH", "nodes") == 1)
     fake_api.add_node("late", {"x": "y"})
-    await eventually(lambda: len(harness.of(EventKind.CONDITION, "late")) == 4)
+    await eventually(lambda: len(harness.of(EventKind.NODE_ADDED, "late")) == 1)
     (added,) = harness.of(EventKind.NODE_ADDED, "late")
     assert added.labels == {"x": "y"} and added.detail["created_at"] > 0
+    assert added.conditions is not None and len(added.conditions) == 4
+    assert added.conditions["Ready"][0] == "True"
+    assert harness.of(EventKind.CONDITION, "late") == []
 
 
 async def test_relist_ends_the_life_of_a_node_recreated_under_the_same_name(
@@ -349,7 +388,8 @@ async def test_relist_ends_the_life_of_a_node_recreated_under_the_same_name(
         events.append(event)
 
     fake.add_node("n1")
-    source = KubeWatchSource(cluster="c1", client=kube_virtual, clock=VirtualClock(), emit=emit)
+    # The source reads the world's clock: a creation time after its own now would be clamped.
+    source = KubeWatchSource(cluster="c1", client=kube_virtual, clock=virtual_clock, emit=emit)
     task = asyncio.create_task(source.run())
     try:
         await eventually(lambda: fake.request_count("WATCH", "nodes") == 1)
@@ -361,7 +401,7 @@ async def test_relist_ends_the_life_of_a_node_recreated_under_the_same_name(
         fake.compact()
         await eventually(lambda: fake.request_count("LIST", "nodes") == 2)
         await eventually(lambda: len([e for e in events if e.kind is EventKind.NODE_ADDED]) == 2)
-        lives = [(str(e.kind), e.detail.get("created_at")) for e in events if e.condition is None]
+        lives = [(str(e.kind), e.detail.get("created_at")) for e in events if e.node == "n1"]
         start = virtual_clock.now() - 5
         assert lives == [
             ("node_added", start),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from healer.health.provenance import Ownership
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import (
     MAX_FUTURE_SKEW,
@@ -29,6 +30,9 @@ NOW = 1_700_000_000.0
 PREFIX = "healer/v1"
 MAX = 16384
 T = "healer/v1/prod/node-1"  # + "/<channel>"
+# As with `mqtt.conditions: [NodeDiskFailing]`: the agents' own condition besides the built-in
+# ones. Kubernetes conditions (Ready, DiskPressure, ...) are never MQTT's (test_provenance.py).
+OWNERS = Ownership.of(mqtt_conditions=["NodeDiskFailing"])
 
 
 def parse(
@@ -44,7 +48,13 @@ def parse(
     if isinstance(payload, str):
         payload = payload.encode()
     return parse_message(
-        topic, payload, prefix=prefix, now=NOW, max_payload=max_payload, known_clusters=known
+        topic,
+        payload,
+        prefix=prefix,
+        now=NOW,
+        max_payload=max_payload,
+        known_clusters=known,
+        owners=OWNERS,
     )
 
 
@@ -57,6 +67,10 @@ def v1(**fields: Any) -> dict[str, Any]:
 
 def ready(status: Any = "True", **fields: Any) -> dict[str, Any]:
     return v1(condition="Ready", status=status, **fields)
+
+
+def disk(status: Any = "True", **fields: Any) -> dict[str, Any]:
+    return v1(condition="NodeDiskFailing", status=status, **fields)
 
 
 K = EventKind
@@ -74,22 +88,22 @@ ACCEPTED = [
     ),
     pytest.param(
         "health",
-        ready("False", reason="KubeletDown", message="no"),
+        disk("True", reason="SmartError", message="no"),
         {
             "kind": K.CONDITION,
-            "condition": "Ready",
-            "status": "False",
-            "detail": {"reason": "KubeletDown", "message": "no"},
+            "condition": "NodeDiskFailing",
+            "status": "True",
+            "detail": {"reason": "SmartError", "message": "no"},
         },
         id="health",
     ),
     pytest.param(
         "health",
-        v1(condition="DiskPressure", status="Unknown"),
-        {"condition": "DiskPressure", "status": "Unknown", "detail": {}},
+        v1(condition="RebootRequired", status="Unknown"),
+        {"condition": "RebootRequired", "status": "Unknown", "detail": {}},
         id="health-minimal",
     ),
-    pytest.param("health", ready("True"), {"status": "True"}, id="health-true"),
+    pytest.param("health", disk("False"), {"status": "False"}, id="health-false"),
     pytest.param(
         "reboot",
         v1(event="required", reason="KernelUpdate"),
@@ -207,6 +221,15 @@ REJECTED = [
     pytest.param(HEALTH, v1(condition="Disk Full", status="True"), "bad_schema", id="cond-space"),
     pytest.param(HEALTH, v1(condition="A" * 64, status="True"), "bad_schema", id="cond-long"),
     pytest.param(HEALTH, ready(reason=3), "bad_schema", id="reason-number"),
+    # Well formed, but MQTT does not own the condition (healer.health.provenance).
+    pytest.param(HEALTH, ready("False"), "condition_not_owned", id="forged-ready-false"),
+    pytest.param(HEALTH, ready("True"), "condition_not_owned", id="forged-ready-true"),
+    pytest.param(
+        HEALTH, v1(condition="DiskPressure", status="True"), "condition_not_owned", id="kube-cond"
+    ),
+    pytest.param(
+        HEALTH, v1(condition="GpuFailed", status="True"), "condition_not_owned", id="unnamed"
+    ),
     pytest.param(HEALTH, ready(reason="r" * (MAX_REASON_LEN + 1)), "bad_schema", id="reason-long"),
     pytest.param(HEALTH, ready(message="m" * (MAX_MESSAGE_LEN + 1)), "bad_schema", id="msg-long"),
     pytest.param(REBOOT, v1(), "bad_schema", id="reboot-no-event"),

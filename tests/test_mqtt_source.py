@@ -128,7 +128,14 @@ def heartbeat(node: str, cluster: str = "prod") -> tuple[str, bytes]:
 
 @pytest.mark.mosquitto
 async def test_events_flow_and_bad_messages_are_rejected(mosquitto: MosquittoBroker) -> None:
-    reasons = ["bad_json", "unknown_cluster", "unknown_channel", "unknown_node", "too_large"]
+    reasons = [
+        "bad_json",
+        "unknown_cluster",
+        "unknown_channel",
+        "unknown_node",
+        "too_large",
+        "condition_not_owned",
+    ]
     before = {r: rejected(r) for r in reasons}
     secret_junk = b"not json: do-not-log-this-payload"
     harness = Harness(
@@ -148,9 +155,15 @@ async def test_events_flow_and_bad_messages_are_rejected(mosquitto: MosquittoBro
                         f"{PREFIX}/prod/node-1/heartbeat",
                         b'{"v": 1, "pad": "' + b"x" * 20000 + b'"}',
                     ),
+                    # Only the Kubernetes API may set Ready (healer.health.provenance).
                     (
                         f"{PREFIX}/prod/node-2/health",
-                        b'{"v": 1, "condition": "Ready", "status": "False", "reason": "Kubelet"}',
+                        b'{"v": 1, "condition": "Ready", "status": "False", "reason": "Forged"}',
+                    ),
+                    (
+                        f"{PREFIX}/prod/node-2/health",
+                        b'{"v": 1, "condition": "RebootRequired", "status": "False", '
+                        b'"reason": "Kubelet"}',
                     ),
                 ],
             )
@@ -160,7 +173,7 @@ async def test_events_flow_and_bad_messages_are_rejected(mosquitto: MosquittoBro
         ("node-1", EventKind.HEARTBEAT),
         ("node-2", EventKind.CONDITION),
     ]
-    assert (events[1].condition, events[1].status) == ("Ready", "False")
+    assert (events[1].condition, events[1].status) == ("RebootRequired", "False")
     assert events[1].detail == {"reason": "Kubelet"}
     assert {r: rejected(r) - before[r] for r in reasons} == dict.fromkeys(reasons, 1.0)
     rejections = [entry for entry in logs if entry["event"] == "mqtt.rejected"]
@@ -169,6 +182,13 @@ async def test_events_flow_and_bad_messages_are_rejected(mosquitto: MosquittoBro
         assert entry["topic"].startswith(PREFIX) and entry["log_level"] == "warning"
         assert "payload" not in entry
     assert "do-not-log-this-payload" not in repr(logs)
+    [forged] = [e for e in rejections if e["reason"] == "condition_not_owned"]
+    assert (forged["cluster"], forged["node"], forged["condition"], forged["source"]) == (
+        "prod",
+        "node-2",
+        "Ready",
+        "mqtt",
+    )
 
 
 @pytest.mark.mosquitto

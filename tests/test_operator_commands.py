@@ -202,15 +202,18 @@ async def test_remediate_through_the_guards_force_and_breaker_reset(lab: Lab) ->
 
     rc, out = await lab.healer("breaker", "show")
     assert rc == 0 and "lab: OPEN since" in out and "TooManyFailures" in out
-    rc, out = await lab.healer("remediate", first, "--cluster", "lab")
+    # A healthy node: without a terminal the CLI needs --yes (tests/test_manual_remediation.py).
+    rc, out = await lab.healer("remediate", first, "--cluster", "lab", "--yes")
     assert rc == 1, out
     assert "through the guards" in out and "refused (BreakerOpen)" in out
     rc, out = await lab.healer("status")
     assert "breaker: lab OPEN" in out
 
-    rc, out = await lab.healer("remediate", first, "--force")  # one cluster: --cluster optional
+    # One cluster: --cluster optional. The CLI waits until the drain is done.
+    rc, out = await lab.healer("remediate", first, "--force", "--yes")
     assert rc == 0, out
     assert "remediation started (forced past the guards): workflow" in out
+    assert f"drained: {first} is drained; its replacement goes on" in out
     await wait_for(lambda: lab.workflow_state(first) == "succeeded", timeout=40)
     [forced] = lab.store.workflows(node=first)
     assert forced.forced and forced.reason == "Manual"  # it was healthy: replaced on request
@@ -221,10 +224,11 @@ async def test_remediate_through_the_guards_force_and_breaker_reset(lab: Lab) ->
     assert out.strip() == "no breaker was open"
 
     # With the breaker closed, the same guards let a manual remediation through.
-    rc, out = await lab.healer("remediate", second, "--cluster", "lab", "--json")
+    rc, out = await lab.healer("remediate", second, "--cluster", "lab", "--json", "--yes")
     assert rc == 0, out
     answer = json.loads(out)
     assert answer["result"] == "started" and answer["forced"] is False
+    assert answer["outcome"]["result"] in ("drained", "succeeded")
     await wait_for(lambda: lab.workflow_state(second) == "succeeded", timeout=40)
 
     rc, out = await lab.healer("remediate", "no-such-node", "--cluster", "lab")
@@ -262,7 +266,9 @@ class FakePlanner:
     def frozen_reason(self, cluster: str) -> str | None:
         return self.frozen
 
-    async def remediate_now(self, cluster: str, node: str, *, force: bool) -> Any:
+    async def remediate_now(
+        self, cluster: str, node: str, *, force: bool, confirmed: bool = False
+    ) -> Any:
         self.calls.append((cluster, node, force))
         return Refusal("MaxInFlight", f"{node}: 1 remediation already running", "pool:lab/w")
 

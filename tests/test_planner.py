@@ -30,8 +30,15 @@ class Rig:
         async def on_change(obs, verdict, previous):  # type: ignore[no-untyped-def]
             await box[0].on_health_change(obs, verdict, previous)
 
+        async def on_synced(cluster: str) -> None:  # as the daemon wires it
+            await box[0].consider(cluster)
+
         self.tracker = HealthTracker(
-            config=self.config, store=self.store, clock=self.clock, on_change=on_change
+            config=self.config,
+            store=self.store,
+            clock=self.clock,
+            on_change=on_change,
+            on_synced=on_synced,
         )
 
         async def start(wf: WorkflowRecord) -> None:
@@ -50,10 +57,13 @@ class Rig:
 
     async def event(self, node: str, kind: EventKind, **kw: Any) -> None:
         await self.tracker.handle(
-            NodeEvent(cluster="lab", node=node, kind=kind, at=self.clock.now(), source="test", **kw)
+            NodeEvent(cluster="lab", node=node, kind=kind, at=self.clock.now(), source="kube", **kw)
         )
 
     async def cluster(self, labels: dict[str, dict[str, str]] | None = None) -> None:
+        """The cluster as the Kubernetes source lists it: one batch between the list markers
+        (the planner decides nothing before the SYNCED marker)."""
+        await self.event("", EventKind.LIST_STARTED)
         for node in WORKERS + CPS:
             node_labels = {LABEL_POOL: "workers" if node.startswith("w") else "control-plane"}
             if node.startswith("cp"):
@@ -61,6 +71,7 @@ class Rig:
             node_labels.update((labels or {}).get(node, {}))
             await self.event(node, EventKind.NODE_ADDED, labels=node_labels)
             await self.event(node, EventKind.CONDITION, condition="Ready", status="True")
+        await self.event("", EventKind.SYNCED)
 
     async def fail(self, *nodes: str, status: str = "Unknown") -> None:
         for node in nodes:

@@ -19,7 +19,15 @@ import pytest
 from healer.errors import PermanentError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
 from providers import load_provider
-from providers.base import Machine, MachineRequest, MachineState, Provider
+from providers.base import (
+    CapacityCheck,
+    Machine,
+    MachineRequest,
+    MachineState,
+    Provider,
+    can_check_capacity,
+    can_power_off,
+)
 from providers.lab import LabNodeDriver
 from providers.lab.driver import DB_FILENAME
 from tests.moto_ec2 import Ec2Emulator, ec2_provider
@@ -281,3 +289,81 @@ async def test_calls_after_close_are_refused(backend: Backend) -> None:
 
     with pytest.raises(PermanentError, match="after close"):
         await backend.provider.get_machine("worker-1")
+
+
+# -- optional capabilities: PowerControl (fencing) and CapacityPreflight (surge) -------------
+# A backend without a capability is skipped, and the workflow uses its fallback (fence by
+# destroy; surge falls back to replace): test_workflow_order covers that side.
+
+
+def _needs(backend: Backend, capability: str) -> None:
+    have = can_power_off if capability == "power" else can_check_capacity
+    if not have(backend.provider):
+        pytest.skip(f"{backend.provider.name} does not offer this optional capability")
+
+
+async def test_power_off_stops_the_machine_and_is_idempotent(backend: Backend) -> None:
+    _needs(backend, "power")
+    made = await backend.provider.create_machine(_request(backend, "worker-1"))
+    bystander = await backend.provider.create_machine(_request(backend, "worker-2"))
+
+    assert await backend.provider.power_off_machine(made) is True  # type: ignore[attr-defined]
+    off = await backend.provider.get_machine("worker-1")
+    assert off is not None and off.id == made.id and off.state is MachineState.STOPPED
+    assert await backend.provider.power_off_machine(made) is False  # type: ignore[attr-defined]
+    other = await backend.provider.get_machine("worker-2")
+    assert other is not None and other.id == bystander.id and other.state is MachineState.RUNNING
+    # Fenced, then destroyed: one destroy, of a stopped machine.
+    assert await backend.provider.destroy_machine(made) is True
+    assert await backend.provider.power_off_machine(made) is False  # type: ignore[attr-defined]
+    assert backend.destroy_calls() == 1
+
+
+async def test_power_off_refuses_a_machine_that_no_longer_matches(backend: Backend) -> None:
+    _needs(backend, "power")
+    made = await backend.provider.create_machine(_request(backend, "worker-1"))
+    for stale, match in (
+        (dataclasses.replace(made, tags={**made.tags, TAG_POOL: "other"}), TAG_POOL),
+        (dataclasses.replace(made, name="worker-9"), "no longer matches"),
+        (dataclasses.replace(made, tags={**made.tags, TAG_CLUSTER: "elsewhere"}), TAG_CLUSTER),
+    ):
+        with pytest.raises(PermanentError, match=match):
+            await backend.provider.power_off_machine(stale)  # type: ignore[attr-defined]
+    still = await backend.provider.get_machine("worker-1")
+    assert still is not None and still.state is MachineState.RUNNING
+
+
+async def test_capacity_preflight_answers_with_a_capacity_check(backend: Backend) -> None:
+    _needs(backend, "capacity")
+    check = await backend.provider.check_capacity(_request(backend, "worker-1"), 1)  # type: ignore[attr-defined]
+    assert isinstance(check, CapacityCheck)
+    assert check.ok is True and check.message
+    assert await backend.provider.list_machines({TAG_CLUSTER: CLUSTER}) == []  # nothing made
+
+
+async def test_lab_capacity_preflight_follows_the_quota(tmp_path: Path) -> None:
+    provider = load_provider("lab", cluster=CLUSTER, options={}, credentials={}, state_dir=tmp_path)
+    try:
+        driver = LabNodeDriver(key=tmp_path / DB_FILENAME)
+        request = MachineRequest(
+            name="worker-1",
+            size="small",
+            image="debian-12",
+            tags={TAG_CLUSTER: CLUSTER, TAG_MANAGED: "true", TAG_POOL: "workers"},
+        )
+        await provider.create_machine(request)
+        driver.ex_set_quota(2)
+        assert (await provider.check_capacity(request, 1)).ok is True  # type: ignore[attr-defined]
+        full = await provider.check_capacity(request, 2)  # type: ignore[attr-defined]
+        assert (full.ok, full.reason, full.available) == (False, "QuotaExceeded", 1)
+        await provider.create_machine(dataclasses.replace(request, name="worker-2"))
+        with pytest.raises(PermanentError, match="QuotaExceeded"):
+            await provider.create_machine(dataclasses.replace(request, name="worker-3"))
+        # A stopped machine still holds its quota; a destroyed one frees it.
+        [first] = [m for m in await provider.list_machines({}) if m.name == "worker-1"]
+        await provider.power_off_machine(first)  # type: ignore[attr-defined]
+        assert (await provider.check_capacity(request, 1)).ok is False  # type: ignore[attr-defined]
+        await provider.destroy_machine(first)
+        assert (await provider.check_capacity(request, 1)).ok is True  # type: ignore[attr-defined]
+    finally:
+        await provider.close()

@@ -211,15 +211,66 @@ def test_the_sshd_check_does_reject_a_bad_config(tmp_path: Path) -> None:
     assert sshd(["-t", "-f", str(bad)], tmp_path).returncode != 0
 
 
-def test_unattended_upgrades_reboot_themselves_without_an_agent(tmp_path: Path) -> None:
+def test_without_an_agent_machines_do_not_reboot_on_their_own(tmp_path: Path) -> None:
+    # Issue 8: this was "unattended upgrades reboot themselves without an agent": every machine,
+    # control planes included, rebooted itself at 02:00 by default, unarbitrated.
     doc = parse(UserDataBuilder(tmp_path, discover_agent=False)(cluster(), "workers", "w"))
     written = files(doc)
     assert "unattended-upgrades" in doc["packages"]
     periodic = written["/etc/apt/apt.conf.d/20auto-upgrades"][0].decode()
     assert 'APT::Periodic::Unattended-Upgrade "1";' in periodic
     conf = written["/etc/apt/apt.conf.d/52healer-unattended-upgrades"][0].decode()
-    assert 'Unattended-Upgrade::Automatic-Reboot "true";' in conf
+    assert 'Unattended-Upgrade::Automatic-Reboot "false";' in conf
+    assert "Automatic-Reboot-Time" not in conf
     assert '"kubelet"; "kubeadm"; "kubectl";' in conf
+
+
+def test_an_explicit_opt_in_lets_unattended_upgrades_reboot_without_an_agent(
+    tmp_path: Path,
+) -> None:
+    c = cluster(upgrades={"automaticReboot": True})
+    conf = files(parse(UserDataBuilder(tmp_path, discover_agent=False)(c, "workers", "w")))[
+        "/etc/apt/apt.conf.d/52healer-unattended-upgrades"
+    ][0].decode()
+    assert 'Unattended-Upgrade::Automatic-Reboot "true";' in conf
+    assert 'Unattended-Upgrade::Automatic-Reboot-Time "02:00";' in conf
+
+
+@pytest.mark.parametrize(
+    ("setting", "agent", "self_reboot", "agent_reboots"),
+    [
+        (None, False, False, False),
+        (True, False, True, False),
+        (False, False, False, False),
+        (None, True, False, True),
+        (True, True, False, True),
+        (False, True, False, False),
+    ],
+)
+def test_who_reboots_a_machine(
+    tmp_path: Path,
+    agent_cluster: ClusterConfig,
+    setting: bool | None,
+    agent: bool,
+    self_reboot: bool,
+    agent_reboots: bool,
+) -> None:
+    c = agent_cluster.model_copy(
+        update={"upgrades": agent_cluster.upgrades.model_copy(update={"automatic_reboot": setting})}
+    )
+    builder = (
+        UserDataBuilder(tmp_path, agent=fake_agent(tmp_path))
+        if agent
+        else UserDataBuilder(tmp_path, discover_agent=False)
+    )
+    written = files(parse(builder(c, "workers", "w")))
+    conf = written["/etc/apt/apt.conf.d/52healer-unattended-upgrades"][0].decode()
+    assert (f'Automatic-Reboot "{str(self_reboot).lower()}"' in conf) is True
+    if agent:
+        env = written[AGENT_ENV][0].decode()
+        assert f"HEALER_AUTO_REBOOT={str(agent_reboots).lower()}" in env
+    else:
+        assert AGENT_ENV not in written
 
 
 def test_with_the_agent_reboots_wait_for_healer(
@@ -274,14 +325,16 @@ def test_agent_files_are_discovered_from_the_package_layout(tmp_path: Path) -> N
     assert AgentFiles.discover(tmp_path / "missing.py", tmp_path / "systemd") is None
 
 
-def test_agent_configured_but_not_shipped_falls_back_to_unattended_reboots(
+def test_agent_configured_but_not_shipped_does_not_fall_back_to_unattended_reboots(
     tmp_path: Path, agent_cluster: ClusterConfig
 ) -> None:
+    # Issue 8: this fell back to unattended-upgrades rebooting the machine at 02:00.
     with structlog.testing.capture_logs() as logs:
         text = UserDataBuilder(tmp_path, discover_agent=False)(agent_cluster, "workers", "w")
     conf = files(parse(text))["/etc/apt/apt.conf.d/52healer-unattended-upgrades"][0].decode()
-    assert 'Automatic-Reboot "true"' in conf
-    assert any(e["event"] == "provisioning.agent_not_shipped" for e in logs)
+    assert 'Automatic-Reboot "false"' in conf
+    [event] = [e for e in logs if e["event"] == "provisioning.agent_not_shipped"]
+    assert "do not reboot for updates" in event["hint"]
 
 
 def test_unreadable_broker_ca_names_the_file(tmp_path: Path, agent_cluster: ClusterConfig) -> None:

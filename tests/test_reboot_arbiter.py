@@ -42,7 +42,20 @@ NIGHTS = RebootPolicy(windows=(MaintenanceWindow(start="22:00", end="04:00"),))
         (OK, ANY_TIME, reboots.GRANTED, None),
         (replace(OK, known=False), ANY_TIME, reboots.UNKNOWN_NODE, 300.0),
         (replace(OK, frozen="503"), ANY_TIME, reboots.API_UNREACHABLE, 60.0),
+        (replace(OK, synced=False), ANY_TIME, reboots.NOT_SYNCED, 30.0),
         (replace(OK, breaker="TooManyFailures"), ANY_TIME, reboots.BREAKER_OPEN, 300.0),
+        (
+            replace(OK, bad_upgrade="TooManyRebootFailures: 2 nodes"),
+            ANY_TIME,
+            reboots.BAD_UPGRADE_BREAKER_OPEN,
+            600.0,
+        ),
+        (
+            replace(OK, breaker="TooManyFailures", bad_upgrade="TooManyRebootFailures"),
+            ANY_TIME,
+            reboots.BREAKER_OPEN,
+            300.0,
+        ),
         (replace(OK, paused="global"), ANY_TIME, reboots.PAUSED, 300.0),
         (replace(OK, blocking_alerts=("KubeAPIDown",)), ANY_TIME, reboots.BLOCKED_BY_ALERT, 120.0),
         (OK, NIGHTS, reboots.OUTSIDE_WINDOW, 10 * 3600.0),  # opens at 22:00: capped at 1 h
@@ -128,6 +141,8 @@ async def arb(tmp_path: Path) -> AsyncIterator[Arb]:
     clock = VirtualClock(start=NOON)
     store = Store.open(tmp_path)
     tracker = HealthTracker(config=config, store=store, clock=clock)
+    # The first list, folded whole: the arbiter grants nothing before the SYNCED marker.
+    await tracker.handle(NodeEvent("lab", "", EventKind.LIST_STARTED, clock.now(), "kube"))
     for node, pool in (("w-1", "workers"), ("w-2", "workers"), ("c-1", "control-plane")):
         await tracker.handle(
             NodeEvent(
@@ -145,6 +160,7 @@ async def arb(tmp_path: Path) -> AsyncIterator[Arb]:
                 status="True",
             )
         )
+    await tracker.handle(NodeEvent("lab", "", EventKind.SYNCED, clock.now(), "kube"))
     answers: list[tuple[str, Permit]] = []
 
     async def publish(cluster: str, node: str, permit: Permit) -> None:
@@ -318,3 +334,14 @@ def test_control_channel_and_permit_payload() -> None:
         permit_payload(Permit("a", False, "PoolBusy", "busy", retry_after=60.0), now=1000.0)
     )
     assert denied["retryAfter"] == 60.0 and "expiresAt" not in denied
+
+
+async def test_no_grant_before_the_node_list_is_read_whole(arb: Arb) -> None:
+    """A re-list (or a restart) opens the barrier again: the peers the arbiter must count are
+    not all known until SYNCED, so it refuses rather than grant on a partial view."""
+    await arb.tracker.handle(NodeEvent("lab", "", EventKind.LIST_STARTED, arb.clock.now(), "kube"))
+    refused = await arb.ask("w-1")
+    assert (refused.granted, refused.reason) == (False, reboots.NOT_SYNCED)
+    await arb.tracker.handle(NodeEvent("lab", "", EventKind.SYNCED, arb.clock.now(), "kube"))
+    granted = await arb.ask("w-1", "r2")
+    assert (granted.granted, granted.reason) == (True, reboots.GRANTED)

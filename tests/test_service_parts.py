@@ -240,11 +240,16 @@ async def test_liveness_reports_a_stuck_tracker_and_a_lost_workflow(tmp_path: Pa
         daemon.tracker = tracker = HealthTracker(config=config, store=store, clock=clock)
         await tracker.handle(
             NodeEvent(
-                cluster="lab", node="w-1", kind=EventKind.NODE_ADDED, at=clock.now(), source="t"
+                cluster="lab",
+                node="w-1",
+                kind=EventKind.NODE_ADDED,
+                at=clock.now(),
+                source="kube",
+                conditions={"Ready": ("Unknown", clock.now())},
             )
-        )  # a new node: re-evaluated at its startup deadline
+        )  # a node not Ready: re-evaluated at its Ready=Unknown deadline (5s)
         assert daemon.liveness() == []
-        await clock.advance(20 + 31)  # the deadline passed, and nobody runs the tracker
+        await clock.advance(5 + 31)  # the deadline passed, and nobody runs the tracker
         [problem] = daemon.liveness()
         assert "health tracker is 31s behind" in problem
 

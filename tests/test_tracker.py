@@ -9,8 +9,17 @@ import pytest
 
 from healer.clock import VirtualClock
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_POOL, EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
-from healer.store.sqlite import Store
+from healer.model import (
+    LABEL_POOL,
+    EventKind,
+    Health,
+    NodeEvent,
+    NodeKey,
+    NodeObservation,
+    Role,
+    Verdict,
+)
+from healer.store.sqlite import RUNNING, Store, WorkflowRecord
 from tests.helpers import lab_like_config
 
 
@@ -31,7 +40,7 @@ async def tracked(tmp_path: Path):
 
 
 def ev(clock: VirtualClock, kind: EventKind, node: str = "w-1", **kw: object) -> NodeEvent:
-    return NodeEvent(cluster="lab", node=node, kind=kind, at=clock.now(), source="test", **kw)  # type: ignore[arg-type]
+    return NodeEvent(cluster="lab", node=node, kind=kind, at=clock.now(), source="kube", **kw)  # type: ignore[arg-type]
 
 
 async def join(clock: VirtualClock, tracker: HealthTracker, node: str = "w-1") -> None:
@@ -87,12 +96,51 @@ async def test_reboot_that_comes_back_is_healthy(tracked) -> None:
 
 
 async def test_startup_timeout_for_a_node_that_never_gets_ready(tracked) -> None:
-    clock, tracker, changes, _ = tracked
+    """nodeStartupTimeout is for machines healer created: counted from healer's request."""
+    clock, tracker, changes, store = tracked
     t0 = clock.now()
+    store.create_workflow(replacement_workflow("w-1", requested_at=t0 - 3.0))
+    await clock.advance(3.0)
     await tracker.handle(ev(clock, EventKind.NODE_ADDED, labels={LABEL_POOL: "workers"}))
     assert changes[-1][2] is Health.STARTING
     await clock.advance(25.0)
-    assert changes[-1] == (t0 + 20.0, "w-1", Health.UNHEALTHY)
+    assert changes[-1] == (t0 + 17.0, "w-1", Health.UNHEALTHY)
+
+
+async def test_a_node_healer_did_not_create_has_no_startup_clock(tracked) -> None:
+    """Joined by someone else and never Ready: judged by its conditions, not its age."""
+    clock, tracker, changes, _ = tracked
+    await tracker.handle(
+        ev(
+            clock,
+            EventKind.NODE_ADDED,
+            labels={LABEL_POOL: "workers"},
+            conditions={"Ready": ("False", clock.now())},
+        )
+    )
+    assert changes[-1][2] is Health.PENDING
+    await clock.advance(60.0)
+    assert changes[-1] == (clock.now() - 55.0, "w-1", Health.UNHEALTHY)
+    assert tracker.verdict(NodeKey("lab", "w-1")).reason == "ReadyFalseTimeout"  # type: ignore[union-attr]
+
+
+def replacement_workflow(node: str, *, requested_at: float) -> WorkflowRecord:
+    """The record of a workflow whose replacement machine ``node`` healer requested."""
+    return WorkflowRecord(
+        id=f"wf-{node}",
+        cluster="lab",
+        pool="workers",
+        node="old-" + node,
+        role=Role.WORKER,
+        state=RUNNING,
+        step="wait_for_join",
+        reason="ReadyUnknownTimeout",
+        evidence={},
+        replacement_name=node,
+        replacement={"id": "m-1", "name": node, "requested_at": requested_at},
+        started_at=requested_at - 10.0,
+        updated_at=requested_at,
+    )
 
 
 async def test_state_survives_a_restart(tracked, tmp_path: Path) -> None:

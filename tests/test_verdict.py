@@ -34,6 +34,8 @@ def node(
     ever_ready: bool = True,
     first_seen: float = 0.0,
     reboot_started_at: float | None = None,
+    requested_at: float | None = None,
+    adopted: bool = False,
     **conditions: tuple[str, float],
 ) -> NodeObservation:
     return NodeObservation(
@@ -44,6 +46,8 @@ def node(
         exists=exists,
         ever_ready=ever_ready,
         reboot_started_at=reboot_started_at,
+        machine_requested_at=requested_at,
+        adopted=adopted,
         conditions={k: ConditionObs(status=s, since=since) for k, (s, since) in conditions.items()},
     )
 
@@ -221,10 +225,10 @@ CASES = [
         "Healthy",
         None,
     ),
-    # --- a new node (first seen at T0, limit 600s) ---
+    # --- a machine healer created (requested at T0, limit 600s) ---
     Case(
         "starting",
-        node(ever_ready=False, first_seen=T0, Ready=("False", T0)),
+        node(ever_ready=False, first_seen=T0 + 30, requested_at=T0, Ready=("False", T0 + 30)),
         T0 + 500,
         Health.STARTING,
         "NodeStarting",
@@ -232,20 +236,77 @@ CASES = [
     ),
     Case(
         "startup timeout exactly at the limit",
-        node(ever_ready=False, first_seen=T0),
+        node(ever_ready=False, requested_at=T0),
         T0 + 600,
         Health.UNHEALTHY,
         "NodeStartupTimeout",
         None,
-        message="never became Ready in the 600s since it was first seen (limit 600s)",
+        message="never became Ready in the 600s since healer requested its machine (limit 600s)",
+    ),
+    Case(
+        "the startup clock is healer's request, not the Node's creation",
+        node(ever_ready=False, first_seen=T0 - 10_000, requested_at=T0),
+        T0 + 599,
+        Health.STARTING,
+        "NodeStarting",
+        T0 + 600,
     ),
     Case(
         "rebooting before it was ever ready uses the reboot timeout",
-        node(ever_ready=False, first_seen=T0, reboot_started_at=T0 + 500),
+        node(ever_ready=False, requested_at=T0, reboot_started_at=T0 + 500),
         T0 + 700,
         Health.REBOOTING,
         "Rebooting",
         T0 + 1400,
+    ),
+    # --- adopted: the node existed when healer first saw it; its age never counts ---
+    Case(
+        "adopted, created long ago, Ready",
+        node(ever_ready=True, adopted=True, first_seen=T0 - 86_400, Ready=("True", T0 - 86_000)),
+        T0,
+        Health.HEALTHY,
+        "Healthy",
+        None,
+    ),
+    Case(
+        "adopted, older than nodeStartupTimeout, no conditions: not a startup timeout",
+        node(ever_ready=False, adopted=True, first_seen=T0 - 10_000),
+        T0,
+        Health.HEALTHY,
+        "Healthy",
+        None,
+    ),
+    Case(
+        "adopted and NotReady: judged by the condition's own clock",
+        node(ever_ready=False, adopted=True, first_seen=T0 - 10_000, Ready=("False", T0 - 100)),
+        T0,
+        Health.PENDING,
+        "ReadyFalse",
+        T0 + 200,
+    ),
+    Case(
+        "adopted and NotReady past the condition timeout",
+        node(ever_ready=False, adopted=True, first_seen=T0 - 10_000, Ready=("Unknown", T0 - 300)),
+        T0,
+        Health.UNHEALTHY,
+        "ReadyUnknownTimeout",
+        None,
+    ),
+    Case(
+        "adopted wins over a replacement record: no startup clock",
+        node(ever_ready=False, adopted=True, requested_at=T0 - 10_000),
+        T0,
+        Health.HEALTHY,
+        "Healthy",
+        None,
+    ),
+    Case(
+        "joined by someone else, never Ready: conditions only (no startup clock)",
+        node(ever_ready=False, first_seen=T0 - 50, Ready=("False", T0 - 50)),
+        T0,
+        Health.PENDING,
+        "ReadyFalse",
+        T0 + 250,
     ),
     # --- timeouts of zero mean "as soon as seen" ---
     Case(
@@ -260,7 +321,7 @@ CASES = [
     ),
     Case(
         "startup timeout 0",
-        node(ever_ready=False, first_seen=T0),
+        node(ever_ready=False, requested_at=T0),
         T0,
         Health.UNHEALTHY,
         "NodeStartupTimeout",

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from healer.clock import VirtualClock
 from healer.config import ConfigError, WebhookConfig, parse_config
@@ -125,7 +126,9 @@ def webhook_config(tmp_path: Path, **extra: Any) -> WebhookConfig:
         "token": {"file": str(token_file)},
         "maxBody": 4096,
         "blockingAlerts": ["KubeAPIDown"],
-        "conditions": {"node_disk_failing": "NodeDiskFailing"},
+        # The condition types the webhook owns (healer.health.provenance): alerts and generic
+        # events may set these and nothing else.
+        "conditions": {"node_disk_failing": "NodeDiskFailing", "NvidiaXid79": "GpuFailed"},
         **extra,
     }
     return WebhookConfig.model_validate(data)
@@ -141,6 +144,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             ]
         }
     )
+    # The daemon's tracker and webhook share one config: the tracker checks again that the
+    # webhook owns each condition it sets (healer.health.provenance).
+    config = config.model_copy(update={"webhook": webhook_config(tmp_path)})
     clock = VirtualClock()
     store = Store.open(tmp_path / "state")
     started: list[WorkflowRecord] = []
@@ -160,8 +166,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async def on_block(change: BlockChange) -> None:
         await planner.consider(change.cluster)
 
+    assert config.webhook is not None
     server = WebhookServer(
-        config=webhook_config(tmp_path),
+        config=config.webhook,
         known_clusters=["lab"],
         clock=clock,
         emit=tracker.handle,
@@ -169,6 +176,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         blocks=blocks,
         on_block=on_block,
     )
+    # The cluster as the Kubernetes source lists it (only "kube" may set Ready), as one list.
+    await tracker.handle(NodeEvent("lab", "", EventKind.LIST_STARTED, clock.now(), "kube"))
     for node in NODES:
         await tracker.handle(
             NodeEvent(
@@ -176,7 +185,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                 node,
                 EventKind.NODE_ADDED,
                 clock.now(),
-                "test",
+                "kube",
                 labels={LABEL_POOL: "workers"},
             )
         )
@@ -186,11 +195,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                 node,
                 EventKind.CONDITION,
                 clock.now(),
-                "test",
+                "kube",
                 condition="Ready",
                 status="True",
             )
         )
+    await tracker.handle(NodeEvent("lab", "", EventKind.SYNCED, clock.now(), "kube"))
     task = asyncio.create_task(tracker.run())
     client = TestClient(TestServer(server.app()))
     await client.start_server()
@@ -293,6 +303,35 @@ async def test_generic_format(stack: Stack) -> None:
     obs = stack.tracker.observation(NodeKey("lab", "w-5"))
     assert obs is not None and obs.conditions["GpuFailed"].status == "True"
     assert obs.recent[-1]["detail"] == {"reason": "Xid79"}
+
+
+async def test_the_webhook_cannot_set_a_kubernetes_condition(stack: Stack) -> None:
+    # Only the Kubernetes API sets Ready (healer.health.provenance): a forged generic event is
+    # refused with 403, counted and logged; an alert named like it is left out of the rest.
+    before = rejected("condition_not_owned")
+    with capture_logs() as logs:
+        forged = {"cluster": "lab", "node": "w-1", "condition": "Ready", "status": "False"}
+        resp = await post(stack, "/v1/events", forged)
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "condition_not_owned"
+    refused = [e for e in logs if e["event"] == "webhook.rejected"]
+    assert [(e["reason"], e["node"], e["condition"], e["source"]) for e in refused] == [
+        ("condition_not_owned", "w-1", "Ready", "webhook")
+    ]
+    resp = await post(
+        stack,
+        "/v1/alertmanager/lab",
+        notification(alert("Ready", node="w-2"), alert("NodeDiskFailing", node="w-2")),
+    )
+    assert resp.status == 200
+    answer = await resp.json()
+    assert answer["accepted"] == 1
+    assert [r["reason"] for r in answer["rejected"]] == ["condition_not_owned"]
+    assert rejected("condition_not_owned") == before + 2
+    for node in ("w-1", "w-2"):
+        obs = stack.tracker.observation(NodeKey("lab", node))
+        assert obs is not None and obs.conditions["Ready"].status == "True"
+        assert obs.conditions["Ready"].source == "kube"
 
 
 # -- refusals ------------------------------------------------------------------------------
@@ -436,7 +475,13 @@ async def signed(tmp_path: Path) -> AsyncIterator[tuple[TestClient, list[NodeEve
         events.append(event)
 
     server = WebhookServer(
-        config=WebhookConfig.model_validate({"hmacSecret": {"file": str(key)}, "maxSkew": "5m"}),
+        config=WebhookConfig.model_validate(
+            {
+                "hmacSecret": {"file": str(key)},
+                "maxSkew": "5m",
+                "conditions": {"NodeDiskFailing": "NodeDiskFailing"},
+            }
+        ),
         known_clusters=["lab"],
         clock=clock,
         emit=emit,
@@ -700,7 +745,7 @@ def test_node_from_labels(labels: dict[str, str], node: str | None) -> None:
     result = parse_alertmanager(
         body,
         path_cluster="lab",
-        rules=AlertRules(),
+        rules=AlertRules(conditions={"NodeDiskFailing": "NodeDiskFailing"}),
         known_clusters={"lab"},
         now=1_700_000_000.0,
         max_body=1 << 20,
@@ -727,7 +772,7 @@ def test_firing_wins_and_since_is_the_earliest_start() -> None:
     result = parse_alertmanager(
         body,
         path_cluster="lab",
-        rules=AlertRules(),
+        rules=AlertRules(conditions={"NodeDiskFailing": "NodeDiskFailing"}),
         known_clusters={"lab"},
         now=now,
         max_body=1 << 20,

@@ -191,12 +191,17 @@ def check(kind: str, body: bytes, path_cluster: str | None) -> None:
         )
     else:
         result = parse_generic(
-            body, known_clusters=KNOWN, now=NOW, max_body=MAX, is_known_node=is_known_node
+            body,
+            known_clusters=KNOWN,
+            now=NOW,
+            max_body=MAX,
+            is_known_node=is_known_node,
+            conditions=frozenset(RULES.conditions.values()),
         )
     rejected_before, received_before = rejected_total(), received_total()
     if isinstance(result, Rejection):
         assert result.reason in STATUS, result
-        assert result.status in (400, 401, 404, 413, 422)
+        assert result.status in (400, 401, 403, 404, 413, 422)
         # The defensive catch-all must never be what answered.
         assert not result.message.startswith("unexpected"), result.message
         count_rejection(result)

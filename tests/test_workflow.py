@@ -179,7 +179,10 @@ async def test_provider_outage_exhausts_retries_then_fails_without_looping(world
     LabNodeDriver(key=world.provider.db_path).ex_set_outage(time.time() + 3600)
     final = await run_to_end(world, config(), world.workflow())
     assert final.state == "failed"
-    assert final.step == "destroy_machine"
+    # Fencing comes before the Node is deleted: an outage stops the workflow with the Node
+    # still there and the machine untouched, so the pool has lost nothing.
+    assert final.step == "fence"
+    assert world.api.node(OLD) is not None
     assert "retries exhausted" in (final.error or "") and "outage" in (final.error or "")
     failed = [e for e in world.store.audit_log(node=OLD) if e.event == "remediation.failed"]
     assert len(failed) == 1
@@ -198,6 +201,7 @@ async def test_a_machine_without_healer_tags_is_never_destroyed(
     driver.ex_set_tags(old.id, {"owner": "someone-else"})
     final = await run_to_end(world, config(), world.workflow())
     assert final.state == "failed"
-    assert final.step == "destroy_machine"
-    assert "refusing to destroy" in (final.error or "") or "not tagged" in (final.error or "")
+    assert final.step == "fence"
+    assert "refusing to fence or destroy" in (final.error or "")
+    assert world.api.node(OLD) is not None  # its Node is kept too
     assert driver.ex_get_node(old.id).state.value == "running"

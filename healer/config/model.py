@@ -46,6 +46,12 @@ from healer.config.types import (
 from healer.config.types import (
     ConfigModel as _Model,
 )
+from healer.health.provenance import (
+    HEARTBEAT_MISSING,
+    Ownership,
+    config_errors,
+    corroboration_errors,
+)
 from healer.model import Role
 
 
@@ -98,7 +104,12 @@ class ClusterConfig(_Model):
         layers = [DEFAULT_HEALTH, self.health, p.health if p else HealthPolicy()]
         merged: dict[str, Any] = {}
         for layer in layers:
-            for key in ("unhealthy_conditions", "node_startup_timeout", "reboot_timeout"):
+            for key in (
+                "unhealthy_conditions",
+                "node_startup_timeout",
+                "reboot_timeout",
+                "corroborate",
+            ):
                 value = getattr(layer, key)
                 if value is not None:
                     merged[key] = value
@@ -121,6 +132,7 @@ class ClusterConfig(_Model):
             max_unhealthy=o.max_unhealthy if o.max_unhealthy is not None else r.max_unhealthy,
             max_in_flight=o.max_in_flight if o.max_in_flight is not None else r.max_in_flight,
             drain_timeout=o.drain_timeout if o.drain_timeout is not None else r.drain_timeout,
+            strategy=o.strategy if o.strategy is not None else r.strategy,
         )
 
 
@@ -142,6 +154,40 @@ class HealerConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"cluster names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _condition_owners(self) -> HealerConfig:
+        # Each condition has one owner (docs/mqtt.md, docs/webhook.md): no config may let MQTT
+        # or the webhook speak for the Kubernetes API, or for each other; and a corroborating
+        # signal must come from another owner than the signal it corroborates.
+        mqtt_conditions = self.mqtt.conditions if self.mqtt else ()
+        webhook_conditions = self.webhook.conditions if self.webhook else {}
+        errors = config_errors(
+            mqtt_conditions=mqtt_conditions, webhook_conditions=webhook_conditions
+        )
+        owners = Ownership.of(
+            mqtt_conditions=mqtt_conditions, webhook_conditions=webhook_conditions.values()
+        )
+        for i, cluster in enumerate(self.clusters):
+            # A pool that inherits the cluster's rules has them checked once, at the cluster
+            # (and may well not use the condition an inherited rule guards).
+            own = [p for p in cluster.pools if p.health.corroborate is not None]
+            for pool in (None, *own):
+                name = pool.name if pool else None
+                where = f"clusters[{i}]" + (f" pool {name!r}" if name else "")
+                errors += corroboration_errors(cluster.health_for(name), owners, where=where)
+                heartbeats = self.mqtt is not None and self.mqtt.shared_group is None
+                if not heartbeats and any(
+                    r.require.type == HEARTBEAT_MISSING
+                    for r in cluster.health_for(name).corroborate
+                ):
+                    errors.append(
+                        f"{where}: health.corroborate requires {HEARTBEAT_MISSING}, which needs "
+                        "the mqtt source without sharedGroup (the heartbeat watcher)"
+                    )
+        if errors:
+            raise ValueError("; ".join(dict.fromkeys(errors)))
         return self
 
     def cluster(self, name: str) -> ClusterConfig | None:

@@ -55,11 +55,22 @@ class UpgradesConfig(_Model):
     """Unattended security upgrades on every machine (the distribution's security origins)."""
 
     enabled: bool = True
-    automatic_reboot: bool = Field(
-        True,
+    automatic_reboot: bool | None = Field(
+        None,
         alias="automaticReboot",
-        description="reboot when an upgrade needs it; the node agent asks healer when",
+        description="reboot when an upgrade needs it. Unset: only through the node agent, "
+        "when healer's arbiter permits (never on the machine's own); true: also without the "
+        "agent, by unattended-upgrades at 02:00, unarbitrated (validate warns); false: never",
     )
+
+    def reboots_unarbitrated(self, *, agent: bool) -> bool:
+        """Whether machines reboot on their own, at unattended-upgrades' time and not when
+        healer permits: only on an explicit ``automaticReboot: true`` without the agent."""
+        return self.enabled and self.automatic_reboot is True and not agent
+
+    def reboots_through_agent(self, *, agent: bool) -> bool:
+        """Whether the node agent asks healer to reboot when an upgrade needs it."""
+        return self.enabled and self.automatic_reboot is not False and agent
 
 
 class AgentConfig(_Model):

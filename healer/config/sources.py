@@ -54,6 +54,12 @@ class MqttConfig(_Model):
     reboot_arbiter: bool = Field(
         True, alias="rebootArbiter", description="answer agents' reboot-request messages"
     )
+    conditions: tuple[str, ...] = Field(
+        (),
+        description="node conditions the agents may report on the health channel besides "
+        "their built-in HeartbeatMissing, RebootRequired and UpgradeFailed (never a Kubernetes "
+        "condition such as Ready: those come only from the Kubernetes API)",
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -92,7 +98,9 @@ class WebhookConfig(_Model):
     )
     cluster_label: str = Field("cluster", alias="clusterLabel")
     conditions: dict[str, str] = Field(
-        default_factory=dict, description="alertname -> node condition type (default: alertname)"
+        default_factory=dict,
+        description="alertname -> node condition type; the webhook sets only the types named "
+        "here (an alert not listed uses its alertname, which must then be one of them)",
     )
     blocking_alerts: tuple[str, ...] = Field((), alias="blockingAlerts")
     block_ttl: Duration = Field(

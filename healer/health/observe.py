@@ -6,6 +6,7 @@ node's record, so the Kubernetes watch, MQTT and webhooks all mean the same thin
 
 from __future__ import annotations
 
+from healer.health.provenance import DEFAULT_OWNERSHIP, Ownership
 from healer.model import (
     LABEL_CONTROL_PLANE,
     LABEL_POOL,
@@ -32,6 +33,7 @@ def apply_event(
     *,
     exclude_label: str,
     pool_roles: dict[str, Role],
+    owners: Ownership = DEFAULT_OWNERSHIP,
 ) -> NodeObservation:
     obs = previous or NodeObservation(
         cluster=event.cluster,
@@ -59,14 +61,41 @@ def apply_event(
                 reboot_started_at=None,
             )
         obs = obs.with_(exists=True)
+        # The conditions the node was first seen with are folded as CONDITION events from the
+        # same source would be (the NODE_ADDED line alone stays in the evidence).
+        evidence = obs.recent
+        for ctype, (status, since) in (event.conditions or {}).items():
+            obs = apply_event(
+                obs,
+                NodeEvent(
+                    cluster=event.cluster,
+                    node=event.node,
+                    kind=EventKind.CONDITION,
+                    at=event.at,
+                    source=event.source,
+                    condition=ctype,
+                    status=status,
+                    since=since,
+                ),
+                exclude_label=exclude_label,
+                pool_roles=pool_roles,
+                owners=owners,
+            )
+        obs = obs.with_(recent=evidence)
     elif kind is EventKind.NODE_DELETED:
         obs = obs.with_(exists=False)
     elif kind is EventKind.CONDITION and event.condition and event.status:
+        if not owners.may_set(event.source, event.condition):
+            # Sources reject these already (healer.health.provenance); this is the second line
+            # of defence: a forged condition must not even reach the evidence.
+            return obs
         since = event.since if event.since is not None else event.at
         current = obs.conditions.get(event.condition)
         conditions = dict(obs.conditions)
         if current is None or current.status != event.status:
-            conditions[event.condition] = ConditionObs(status=event.status, since=since)
+            conditions[event.condition] = ConditionObs(
+                status=event.status, since=since, source=event.source
+            )
         obs = obs.with_(conditions=conditions)
         if event.condition == "Ready" and event.status == "True":
             obs = obs.with_(ever_ready=True)
@@ -81,11 +110,15 @@ def apply_event(
         obs = obs.with_(reboot_started_at=None)
     elif kind is EventKind.UPGRADE_FAILED:
         conditions = dict(obs.conditions)
-        conditions["UpgradeFailed"] = ConditionObs(status="True", since=event.at)
+        conditions["UpgradeFailed"] = ConditionObs(
+            status="True", since=event.at, source=event.source
+        )
         obs = obs.with_(conditions=conditions)
     elif kind is EventKind.UPGRADE_FINISHED and "UpgradeFailed" in obs.conditions:
         conditions = dict(obs.conditions)
-        conditions["UpgradeFailed"] = ConditionObs(status="False", since=event.at)
+        conditions["UpgradeFailed"] = ConditionObs(
+            status="False", since=event.at, source=event.source
+        )
         obs = obs.with_(conditions=conditions)
     if kind is not EventKind.HEARTBEAT:
         obs = obs.with_(recent=(*obs.recent, event.evidence())[-EVIDENCE_KEPT:])

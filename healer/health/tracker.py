@@ -3,6 +3,12 @@ re-evaluates each node exactly when its verdict could change (``next_check_at``)
 
 It owns node records in the store and tells the planner, through ``on_change``, whenever a
 node's health changes.
+
+It is also where the informer's "synced" barrier holds: between a cluster's ``LIST_STARTED`` and
+``SYNCED`` markers (see :mod:`healer.sources.kube_watch`) events are folded but nobody is judged;
+at ``SYNCED`` every node of the cluster is judged at once, the nodes first seen in that list are
+recorded as adopted (``node.adopted``), and only then does ``synced(cluster)`` let the planner
+decide anything there.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import structlog
 from healer.clock import Clock
 from healer.config import HealerConfig
 from healer.health.observe import apply_event
+from healer.health.provenance import ownership_of
 from healer.health.verdict import evaluate
 from healer.model import EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
 from healer.store.sqlite import Store
@@ -23,6 +30,8 @@ from healer.store.sqlite import Store
 log = structlog.get_logger("healer.health")
 
 OnChange = Callable[[NodeObservation, Verdict, Verdict | None], Awaitable[None]]
+OnSynced = Callable[[str], Awaitable[None]]
+Change = tuple[NodeObservation, Verdict, Verdict | None]
 
 # Transitions worth a line in the audit log (the rest are in the node's evidence).
 _AUDITED = {
@@ -41,11 +50,19 @@ class HealthTracker:
         store: Store,
         clock: Clock,
         on_change: OnChange | None = None,
+        on_synced: OnSynced | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._clock = clock
         self._on_change = on_change
+        self._on_synced = on_synced
+        # Clusters whose latest list has been folded in whole since healer last lost sight of
+        # them; clusters in the middle of a list -> the nodes first seen in that list (every
+        # node of the cluster is judged when it ends).
+        self._synced: set[str] = set()
+        self._ever_synced: set[str] = set()
+        self._listing: dict[str, set[NodeKey]] = {}
         self._obs: dict[NodeKey, NodeObservation] = {}
         self._verdicts: dict[NodeKey, Verdict] = {}
         self._timers: list[tuple[float, NodeKey]] = []
@@ -79,6 +96,18 @@ class HealthTracker:
     def knows(self, cluster: str, node: str) -> bool:
         return NodeKey(cluster, node) in self._obs
 
+    def synced(self, cluster: str) -> bool:
+        """True once the cluster's node list has been folded in whole (and no re-list is under
+        way): only then does every known node have a current verdict, and may anyone decide."""
+        return cluster in self._synced and cluster not in self._listing
+
+    def unsync(self, cluster: str, reason: str) -> None:
+        """healer lost sight of ``cluster`` (its API is unreachable): what it knows is stale
+        until the next list has been folded in whole."""
+        if cluster in self._synced:
+            self._synced.discard(cluster)
+            log.info("health.unsynced", cluster=cluster, reason=reason)
+
     def overdue(self, now: float) -> float:
         """How many seconds the most overdue scheduled re-evaluation is late (0.0 if none is).
 
@@ -104,6 +133,12 @@ class HealthTracker:
                 reason="unknown cluster",
             )
             return
+        if event.kind is EventKind.LIST_STARTED:
+            self._listing[event.cluster] = set()
+            return
+        if event.kind is EventKind.SYNCED:
+            await self._list_folded(event)
+            return
         key = event.key
         previous = self._obs.get(key)
         if previous is None and event.kind is not EventKind.NODE_ADDED:
@@ -117,14 +152,88 @@ class HealthTracker:
                 source=event.source,
             )
             return
+        owners = ownership_of(self._config)
+        if (
+            event.kind is EventKind.CONDITION
+            and event.condition
+            and not owners.may_set(event.source, event.condition)
+        ):
+            # apply_event ignores it (signal provenance); say so, the source should have.
+            log.warning(
+                "health.condition_not_owned",
+                cluster=event.cluster,
+                node=event.node,
+                condition=event.condition,
+                status=event.status,
+                source=event.source,
+                owner=owners.owner(event.condition),
+            )
         obs = apply_event(
             previous,
             event,
             exclude_label=cluster.remediation.exclude_label,
             pool_roles={p.name: p.role for p in cluster.pools},
+            owners=owners,
         )
+        listed = self._listing.get(event.cluster)
+        first = event.kind is EventKind.NODE_ADDED and (previous is None or not previous.exists)
+        if first:
+            obs = self._first_sight(obs, in_list=listed is not None)
         self._obs[key] = obs
+        if listed is not None:
+            if first:
+                listed.add(key)
+            return  # judged when the whole list is in (SYNCED)
         await self._evaluate(key, trigger=event)
+
+    def _first_sight(self, obs: NodeObservation, *, in_list: bool) -> NodeObservation:
+        """A node healer has no record of: its own replacement (the workflow recorded when the
+        machine was requested), or one that already existed when a list showed it (adopted)."""
+        requested = self._store.replacement_requested_at(obs.cluster, obs.node)
+        return obs.with_(adopted=in_list and requested is None, machine_requested_at=requested)
+
+    async def _list_folded(self, synced: NodeEvent) -> None:
+        """The cluster's list is in whole: judge every node, record adoptions, then tell."""
+        cluster = synced.cluster
+        fresh = self._listing.pop(cluster, set())
+        keys = sorted(k for k in self._obs if k.cluster == cluster)
+        changes = [c for k in keys if (c := self._judge(k, trigger=synced)) is not None]
+        first = cluster not in self._ever_synced
+        self._ever_synced.add(cluster)
+        self._synced.add(cluster)
+        adopted = sorted(k.node for k in fresh if self._obs[k].adopted)
+        now = self._clock.now()
+        for node in adopted:
+            obs = self._obs[NodeKey(cluster, node)]
+            verdict = self._verdicts[obs.key]
+            shown = ", ".join(f"{t}={c.status}" for t, c in sorted(obs.conditions.items()))
+            self._store.audit(
+                at=now,
+                cluster=cluster,
+                node=node,
+                pool=obs.pool,
+                event="node.adopted",
+                reason="Adopted",
+                message=f"{cluster}/{node} existed when healer first saw it (created "
+                f"{max(now - obs.first_seen, 0.0):.0f}s ago; {shown or 'no conditions'}): "
+                f"judged by its conditions, never by its age; now {verdict.health}",
+                evidence={"created_at": obs.first_seen, "health": str(verdict.health)},
+            )
+        if adopted:
+            log.info("node.adopted", cluster=cluster, count=len(adopted), nodes=adopted)
+        log.info(
+            "health.synced",
+            cluster=cluster,
+            nodes=len(keys),
+            adopted=len(adopted),
+            first=first,
+            unhealthy=sum(1 for k in keys if self._verdicts[k].health is Health.UNHEALTHY),
+        )
+        if self._on_change is not None:
+            for obs, verdict, previous in changes:
+                await self._on_change(obs, verdict, previous)
+        if self._on_synced is not None:
+            await self._on_synced(cluster)
 
     def forget(self, key: NodeKey) -> None:
         """Drop a node that is gone for good (its workflow finished)."""
@@ -134,10 +243,16 @@ class HealthTracker:
         self._store.forget_node(key.cluster, key.node)
 
     async def _evaluate(self, key: NodeKey, *, trigger: NodeEvent | None = None) -> None:
+        change = self._judge(key, trigger=trigger)
+        if change is not None and self._on_change is not None:
+            await self._on_change(*change)
+
+    def _judge(self, key: NodeKey, *, trigger: NodeEvent | None) -> Change | None:
+        """Evaluate, save, log and audit one node; the change of health, if any, to tell."""
         obs = self._obs[key]
         cluster = self._config.cluster(key.cluster)
         if cluster is None:
-            return
+            return None
         now = self._clock.now()
         verdict = evaluate(obs, cluster.health_for(obs.pool), now)
         previous = self._verdicts.get(key)
@@ -146,7 +261,7 @@ class HealthTracker:
         if verdict.next_check_at is not None:
             self._wake_at(verdict.next_check_at, key)
         if previous is not None and previous.health == verdict.health:
-            return
+            return None
         log.info(
             f"health.{verdict.health}",
             cluster=key.cluster,
@@ -171,10 +286,11 @@ class HealthTracker:
                 evidence={
                     "trigger": trigger.evidence() if trigger else "timer",
                     "recent": list(obs.recent[-8:]),
+                    # The signals the verdict rests on (both, when it was corroborated).
+                    **({"signals": list(verdict.signals)} if verdict.signals else {}),
                 },
             )
-        if self._on_change is not None:
-            await self._on_change(obs, verdict, previous)
+        return obs, verdict, previous
 
     def _wake_at(self, when: float, key: NodeKey) -> None:
         if self._scheduled.get(key) == when:
@@ -194,7 +310,8 @@ class HealthTracker:
                     del self._scheduled[key]
                     due.add(key)
             for key in sorted(due):
-                if key in self._obs:
+                # A node of a cluster in the middle of a list is judged when the list is in.
+                if key in self._obs and key.cluster not in self._listing:
                     await self._evaluate(key)
             if due:
                 continue

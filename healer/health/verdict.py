@@ -8,11 +8,18 @@ applies these rules in order; the first that applies decides:
 2. A planned reboot is in progress -> ``REBOOTING`` until ``rebootTimeout``, then ``UNHEALTHY``
    (``RebootTimeout``). Condition timeouts are suppressed meanwhile: a rebooting node is
    expected to be NotReady/Unknown.
-3. The node has never been Ready -> ``STARTING`` until ``nodeStartupTimeout``, then
-   ``UNHEALTHY`` (``NodeStartupTimeout``).
+3. The node runs on a machine healer created (a replacement: ``machine_requested_at`` is set)
+   and has never been Ready -> ``STARTING`` until ``nodeStartupTimeout`` after healer requested
+   the machine, then ``UNHEALTHY`` (``NodeStartupTimeout``). As in Cluster API, the startup
+   timeout is about machines healer is waiting for; a node that already existed when healer
+   first saw it (``adopted``), or that someone else joined, is judged by its conditions (rule 4),
+   never by its age.
 4. Any configured unhealthy condition (they are OR-ed) that has persisted past its timeout ->
    ``UNHEALTHY`` (``ReadyUnknownTimeout``, ...); one that is present but not yet past it ->
-   ``PENDING`` (``ReadyUnknown``, ...).
+   ``PENDING`` (``ReadyUnknown``, ...). A condition guarded by a ``corroborate`` rule counts
+   only while its second, independent signal agrees (e.g. ``HeartbeatMissing=True`` from the
+   agent's side for ``Ready=Unknown`` from the API); past its timeout without that it is
+   ``PENDING`` (``Uncorroborated``), and the next event of either signal decides again.
 5. Otherwise ``HEALTHY``.
 
 A deadline is inclusive: at exactly ``since + timeout`` the node is unhealthy, so a timeout of 0
@@ -24,9 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from healer.config import EffectiveHealth, UnhealthyCondition
-from healer.model import Health, NodeObservation, Verdict
+from healer.config import Corroboration, EffectiveHealth, UnhealthyCondition
+from healer.health.provenance import HEARTBEAT_MISSING
+from healer.model import ConditionObs, Health, NodeObservation, Verdict
 
 # Stable reasons (CamelCase, as Cluster API). Condition reasons are generated:
 # f"{type}{status}" while pending and f"{type}{status}Timeout" once expired.
@@ -36,6 +45,7 @@ REASON_REBOOT_TIMEOUT = "RebootTimeout"
 REASON_STARTING = "NodeStarting"
 REASON_STARTUP_TIMEOUT = "NodeStartupTimeout"
 REASON_HEALTHY = "Healthy"
+REASON_UNCORROBORATED = "Uncorroborated"
 
 
 def evaluate(obs: NodeObservation, policy: EffectiveHealth, now: float) -> Verdict:
@@ -46,10 +56,10 @@ def evaluate(obs: NodeObservation, policy: EffectiveHealth, now: float) -> Verdi
     if obs.reboot_started_at is not None:
         return _reboot(obs.reboot_started_at, policy.reboot_timeout, now)
 
-    if not obs.ever_ready:
-        return _startup(obs.first_seen, policy.node_startup_timeout, now)
+    if not obs.ever_ready and obs.machine_requested_at is not None and not obs.adopted:
+        return _startup(obs.machine_requested_at, policy.node_startup_timeout, now)
 
-    return _conditions(obs, policy.unhealthy_conditions, now)
+    return _conditions(obs, policy, now)
 
 
 def next_check(verdicts: Iterable[Verdict]) -> float | None:
@@ -75,21 +85,21 @@ def _reboot(started_at: float, timeout: float, now: float) -> Verdict:
     )
 
 
-def _startup(first_seen: float, timeout: float, now: float) -> Verdict:
-    elapsed = now - first_seen
+def _startup(requested_at: float, timeout: float, now: float) -> Verdict:
+    elapsed = now - requested_at
     if elapsed >= timeout:
         return Verdict(
             Health.UNHEALTHY,
             REASON_STARTUP_TIMEOUT,
-            f"never became Ready in the {_secs(elapsed)} since it was first seen "
+            f"never became Ready in the {_secs(elapsed)} since healer requested its machine "
             f"(limit {_secs(timeout)})",
             None,
         )
     return Verdict(
         Health.STARTING,
         REASON_STARTING,
-        f"not Ready yet, first seen {_secs(elapsed)} ago (limit {_secs(timeout)})",
-        first_seen + timeout,
+        f"not Ready yet, machine requested {_secs(elapsed)} ago (limit {_secs(timeout)})",
+        requested_at + timeout,
     )
 
 
@@ -99,6 +109,7 @@ class _Match:
 
     rule: UnhealthyCondition
     since: float
+    source: str | None = None
 
     @property
     def deadline(self) -> float:
@@ -110,11 +121,47 @@ class _Match:
             f"(limit {_secs(self.rule.timeout)})"
         )
 
+    def signal(self, now: float) -> dict[str, Any]:
+        return _signal(f"{self.rule.type}={self.rule.status}", self.source, self.since, now)
 
-def _conditions(obs: NodeObservation, rules: tuple[UnhealthyCondition, ...], now: float) -> Verdict:
+
+@dataclass(frozen=True)
+class _Second:
+    """The corroborating signal a ``corroborate`` rule asks for, as the node shows it."""
+
+    rule: Corroboration
+    seen: ConditionObs | None  # None: the node never reported it
+
+    @property
+    def agrees(self) -> bool:
+        if self.seen is None:
+            return self.rule.without_signal == "act"
+        return self.seen.status == self.rule.require.status
+
+    def describe(self, obs: NodeObservation, now: float) -> str:
+        want = f"{self.rule.require}"
+        if self.seen is None:
+            return f"the node has never reported {self.rule.require.type}"
+        text = f"{self.rule.require.type}={self.seen.status} for {_secs(now - self.seen.since)}"
+        if self.rule.require.type == HEARTBEAT_MISSING and obs.last_heartbeat is not None:
+            text += f", last agent heartbeat {_secs(now - obs.last_heartbeat)} ago"
+        return text if self.agrees else f"{text} (needs {want})"
+
+    def signal(self, now: float) -> dict[str, Any] | None:
+        if self.seen is None:
+            return None
+        name = f"{self.rule.require.type}={self.seen.status}"
+        return _signal(name, self.seen.source, self.seen.since, now)
+
+
+def _signal(condition: str, source: str | None, since: float, now: float) -> dict[str, Any]:
+    return {"condition": condition, "source": source, "since": since, "for": now - since}
+
+
+def _conditions(obs: NodeObservation, policy: EffectiveHealth, now: float) -> Verdict:
     matches = [
-        _Match(rule, seen.since)
-        for rule in rules
+        _Match(rule, seen.since, seen.source)
+        for rule in policy.unhealthy_conditions
         if (seen := obs.conditions.get(rule.type)) is not None and seen.status == rule.status
     ]
     if not matches:
@@ -122,21 +169,59 @@ def _conditions(obs: NodeObservation, rules: tuple[UnhealthyCondition, ...], now
 
     # min() keeps the first of equal deadlines, so ties go to the rule listed first in the config.
     expired = [m for m in matches if now >= m.deadline]
-    if expired:
-        worst = min(expired, key=lambda m: m.deadline)
+    waiting = [m for m in matches if now < m.deadline]
+    confirmed: list[tuple[_Match, _Second | None]] = []
+    held: list[tuple[_Match, _Second]] = []
+    for m in expired:
+        second = _second(obs, m.rule, policy)
+        if second is None or second.agrees:
+            confirmed.append((m, second))
+        else:
+            held.append((m, second))
+    if confirmed:
+        worst, second = min(confirmed, key=lambda c: c[0].deadline)
+        message = worst.describe(now)
+        signals = [worst.signal(now)]
+        if second is not None:
+            message += f", corroborated: {second.describe(obs, now)}"
+            if (extra := second.signal(now)) is not None:
+                signals.append(extra)
         return Verdict(
             Health.UNHEALTHY,
             f"{worst.rule.type}{worst.rule.status}Timeout",
-            worst.describe(now),
+            message,
             None,
+            signals=tuple(signals),
         )
-    first = min(matches, key=lambda m: m.deadline)
+    if held:
+        first, second = min(held, key=lambda h: h[0].deadline)
+        signals = [first.signal(now)]
+        if (extra := second.signal(now)) is not None:
+            signals.append(extra)
+        return Verdict(
+            Health.PENDING,
+            REASON_UNCORROBORATED,
+            f"{first.describe(now)} but not corroborated: {second.describe(obs, now)}; "
+            "not acting on one signal",
+            min((m.deadline for m in waiting), default=None),
+            signals=tuple(signals),
+        )
+    first = min(waiting, key=lambda m: m.deadline)
     return Verdict(
         Health.PENDING,
         f"{first.rule.type}{first.rule.status}",
         f"{first.describe(now)}; unhealthy if it persists",
         first.deadline,
     )
+
+
+def _second(
+    obs: NodeObservation, rule: UnhealthyCondition, policy: EffectiveHealth
+) -> _Second | None:
+    corroboration = policy.corroboration_for(rule)
+    if corroboration is None:
+        return None
+    return _Second(corroboration, obs.conditions.get(corroboration.require.type))
 
 
 def _secs(seconds: float) -> str:

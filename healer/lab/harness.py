@@ -22,14 +22,25 @@ from healer.config import HealerConfig
 from healer.kube import KubeClient
 from healer.lab.broker import EmbeddedBroker
 from healer.lab.kubeapi import FakeApiServer
-from healer.lab.kubelet import SimulatedKubelet
-from healer.model import LABEL_CLUSTER, LABEL_CONTROL_PLANE, LABEL_POOL, TAG_CLUSTER, TAG_POOL, Role
+from healer.lab.kubelet import KubeletState, SimulatedKubelet
+from healer.model import (
+    LABEL_CLUSTER,
+    LABEL_CONTROL_PLANE,
+    LABEL_POOL,
+    LABEL_ZONE,
+    TAG_CLUSTER,
+    TAG_POOL,
+    Role,
+)
 from healer.sources.mqtt_publish import MqttPublisher
 from providers.lab.driver import LabNodeDriver
 
 log = structlog.get_logger("healer.lab")
 
 LAB_USER = "healer"
+# The lab's failure domains. Each pool's machines are spread over them as a multi-zone node
+# group would: a new machine goes to the zone holding the fewest running machines of its pool.
+LAB_ZONES = ("lab-a", "lab-b", "lab-c")
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,7 @@ class LabHarness:
         self.kubelets: dict[str, SimulatedKubelet] = {}
         self._kubelet_tasks: dict[str, asyncio.Task[None]] = {}
         self._seen_machines: set[str] = set()
+        self.zones: dict[str, str] = {}  # node -> its topology.kubernetes.io/zone
         self._fleet_task: asyncio.Task[None] | None = None
         self.kubeconfig: Path = kubeconfig or state_dir / "lab-kubeconfig.yaml"
 
@@ -164,6 +176,13 @@ class LabHarness:
             await self.clock.sleep(self.timings.fleet_poll)
 
     def _sync_fleet(self) -> None:
+        states = {m["name"]: m["state"] for m in self.cloud.machines(include_terminated=True)}
+        for name, kubelet in self.kubelets.items():
+            # A machine powered off or destroyed runs no kubelet: its processes die with it,
+            # even when it was only cut off from the network before.
+            off = states.get(name, "running") != "running"
+            if off and kubelet.state is not KubeletState.CRASHED:
+                kubelet.crash()
         for m in self.cloud.machines():
             tags = m["tags"]
             if tags.get(TAG_CLUSTER) != self.cluster or m["id"] in self._seen_machines:
@@ -172,7 +191,9 @@ class LabHarness:
                 continue
             self._seen_machines.add(m["id"])
             pool = tags.get(TAG_POOL, "")
-            labels = {LABEL_POOL: pool, LABEL_CLUSTER: self.cluster}
+            zone = self._zone_for(pool)
+            self.zones[m["name"]] = zone
+            labels = {LABEL_POOL: pool, LABEL_CLUSTER: self.cluster, LABEL_ZONE: zone}
             if self.pool_roles.get(pool) is Role.CONTROL_PLANE:
                 labels[LABEL_CONTROL_PLANE] = ""
             assert self.kube is not None
@@ -188,6 +209,18 @@ class LabHarness:
             self._kubelet_tasks[m["name"]] = asyncio.create_task(
                 self._boot(kubelet), name=f"kubelet-{m['name']}"
             )
+
+    def _zone_for(self, pool: str) -> str:
+        running = {
+            m["name"]
+            for m in self.cloud.machines()
+            if m["state"] == "running" and m["tags"].get(TAG_POOL) == pool
+        }
+        load = {z: 0 for z in LAB_ZONES}
+        for node, zone in self.zones.items():
+            if node in running:
+                load[zone] += 1
+        return min(LAB_ZONES, key=lambda z: (load[z], LAB_ZONES.index(z)))
 
     async def _boot(self, kubelet: SimulatedKubelet) -> None:
         await self.clock.sleep(self.timings.boot_delay)
@@ -207,6 +240,11 @@ class LabHarness:
     def machine(self, name: str) -> dict[str, Any] | None:
         return next((m for m in self.cloud.machines() if m["name"] == name), None)
 
+    def zone_nodes(self, zone: str) -> list[str]:
+        """The running lab machines in ``zone``, every pool."""
+        running = {m["name"] for m in self.cloud.machines() if m["state"] == "running"}
+        return sorted(n for n, z in self.zones.items() if z == zone and n in running)
+
     def pool_nodes(self, pool: str) -> list[str]:
         return sorted(
             m["name"]
@@ -218,6 +256,19 @@ class LabHarness:
         assert self.kube is not None
         nodes, _ = await self.kube.list_nodes()
         return {n.name for n in nodes if n.conditions.get("Ready", ("", 0.0))[0] == "True"}
+
+    async def node_created(self) -> dict[str, float]:
+        """Every Node's creationTimestamp (epoch seconds), as the API shows it."""
+        assert self.kube is not None
+        nodes, _ = await self.kube.list_nodes()
+        return {n.name: n.created_at for n in nodes}
+
+    async def wait_older_than(self, seconds: float) -> float:
+        """Wait until the youngest Node was created more than ``seconds`` ago; its age then."""
+        created = await self.node_created()
+        youngest = max(created.values(), default=time.time())
+        await asyncio.sleep(max(0.0, youngest + seconds - time.time()))
+        return time.time() - youngest
 
     async def wait_ready(self, count: int, *, timeout: float = 30.0) -> set[str]:
         deadline = time.monotonic() + timeout
@@ -258,5 +309,68 @@ class LabHarness:
         for node in nodes:
             self.kubelets[node].heal()
 
+    async def publish_as_agent(self, node: str, channel: str, payload: dict[str, Any]) -> None:
+        """Publish ``payload`` on ``node``'s ``channel`` through the lab broker, with the agents'
+        credentials: what a compromised or buggy agent (or anyone on the broker) could send."""
+        if self.publisher is None:
+            raise RuntimeError("the lab runs without a broker; there is no MQTT to publish to")
+        await self.publisher.publish(node, channel, payload)
+
     def provider_outage(self, seconds: float) -> None:
         self.cloud.set_outage(time.time() + seconds)
+
+    def refuse_creates(self, seconds: float | None) -> None:
+        """The cloud refuses to create machines (503, no capacity) for ``seconds``; every
+        other call works. ``None`` ends it."""
+        until = None if seconds is None else time.time() + seconds
+        self.cloud.driver.ex_set_create_refusal(until)
+
+    def machine_state(self, name: str) -> str | None:
+        """The power state the cloud reports for the newest machine named ``name``
+        (``running``, ``stopped``, ``terminated``...), or None if there never was one."""
+        rows = [m for m in self.cloud.machines(include_terminated=True) if m["name"] == name]
+        return rows[-1]["state"] if rows else None
+
+    async def ask_reboot_permit(
+        self, node: str, request_id: str, *, timeout: float = 10.0
+    ) -> dict[str, Any] | None:
+        """Ask healer for a reboot permit as the node agent does: subscribe to the node's
+        ``reboot-permit`` topic, publish a ``reboot-request``, and return the answer with the
+        same id (the JSON document), or None when none came within ``timeout``.
+
+        The simulated kubelets reboot without asking; a scenario that models agents that do
+        asks here first and reboots only on a grant.
+        """
+        import json
+
+        import aiomqtt
+
+        from healer.sources.mqtt_reboot import REBOOT_PERMIT, REBOOT_REQUEST, control_topic
+
+        assert self.broker is not None, "the lab broker is off (with_broker=False)"
+        prefix = "healer/v1"
+        client = aiomqtt.Client(
+            "127.0.0.1",
+            self.broker.port,
+            identifier=f"lab-agent-{node}-{request_id}"[:64],
+            username=LAB_USER,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+        )
+        async with client:
+            await client.subscribe(control_topic(prefix, self.cluster, node, REBOOT_PERMIT), qos=1)
+            payload = {"v": 1, "id": request_id, "reason": "lab: upgrade installed"}
+            await client.publish(
+                control_topic(prefix, self.cluster, node, REBOOT_REQUEST),
+                json.dumps(payload).encode(),
+                qos=1,
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    async for message in client.messages:
+                        doc = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        if isinstance(doc, dict) and doc.get("id") == request_id:
+                            return doc
+            except TimeoutError:
+                return None
+        return None

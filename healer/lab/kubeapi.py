@@ -9,7 +9,14 @@ Expired``), and plays the two controllers healer depends on:
   ``lease_grace`` turns ``Ready=Unknown`` and gets the ``node.kubernetes.io/unreachable:NoExecute``
   taint;
 * the kubelet's part of pod deletion: a pod being deleted on a Ready node goes away, while one on
-  a node that is not Ready stays ``Terminating`` until it is force-deleted, as on a real dead node.
+  a node that is not Ready stays ``Terminating`` until it is force-deleted, as on a real dead node;
+* kube-controller-manager's non-graceful node shutdown handling: on a node that is not Ready and
+  carries ``node.kubernetes.io/out-of-service:NoExecute``, the taint manager deletes every pod
+  that does not tolerate the taint and the pod garbage collector force-deletes the pods left
+  ``Terminating`` there (volumes are not modelled); pods bound to a deleted node are collected.
+
+Taints are plain ``spec.taints`` and validated as the real API server does (key, effect, unique
+by key and effect: a 422 ``Invalid`` otherwise).
 
 Tests and the lab use it over HTTP through the real client, and drive it directly through the
 state methods (``add_node``, ``add_pod``, ``fail_next``, ``set_unreachable``, ...). It never
@@ -47,6 +54,12 @@ NODE_LEASE_NAMESPACE = "kube-node-lease"
 TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
 TAINT_UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
+TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+_TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
+_QUALIFIED_NAME = re.compile(
+    r"^(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 ANNOTATION_MIRROR = "kubernetes.io/config.mirror"
 # RBAC objects and Secrets have no spec or status: their payload (rules, roleRef, subjects,
 # data) sits at the top level, and a PUT replaces all of it.
@@ -363,6 +376,7 @@ class FakeApiServer:
         labels: dict[str, str] | None = None,
         owner_kind: str | None = None,
         annotations: dict[str, str] | None = None,
+        tolerations: list[Obj] | None = None,
     ) -> Obj:
         self._ensure_namespace(namespace)
         meta: Obj = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
@@ -398,6 +412,8 @@ class FakeApiServer:
             },
             "status": {"phase": "Pending"},
         }
+        if tolerations:
+            pod["spec"]["tolerations"] = copy.deepcopy(tolerations)
         if node:
             pod["spec"]["nodeName"] = node
             pod["status"] = {
@@ -540,11 +556,37 @@ class FakeApiServer:
             if now - self._last_probe(name, node) <= self.lease_grace:
                 continue
             self._mark_unknown(node, now)
+        for (_, name), node in list(self._store["nodes"].items()):
+            if _has_taint(node, TAINT_OUT_OF_SERVICE, "NoExecute") and not self._node_ready(name):
+                self._release_out_of_service(name)
         live = {name for (_, name) in self._store["nodes"]}
         for (ns, pname), pod in list(self._store["pods"].items()):
             bound = pod.get("spec", {}).get("nodeName")
             if bound and bound not in live:
                 self._store_remove(_BY_PLURAL["pods"], ns, pname)
+
+    def _release_out_of_service(self, node: str) -> None:
+        """kube-controller-manager on an out-of-service node that is not Ready: the taint
+        manager evicts what does not tolerate the taint (an ordinary graceful delete, which on
+        a node that is not Ready leaves the pod Terminating), then the pod GC's
+        ``gcTerminating`` force-deletes the Terminating pods."""
+        pods = _BY_PLURAL["pods"]
+        for pod in self.pods_on(node):
+            meta = pod["metadata"]
+            if not meta.get("deletionTimestamp") and not _tolerates(
+                pod, TAINT_OUT_OF_SERVICE, "NoExecute"
+            ):
+                self._delete_pod(meta["namespace"], meta["name"], None)
+        for pod in self.pods_on(node):
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp"):
+                self._store_remove(pods, meta["namespace"], meta["name"])
+                log.info(
+                    "fake_apiserver.pod_force_deleted",
+                    pod=f"{meta['namespace']}/{meta['name']}",
+                    node=node,
+                    why="out-of-service",
+                )
 
     # ---------------------------------------------------------------- store
 
@@ -577,6 +619,8 @@ class FakeApiServer:
                 reason="AlreadyExists",
                 details={"name": name, "group": res.group, "kind": res.plural},
             )
+        if res.plural == "nodes":
+            _validate_taints(name, obj)
         obj["kind"] = res.kind
         obj["apiVersion"] = res.api_version
         if res.namespaced:
@@ -1063,6 +1107,8 @@ class FakeApiServer:
                 f'{res.kind}.rbac.authorization.k8s.io "{name}" is invalid: roleRef: Invalid '
                 "value: cannot change roleRef",
             )
+        if res.plural == "nodes":
+            _validate_taints(name, new)
         if new == old:
             return self._decorate(res, new)  # a no-op write does not bump resourceVersion
         self._store_put(res, ns, new, "MODIFIED")
@@ -1216,6 +1262,58 @@ def _set_taint(node: Obj, key: str, effect: str, now: float) -> None:
     taints = node.setdefault("spec", {}).setdefault("taints", [])
     if not any(t.get("key") == key and t.get("effect") == effect for t in taints):
         taints.append({"key": key, "effect": effect, "timeAdded": rfc3339(now)})
+
+
+def _has_taint(node: Obj, key: str, effect: str) -> bool:
+    return any(
+        t.get("key") == key and t.get("effect") == effect
+        for t in (node.get("spec") or {}).get("taints") or []
+    )
+
+
+def _tolerates(pod: Obj, key: str, effect: str) -> bool:
+    """``v1.Toleration.ToleratesTaint`` for a taint without a value."""
+    for tol in (pod.get("spec") or {}).get("tolerations") or []:
+        if tol.get("effect") not in (None, "", effect):
+            continue
+        operator = tol.get("operator") or "Equal"
+        if not tol.get("key") and operator == "Exists":
+            return True
+        if tol.get("key") == key and (operator == "Exists" or not tol.get("value")):
+            return True
+    return False
+
+
+def _validate_taints(name: str, node: Obj) -> None:
+    """The API server's validation of ``spec.taints`` (``validateNodeTaints``)."""
+    errors: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for i, taint in enumerate((node.get("spec") or {}).get("taints") or []):
+        where = f"spec.taints[{i}]"
+        if not isinstance(taint, dict):
+            errors.append(f"{where}: Invalid value: a taint must be an object")
+            continue
+        key = taint.get("key") or ""
+        effect = taint.get("effect") or ""
+        if not key:
+            errors.append(f"{where}.key: Required value")
+        elif not isinstance(key, str) or not _QUALIFIED_NAME.match(key):
+            errors.append(f"{where}.key: Invalid value: {key!r}: must be a qualified name")
+        if not effect:
+            errors.append(f"{where}.effect: Required value")
+        elif effect not in _TAINT_EFFECTS:
+            supported = ", ".join(f'"{e}"' for e in _TAINT_EFFECTS)
+            errors.append(
+                f'{where}.effect: Unsupported value: "{effect}": supported values: {supported}'
+            )
+        if (key, effect) in seen:
+            errors.append(
+                f'{where}: Duplicate value: "{key}:{effect}": taints must be unique by key and '
+                "effect pair"
+            )
+        seen.add((key, effect))
+    if errors:
+        raise _ApiError(422, f'Node "{name}" is invalid: {", ".join(errors)}', reason="Invalid")
 
 
 def _drop_taint(node: Obj, key: str) -> None:

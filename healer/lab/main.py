@@ -42,6 +42,7 @@ lab commands (type and press Enter):
   partition FRACTION           cut that fraction of the workers pool off (e.g. 0.6)
   heal                         end every partition
   outage SECONDS               the lab cloud's API fails for that long
+  clock-jump SECONDS           step the daemon's wall clock (e.g. 3600 or -3600), as NTP would
   quit
 """
 
@@ -207,11 +208,13 @@ async def _interactive(harness: LabHarness, control: LabDaemon) -> None:
         if not line:
             stdin_open = False  # no terminal: keep running until a signal stops us
             continue
-        if not await _command(harness, line.decode().split()):
+        if not await _command(harness, line.decode().split(), control=control):
             break
 
 
-async def _command(harness: LabHarness, words: list[str]) -> bool:
+async def _command(
+    harness: LabHarness, words: list[str], *, control: LabDaemon | None = None
+) -> bool:
     if not words:
         return True
     cmd, args = words[0], words[1:]
@@ -245,6 +248,18 @@ async def _command(harness: LabHarness, words: list[str]) -> bool:
         elif cmd == "outage" and args:
             harness.provider_outage(float(args[0]))
             log.info("lab.injected", failure="provider-outage", until=time.time() + float(args[0]))
+        elif cmd == "clock-jump" and args:
+            daemon = control.daemon if control is not None else None
+            if daemon is None:
+                raise ValueError("the daemon is not running")
+            # The daemon's wall clock only (healer/clock.py): the lab world keeps its time.
+            daemon.clock.step(float(args[0]))  # type: ignore[attr-defined]
+            log.info(
+                "lab.injected",
+                failure="clock-jump",
+                seconds=float(args[0]),
+                wall_minus_timeline=round(daemon.clock.wall() - daemon.clock.now(), 1),
+            )
         else:
             print(HELP)
     except (KeyError, ValueError) as exc:

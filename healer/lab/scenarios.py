@@ -90,6 +90,11 @@ class Context:
         elif state not in (STATE_KEPT, STATE_DELETED):
             raise ValueError(f"unknown state action {state!r}")
         await self.control.start()
+        # The daemon opens (and judges) the database first: opened here before it, the lab's own
+        # store would create it or move a foreign one aside, and the daemon would see neither.
+        await _until(
+            lambda: _daemon_opened_store(self.control), timeout=30.0, what="daemon store open"
+        )
         self.store = Store.open(state_dir)
 
     @property
@@ -112,6 +117,11 @@ class Context:
 
     def workflows_for(self, node: str) -> list[Any]:
         return self.store.workflows(cluster=self.cluster.name, node=node)
+
+
+async def _daemon_opened_store(control: DaemonControl) -> bool:
+    daemon = control.daemon
+    return daemon is not None and daemon.store is not None
 
 
 async def _until(predicate: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> bool:
@@ -296,3 +306,22 @@ async def run_scenario(name: str, ctx: Context) -> dict[str, Any]:
         "duration_s": round(time.time() - started, 2),
         **result,
     }
+
+
+# The day-one safety scenarios live in modules of their own, which import Context from here.
+from healer.lab.scenarios_adopt import SCENARIOS_ADOPT  # noqa: E402
+from healer.lab.scenarios_breaker import SCENARIOS_BREAKER  # noqa: E402
+from healer.lab.scenarios_capacity import SCENARIOS_CAPACITY  # noqa: E402
+from healer.lab.scenarios_clock import SCENARIOS_CLOCK  # noqa: E402
+from healer.lab.scenarios_provenance import SCENARIOS_PROVENANCE  # noqa: E402
+from healer.lab.scenarios_zone import SCENARIOS_ZONE  # noqa: E402
+
+for _more in (
+    SCENARIOS_ADOPT,
+    SCENARIOS_PROVENANCE,
+    SCENARIOS_CAPACITY,
+    SCENARIOS_ZONE,
+    SCENARIOS_BREAKER,
+    SCENARIOS_CLOCK,
+):
+    SCENARIOS.update(_more)

@@ -12,6 +12,11 @@ the configurable limits:
 ``BreakerOpen`` (scope ``cluster:<c>``)
     The cluster's circuit breaker has tripped (too many failures or too many new unhealthy nodes
     in its window); it stays open until an operator resets it. Wins over everything.
+``BadUpgradeBreakerOpen`` (scope ``cluster:<c>``)
+    The cluster's bad-upgrade breaker has tripped (``breaker.maxRebootFailures`` nodes did not
+    come back from a planned reboot within ``breaker.rebootFailureWindow``) and the candidate is
+    one of those failures (verdict ``RebootTimeout``): replacing machines does not fix a bad
+    upgrade. Other remediations go on. Open until an operator resets it.
 ``Paused`` (scope ``global``, ``cluster:<c>`` or ``pool:<c>/<p>``, widest first)
     Remediation is paused by an operator or the config.
 ``BlockedByAlert`` (scope ``cluster:<c>``)
@@ -30,33 +35,46 @@ the configurable limits:
     Without the candidate, the healthy control-plane members would not be a majority of the
     membership.
 ``TooManyUnhealthyInPool`` (scope ``pool:<c>/<p>``)
-    More nodes of the pool are unhealthy than the pool's ``maxUnhealthy`` allows: the problem
-    is probably not the nodes (network partition, outage), and replacing them would not help.
+    More nodes of the pool are out of service (unhealthy, pending, rebooting, granted a reboot or
+    being remediated) than the pool's ``maxUnhealthy`` allows: the problem is probably not the
+    nodes (network partition, outage), and replacing them would not help.
+``TooManyUnhealthyInZone`` (scope ``zone:<c>/<z>``)
+    The same, over the nodes of every pool in the candidate's failure domain (its
+    ``topology.kubernetes.io/zone`` label), against the cluster's ``maxUnhealthyPerZone``: a zone
+    outage is refused as a whole, also when it stays within each pool's limit (a zone holds a
+    few nodes of every pool). A node without the label is not judged by any zone.
 ``TooManyUnhealthyInCluster`` (scope ``cluster:<c>``)
     The same, over the whole cluster, against the cluster's ``maxUnhealthy``.
-``StormCooldown`` (scope ``pool:<c>/<p>`` or ``cluster:<c>``)
-    The scope was over its ``maxUnhealthy`` limit less than ``stormCooldown`` ago. When a
-    partition heals, nodes come back one by one; without this the first to return would free
-    the limit and the stragglers, about to return too, would be replaced.
+``StormCooldown`` (scope ``pool:<c>/<p>``, ``zone:<c>/<z>`` or ``cluster:<c>``)
+    The scope was over its limit less than ``stormCooldown`` ago. When a partition heals, nodes
+    come back one by one; without this the first to return would free the limit and the
+    stragglers, about to return too, would be replaced.
 ``MaxInFlight`` (scope ``pool:<c>/<p>``)
     The pool already has ``maxInFlight`` remediations running.
 ``HourlyBudgetExhausted`` (scope ``cluster:<c>``)
     ``maxPerHour`` remediations were started in this cluster in the last hour.
 
-Counting is deliberately conservative:
+Counting is deliberately conservative, and shared with the reboot arbiter
+(:mod:`healer.planner.disruption`, the disruption budget):
 
-* "Unhealthy" for ``maxUnhealthy`` means UNHEALTHY or PENDING, plus every node being remediated,
-  plus the candidate whatever its health (once remediation starts it is out of service). PENDING
-  counts so that a network partition, which makes many nodes Unknown at once, is refused as a
-  whole instead of trickling through as each node's timeout expires.
-* A scope's total is the configured pool size or the number of known (not GONE) nodes in it,
+* "Unhealthy" for ``maxUnhealthy`` and ``maxUnhealthyPerZone`` means *out of service*: UNHEALTHY,
+  PENDING or REBOOTING, granted a reboot that has not started yet, or being remediated; plus the
+  candidate whatever its health (once remediation starts it is out of service). PENDING counts
+  so that a network partition, which makes many nodes Unknown at once, is refused as a whole
+  instead of trickling through as each node's timeout expires. A rebooting node (and one the
+  arbiter allowed to reboot) counts because it is not serving either: a repair and a reboot
+  together must fit in the same limit, so repairs and reboots see each other. STARTING (a
+  machine being added) and GONE nodes do not count.
+* A pool's total is the configured pool size or the number of known (not GONE) nodes in it,
   whichever is larger. A percentage is of the pool as designed: a pool that lost nodes must not
   look smaller, or the limit would shrink and flap while machines sit between deleted and joined
   during their replacement (those are still counted as unhealthy while being remediated); and a
-  pool grown beyond its configured size is judged against what it really holds.
+  pool grown beyond its configured size is judged against what it really holds. A cluster's
+  total is the sum over its pools. A zone's total is its known nodes (those being remediated
+  included), and a percentage limit allows at least one node in it.
 * The control-plane membership is the configured control-plane pool size or the number of known
   control-plane nodes, whichever is larger; only HEALTHY members that are not being remediated
-  count as voters (see :func:`would_break_quorum`).
+  and hold no reboot grant count as voters (see :func:`would_break_quorum`).
 
 ``ClusterSnapshot.dry_run`` does not change any guard: a dry run must show what a real run would
 do; the planner decides not to act.
@@ -64,13 +82,15 @@ do; the planner decides not to act.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from healer.config import BreakerPolicy, ClusterConfig, Threshold
-from healer.model import Health, Role
+from healer.config import BreakerPolicy, ClusterConfig
+from healer.model import LABEL_ZONE, Health, NodeObservation, Role, Verdict
+from healer.planner.disruption import Budget, cluster_budget, pool_budget, zone_budget
 
 BREAKER_OPEN = "BreakerOpen"
+BAD_UPGRADE_BREAKER_OPEN = "BadUpgradeBreakerOpen"
 PAUSED = "Paused"
 BLOCKED_BY_ALERT = "BlockedByAlert"
 EXCLUDED = "Excluded"
@@ -79,6 +99,7 @@ SINGLE_CONTROL_PLANE = "SingleControlPlane"
 CONTROL_PLANE_IN_FLIGHT = "ControlPlaneInFlight"
 WOULD_BREAK_QUORUM = "WouldBreakQuorum"
 TOO_MANY_UNHEALTHY_IN_POOL = "TooManyUnhealthyInPool"
+TOO_MANY_UNHEALTHY_IN_ZONE = "TooManyUnhealthyInZone"
 TOO_MANY_UNHEALTHY_IN_CLUSTER = "TooManyUnhealthyInCluster"
 MAX_IN_FLIGHT = "MaxInFlight"
 STORM_COOLDOWN = "StormCooldown"
@@ -87,9 +108,14 @@ HOURLY_BUDGET_EXHAUSTED = "HourlyBudgetExhausted"
 # Reasons the circuit breaker trips with (prefix of the breaker_reason string).
 TOO_MANY_FAILURES = "TooManyFailures"
 TOO_MANY_NEW_UNHEALTHY = "TooManyNewUnhealthy"
+# ... and the reason the bad-upgrade breaker trips with.
+TOO_MANY_REBOOT_FAILURES = "TooManyRebootFailures"
+# The verdict reason of a node that did not come back from a planned reboot.
+REBOOT_TIMEOUT = "RebootTimeout"
 
-_COUNTS_AS_UNHEALTHY = frozenset({Health.UNHEALTHY, Health.PENDING})
 _NO_POOL = "(none)"
+# What the candidate is counted as in a budget when its health does not already say.
+_TO_BE_REMEDIATED = "to be remediated"
 
 
 @dataclass(frozen=True)
@@ -100,6 +126,26 @@ class NodeStatus:
     health: Health
     remediating: bool  # a remediation workflow for this node is running
     excluded: bool  # carries the cluster's exclusion label
+    zone: str | None = None  # its failure domain (label topology.kubernetes.io/zone)
+    reboot_granted: bool = False  # holds a reboot grant from the arbiter (started or not)
+    reason: str = ""  # the verdict's reason (e.g. "RebootTimeout")
+
+
+def node_status(
+    obs: NodeObservation, verdict: Verdict, *, remediating: bool, reboot_granted: bool = False
+) -> NodeStatus:
+    """A node as the guards and the reboot arbiter see it."""
+    return NodeStatus(
+        node=obs.node,
+        pool=obs.pool,
+        role=obs.role,
+        health=verdict.health,
+        remediating=remediating,
+        excluded=obs.excluded,
+        zone=obs.labels.get(LABEL_ZONE) or None,
+        reboot_granted=reboot_granted,
+        reason=verdict.reason,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,10 +160,13 @@ class ClusterSnapshot:
     breaker_reason: str  # why it tripped, from breaker_trip_reason()
     dry_run: bool = False
     now: float = 0.0
-    # scope ("pool:<c>/<p>" or "cluster:<c>") -> the last time it was over its maxUnhealthy
+    # scope ("pool:<c>/<p>", "zone:<c>/<z>" or "cluster:<c>") -> the last time it was over its
+    # limit
     storms: Mapping[str, float] = field(default_factory=dict)
     # names of the blocking alerts firing for this cluster (see healer.planner.alert_blocks)
     blocking_alerts: tuple[str, ...] = ()
+    # why the bad-upgrade breaker is open (from reboot_failure_trip_reason()), or None
+    bad_upgrade_breaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +201,20 @@ def breaker_open(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refus
         BREAKER_OPEN,
         f"the circuit breaker of cluster {s.cluster} is open ({why}); "
         f"not remediating {_node(s, c)} until it is reset",
+        f"cluster:{s.cluster}",
+    )
+
+
+def bad_upgrade_breaker_open(
+    c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
+) -> Refusal | None:
+    if s.bad_upgrade_breaker is None or c.reason != REBOOT_TIMEOUT:
+        return None
+    return Refusal(
+        BAD_UPGRADE_BREAKER_OPEN,
+        f"the bad-upgrade breaker of cluster {s.cluster} is open ({s.bad_upgrade_breaker}); "
+        f"not replacing {_node(s, c)}, which did not come back from its reboot either, until "
+        "it is reset",
         f"cluster:{s.cluster}",
     )
 
@@ -255,9 +318,9 @@ def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) ->
     """The remaining healthy members must be a majority of the whole membership on their own.
 
     Only HEALTHY members vote here: a REBOOTING member's etcd is down right now and may not come
-    back, a STARTING one may not have joined etcd yet, and a PENDING one already shows a bad
-    condition. Counting any of them would let healer take out a member while quorum rests on a
-    node that is not serving.
+    back (and one granted a reboot may go down any second), a STARTING one may not have joined
+    etcd yet, and a PENDING one already shows a bad condition. Counting any of them would let
+    healer take out a member while quorum rests on a node that is not serving.
     """
     if c.role is not Role.CONTROL_PLANE:
         return None
@@ -270,6 +333,7 @@ def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) ->
         and n.node != c.node
         and n.health is Health.HEALTHY
         and not n.remediating
+        and not n.reboot_granted
     )
     if voters >= quorum:
         return None
@@ -287,44 +351,36 @@ def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) ->
 def too_many_unhealthy_in_pool(
     c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
 ) -> Refusal | None:
-    nodes = [n for n in _nodes(c, s) if n.pool == c.pool]
-    total = _pool_total(cfg, c.pool, nodes)
-    bad = _unhealthy_count(c, nodes)
-    threshold = cfg.remediation_for(c.pool).max_unhealthy
-    limit = threshold.limit_for(total)
-    if bad <= limit:
+    budget = pool_budget(s.cluster, cfg, s.nodes, c.pool, subject=c, subject_why=_TO_BE_REMEDIATED)
+    return _over(TOO_MANY_UNHEALTHY_IN_POOL, budget, c, s)
+
+
+def too_many_unhealthy_in_zone(
+    c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
+) -> Refusal | None:
+    if c.zone is None:
         return None
-    return Refusal(
-        TOO_MANY_UNHEALTHY_IN_POOL,
-        f"{bad} of {total} nodes in pool {_pool(s, c.pool)} are unhealthy or being remediated "
-        f"({_limit(threshold, limit)}); not remediating {_node(s, c)}",
-        _pool_scope(s, c.pool),
-    )
+    budget = zone_budget(s.cluster, cfg, s.nodes, c.zone, subject=c, subject_why=_TO_BE_REMEDIATED)
+    return _over(TOO_MANY_UNHEALTHY_IN_ZONE, budget, c, s)
 
 
 def too_many_unhealthy_in_cluster(
     c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
 ) -> Refusal | None:
-    nodes = _nodes(c, s)
-    pools = {p.name for p in cfg.pools} | {n.pool for n in nodes if n.pool is not None}
-    total = sum(_pool_total(cfg, p, [n for n in nodes if n.pool == p]) for p in pools)
-    total += _pool_total(cfg, None, [n for n in nodes if n.pool is None])
-    bad = _unhealthy_count(c, nodes)
-    threshold = cfg.remediation.max_unhealthy
-    limit = threshold.limit_for(total)
-    if bad <= limit:
+    budget = cluster_budget(s.cluster, cfg, s.nodes, subject=c, subject_why=_TO_BE_REMEDIATED)
+    return _over(TOO_MANY_UNHEALTHY_IN_CLUSTER, budget, c, s)
+
+
+def _over(reason: str, budget: Budget, c: NodeStatus, s: ClusterSnapshot) -> Refusal | None:
+    if not budget.over:
         return None
-    return Refusal(
-        TOO_MANY_UNHEALTHY_IN_CLUSTER,
-        f"{bad} of {total} nodes in cluster {s.cluster} are unhealthy or being remediated "
-        f"({_limit(threshold, limit)}); not remediating {_node(s, c)}",
-        f"cluster:{s.cluster}",
-    )
+    return Refusal(reason, f"{budget.describe()}; not remediating {_node(s, c)}", budget.scope)
 
 
 def storm_cooldown(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
     cooldown = cfg.storm_cooldown()
-    for scope in (_pool_scope(s, c.pool), f"cluster:{s.cluster}"):
+    zone = () if c.zone is None else (f"zone:{s.cluster}/{c.zone}",)
+    for scope in (_pool_scope(s, c.pool), *zone, f"cluster:{s.cluster}"):
         last = s.storms.get(scope)
         if last is not None and s.now - last < cooldown:
             return Refusal(
@@ -366,6 +422,7 @@ def hourly_budget_exhausted(
 
 GUARDS: tuple[Guard, ...] = (
     breaker_open,
+    bad_upgrade_breaker_open,
     paused,
     blocked_by_alert,
     excluded,
@@ -374,6 +431,7 @@ GUARDS: tuple[Guard, ...] = (
     control_plane_in_flight,
     would_break_quorum,
     too_many_unhealthy_in_pool,
+    too_many_unhealthy_in_zone,
     too_many_unhealthy_in_cluster,
     storm_cooldown,
     max_in_flight,
@@ -405,6 +463,20 @@ def breaker_trip_reason(
     return None
 
 
+def reboot_failure_trip_reason(
+    *, reboot_failures_in_window: int, policy: BreakerPolicy
+) -> str | None:
+    """Why the bad-upgrade breaker should trip now, or None: ``maxRebootFailures`` nodes did not
+    come back from a planned reboot within ``rebootFailureWindow``."""
+    if reboot_failures_in_window < policy.max_reboot_failures:
+        return None
+    return (
+        f"{TOO_MANY_REBOOT_FAILURES}: {reboot_failures_in_window} "
+        f"node{_s(reboot_failures_in_window)} did not come back from a planned reboot in the "
+        f"last {_window(policy.reboot_failure_window)} (limit {policy.max_reboot_failures})"
+    )
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
@@ -420,18 +492,6 @@ def _nodes(c: NodeStatus, s: ClusterSnapshot) -> list[NodeStatus]:
     return nodes
 
 
-def _unhealthy_count(c: NodeStatus, nodes: Iterable[NodeStatus]) -> int:
-    return sum(
-        1 for n in nodes if n.node == c.node or n.remediating or n.health in _COUNTS_AS_UNHEALTHY
-    )
-
-
-def _pool_total(cfg: ClusterConfig, pool: str | None, nodes: Iterable[NodeStatus]) -> int:
-    configured = p.size if (p := cfg.pool(pool)) is not None else 0
-    known = sum(1 for n in nodes if n.health is not Health.GONE)
-    return max(configured, known)
-
-
 def _cp_members(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> int:
     configured = next((p.size for p in cfg.pools if p.role is Role.CONTROL_PLANE), 0)
     known = sum(
@@ -443,12 +503,6 @@ def _cp_members(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> int:
 def _cp_scope(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> str:
     cp_pool = next((p.name for p in cfg.pools if p.role is Role.CONTROL_PLANE), c.pool)
     return _pool_scope(s, cp_pool)
-
-
-def _limit(threshold: Threshold, limit: int) -> str:
-    if threshold.percent is not None:
-        return f"limit {threshold} = {limit}"
-    return f"limit {limit}"
 
 
 def _node(s: ClusterSnapshot, c: NodeStatus) -> str:

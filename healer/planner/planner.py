@@ -2,14 +2,16 @@
 
 Deciding is separate from doing: the planner builds a snapshot, asks the pure guards, and either
 records a refusal (audit + log, never silent) or persists a new workflow and hands it to the
-runner. It also owns the circuit breaker's tripping.
+runner. It also owns the tripping of the circuit breakers (the remediation breaker and the
+bad-upgrade breaker; a reset starts a fresh window for both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 
@@ -20,16 +22,27 @@ from healer.health.tracker import HealthTracker
 from healer.model import Health, NodeKey, NodeObservation, Verdict
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.guards import (
+    REBOOT_TIMEOUT,
     TOO_MANY_UNHEALTHY_IN_CLUSTER,
     TOO_MANY_UNHEALTHY_IN_POOL,
+    TOO_MANY_UNHEALTHY_IN_ZONE,
     ClusterSnapshot,
     NodeStatus,
     Refusal,
     breaker_trip_reason,
     check,
+    node_status,
+    reboot_failure_trip_reason,
 )
 from healer.provisioning.naming import machine_name
-from healer.store.sqlite import RUNNING, Store, WorkflowRecord, pause_scope
+from healer.store.sqlite import (
+    BREAKER_BAD_UPGRADE,
+    BREAKER_REMEDIATION,
+    RUNNING,
+    Store,
+    WorkflowRecord,
+    pause_scope,
+)
 
 log = structlog.get_logger("healer.planner")
 
@@ -40,8 +53,16 @@ FAILED_COOLDOWN = HOUR
 UNMANAGED_POOL = "UnmanagedPool"
 RECENTLY_FAILED = "RemediationFailedRecently"
 DRY_RUN = "DryRun"
+# `healer remediate` of a node whose verdict is not UNHEALTHY needs the operator's confirmation
+# (a prompt, or --yes); the workflow of such a node carries the reason MANUAL, and its drain
+# never overrides a PodDisruptionBudget unless forced (healer.workflow.drain).
+CONFIRMATION_REQUIRED = "ConfirmationRequired"
+NOT_SYNCED = "NotSynced"  # a manual request before the cluster's node list was read whole
+MANUAL = "Manual"
 
-_STORM_REASONS = frozenset({TOO_MANY_UNHEALTHY_IN_POOL, TOO_MANY_UNHEALTHY_IN_CLUSTER})
+_STORM_REASONS = frozenset(
+    {TOO_MANY_UNHEALTHY_IN_POOL, TOO_MANY_UNHEALTHY_IN_ZONE, TOO_MANY_UNHEALTHY_IN_CLUSTER}
+)
 
 StartWorkflow = Callable[[WorkflowRecord], Awaitable[None]]
 
@@ -71,6 +92,14 @@ class Planner:
         self._last_refusal: dict[NodeKey, str] = {}
         self._frozen: dict[str, str] = {}
         self._storms: dict[str, float] = self._recent_storms()
+        self._awaiting_sync: set[str] = set()  # clusters whose wait for a full list was logged
+        # The nodes of a cluster that hold a reboot grant (the arbiter's, when there is one):
+        # they count as out of service in the guards, like the rebooting ones.
+        self._reboot_grants: Callable[[str], Collection[str]] | None = None
+
+    def watch_reboot_grants(self, grants: Callable[[str], Collection[str]]) -> None:
+        """Let the guards see the reboot arbiter's grants (``RebootArbiter.granted_nodes``)."""
+        self._reboot_grants = grants
 
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
@@ -130,14 +159,13 @@ class Planner:
     def snapshot(self, cluster: ClusterConfig) -> ClusterSnapshot:
         now = self._clock.now()
         running = {wf.node for wf in self._store.workflows(cluster=cluster.name, state=RUNNING)}
+        granted = self._reboot_grants(cluster.name) if self._reboot_grants else frozenset()
         nodes = tuple(
-            NodeStatus(
-                node=obs.node,
-                pool=obs.pool,
-                role=obs.role,
-                health=verdict.health,
+            node_status(
+                obs,
+                verdict,
                 remediating=obs.node in running,
-                excluded=obs.excluded,
+                reboot_granted=obs.node in granted,
             )
             for obs, verdict in self._tracker.nodes(cluster.name)
         )
@@ -158,6 +186,9 @@ class Planner:
             now=now,
             storms=dict(self._storms),
             blocking_alerts=self._blocks.active(cluster.name, now) if self._blocks else (),
+            bad_upgrade_breaker=self._store.breakers(kind=BREAKER_BAD_UPGRADE).get(
+                cluster.name, (None, 0.0)
+            )[0],
         )
 
     def _recent_storms(self) -> dict[str, float]:
@@ -176,6 +207,8 @@ class Planner:
         if cluster is None:
             return
         if cluster_name in self._frozen:
+            return
+        if not self._synced(cluster_name):
             return
         lock = self._locks.setdefault(cluster_name, asyncio.Lock())
         async with lock:
@@ -201,6 +234,24 @@ class Planner:
                 await self._launch(cluster, candidate)
                 snapshot = self.snapshot(cluster)
 
+    def _synced(self, cluster_name: str) -> bool:
+        """The informer barrier: nothing is decided for a cluster until its node list has been
+        folded in whole, so the guards see every node (logged once per wait, not per event)."""
+        if self._tracker.synced(cluster_name):
+            if cluster_name in self._awaiting_sync:
+                self._awaiting_sync.discard(cluster_name)
+                log.info("planner.synced", cluster=cluster_name)
+            return True
+        if cluster_name not in self._awaiting_sync:
+            self._awaiting_sync.add(cluster_name)
+            log.info(
+                "planner.waiting_for_sync",
+                cluster=cluster_name,
+                reason="NotSynced",
+                detail=f"no decisions for {cluster_name} until its node list has been read whole",
+            )
+        return False
+
     def _precheck(self, cluster: ClusterConfig, node: NodeStatus) -> Refusal | None:
         scope = f"node:{cluster.name}/{node.node}"
         if cluster.pool(node.pool) is None:
@@ -210,12 +261,25 @@ class Planner:
                 "the configuration: healer only replaces machines of pools it manages",
                 scope=scope,
             )
-        since = self._clock.now() - FAILED_COOLDOWN
-        failed = [
-            wf
-            for wf in self._store.workflows(cluster=cluster.name, node=node.node, state="failed")
-            if (wf.finished_at or 0) >= since
-        ]
+        now = self._clock.now()
+        # A failure that left the pool a machine short (old machine fenced, no replacement) must
+        # not hold back restoring it for an hour: it waits only the retry backoff's cap.
+        short_cooldown = cluster.remediation.retry.max_delay
+        failed, short = [], []
+        for wf in self._store.workflows(cluster=cluster.name, node=node.node, state="failed"):
+            if self._store.left_pool_short(wf.id):
+                if (wf.finished_at or 0) >= now - short_cooldown:
+                    short.append(wf)
+            elif (wf.finished_at or 0) >= now - FAILED_COOLDOWN:
+                failed.append(wf)
+        if short and not failed:
+            return Refusal(
+                reason=RECENTLY_FAILED,
+                message=f"remediation {short[-1].id} of {cluster.name}/{node.node} failed and left "
+                f"pool {node.pool} a machine short ({short[-1].error}); trying again "
+                f"{short_cooldown:.0f}s after the failure",
+                scope=scope,
+            )
         if failed:
             return Refusal(
                 reason=RECENTLY_FAILED,
@@ -275,12 +339,18 @@ class Planner:
             state=RUNNING,
             step="cordon",
             # A node replaced on request while not unhealthy: say so, not "Healthy".
-            reason=verdict.reason if verdict and verdict.needs_remediation else "Manual",
+            reason=verdict.reason if verdict and verdict.needs_remediation else MANUAL,
             evidence={
                 "verdict": verdict.message
                 if verdict and verdict.needs_remediation
                 else "manual request (`healer remediate`)",
                 "recent": list(obs.recent) if obs else [],
+                # Both signals with their times when the verdict was corroborated.
+                **(
+                    {"signals": list(verdict.signals)}
+                    if verdict and verdict.needs_remediation and verdict.signals
+                    else {}
+                ),
             },
             replacement_name=machine_name(cluster.name, pool, wf_id),
             started_at=now,
@@ -313,13 +383,40 @@ class Planner:
         await self._start(wf)
         return wf
 
+    def drain_within(self, cluster_name: str, pool: str | None) -> float | None:
+        """How long a workflow in ``pool`` may take to get through its drain, for `healer
+        remediate` to wait: ``drainTimeout``, plus ``nodeStartupTimeout`` in the surge order
+        (the replacement is created and joins before the drain)."""
+        cluster = self._config.cluster(cluster_name)
+        if cluster is None:
+            return None
+        policy = cluster.remediation_for(pool)
+        surge = policy.strategy == "surge"
+        startup = cluster.health_for(pool).node_startup_timeout if surge else 0.0
+        return policy.drain_timeout + startup
+
     async def remediate_now(
-        self, cluster_name: str, node: str, *, force: bool
+        self, cluster_name: str, node: str, *, force: bool, confirmed: bool = False
     ) -> WorkflowRecord | Refusal:
-        """A human asked for it: the same guards unless ``force``."""
+        """A human asked for it: the same guards unless ``force``.
+
+        A node whose verdict is not UNHEALTHY is replaced only when the operator ``confirmed``
+        it (`healer remediate` asks on a terminal, or takes --yes); otherwise the answer is
+        ``ConfirmationRequired``. The verdict is the daemon's, now: the CLI's view of the state
+        database may be older. Its drain then respects PodDisruptionBudgets unless ``force``.
+        """
         cluster = self._config.cluster(cluster_name)
         if cluster is None:
             raise KeyError(f"unknown cluster {cluster_name!r}")
+        if not force and not self._tracker.synced(cluster_name):
+            # Not a node's refusal (the node may not even be folded in yet): the request's own
+            # audit line (operator.remediate) records it.
+            return Refusal(
+                NOT_SYNCED,
+                f"healer has not read the node list of {cluster_name} whole yet; it decides "
+                "nothing on part of it (ask again in a moment, or --force)",
+                f"cluster:{cluster_name}",
+            )
         async with self._locks.setdefault(cluster_name, asyncio.Lock()):
             snapshot = self.snapshot(cluster)
             status = next((n for n in snapshot.nodes if n.node == node), None)
@@ -333,6 +430,19 @@ class Planner:
                 )
             elif cluster.pool(status.pool) is None:
                 refusal = self._precheck(cluster, status)
+            elif status.health is not Health.UNHEALTHY and not confirmed:
+                pdbs = (
+                    "with --force its drain overrides PodDisruptionBudgets after drainTimeout"
+                    if force
+                    else "its drain will respect PodDisruptionBudgets (--force overrides them)"
+                )
+                refusal = Refusal(
+                    CONFIRMATION_REQUIRED,
+                    f"{cluster_name}/{node} is {status.health} ({status.reason or 'no reason'}), "
+                    "not unhealthy: replacing it needs a confirmation (answer the prompt, or "
+                    f"pass --yes); {pdbs}",
+                    scope,
+                )
             elif not force:
                 refusal = check(status, snapshot, cluster)
             if refusal is not None:
@@ -340,27 +450,69 @@ class Planner:
                 return refusal
             return await self._launch(cluster, status, forced=force)
 
-    # -- breaker ----------------------------------------------------------------------------
+    # -- breakers ---------------------------------------------------------------------------
     def _maybe_trip(self, cluster_name: str) -> None:
+        """Trip the cluster's breakers when their limits are reached.
+
+        Each counts only what happened in its window *and* after its last reset: a reset starts
+        a fresh window, or the same old entries would open it again seconds later.
+        """
         cluster = self._config.cluster(cluster_name)
-        if cluster is None or cluster_name in self._store.breakers():
+        if cluster is None:
             return
         now = self._clock.now()
-        since = now - cluster.breaker.window
-        reason = breaker_trip_reason(
-            failures_in_window=self._store.failed_since(cluster_name, since),
-            new_unhealthy_in_window=self._store.count_audit(
-                cluster=cluster_name, event="node.unhealthy", since=since
-            ),
-            policy=cluster.breaker,
-        )
-        if reason and self._store.open_breaker(cluster_name, reason, now):
-            metrics.BREAKER_OPEN.labels(cluster_name).set(1)
-            log.error("breaker.opened", cluster=cluster_name, reason=reason)
-            self._store.audit(
-                at=now,
-                cluster=cluster_name,
-                event="breaker.opened",
-                reason=reason.split(":", 1)[0],
-                message=f"{reason}; no remediation in {cluster_name} until `healer breaker reset`",
+        policy = cluster.breaker
+        if cluster_name not in self._store.breakers(kind=BREAKER_REMEDIATION):
+            since = self._window_start(cluster_name, BREAKER_REMEDIATION, now - policy.window)
+            reason = breaker_trip_reason(
+                failures_in_window=self._store.failed_since(cluster_name, since),
+                new_unhealthy_in_window=self._store.count_audit(
+                    cluster=cluster_name, event="node.unhealthy", since=since
+                ),
+                policy=policy,
             )
+            if reason:
+                self._open(cluster_name, BREAKER_REMEDIATION, reason, now)
+        if cluster_name not in self._store.breakers(kind=BREAKER_BAD_UPGRADE):
+            since = self._window_start(
+                cluster_name, BREAKER_BAD_UPGRADE, now - policy.reboot_failure_window
+            )
+            reason = reboot_failure_trip_reason(
+                reboot_failures_in_window=self._store.count_audit(
+                    cluster=cluster_name, event="node.unhealthy", since=since, reason=REBOOT_TIMEOUT
+                ),
+                policy=policy,
+            )
+            if reason:
+                self._open(cluster_name, BREAKER_BAD_UPGRADE, reason, now)
+
+    def _window_start(self, cluster_name: str, kind: str, window_start: float) -> float:
+        reset_at = self._store.breaker_reset_at(cluster_name, kind=kind)
+        if reset_at is None:
+            return window_start
+        # Strictly after the reset: an entry of the same instant belongs to the old window.
+        return max(window_start, math.nextafter(reset_at, math.inf))
+
+    def _open(self, cluster_name: str, kind: str, reason: str, now: float) -> None:
+        if not self._store.open_breaker(cluster_name, reason, now, kind=kind):
+            return
+        code, _, detail = reason.partition(": ")
+        if kind == BREAKER_REMEDIATION:
+            metrics.BREAKER_OPEN.labels(cluster_name).set(1)
+            event, stops = "breaker.opened", f"no remediation in {cluster_name}"
+        else:
+            metrics.BAD_UPGRADE_BREAKER_OPEN.labels(cluster_name).set(1)
+            event = "breaker.bad_upgrade_opened"
+            stops = (
+                f"no reboot granted in {cluster_name} and no node that failed its reboot replaced"
+            )
+        log.error(event, cluster=cluster_name, reason=code, detail=detail)
+        self._store.audit(
+            at=now,
+            cluster=cluster_name,
+            event=event,
+            reason=code,
+            # The reason column carries the code: the message does not repeat it.
+            message=f"{detail or code}; {stops} until `healer breaker reset`",
+            evidence={"breaker": kind, "reason": reason},
+        )

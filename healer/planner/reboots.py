@@ -1,5 +1,6 @@
 """Reboot arbitration: may this node's agent reboot it now? Healer arbitrates reboots and repairs
-together, so a pool never loses two machines at once to a reboot and a replacement.
+together: a reboot never starts while its pool is short of a machine, and a repair counts the
+reboots under way against the same limits.
 
 Owns the decision (:func:`decide`, pure, kured-style: a straight chain of small checks, the
 first that refuses answers) and the grants handed out (:class:`RebootArbiter`). The MQTT
@@ -7,13 +8,32 @@ protocol is :mod:`healer.sources.mqtt_reboot`. The checks, in order:
 
 ``UnknownNode``          healer does not manage this node (not configured, or not seen yet)
 ``ApiUnreachable``       the cluster's API is unreachable: healer's view is stale
+``NotSynced``            the cluster's node list has not been read whole yet (first start, re-list)
 ``BreakerOpen``          the cluster's circuit breaker is open
+``BadUpgradeBreakerOpen`` the cluster's bad-upgrade breaker is open: nodes did not come back
+                         from planned reboots (``breaker.maxRebootFailures``); no more reboots
 ``Paused``               remediation is paused globally, for the cluster or for the pool
 ``BlockedByAlert``       a blocking alert is firing for the cluster (docs/webhook.md)
 ``OutsideWindow``        ``reboots.windows`` are configured and none is open now
 ``RemediationInFlight``  a node of the same pool is being replaced
 ``PoolBusy``             another node of the pool holds a grant or is rebooting
+``PoolDegraded``         another node of the pool is unhealthy, pending or still starting
+``DisruptionBudget``     with this node rebooting, its zone or its cluster would have more nodes
+                         out of service than ``maxUnhealthyPerZone`` / ``maxUnhealthy`` allow
 ``Granted``              none of the above: the node may reboot until ``expiresAt``
+
+Reboots and repairs are arbitrated together, in both directions, over one view of who is out of
+service (:mod:`healer.planner.disruption`). Here, a reboot is granted only when every other node
+of its pool is in service: not being remediated, not rebooting or holding a grant, and not
+UNHEALTHY (it is about to be replaced), PENDING (it shows a bad condition now and may be replaced
+in minutes: a partition starts this way) or STARTING (not serving yet). A reboot can wait; a
+degraded pool cannot afford to lose one more machine, even for a minute. Over the pool, the zone
+and cluster budgets stop reboots from piling onto trouble elsewhere (another pool's outage, a
+zone going down); a lone reboot in an otherwise whole zone or cluster is always within them,
+whatever the limit, so that small clusters still get their updates. In the other direction the
+repair guards (:mod:`healer.planner.guards`) count rebooting nodes and the nodes holding a grant
+(:meth:`RebootArbiter.granted_nodes`) against ``maxUnhealthy``: a repair may start while a peer
+reboots only if the limit has room for both.
 
 A grant lasts ``permitTtl``; once the agent announces the reboot (``reboot``/``started``) it is
 held until the node reports ``booted`` (or is deleted), at most ``rebootTimeout`` after the
@@ -38,31 +58,41 @@ from healer.health.tracker import HealthTracker
 from healer.maintenance import next_change, reboots_allowed
 from healer.model import EventKind, Health, NodeEvent, NodeKey
 from healer.planner.alert_blocks import AlertBlocks
+from healer.planner.disruption import Budget, cluster_budget, zone_budget
+from healer.planner.guards import node_status
 from healer.sources.mqtt_reboot import Permit, RebootRequest
-from healer.store.sqlite import RUNNING, Store, pause_scope
+from healer.store.sqlite import BREAKER_BAD_UPGRADE, RUNNING, Store, pause_scope
 
 log = structlog.get_logger("healer.planner.reboots")
 
 GRANTED: Final = "Granted"
 UNKNOWN_NODE: Final = "UnknownNode"
 API_UNREACHABLE: Final = "ApiUnreachable"
+NOT_SYNCED: Final = "NotSynced"
 BREAKER_OPEN: Final = "BreakerOpen"
+BAD_UPGRADE_BREAKER_OPEN: Final = "BadUpgradeBreakerOpen"
 PAUSED: Final = "Paused"
 BLOCKED_BY_ALERT: Final = "BlockedByAlert"
 OUTSIDE_WINDOW: Final = "OutsideWindow"
 REMEDIATION_IN_FLIGHT: Final = "RemediationInFlight"
 POOL_BUSY: Final = "PoolBusy"
+POOL_DEGRADED: Final = "PoolDegraded"
+DISRUPTION_BUDGET: Final = "DisruptionBudget"
 
 # How soon a refused agent should ask again, by reason. Short where the obstacle usually clears
 # in minutes; an outside-window refusal says when the window opens instead.
 RETRY_AFTER: Final = {
     UNKNOWN_NODE: 300.0,
     API_UNREACHABLE: 60.0,
+    NOT_SYNCED: 30.0,
     BREAKER_OPEN: 300.0,
+    BAD_UPGRADE_BREAKER_OPEN: 600.0,
     PAUSED: 300.0,
     BLOCKED_BY_ALERT: 120.0,
     REMEDIATION_IN_FLIGHT: 60.0,
     POOL_BUSY: 60.0,
+    POOL_DEGRADED: 60.0,
+    DISRUPTION_BUDGET: 60.0,
 }
 MAX_RETRY_AFTER: Final = 3600.0
 
@@ -77,11 +107,16 @@ class Situation:
     known: bool
     now: float
     frozen: str | None = None  # why the API is unreachable
+    synced: bool = True  # the cluster's node list has been read whole (the informer barrier)
     breaker: str | None = None  # why the breaker is open
+    bad_upgrade: str | None = None  # why the bad-upgrade breaker is open
     paused: str | None = None  # the widest pause scope that applies
     blocking_alerts: tuple[str, ...] = ()
     remediating_in_pool: tuple[str, ...] = ()
     busy_in_pool: tuple[str, ...] = ()  # other nodes holding a grant or rebooting
+    degraded_in_pool: tuple[str, ...] = ()  # other nodes UNHEALTHY, PENDING or STARTING
+    # the zone's and the cluster's budgets, this node counted as out of service
+    budgets: tuple[Budget, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,8 +140,13 @@ def decide(s: Situation, policy: RebootPolicy) -> Decision:
         return deny(UNKNOWN_NODE, "healer does not manage this node")
     if s.frozen is not None:
         return deny(API_UNREACHABLE, f"the API of {s.cluster} is unreachable ({s.frozen})")
+    if not s.synced:
+        # Before the list is in, the peers this decision must count are not all known yet.
+        return deny(NOT_SYNCED, f"the node list of {s.cluster} has not been read whole yet")
     if s.breaker is not None:
         return deny(BREAKER_OPEN, f"the circuit breaker of {s.cluster} is open ({s.breaker})")
+    if (blocked := bad_upgrade_blocker(s)) is not None:
+        return deny(BAD_UPGRADE_BREAKER_OPEN, blocked)
     if s.paused is not None:
         return deny(PAUSED, f"healer is paused ({s.paused}); no reboots")
     if s.blocking_alerts:
@@ -132,8 +172,31 @@ def decide(s: Situation, policy: RebootPolicy) -> Decision:
             f"{s.cluster}/{s.busy_in_pool[0]} of pool {pool} is rebooting or may reboot; one "
             "reboot per pool at a time",
         )
+    if s.degraded_in_pool:
+        return deny(
+            POOL_DEGRADED,
+            f"{s.cluster}/{s.degraded_in_pool[0]} of pool {pool} is not in service (unhealthy, "
+            "pending or starting); reboots wait until the pool is whole",
+        )
+    for budget in s.budgets:
+        # A lone reboot is always within budget: the limits stop reboots piling onto trouble.
+        if budget.count > max(budget.limit, 1):
+            return deny(
+                DISRUPTION_BUDGET,
+                f"with it, {budget.describe()}",
+            )
     expires = s.now + policy.permit_ttl
     return Decision(True, GRANTED, f"{who} may reboot until {_utc(expires)}", None, expires)
+
+
+def bad_upgrade_blocker(s: Situation) -> str | None:
+    """Why no reboot may start while the bad-upgrade breaker is open, or None."""
+    if s.bad_upgrade is None:
+        return None
+    return (
+        f"the bad-upgrade breaker of {s.cluster} is open ({s.bad_upgrade}); no reboots until "
+        "`healer breaker reset`"
+    )
 
 
 @dataclass(frozen=True)
@@ -244,17 +307,35 @@ class RebootArbiter:
             return Situation(cluster=key.cluster, node=key.node, pool=None, known=False, now=now)
         pool = obs.pool
         running = {wf.node for wf in self._store.workflows(cluster=key.cluster, state=RUNNING)}
-        in_pool = [
-            (o, v)
+        granted = self.granted_nodes(key.cluster)
+        nodes = [
+            node_status(o, v, remediating=o.node in running, reboot_granted=o.node in granted)
             for o, v in self._tracker.nodes(key.cluster)
-            if o.pool == pool and o.node != key.node
         ]
-        busy = {o.node for o, v in in_pool if v.health is Health.REBOOTING}
-        busy |= {
-            g.node
-            for g in self._grants.values()
-            if g.cluster == key.cluster and g.pool == pool and g.node != key.node
-        }
+        me = next((n for n in nodes if n.node == key.node), None)
+        if me is None:  # known, but no verdict yet
+            return Situation(cluster=key.cluster, node=key.node, pool=None, known=False, now=now)
+        peers = [n for n in nodes if n.pool == pool and n.node != key.node]
+        remediating = sorted(n.node for n in peers if n.remediating)
+        busy = sorted(
+            n.node
+            for n in peers
+            if not n.remediating and (n.health is Health.REBOOTING or n.reboot_granted)
+        )
+        degraded = sorted(
+            n.node
+            for n in peers
+            if not n.remediating
+            and not n.reboot_granted
+            and n.health in (Health.UNHEALTHY, Health.PENDING, Health.STARTING)
+        )
+        # The zone's and the cluster's budgets with this node counted out (the pool's rule is
+        # the stricter one above: no other node of the pool out at all).
+        why = "asking to reboot"
+        budgets = [cluster_budget(key.cluster, cluster, nodes, subject=me, subject_why=why)]
+        if me.zone is not None:
+            zone = zone_budget(key.cluster, cluster, nodes, me.zone, subject=me, subject_why=why)
+            budgets.insert(0, zone)
         pauses = self._store.pauses()
         paused = next(
             (
@@ -282,12 +363,24 @@ class RebootArbiter:
             known=True,
             now=now,
             frozen=self._frozen(key.cluster) if self._frozen is not None else None,
+            synced=self._tracker.synced(key.cluster),
             breaker=breakers[key.cluster][0] if key.cluster in breakers else None,
+            bad_upgrade=self._store.breakers(kind=BREAKER_BAD_UPGRADE).get(
+                key.cluster, (None, 0.0)
+            )[0],
             paused=paused,
             blocking_alerts=self._blocks.active(key.cluster, now) if self._blocks else (),
-            remediating_in_pool=tuple(sorted(o.node for o, _ in in_pool if o.node in running)),
-            busy_in_pool=tuple(sorted(busy)),
+            remediating_in_pool=tuple(remediating),
+            busy_in_pool=tuple(busy),
+            degraded_in_pool=tuple(degraded),
+            budgets=tuple(budgets),
         )
+
+    def granted_nodes(self, cluster: str) -> frozenset[str]:
+        """The nodes of ``cluster`` holding a grant, started or not: the repair guards count
+        them as out of service (the planner's ``watch_reboot_grants``)."""
+        self._expire(self._clock.now())
+        return frozenset(g.node for g in self._grants.values() if g.cluster == cluster)
 
     # -- internals ------------------------------------------------------------------------------
 

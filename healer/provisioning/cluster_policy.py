@@ -417,7 +417,7 @@ async def reconcile_cluster_policy(
     changes = await reconcile_pod_security(cluster_cfg, kube, dry_run=dry_run)
     changes += await reconcile_rbac(cluster_cfg, kube, dry_run=dry_run)
     if state_dir is not None and cluster_cfg.kubernetes is not None and not dry_run:
-        now = (clock or RealClock()).now()
+        now = (clock or RealClock()).wall()  # the token's expiry is the API server's time
         token = await refresh_bootstrap_token(cluster_cfg, kube, state_dir, now=now)
         if token is not None:
             changes.append(token)

@@ -8,9 +8,12 @@ Every machine of a cluster, the first ones and every replacement, gets its user 
   cluster's key (:mod:`healer.provisioning.sshkeys`); keys from the cloud's metadata are not
   imported; sshd hardened by the drop-in ``/etc/ssh/sshd_config.d/10-healer.conf`` (public key
   only, no passwords, no keyboard-interactive, no root login);
-* unattended security upgrades, with reboots when an upgrade needs one: timed by healer through
-  the node agent when the agent is installed (the agent asks, healer permits one reboot per pool
-  at a time and inside maintenance windows), else by unattended-upgrades itself;
+* unattended security upgrades, with reboots when an upgrade needs one timed by healer through
+  the node agent (the agent asks, healer's arbiter permits one reboot per pool at a time, only
+  while the pool is whole, within the disruption budget and inside maintenance windows). Without
+  the agent a machine never reboots on its own (``Automatic-Reboot "false"``: the update waits in
+  /var/run/reboot-required) unless ``upgrades.automaticReboot: true`` says so explicitly; then
+  unattended-upgrades reboots it at 02:00, unarbitrated, and ``healer validate`` warns;
 * the node agent and its systemd units, read from the package at render time, with their
   configuration (``/etc/healer/agent.env``: broker, TLS CA, credentials in a root-only file the
   environment refers to);
@@ -82,11 +85,14 @@ def sshd_dropin(user: str) -> str:
 APT_PERIODIC = 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
 
 
-def unattended_upgrades_conf(*, automatic_reboot: bool, agent_reboots: bool) -> str:
+def unattended_upgrades_conf(*, automatic_reboot: bool | None, agent_reboots: bool) -> str:
     """healer's settings on top of the distribution's ``50unattended-upgrades``, whose default
     origins are the security updates. When the node agent is there it does the reboot, at the
-    time healer permits; unattended-upgrades only leaves /var/run/reboot-required behind."""
-    own_reboot = automatic_reboot and not agent_reboots
+    time healer permits; unattended-upgrades only leaves /var/run/reboot-required behind. Without
+    the agent, unattended-upgrades reboots the machine itself only on an explicit
+    ``automatic_reboot=True`` (``upgrades.automaticReboot: true``); unset means "only when
+    arbitrated", and without the agent nothing arbitrates."""
+    own_reboot = automatic_reboot is True and not agent_reboots
     lines = [
         "// Written by healer.",
         f'Unattended-Upgrade::Automatic-Reboot "{"true" if own_reboot else "false"}";',
@@ -96,10 +102,15 @@ def unattended_upgrades_conf(*, automatic_reboot: bool, agent_reboots: bool) -> 
             'Unattended-Upgrade::Automatic-Reboot-WithUsers "true";',
             'Unattended-Upgrade::Automatic-Reboot-Time "02:00";',
         ]
-    elif automatic_reboot:
+    elif automatic_reboot is not False and agent_reboots:
         lines.append(
             "// Reboots: the healer node agent reboots when /var/run/reboot-required appears "
             "and healer permits it."
+        )
+    elif automatic_reboot is None:
+        lines.append(
+            "// Reboots: never on the machine's own; no healer node agent arbitrates them. An "
+            "update that needs one waits in /var/run/reboot-required."
         )
     lines += [
         'Unattended-Upgrade::Remove-Unused-Kernel-Packages "true";',
@@ -229,7 +240,12 @@ class UserDataBuilder:
                 "provisioning.agent_not_shipped",
                 cluster=cluster.name,
                 hint="healer/agent/healer_agent.py or systemd/healer-agent*.service is missing; "
-                "machines get no node agent and reboot on their own",
+                "machines get no node agent"
+                + (
+                    " and reboot on their own (upgrades.automaticReboot: true)"
+                    if cluster.upgrades.reboots_unarbitrated(agent=False)
+                    else " and do not reboot for updates"
+                ),
             )
         if cluster.upgrades.enabled:
             packages.append("unattended-upgrades")
@@ -328,7 +344,7 @@ class UserDataBuilder:
             "HEALER_HEARTBEAT_INTERVAL": f"{cfg.heartbeat_interval:g}",
             # The agent reboots (with healer's permit) only if the cluster wants reboots at all.
             "HEALER_AUTO_REBOOT": "true"
-            if cluster.upgrades.enabled and cluster.upgrades.automatic_reboot
+            if cluster.upgrades.reboots_through_agent(agent=True)
             else "false",
         }
         if cfg.tls_ca is not None:

@@ -8,9 +8,12 @@ earliest deadline, so it is tested in virtual time.
 
 It *corroborates* the Kubernetes view; it does not replace it. ``HeartbeatMissing`` is not in
 the default ``unhealthyConditions``: it shows up in a node's conditions and in the evidence of
-every verdict (``healer status``, ``healer history``), and an operator who trusts the agents may
-add ``{type: HeartbeatMissing, status: "True", timeout: 5m}`` to make it a trigger of its own.
+every verdict (``healer status``, ``healer history``). ``health.corroborate`` with
+``require: agentHeartbeatMissing`` makes it the second signal a Kubernetes condition needs
+("both signals"); an operator who trusts the agents may instead add
+``{type: HeartbeatMissing, status: "True", timeout: 5m}`` to make it a trigger of its own.
 (The conditions of ``unhealthyConditions`` are OR-ed, so adding it means "either signal".)
+Only MQTT owns this condition (:mod:`healer.health.provenance`).
 
 Only nodes whose agent has been heard at least once are watched: a node without an agent is
 never reported missing. The first heartbeat of a node reports ``HeartbeatMissing=False``, which
@@ -32,12 +35,13 @@ from typing import Final
 import structlog
 
 from healer.clock import Clock
+from healer.health.provenance import HEARTBEAT_MISSING, MQTT
 from healer.model import EventKind, NodeEvent, NodeKey
 
 log = structlog.get_logger(__name__)
 
-CONDITION: Final = "HeartbeatMissing"
-SOURCE: Final = "mqtt"
+CONDITION: Final = HEARTBEAT_MISSING
+SOURCE: Final = MQTT
 
 Emit = Callable[[NodeEvent], Awaitable[None]]
 

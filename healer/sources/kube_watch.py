@@ -4,6 +4,10 @@ It owns the list-then-watch loop for one cluster (list, emit a snapshot, watch f
 resourceVersion, re-list on 410, back off while the API is unavailable) and the pure mapping
 from what the API shows to events (:func:`node_events`, :func:`lease_events`), which is where the
 decisions are and what the table tests cover.
+
+Every list is emitted as one batch between two cluster-level markers, ``LIST_STARTED`` and
+``SYNCED`` (the informer's "synced"): the tracker folds the whole snapshot before judging any
+node, and the planner decides nothing for a cluster before its first ``SYNCED``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from healer.clock import Clock
+from healer.clock import Clock, to_timeline
 from healer.errors import KubeUnavailable, PermanentError
 from healer.kube import KubeClient, LeaseInfo, NodeInfo, WatchEvent, WatchExpired
 from healer.model import EventKind, NodeEvent
@@ -30,19 +34,28 @@ SOURCE = "kube"
 
 
 def node_events(
-    *, cluster: str, current: NodeInfo, previous: NodeInfo | None, now: float
+    *,
+    cluster: str,
+    current: NodeInfo,
+    previous: NodeInfo | None,
+    now: float,
+    wall: float | None = None,
 ) -> list[NodeEvent]:
     """Events for one observation of a node.
 
-    With no ``previous`` (a list, an ADDED, a node we had not seen) the whole state is reported:
-    NODE_ADDED with the labels, then one CONDITION per condition. Otherwise only what changed:
+    With no ``previous`` (a list, an ADDED, a node we had not seen) the whole state is reported
+    in one NODE_ADDED carrying the labels and the conditions: a node never exists for healer
+    without its conditions, not even between two events. Otherwise only what changed:
     LABELS when the labels differ, and a CONDITION for each condition that is new or whose
     status or lastTransitionTime moved; unchanged conditions are not repeated on every
-    heartbeat-driven MODIFIED.
+    heartbeat-driven MODIFIED. Given ``wall`` (our wall clock at ``now``), the API's times are
+    placed on the timeline (healer/clock.py); what changed is decided on the API's own values.
     """
-    events: list[NodeEvent] = []
     if previous is None:
-        events.append(
+        created = current.created_at
+        if wall is not None:  # the API's wall clock, onto our timeline (healer/clock.py)
+            created = to_timeline(created, now=now, wall=wall)
+        return [
             NodeEvent(
                 cluster=cluster,
                 node=current.name,
@@ -50,10 +63,15 @@ def node_events(
                 at=now,
                 source=SOURCE,
                 labels=dict(current.labels),
-                detail={"created_at": current.created_at},
+                conditions={
+                    ctype: (status, _effective_since(since, now, wall))
+                    for ctype, (status, since) in current.conditions.items()
+                },
+                detail={"created_at": created},
             )
-        )
-    elif current.labels != previous.labels:
+        ]
+    events: list[NodeEvent] = []
+    if current.labels != previous.labels:
         events.append(
             NodeEvent(
                 cluster=cluster,
@@ -67,7 +85,7 @@ def node_events(
     for ctype, (status, since) in current.conditions.items():
         # A transition time that moved with an unchanged status means a flip and a flip back
         # happened between two observations: the condition's clock restarted, so say so.
-        if previous is not None and previous.conditions.get(ctype) == (status, since):
+        if previous.conditions.get(ctype) == (status, since):
             continue
         events.append(
             NodeEvent(
@@ -78,7 +96,7 @@ def node_events(
                 source=SOURCE,
                 condition=ctype,
                 status=status,
-                since=_effective_since(since, now),
+                since=_effective_since(since, now, wall),
             )
         )
     return events
@@ -90,7 +108,11 @@ def node_events(
 TRANSITION_PRECISION = 2.0
 
 
-def _effective_since(since: float, now: float) -> float:
+def _effective_since(since: float, now: float, wall: float | None = None) -> float:
+    # A remote time goes onto our timeline first (healer/clock.py: never earlier than it can
+    # have happened, whichever clock a step proved wrong); ``wall`` is our wall clock at ``now``.
+    if wall is not None:
+        since = to_timeline(since, now=now, wall=wall)
     return now if 0.0 <= now - since < TRANSITION_PRECISION else since
 
 
@@ -98,14 +120,39 @@ def node_deleted_event(*, cluster: str, node: str, now: float) -> NodeEvent:
     return NodeEvent(cluster=cluster, node=node, kind=EventKind.NODE_DELETED, at=now, source=SOURCE)
 
 
+def list_batch(
+    *, cluster: str, events: list[NodeEvent], nodes: int, first: bool, now: float
+) -> list[NodeEvent]:
+    """A list's events framed by the cluster's ``LIST_STARTED`` and ``SYNCED`` markers."""
+
+    def marker(kind: EventKind) -> NodeEvent:
+        return NodeEvent(
+            cluster=cluster,
+            node="",
+            kind=kind,
+            at=now,
+            source=SOURCE,
+            detail={"nodes": nodes, "first": first},
+        )
+
+    return [marker(EventKind.LIST_STARTED), *events, marker(EventKind.SYNCED)]
+
+
 def lease_events(
-    *, cluster: str, current: LeaseInfo, previous_renew: float | None
+    *,
+    cluster: str,
+    current: LeaseInfo,
+    previous_renew: float | None,
+    now: float | None = None,
+    wall: float | None = None,
 ) -> list[NodeEvent]:
     """A HEARTBEAT at the lease's renewTime when it moved forward; nothing otherwise (a
-    re-list or an unrelated update of the same renewal is not a new sign of life)."""
+    re-list or an unrelated update of the same renewal is not a new sign of life). Given
+    ``now`` and ``wall``, the renewTime is placed on the timeline (healer/clock.py)."""
     renew = current.renew_time
     if renew is None or (previous_renew is not None and renew <= previous_renew):
         return []
+    at = renew if now is None else to_timeline(renew, now=now, wall=now if wall is None else wall)
     detail: dict[str, Any] = {}
     if current.holder is not None:
         detail["holder"] = current.holder
@@ -114,7 +161,7 @@ def lease_events(
             cluster=cluster,
             node=current.name,
             kind=EventKind.HEARTBEAT,
-            at=renew,
+            at=at,
             source=SOURCE,
             detail=detail,
         )
@@ -221,7 +268,7 @@ class KubeWatchSource:
         self._failures = 0
         self._progress = False
         await self._set_available(True, "")
-        now = self._clock.now()
+        now, wall = self._clock.now(), self._clock.wall()
         listed = {n.name: n for n in nodes}
         # Gone since the last list, or deleted and registered again under the same name (a
         # replacement reusing it) while we were not watching: the old node's life ended.
@@ -237,7 +284,9 @@ class KubeWatchSource:
             node_deleted_event(cluster=self._cluster, node=name, now=now) for name in ended
         ]
         for node in nodes:
-            events.extend(node_events(cluster=self._cluster, current=node, previous=None, now=now))
+            events.extend(
+                node_events(cluster=self._cluster, current=node, previous=None, now=now, wall=wall)
+            )
         self._nodes = listed
         for lease in leases:
             events.extend(
@@ -245,11 +294,17 @@ class KubeWatchSource:
                     cluster=self._cluster,
                     current=lease,
                     previous_renew=self._renewals.get(lease.name),
+                    now=now,
+                    wall=wall,
                 )
             )
         self._renewals = {lease.name: lease.renew_time for lease in leases}
-        self._log.info("kube_watch.listed", nodes=len(nodes), leases=len(leases))
-        for event in events:
+        first = not self.synced.is_set()
+        self._log.info("kube_watch.listed", nodes=len(nodes), leases=len(leases), first=first)
+        batch = list_batch(
+            cluster=self._cluster, events=events, nodes=len(nodes), first=first, now=now
+        )
+        for event in batch:
             await self._emit(event)
         self.synced.set()
         await _first_failure(
@@ -278,7 +333,7 @@ class KubeWatchSource:
         node = event.obj
         if not isinstance(node, NodeInfo):
             return
-        now = self._clock.now()
+        now, wall = self._clock.now(), self._clock.wall()
         if event.type == "DELETED":
             self._nodes.pop(node.name, None)
             await self._emit(node_deleted_event(cluster=self._cluster, node=node.name, now=now))
@@ -286,7 +341,9 @@ class KubeWatchSource:
         # ADDED is a (re)appearance: report it whole even if a stale copy is remembered.
         previous = None if event.type == "ADDED" else self._nodes.get(node.name)
         self._nodes[node.name] = node
-        for ev in node_events(cluster=self._cluster, current=node, previous=previous, now=now):
+        for ev in node_events(
+            cluster=self._cluster, current=node, previous=previous, now=now, wall=wall
+        ):
             await self._emit(ev)
 
     async def _on_lease_event(self, event: WatchEvent) -> None:
@@ -299,7 +356,10 @@ class KubeWatchSource:
         previous = self._renewals.get(lease.name)
         if lease.renew_time is not None and (previous is None or lease.renew_time > previous):
             self._renewals[lease.name] = lease.renew_time
-        for ev in lease_events(cluster=self._cluster, current=lease, previous_renew=previous):
+        now, wall = self._clock.now(), self._clock.wall()
+        for ev in lease_events(
+            cluster=self._cluster, current=lease, previous_renew=previous, now=now, wall=wall
+        ):
             await self._emit(ev)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, NoReturn
 
 import aiomqtt
@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from healer.clock import Clock
 from healer.config import MqttConfig
 from healer.errors import ConfigError
+from healer.health.provenance import Ownership
 from healer.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
 from healer.model import NodeEvent
 from healer.sources.mqtt_payload import (
@@ -181,6 +182,9 @@ class MqttSource:
         self._backoff = backoff if backoff is not None else Backoff()
         self._broker = f"{config.host}:{config.port}"
         self._state = ConnectionState(connected=False, reason="stopped")
+        # Which conditions a message may set: the agent's own and mqtt.conditions, never a
+        # Kubernetes one (healer.health.provenance).
+        self._owners = Ownership.of(mqtt_conditions=config.conditions)
 
     @property
     def connected(self) -> bool:
@@ -343,10 +347,13 @@ class MqttSource:
             topic,
             payload,
             prefix=self._config.topic_prefix,
-            now=self._clock.now(),
+            now=self._plausible_now(),
             max_payload=self._config.max_payload,
             known_clusters=self._known_clusters,
+            owners=self._owners,
         )
+        if isinstance(result, NodeEvent):
+            result = replace(result, at=self._clock.from_wall(result.at))  # onto our timeline
         if (
             isinstance(result, NodeEvent)
             and self._is_known_node is not None
@@ -355,12 +362,23 @@ class MqttSource:
             result = Rejection(UNKNOWN_NODE, f"node {result.key} is not managed by healer")
         if isinstance(result, Rejection):
             EVENTS_REJECTED.labels(source=SOURCE, reason=result.reason).inc()
+            about = {
+                k: v
+                for k, v in (
+                    ("cluster", result.cluster),
+                    ("node", result.node),
+                    ("condition", result.condition),
+                )
+                if v is not None
+            }
             log.warning(
                 "mqtt.rejected",
                 reason=result.reason,
                 topic=_clip(topic),
                 error=result.message,
                 size=len(payload),
+                source=SOURCE,
+                **about,
             )
         else:
             EVENTS_RECEIVED.labels(source=SOURCE).inc()
@@ -369,6 +387,12 @@ class MqttSource:
         # are acknowledged too, or they would block the in-flight window and come back forever.
         if message.qos > 0:
             _paho(client).ack(message.mid, message.qos)
+
+    def _plausible_now(self) -> float:
+        # 'ts' is the agent's wall clock. After a step either of our clocks may be the right
+        # one; a 'ts' ahead of both is the agent's error (rejected), one ahead of only one of
+        # them is not (and from_wall then places it no later than now).
+        return max(self._clock.now(), self._clock.wall())
 
     async def _control(self, channel: str, topic: str, payload: bytes) -> None:
         # reboot-permit messages are answers (ours, echoed back by the wildcard subscription, or
@@ -379,10 +403,12 @@ class MqttSource:
             topic,
             payload,
             prefix=self._config.topic_prefix,
-            now=self._clock.now(),
+            now=self._plausible_now(),
             max_payload=self._config.max_payload,
             known_clusters=self._known_clusters,
         )
+        if isinstance(request, RebootRequest):
+            request = replace(request, at=self._clock.from_wall(request.at))
         if isinstance(request, Rejection):
             EVENTS_REJECTED.labels(source=SOURCE, reason=request.reason).inc()
             log.warning(

@@ -16,8 +16,8 @@ version 1 without breaking older daemons.
 channel     payload fields                                                event
 ==========  ============================================================  =====================
 heartbeat   ``ts``                                                        HEARTBEAT
-health      ``condition`` (CamelCase), ``status`` (True|False|Unknown),   CONDITION
-            optional ``reason``, ``message``
+health      ``condition`` (CamelCase, one MQTT owns), ``status``          CONDITION
+            (True|False|Unknown), optional ``reason``, ``message``
 reboot      ``event``: ``required`` | ``started`` | ``booted``;           CONDITION
             optional ``reason``, ``message``                              RebootRequired=True,
                                                                           REBOOT_STARTED, BOOTED
@@ -42,6 +42,10 @@ Rejection reasons (stable strings: they are metric labels and log fields):
 ``unsupported_version``  ``v`` is an integer other than 1
 ``bad_timestamp``        ``ts`` is not a finite number, is negative, or is more than five minutes
                          in the future
+``condition_not_owned``  a ``health`` message sets a condition MQTT does not own: a Kubernetes
+                         condition (``Ready``, ``MemoryPressure``, ...: only the Kubernetes API
+                         sets those) or one not named in ``mqtt.conditions``
+                         (:mod:`healer.health.provenance` has the table)
 ``unknown_node``         (set by the source, not here) the node is not known to the daemon
 """
 
@@ -53,6 +57,8 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from healer.health.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
+from healer.health.provenance import DEFAULT_OWNERSHIP, MQTT, Ownership
 from healer.model import EventKind, NodeEvent
 
 # The free-text limits are part of the payload contract, so they are exported from here too.
@@ -92,6 +98,7 @@ PARSE_REASONS: Final = frozenset(
         BAD_SCHEMA,
         UNSUPPORTED_VERSION,
         BAD_TIMESTAMP,
+        CONDITION_NOT_OWNED,
     }
 )
 #: Every reason a message from MQTT can be rejected for (adds the source's ``unknown_node``).
@@ -128,14 +135,18 @@ class Rejection:
 
     reason: str
     message: str
+    # Where known, what the message was about (for the log line of a refused condition).
+    cluster: str | None = None
+    node: str | None = None
+    condition: str | None = None
 
 
 class _Reject(Exception):
     """Internal: unwinds validation with a rejection; never leaves this module."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, **about: str) -> None:
         super().__init__(message)
-        self.rejection = Rejection(reason, message)
+        self.rejection = Rejection(reason, message, **about)
 
 
 def subscription_filter(prefix: str) -> str:
@@ -164,10 +175,12 @@ def parse_message(
     now: float,
     max_payload: int,
     known_clusters: Container[str] | None = None,
+    owners: Ownership = DEFAULT_OWNERSHIP,
 ) -> NodeEvent | Rejection:
     """Map one MQTT message to an event, or say why not. Never raises on any input.
 
     ``known_clusters=None`` accepts every well-formed cluster name (for tools and the lab).
+    ``owners`` says which conditions MQTT may set (the agent's own, plus ``mqtt.conditions``).
     """
     try:
         cluster, node, channel = _parse_topic(topic, prefix)
@@ -175,7 +188,7 @@ def parse_message(
             raise _Reject(UNKNOWN_CLUSTER, f"cluster {cluster!r} is not configured")
         doc = _decode(payload, max_payload)
         at = _timestamp(doc, now)
-        return _to_event(cluster, node, channel, doc, at)
+        return _to_event(cluster, node, channel, doc, at, owners)
     except _Reject as rej:
         return rej.rejection
     except Exception as exc:
@@ -252,7 +265,7 @@ def _timestamp(doc: Mapping[str, Any], now: float) -> float:
 
 
 def _to_event(
-    cluster: str, node: str, channel: str, doc: Mapping[str, Any], at: float
+    cluster: str, node: str, channel: str, doc: Mapping[str, Any], at: float, owners: Ownership
 ) -> NodeEvent:
     def event(kind: EventKind, **fields: Any) -> NodeEvent:
         return NodeEvent(cluster=cluster, node=node, kind=kind, at=at, source=SOURCE, **fields)
@@ -267,7 +280,14 @@ def _to_event(
                 f"'condition' {_short(condition)} is not a CamelCase name (at most 63 characters)",
             )
         status = _one_of(doc, "status", _STATUSES)
-        return event(EventKind.CONDITION, condition=condition, status=status, detail=_prose(doc))
+        detail = _prose(doc)
+        # Checked once the message is known to be well formed: a malformed one is bad_schema.
+        refused = owners.explain(MQTT, condition)
+        if refused is not None:
+            raise _Reject(
+                CONDITION_NOT_OWNED, refused, cluster=cluster, node=node, condition=condition
+            )
+        return event(EventKind.CONDITION, condition=condition, status=status, detail=detail)
     if channel == "reboot":
         what = _one_of(doc, "event", tuple(_REBOOT_EVENTS))
         kind = _REBOOT_EVENTS[what]

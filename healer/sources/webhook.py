@@ -32,6 +32,7 @@ import hmac
 import math
 import ssl
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from typing import Any, Final, NoReturn
 
 import structlog
@@ -297,6 +298,7 @@ class WebhookServer:
                 now=self._clock.now(),
                 max_body=self._config.max_body,
                 is_known_node=self._is_known_node,
+                conditions=frozenset(self._rules.conditions.values()),
             )
 
         return await self._ingest(request, "generic", parse)
@@ -341,7 +343,7 @@ class WebhookServer:
                 timestamp=request.headers.get(TIMESTAMP_HEADER),
                 signature=request.headers.get(SIGNATURE_HEADER),
                 body=body,
-                now=self._clock.now(),
+                now=self._clock.wall(),  # the sender signs with its wall clock
                 max_skew=cfg.max_skew,
                 replays=self._replays,
             )
@@ -361,6 +363,7 @@ class WebhookServer:
                 alert=index,
                 reason=rejection.reason,
                 error=rejection.message,
+                **_about(rejection),
             )
         blocked: list[str] = []
         for change in parsed.blocks:
@@ -369,7 +372,9 @@ class WebhookServer:
                 f"{change.cluster}/{change.alert}={'firing' if change.firing else 'resolved'}"
             )
         for event in parsed.events:
-            await self._emit(event)
+            # startsAt is the sender's wall clock: onto our timeline (healer/clock.py).
+            since = None if event.since is None else self._clock.from_wall(event.since)
+            await self._emit(replace(event, since=since))
         log.info(
             "webhook.received",
             format=kind,
@@ -424,6 +429,7 @@ class WebhookServer:
             status=rejection.status,
             error=rejection.message[:_LOG_MAX],
             remote=request.remote,
+            **_about(rejection),
         )
         headers: dict[str, Any] = {}
         if rejection.status == 401:
@@ -451,3 +457,14 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
+
+
+def _about(rejection: Rejection) -> dict[str, str]:
+    """The node and condition a refused condition was about, with the source, for the log."""
+    fields = {
+        "cluster": rejection.cluster,
+        "node": rejection.node,
+        "condition": rejection.condition,
+    }
+    about = {k: v for k, v in fields.items() if v is not None}
+    return {**about, "source": SOURCE} if about else {}

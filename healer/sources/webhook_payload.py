@@ -13,7 +13,10 @@ fuzzed without a server. Nothing here raises on any input.
 * any other alert is mapped to a node by the first of ``nodeLabels`` it carries (a ``:port``
   suffix is stripped, so ``instance="w-1:9100"`` names ``w-1``; the value is lower-cased) and
   becomes ``CONDITION <type>=True`` while firing and ``=False`` once resolved, where ``<type>`` is
-  ``conditions[alertname]`` or else the alertname itself. ``since`` is the alert's ``startsAt``
+  ``conditions[alertname]`` or else the alertname itself. The webhook owns only the condition
+  types named as values in ``conditions`` (:mod:`healer.health.provenance`): an alert whose type
+  is not one of them, or is a Kubernetes condition such as ``Ready``, is rejected
+  (``condition_not_owned``). ``since`` is the alert's ``startsAt``
   (firing) or ``endsAt`` (resolved), never later than now, so a ``timeout`` in
   ``unhealthyConditions`` counts from when the alert really started;
 * several alerts for the same node and condition in one notification fold into one event, firing
@@ -21,7 +24,8 @@ fuzzed without a server. Nothing here raises on any input.
 
 **Generic**, ``POST /v1/events``: one JSON object ``{"cluster", "node", "condition", "status"}``
 with ``status`` one of ``True``/``False``/``Unknown`` (JSON ``true``/``false`` accepted) and
-optional ``reason`` and ``message`` strings.
+optional ``reason`` and ``message`` strings. ``condition`` must be one the webhook owns (a value
+of ``conditions``).
 
 Rejections of a whole request (the HTTP status is in brackets):
 
@@ -31,12 +35,14 @@ Rejections of a whole request (the HTTP status is in brackets):
 ``unsupported_version`` [422]  an Alertmanager payload whose ``version`` is not ``"4"``
 ``unknown_cluster`` [404]      the cluster in the URL (or the generic body) is not configured
 ``unknown_node`` [404]         generic format only: the node is not one healer manages
+``condition_not_owned`` [403]  generic format only: the webhook may not set that condition
 
 Rejections of single alerts inside an accepted Alertmanager notification (answered 200, listed
 in the response and counted): ``unknown_cluster`` (no or an unknown cluster label),
 ``no_node`` (none of ``nodeLabels`` holds a node name), ``unknown_node`` (a node healer does not
 manage), ``bad_condition`` (the condition type is not a CamelCase name: map the alert in
-``conditions``).
+``conditions``), ``condition_not_owned`` (the alert's condition type is not one the webhook
+owns: map the alert in ``conditions`` to a type of its own).
 
 The server adds ``unauthorized`` and ``replayed`` [401] (see :mod:`healer.sources.webhook`).
 """
@@ -47,10 +53,12 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from healer.health.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
+from healer.health.provenance import WEBHOOK, Ownership
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import is_cluster_name, is_node_name
 
@@ -89,9 +97,12 @@ STATUS: Final[Mapping[str, int]] = {
     UNSUPPORTED_VERSION: 422,
     UNKNOWN_CLUSTER: 404,
     UNKNOWN_NODE: 404,
+    CONDITION_NOT_OWNED: 403,
 }
 #: Reasons a single alert of an accepted notification can be rejected for.
-ALERT_REASONS: Final = frozenset({UNKNOWN_CLUSTER, NO_NODE, UNKNOWN_NODE, BAD_CONDITION})
+ALERT_REASONS: Final = frozenset(
+    {UNKNOWN_CLUSTER, NO_NODE, UNKNOWN_NODE, BAD_CONDITION, CONDITION_NOT_OWNED}
+)
 #: Every reason the webhook counts (``healer_events_rejected_total{source="webhook"}``).
 REASONS: Final = frozenset(STATUS) | ALERT_REASONS
 
@@ -113,6 +124,10 @@ class Rejection:
 
     reason: str
     message: str
+    # Where known, what was refused (for the log line of a refused condition).
+    cluster: str | None = None
+    node: str | None = None
+    condition: str | None = None
 
     @property
     def status(self) -> int:
@@ -127,6 +142,11 @@ class AlertRules:
     cluster_label: str = "cluster"
     conditions: Mapping[str, str] = field(default_factory=dict)
     blocking_alerts: frozenset[str] = frozenset()
+
+    @property
+    def owners(self) -> Ownership:
+        """The webhook owns exactly the condition types its ``conditions`` map names."""
+        return Ownership.of(webhook_conditions=self.conditions.values())
 
 
 @dataclass(frozen=True)
@@ -152,9 +172,9 @@ class Parsed:
 class _Reject(Exception):
     """Internal: unwinds validation with a rejection; never leaves this module."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, **about: str) -> None:
         super().__init__(message)
-        self.rejection = Rejection(reason, message)
+        self.rejection = Rejection(reason, message, **about)
 
 
 NodeFilter = Callable[[str, str], bool]
@@ -207,8 +227,12 @@ def parse_generic(
     now: float,
     max_body: int,
     is_known_node: NodeFilter | None = None,
+    conditions: Collection[str] = (),
 ) -> Parsed | Rejection:
-    """A generic ``{cluster, node, condition, status}`` object -> one event, or why not."""
+    """A generic ``{cluster, node, condition, status}`` object -> one event, or why not.
+
+    ``conditions`` are the condition types the webhook owns (the values of
+    ``webhook.conditions``); any other is refused (``condition_not_owned``)."""
     try:
         doc = _decode(body, max_body)
         cluster = _str_field(doc, "cluster")
@@ -233,6 +257,11 @@ def parse_generic(
             )
         if is_known_node is not None and not is_known_node(cluster, node):
             raise _Reject(UNKNOWN_NODE, f"node {cluster}/{node} is not managed by healer")
+        refused = Ownership.of(webhook_conditions=conditions).explain(WEBHOOK, condition)
+        if refused is not None:
+            raise _Reject(
+                CONDITION_NOT_OWNED, refused, cluster=cluster, node=node, condition=condition
+            )
         detail = _prose(doc)
         event = NodeEvent(
             cluster=cluster,
@@ -321,6 +350,7 @@ def _map_alerts(
     rejections: list[tuple[int, Rejection]] = []
     # (cluster, node, condition) -> [firing, since, alert name]; insertion order is kept.
     folded: dict[tuple[str, str, str], list[Any]] = {}
+    owners = rules.owners
     for alert in alerts:
         cluster = (
             path_cluster if path_cluster is not None else alert.labels.get(rules.cluster_label)
@@ -369,6 +399,21 @@ def _map_alerts(
                         BAD_CONDITION,
                         f"alert {_short(alert.name)} does not name a CamelCase condition type; "
                         "map it in webhook.conditions",
+                    ),
+                )
+            )
+            continue
+        refused = owners.explain(WEBHOOK, condition)
+        if refused is not None:
+            rejections.append(
+                (
+                    alert.index,
+                    Rejection(
+                        CONDITION_NOT_OWNED,
+                        f"alert {_short(alert.name)}: {refused}",
+                        cluster=cluster,
+                        node=node,
+                        condition=condition,
                     ),
                 )
             )

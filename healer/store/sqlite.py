@@ -8,15 +8,23 @@ file: WAL mode, a busy timeout, short transactions. The audit table refuses UPDA
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import re
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from healer.model import Health, NodeObservation, Role, Verdict
+
+log = structlog.get_logger("healer.store")
 
 DB_NAME = "healer.sqlite"
 SCHEMA_VERSION = 1
@@ -56,6 +64,13 @@ CREATE TABLE IF NOT EXISTS pauses (
 CREATE TABLE IF NOT EXISTS breaker (
     cluster TEXT PRIMARY KEY, reason TEXT NOT NULL, opened_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bad_upgrade_breaker (
+    cluster TEXT PRIMARY KEY, reason TEXT NOT NULL, opened_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS breaker_resets (
+    cluster TEXT NOT NULL, kind TEXT NOT NULL, reset_at REAL NOT NULL,
+    PRIMARY KEY (cluster, kind)
+);
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, cluster TEXT NOT NULL,
     node TEXT, args TEXT NOT NULL, state TEXT NOT NULL, answer TEXT, answered_at REAL
@@ -65,6 +80,18 @@ CREATE TABLE IF NOT EXISTS requests (
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+# Journal detail key: true on a workflow's "failed" line when it left its pool a machine short
+# (the old machine fenced, no replacement created). Such a failure holds back nothing that
+# restores the pool (healer.workflow.order).
+POOL_SHORT = "pool_short"
+
+# The two circuit breakers of a cluster (see healer.planner.planner): the remediation breaker
+# stops every remediation; the bad-upgrade breaker stops reboot grants and the replacement of
+# nodes that did not come back from a planned reboot.
+BREAKER_REMEDIATION = "remediation"
+BREAKER_BAD_UPGRADE = "bad-upgrade"
+BREAKER_KINDS = (BREAKER_REMEDIATION, BREAKER_BAD_UPGRADE)
+_BREAKER_TABLES = {BREAKER_REMEDIATION: "breaker", BREAKER_BAD_UPGRADE: "bad_upgrade_breaker"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +172,103 @@ def pause_scope(cluster: str | None = None, pool: str | None = None) -> str:
     return f"cluster:{cluster}" if cluster is not None else "*"
 
 
+# -- first start: no state, an empty file, or somebody else's database -------------------------
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+# Stable reasons (CamelCase) of a first start, as logged (``state.first_start``) and audited.
+NO_DATABASE = "NoDatabase"
+EMPTY_DATABASE = "EmptyDatabase"
+FOREIGN_DATABASE = "ForeignDatabase"
+
+
+def _our_tables() -> frozenset[str]:
+    return frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """Why the state database held no healer state when the store was opened."""
+
+    reason: str  # NO_DATABASE | EMPTY_DATABASE | FOREIGN_DATABASE
+    detail: str  # what was found, naming the file
+    moved_to: Path | None = None  # where a foreign database was put aside
+
+    @property
+    def message(self) -> str:
+        moved = f"; it was moved aside to {self.moved_to}" if self.moved_to else ""
+        return (
+            f"first start: {self.detail}{moved}. healer starts with no state: every node it "
+            "finds is adopted (judged by its conditions, never by its age) and nothing is decided "
+            "for a cluster before its node list has been read whole"
+        )
+
+
+# Databases this process has open (resolved path -> open Stores), so none is probed again.
+_OPEN_IN_PROCESS: collections.Counter[Path] = collections.Counter()
+
+
+def examine_state(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) when ``path`` holds no healer state, None when it is healer's database.
+
+    Never writes: a foreign database is opened read-only. A SQLite file that cannot be read is
+    not guessed about (it may be healer's, damaged): that raises, naming the file.
+    """
+    if not path.exists():
+        return NO_DATABASE, f"there is no state database at {path}"
+    wal = path.with_name(path.name + "-wal")
+    size = path.stat().st_size
+    if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+        return EMPTY_DATABASE, f"the state database {path} is empty (0 bytes)"
+    if size > 0:
+        with path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return FOREIGN_DATABASE, f"{path} is not a SQLite database"
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            schema = (
+                db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if "meta" in tables
+                else None
+            )
+    except sqlite3.DatabaseError as exc:
+        raise RuntimeError(
+            f"{path}: cannot read this SQLite database ({exc}); healer does not guess whether "
+            "it holds its state. Move it aside (or restore a backup) and start again"
+        ) from exc
+    if schema is not None:
+        return None
+    others = sorted(t for t in tables - _our_tables() if not t.startswith("sqlite_"))
+    if others:
+        return FOREIGN_DATABASE, (
+            f"{path} is the SQLite database of another program (tables: {', '.join(others)})"
+        )
+    return EMPTY_DATABASE, f"the state database {path} holds no healer state"
+
+
+def move_aside(path: Path, *, at: float | None = None) -> Path:
+    """Rename ``path`` (and its WAL side files) to ``<name>.foreign-<UTC time>``; the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(at))
+    target = path.with_name(f"{path.name}.foreign-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.foreign-{stamp}-{n}")
+    path.rename(target)
+    for suffix in _SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
+
+
 class Store:
+    # Set by :meth:`open` when the state directory held no healer state (the daemon says so).
+    first_start: FirstStart | None = None
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,13 +288,35 @@ class Store:
                 f"{path}: state schema {found['value']} is newer than this healer understands "
                 f"({SCHEMA_VERSION}); upgrade healer"
             )
+        self._resolved = path.resolve()
+        _OPEN_IN_PROCESS[self._resolved] += 1
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
-        return cls(state_dir / DB_NAME)
+        """The store of ``state_dir``. No database, an empty one or a foreign one is a first
+        start (``first_start`` says which); a foreign one is moved aside, never written to."""
+        path = state_dir / DB_NAME
+        # Already open in this process: it is healer's database. Probing it again would be
+        # harmful, not just useless: closing any other descriptor of the file drops this
+        # process's POSIX locks on it, and another process closing its connection would then
+        # delete the WAL the open connections still write to.
+        found = None if path.resolve() in _OPEN_IN_PROCESS else examine_state(path)
+        moved: Path | None = None
+        if found is not None and found[0] == FOREIGN_DATABASE:
+            moved = move_aside(path)
+            log.warning(
+                "state.foreign_moved_aside", path=str(path), moved_to=str(moved), detail=found[1]
+            )
+        store = cls(path)
+        if found is not None:
+            store.first_start = FirstStart(reason=found[0], detail=found[1], moved_to=moved)
+        return store
 
     def close(self) -> None:
         self._db.close()
+        _OPEN_IN_PROCESS[self._resolved] -= 1
+        if not _OPEN_IN_PROCESS[self._resolved]:
+            del _OPEN_IN_PROCESS[self._resolved]
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -295,12 +440,38 @@ class Store:
         rows = self._db.execute(sql + " ORDER BY started_at, id", args).fetchall()
         return [_wf_from_row(r) for r in rows]
 
+    def left_pool_short(self, wf_id: str) -> bool:
+        """True when the workflow's "failed" journal line says it left its pool a machine short."""
+        row = self._db.execute(
+            "SELECT detail FROM workflow_steps WHERE workflow_id=? AND status='failed'"
+            " ORDER BY seq DESC LIMIT 1",
+            (wf_id,),
+        ).fetchone()
+        return bool(row and json.loads(row["detail"]).get(POOL_SHORT))
+
     def failed_since(self, cluster: str, since: float) -> int:
         row = self._db.execute(
             "SELECT count(*) FROM workflows WHERE cluster=? AND state=? AND finished_at>=?",
             (cluster, FAILED, since),
         ).fetchone()
         return int(row[0])
+
+    def replacement_requested_at(self, cluster: str, node: str) -> float | None:
+        """When healer requested the machine of ``node`` as a replacement (the newest workflow
+        naming it so), or None when healer did not create it. A workflow still creating the
+        machine counts from its last step."""
+        row = self._db.execute(
+            "SELECT state, replacement, updated_at FROM workflows"
+            " WHERE cluster=? AND replacement_name=? ORDER BY started_at DESC LIMIT 1",
+            (cluster, node),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["replacement"]:
+            requested = json.loads(row["replacement"]).get("requested_at")
+            if requested is not None:
+                return float(requested)
+        return float(row["updated_at"]) if row["state"] == RUNNING else None
 
     def steps(self, wf_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -385,11 +556,15 @@ class Store:
             for r in self._db.execute(sql, args).fetchall()
         ]
 
-    def count_audit(self, *, cluster: str, event: str, since: float) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM audit WHERE cluster=? AND event=? AND at>=?",
-            (cluster, event, since),
-        ).fetchone()
+    def count_audit(
+        self, *, cluster: str, event: str, since: float, reason: str | None = None
+    ) -> int:
+        sql = "SELECT count(*) FROM audit WHERE cluster=? AND event=? AND at>=?"
+        args: list[Any] = [cluster, event, since]
+        if reason is not None:
+            sql += " AND reason=?"
+            args.append(reason)
+        row = self._db.execute(sql, args).fetchone()
         return int(row[0])
 
     # -- pauses and breaker -----------------------------------------------------------------
@@ -408,29 +583,54 @@ class Store:
             for r in self._db.execute("SELECT * FROM pauses ORDER BY scope").fetchall()
         }
 
-    def open_breaker(self, cluster: str, reason: str, at: float) -> bool:
+    def open_breaker(
+        self, cluster: str, reason: str, at: float, *, kind: str = BREAKER_REMEDIATION
+    ) -> bool:
+        table = _BREAKER_TABLES[kind]
         with self._tx() as db:
-            cur = db.execute("INSERT OR IGNORE INTO breaker VALUES (?,?,?)", (cluster, reason, at))
+            cur = db.execute(f"INSERT OR IGNORE INTO {table} VALUES (?,?,?)", (cluster, reason, at))
             return cur.rowcount > 0
 
-    def reset_breaker(self, cluster: str | None = None) -> list[str]:
+    def reset_breaker(
+        self,
+        cluster: str | None = None,
+        *,
+        at: float | None = None,
+        kind: str = BREAKER_REMEDIATION,
+    ) -> list[str]:
+        """Close the ``kind`` breaker of ``cluster`` (of every cluster when None); returns the
+        clusters whose breaker was open. With ``at``, the reset time is recorded in the same
+        transaction: the next trip counts only what happened after it (a fresh window)."""
+        table = _BREAKER_TABLES[kind]
         with self._tx() as db:
             if cluster is None:
-                names = [r[0] for r in db.execute("SELECT cluster FROM breaker").fetchall()]
-                db.execute("DELETE FROM breaker")
+                names = [r[0] for r in db.execute(f"SELECT cluster FROM {table}").fetchall()]
+                db.execute(f"DELETE FROM {table}")
             else:
                 names = [
                     r[0]
-                    for r in db.execute("SELECT cluster FROM breaker WHERE cluster=?", (cluster,))
+                    for r in db.execute(f"SELECT cluster FROM {table} WHERE cluster=?", (cluster,))
                 ]
-                db.execute("DELETE FROM breaker WHERE cluster=?", (cluster,))
+                db.execute(f"DELETE FROM {table} WHERE cluster=?", (cluster,))
+            if at is not None:
+                for name in names:
+                    db.execute(
+                        "INSERT OR REPLACE INTO breaker_resets VALUES (?,?,?)", (name, kind, at)
+                    )
             return names
 
-    def breakers(self) -> dict[str, tuple[str, float]]:
+    def breakers(self, *, kind: str = BREAKER_REMEDIATION) -> dict[str, tuple[str, float]]:
         return {
             r["cluster"]: (r["reason"], r["opened_at"])
-            for r in self._db.execute("SELECT * FROM breaker").fetchall()
+            for r in self._db.execute(f"SELECT * FROM {_BREAKER_TABLES[kind]}").fetchall()
         }
+
+    def breaker_reset_at(self, cluster: str, *, kind: str = BREAKER_REMEDIATION) -> float | None:
+        """When an operator last reset the ``kind`` breaker of ``cluster`` (None: never)."""
+        row = self._db.execute(
+            "SELECT reset_at FROM breaker_resets WHERE cluster=? AND kind=?", (cluster, kind)
+        ).fetchone()
+        return float(row[0]) if row is not None else None
 
     # -- meta: small facts the daemon publishes for the CLI (e.g. its status line) ---------
     def set_meta(self, key: str, value: Any) -> None:

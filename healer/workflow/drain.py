@@ -4,6 +4,16 @@ DaemonSet pods and mirror (static) pods are skipped; a 429 from a PodDisruptionB
 with backoff until the drain timeout; pods on an unreachable node are evicted but not waited for,
 because without a kubelet they stay Terminating forever. The pure planning step
 (:func:`plan_drain`) is separate from the loop that talks to the API.
+
+What happens when the drain timeout passes with pods still there is decided by
+:func:`after_timeout` (pure). A PodDisruptionBudget is overridden (the pods go with the Node)
+only when its pods cannot be running anyway: healer judged the node UNHEALTHY when the workflow
+started *and* the node is not Ready now. Or when an operator forced it (`healer remediate
+--force`). Otherwise the workflow stops before anything destructive (``DrainBlockedByPdb``):
+nothing is deleted, and the node stays cordoned as `kubectl drain` leaves it, because healer
+cannot tell whether someone else had cordoned it first. Pods whose eviction was allowed but
+that are still terminating are not waited for on an UNHEALTHY node (as before); on a node that
+was not unhealthy their grace period is kept and the workflow stops too (``DrainIncomplete``).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from healer.clock import Clock
+from healer.errors import PermanentError
 
 log = structlog.get_logger("healer.workflow")
 
@@ -56,17 +67,97 @@ class DrainReport:
     evicted: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)  # pod -> PDB message, at the end
     skipped: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # pods still terminating, at the end
     timed_out: bool = False
     rounds: int = 0
+    node_ready: bool | None = None  # the node's Ready condition in the last round
 
     def to_json(self) -> dict[str, Any]:
         return {
             "evicted": self.evicted,
             "blocked": self.blocked,
             "skipped": sorted(set(self.skipped)),
+            "waiting": self.waiting,
             "timed_out": self.timed_out,
             "rounds": self.rounds,
+            "node_ready": self.node_ready,
         }
+
+
+class DrainBlockedByPdb(PermanentError):
+    """The drain timed out on pods a PodDisruptionBudget protects, and healer may not override
+    it: the workflow stops before anything destructive."""
+
+
+class DrainIncomplete(PermanentError):
+    """The drain timed out with pods still terminating on a node healer may not take from them:
+    the workflow stops before anything destructive."""
+
+
+@dataclass(frozen=True)
+class AfterTimeout:
+    """What the workflow does after a drain that timed out: go on, or stop with ``error``."""
+
+    proceed: bool
+    reason: str  # for the audit line: "DrainTimeout", "DrainTimeoutForced", or error's class name
+    message: str
+    error: PermanentError | None = None
+
+
+def after_timeout(
+    report: DrainReport,
+    *,
+    node: str,
+    timeout: float,
+    unhealthy_at_start: str | None,
+    forced: bool,
+) -> AfterTimeout:
+    """Pure: the decision described in the module docstring, with a message that says what
+    really happened. ``unhealthy_at_start`` is the verdict reason the workflow started with when
+    the node was UNHEALTHY, None when it was not (a manual request for a healthy node)."""
+    left = [f"{pod} (blocked: {why})" for pod, why in sorted(report.blocked.items())]
+    left += [f"{pod} (still terminating)" for pod in report.waiting]
+    what = f"drain of {node} did not finish in {timeout:.0f}s: " + ("; ".join(left) or "pods left")
+    if forced:
+        return AfterTimeout(
+            True,
+            "DrainTimeoutForced",
+            f"{what}; continuing because an operator forced this remediation "
+            "(`healer remediate --force`): those pods go with the node, overriding their "
+            "PodDisruptionBudgets",
+        )
+    if unhealthy_at_start is not None and report.node_ready is not True:
+        return AfterTimeout(
+            True,
+            "DrainTimeout",
+            f"{what}; continuing: healer judged the node unhealthy ({unhealthy_at_start}) and "
+            "it is not Ready, so its pods cannot run there anyway",
+        )
+    if unhealthy_at_start is not None and not report.blocked:
+        # Ready, but only pods whose eviction their budgets allowed are left, still shutting
+        # down: as before, an unhealthy node does not wait for them past drainTimeout.
+        return AfterTimeout(
+            True,
+            "DrainTimeout",
+            f"{what}; continuing: healer judged the node unhealthy ({unhealthy_at_start}); no "
+            "PodDisruptionBudget holds these pods, whose grace period is cut short",
+        )
+    why = (
+        "the node is Ready"
+        if unhealthy_at_start is not None
+        else "the node was not unhealthy when its replacement was asked for"
+    )
+    what_not = (
+        "override a PodDisruptionBudget" if report.blocked else "cut a pod's grace period short"
+    )
+    stop = (
+        f"{what}; stopped before anything destructive because {why}: healer does not "
+        f"{what_not} there. Nothing was deleted; {node} stays cordoned (`kubectl uncordon "
+        f"{node}` puts it back in service; `healer remediate {node} --force` overrides "
+        f"{'the budget' if report.blocked else 'this'})"
+    )
+    error: PermanentError = DrainBlockedByPdb(stop) if report.blocked else DrainIncomplete(stop)
+    return AfterTimeout(False, type(error).__name__, stop, error)
 
 
 async def drain(
@@ -91,8 +182,10 @@ async def drain(
         if info is None:
             return report  # the Node is gone: nothing left to drain
         reachable = info.conditions.get("Ready", ("Unknown", 0.0))[0] == "True"
+        report.node_ready = reachable
         plan = plan_drain(await kube.pods_on_node(node), node_reachable=reachable)
         report.skipped.extend(plan.skipped)
+        report.waiting = [f"{p.namespace}/{p.name}" for p in plan.wait_for]
         report.blocked = {}
         for pod in plan.evict:
             result, message = await kube.evict(pod.namespace, pod.name)

@@ -1,7 +1,11 @@
 """Retries for workflow steps: tenacity, typed by exception, sleeping on the injected clock.
 
-Only :class:`~healer.errors.TemporaryError` is retried; a ``delay`` it carries is honoured.
-``set_testing(True)`` removes the waits (as stamina's test mode does).
+Only :class:`~healer.errors.TemporaryError` is retried; a ``delay`` it carries is honoured, up
+to ``maxDelay``. Normally a step gets ``attempts`` tries; with ``forever=True`` (a pool short of a
+machine: see :mod:`healer.workflow.runner`) it is retried until it succeeds, the waits growing to
+``maxDelay`` and staying there, so the pool is made whole soon after the cloud recovers.
+``set_testing(True)`` removes the waits (as stamina's test mode does); not with ``forever``, where
+a wait of zero would spin.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_never,
     wait_exponential_jitter,
 )
 
@@ -33,13 +38,16 @@ def set_testing(enabled: bool) -> None:
     _testing = enabled
 
 
-def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
+OnRetry = Callable[[int, float, BaseException | None], None]  # (attempt, wait, error)
+
+
+def _wait(policy: RetryPolicy, *, forever: bool) -> Callable[[RetryCallState], float]:
     backoff = wait_exponential_jitter(
         multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.initial_delay
     )
 
     def wait(state: RetryCallState) -> float:
-        if _testing:
+        if _testing and not forever:
             return 0.0
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TemporaryError) and exc.delay is not None:
@@ -50,22 +58,33 @@ def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
 
 
 async def with_retries(
-    fn: Callable[[], Awaitable[T]], *, policy: RetryPolicy, clock: Clock, what: str
+    fn: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    clock: Clock,
+    what: str,
+    forever: bool = False,
+    on_retry: OnRetry | None = None,
 ) -> T:
+    """``fn()``, retried on :class:`TemporaryError`; ``on_retry`` is told of every retry (the
+    runner journals it, which is what ``healer status`` shows)."""
+
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
             "workflow.retrying",
             step=what,
             attempt=state.attempt_number,
-            of=policy.attempts,
+            of="until it succeeds" if forever else policy.attempts,
             wait=round(state.upcoming_sleep, 2),
             error=str(exc),
         )
+        if on_retry is not None:
+            on_retry(state.attempt_number, state.upcoming_sleep, exc)
 
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.attempts),
-        wait=_wait(policy),
+        stop=stop_never if forever else stop_after_attempt(policy.attempts),
+        wait=_wait(policy, forever=forever),
         retry=retry_if_exception_type(TemporaryError),
         sleep=clock.sleep,
         before_sleep=before_sleep,

@@ -1,13 +1,25 @@
-"""The remediation workflow: cordon -> drain -> delete the Node -> destroy the machine -> create
-the replacement -> wait until it joins. Durable, idempotent, resumable.
+"""The remediation workflow runner: durable, idempotent, resumable, and it fences before it
+deletes.
+
+The order of the steps is decided once per workflow (:mod:`healer.workflow.order`, journalled as
+a ``plan`` line): ``replace`` (cordon -> drain -> fence -> release -> delete the Node -> destroy
+the machine -> create the replacement -> wait until it joins) or ``surge`` (the replacement is
+created and Ready before the old node is drained and fenced). Either way the old machine is
+powered off (or destroyed) *before* its Node object is deleted, and ``release`` marks the Node
+``node.kubernetes.io/out-of-service`` so its pods are force-deleted only once the machine is off.
 
 Every step is journalled before it runs and after it ends, and the workflow's position is saved
 in the same transaction as the "done" line, so a crash anywhere resumes at the step that was
-running. Each step is safe to repeat: cordon and delete tolerate a missing Node; the old machine
-is identified (id + tags) and saved *before* it is destroyed, and the provider re-reads it by id,
-so a retried destroy never hits another machine and never destroys twice; the replacement's
-name is fixed when the workflow is created, and create is idempotent by name + tags, so a retried
-create never makes two machines.
+running. Each step is safe to repeat: cordon, taint and delete tolerate a missing Node; the old
+machine is identified (id + tags) and saved *before* it is fenced, and the provider re-reads it
+by id, so a retried power-off or destroy never hits another machine and never destroys twice; the
+replacement's name is fixed when the workflow is created, and create is idempotent by name +
+tags, so a retried create never makes two machines.
+
+While the pool is a machine short (fenced, no replacement yet) a step is retried until it
+succeeds, with backoff capped at ``retry.maxDelay``: the pool is whole again soon after the cloud
+recovers, with no human action. Each failed attempt is journalled, which is what ``healer
+status`` shows.
 """
 
 from __future__ import annotations
@@ -22,17 +34,29 @@ from healer import failpoints, metrics
 from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.errors import HealerError, PermanentError, TemporaryError
+from healer.kube import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
+from healer.planner.planner import MANUAL
 from healer.provisioning.naming import owned_by, ownership_tags
-from healer.store.sqlite import FAILED, RUNNING, SUCCEEDED, Store, WorkflowRecord
-from healer.workflow.drain import drain
+from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, SUCCEEDED, Store, WorkflowRecord
+from healer.workflow import order
+from healer.workflow.drain import after_timeout, drain
+from healer.workflow.order import DONE, REPLACE_STEPS, SURGE_STEPS, Plan
 from healer.workflow.retry import with_retries
-from providers.base import Machine, MachineRequest, MachineState, Provider
+from providers.base import (
+    Machine,
+    MachineRequest,
+    MachineState,
+    Provider,
+    can_check_capacity,
+    can_power_off,
+)
 
 log = structlog.get_logger("healer.workflow")
 
 _CONTEXT_KEYS = frozenset({"cluster", "pool", "node", "workflow"})
-STEPS = ("cordon", "drain", "delete_node", "destroy_machine", "create_machine", "wait_for_join")
-DONE = "done"
+STEPS = REPLACE_STEPS  # the default order
+__all__ = ["DONE", "STEPS", "SURGE_STEPS", "StaleWorkflow", "WorkflowRunner"]
+StepFn = Callable[[WorkflowRecord, ClusterConfig], Awaitable[tuple[dict[str, Any], WorkflowRecord]]]
 
 UserDataFor = Callable[[ClusterConfig, str, str], str]  # (cluster, pool, machine name) -> user data
 Finished = Callable[[WorkflowRecord], Awaitable[None]]
@@ -88,6 +112,18 @@ class WorkflowRunner:
         self._join_poll = join_poll_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        # One object per step, each with one job; the order comes from the workflow's plan.
+        self._step_fns: dict[str, StepFn] = {
+            "cordon": self._step_cordon,
+            "drain": self._step_drain,
+            "preflight": self._step_preflight,
+            "fence": self._step_fence,
+            "release": self._step_release,
+            "delete_node": self._step_delete_node,
+            "destroy_machine": self._step_destroy_machine,
+            "create_machine": self._step_create_machine,
+            "wait_for_join": self._step_wait_for_join,
+        }
 
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
@@ -106,12 +142,8 @@ class WorkflowRunner:
         pending = self._store.workflows(state=RUNNING)
         for wf in pending:
             log.info("remediation.resumed", workflow=wf.id, node=wf.node, step=wf.step)
-            self._store.audit(
-                at=self._clock.now(),
-                cluster=wf.cluster,
-                node=wf.node,
-                pool=wf.pool,
-                workflow_id=wf.id,
+            self._audit(
+                wf,
                 event="remediation.resumed",
                 reason=wf.step,
                 message=f"resuming the replacement of {wf.node} at step {wf.step}",
@@ -158,6 +190,29 @@ class WorkflowRunner:
             await self._on_finished(wf)
         return wf
 
+    def _audit(
+        self,
+        wf: WorkflowRecord,
+        *,
+        event: str,
+        reason: str,
+        message: str,
+        evidence: dict[str, Any] | None = None,
+        at: float | None = None,
+    ) -> None:
+        """One audit line about ``wf``'s node, tagged with the workflow."""
+        self._store.audit(
+            at=self._clock.now() if at is None else at,
+            cluster=wf.cluster,
+            node=wf.node,
+            pool=wf.pool,
+            workflow_id=wf.id,
+            event=event,
+            reason=reason,
+            message=message,
+            evidence=evidence,
+        )
+
     # -- running ----------------------------------------------------------------------------
     async def _run(self, wf: WorkflowRecord) -> None:
         with structlog.contextvars.bound_contextvars(
@@ -186,26 +241,50 @@ class WorkflowRunner:
         cluster = self._config.cluster(wf.cluster)
         if cluster is None:
             raise PermanentError(f"cluster {wf.cluster!r} is no longer in the configuration")
-        while wf.step != DONE:
-            step = wf.step
+        plan = await self._plan(wf, cluster)
+        wf_id = wf.id
+        while True:
+            lines = self._store.steps(wf.id)
+            plan = order.plan_from_journal(lines) or plan
+            done = order.done_steps(lines)
+            step = order.next_step(plan, done)
+            if step == DONE:
+                break
+            short = order.pool_short(plan, done)
             started = self._clock.now()
-            self._store.journal(wf.id, step, "started", started, {})
-            log.info(f"remediation.{step}_started")
+            self._store.journal(wf.id, step, "started", started, {"pool_short": short})
+            log.info(f"remediation.{step}_started", pool_short=short)
             failpoints.hit(f"workflow.{step}.before")
             detail, wf = await with_retries(
-                lambda step=step, wf=wf: getattr(self, f"_step_{step}")(wf, cluster),
+                lambda fn=self._step_fns[step], wf=wf: fn(wf, cluster),
                 policy=cluster.remediation.retry,
                 clock=self._clock,
                 what=step,
+                # A pool short of a machine is never left so: retried until the step succeeds.
+                forever=short,
+                on_retry=lambda attempt, wait, exc, step=step, short=short: self._store.journal(
+                    wf_id,
+                    step,
+                    order.RETRYING,
+                    self._clock.now(),
+                    {
+                        "attempt": attempt,
+                        "wait": round(wait, 2),
+                        "error": str(exc),
+                        POOL_SHORT: short,
+                    },
+                ),
             )
             failpoints.hit(f"workflow.{step}.after")
             now = self._clock.now()
-            nxt = STEPS[STEPS.index(step) + 1] if step != STEPS[-1] else DONE
+            lines_after = [*lines, {"step": step, "status": DONE, "detail": detail}]
+            plan = order.plan_from_journal(lines_after) or plan
+            nxt = order.next_step(plan, done | {step})
             detail["seconds"] = round(now - started, 3)
             wf = wf.with_(step=nxt, updated_at=now)
             if nxt == DONE:
                 wf = wf.with_(state=SUCCEEDED, finished_at=now)
-            self._store.update_workflow(wf, journal=(step, "done", detail))
+            self._store.update_workflow(wf, journal=(step, DONE, detail))
             metrics.STEP_SECONDS.labels(step, "done").observe(now - started)
             # Detail keys must not overwrite the bound context (wait_for_join's "node" is the
             # replacement's name, not the node this workflow replaces).
@@ -217,12 +296,9 @@ class WorkflowRunner:
                     if k != "step"
                 },
             )
-        self._store.audit(
-            at=self._clock.now(),
-            cluster=wf.cluster,
-            node=wf.node,
-            pool=wf.pool,
-            workflow_id=wf.id,
+        wf = self._store.workflow(wf.id) or wf
+        self._audit(
+            wf,
             event="remediation.succeeded",
             reason=wf.reason,
             message=f"{wf.node} replaced by {wf.replacement_name} in "
@@ -232,24 +308,69 @@ class WorkflowRunner:
         log.info("remediation.succeeded", replacement=wf.replacement_name)
         return wf
 
+    async def _plan(self, wf: WorkflowRecord, cluster: ClusterConfig) -> Plan:
+        """The workflow's order of steps: read back from the journal, or decided now (once) and
+        journalled before the first step runs."""
+        lines = self._store.steps(wf.id)
+        found = order.plan_from_journal(lines)
+        if found is not None:
+            return found
+        if order.done_steps(lines) - {"created"}:
+            # Started by a healer from before plans: it was in the replace order. Steps it has
+            # not done (fence, release) run next, so its machine is still fenced first.
+            plan = Plan(order.REPLACE, STEPS, "Resumed", "resumed from before step plans")
+        else:
+            strategy = cluster.remediation_for(wf.pool).strategy
+            node_ready = False
+            if strategy == order.SURGE:
+                info = await with_retries(
+                    lambda: self._kube_for(wf).get_node(wf.node),
+                    policy=cluster.remediation.retry,
+                    clock=self._clock,
+                    what="plan",
+                )
+                node_ready = info is not None and info.ready == "True"
+            provider = self._provider_for(wf)
+            plan = order.choose_plan(
+                strategy=strategy,
+                role=str(wf.role),
+                node_ready=node_ready,
+                can_preflight=can_check_capacity(provider),
+                provider=provider.name,
+            )
+        self._store.journal(
+            wf.id, order.PLAN_STEP, order.PLAN_DECIDED, self._clock.now(), plan.to_json()
+        )
+        log.info("remediation.planned", strategy=plan.strategy, reason=plan.reason)
+        return plan
+
     def _fail(self, wf: WorkflowRecord, exc: BaseException) -> WorkflowRecord:
         # The step that failed is the one last saved, not the one this task started from.
         wf = self._store.workflow(wf.id) or wf
         now = self._clock.now()
         kind = "temporary error, retries exhausted" if isinstance(exc, TemporaryError) else "error"
         message = f"step {wf.step} failed ({kind}): {exc}"
+        lines = self._store.steps(wf.id)
+        plan = order.plan_from_journal(lines) or Plan(order.REPLACE, STEPS, "", "")
+        short = order.pool_short(plan, order.done_steps(lines))
+        if short:
+            # Marked so that neither the planner's cooldown nor drift repair's skip holds back
+            # the machine this pool is missing.
+            message += (
+                f"; pool {wf.pool} is a machine short (the old machine is fenced): drift repair "
+                "restores it"
+            )
         wf = wf.with_(state=FAILED, error=message, updated_at=now, finished_at=now)
-        self._store.update_workflow(wf, journal=(wf.step, "failed", {"error": str(exc)}))
+        self._store.update_workflow(
+            wf, journal=(wf.step, "failed", {"error": str(exc), POOL_SHORT: short})
+        )
         began = [s["at"] for s in self._store.steps(wf.id) if s["step"] == wf.step]
         metrics.STEP_SECONDS.labels(wf.step, "failed").observe(
             max(0.0, now - (began[0] if began else wf.started_at))
         )
-        self._store.audit(
+        self._audit(
+            wf,
             at=now,
-            cluster=wf.cluster,
-            node=wf.node,
-            pool=wf.pool,
-            workflow_id=wf.id,
             event="remediation.failed",
             reason=type(exc).__name__,
             message=message,
@@ -274,50 +395,137 @@ class WorkflowRunner:
             self._kube_for(wf), wf.node, clock=self._clock, timeout=policy.drain_timeout
         )
         if report.timed_out:
-            self._store.audit(
-                at=self._clock.now(),
-                cluster=wf.cluster,
+            # Whether the pods left may go with the node (healer.workflow.drain.after_timeout):
+            # a workflow started for a node that was not UNHEALTHY carries the reason MANUAL.
+            decision = after_timeout(
+                report,
                 node=wf.node,
-                pool=wf.pool,
-                workflow_id=wf.id,
+                timeout=policy.drain_timeout,
+                unhealthy_at_start=None if wf.reason == MANUAL else wf.reason,
+                forced=wf.forced,
+            )
+            self._audit(
+                wf,
                 event="remediation.drain_timed_out",
-                reason="DrainTimeout",
-                message=f"drain of {wf.node} did not finish in {policy.drain_timeout:.0f}s; "
-                "continuing: the node is already unhealthy",
+                reason=decision.reason,
+                message=decision.message,
                 evidence=report.to_json(),
             )
+            if decision.error is not None:
+                self._store.journal(wf.id, "drain", "stopped", self._clock.now(), report.to_json())
+                raise decision.error
         return report.to_json(), wf
+
+    async def _step_preflight(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+        """Surge only: ask the provider whether one more machine fits. A "no" is not an error:
+        the workflow goes on in the replace order (its journal line says why)."""
+        provider = self._provider_for(wf)
+        if not can_check_capacity(provider):
+            check_ok, reason, message, available = (
+                False,
+                order.NO_CAPACITY_PREFLIGHT,
+                f"provider {provider.name} cannot check capacity",
+                None,
+            )
+        else:
+            check = await provider.check_capacity(self._request(wf, cluster), 1)  # type: ignore[attr-defined]
+            check_ok, reason, message, available = (
+                check.ok,
+                check.reason,
+                check.message,
+                check.available,
+            )
+        if not check_ok:
+            self._audit(
+                wf,
+                event="remediation.surge_refused",
+                reason=reason or order.PREFLIGHT_REFUSED,
+                message=f"no room to create {wf.replacement_name} before replacing {wf.node} "
+                f"({message}); continuing in the replace order",
+            )
+        return {"ok": check_ok, "reason": reason, "message": message, "available": available}, wf
+
+    async def _identify(self, wf: WorkflowRecord) -> WorkflowRecord:
+        """Find the old machine by name, prove it is healer's, and save it (id + tags) before
+        anything is done to it: a retry after a crash targets this exact machine."""
+        if wf.machine is not None:
+            return wf
+        found = await self._provider_for(wf).get_machine(wf.node)
+        if found is None:
+            return wf
+        if not owned_by(found.tags, wf.cluster):
+            raise PermanentError(
+                f"machine {found.name} ({found.id}) is not tagged as healer's for cluster "
+                f"{wf.cluster}; refusing to fence or destroy it"
+            )
+        wf = wf.with_(machine=_machine_json(found), updated_at=self._clock.now())
+        self._store.update_workflow(wf, journal=("fence", "identified", wf.machine))
+        return wf
+
+    async def _step_fence(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+        """Make sure the old machine runs nothing any more: powered off where the provider can,
+        destroyed where it cannot. Only then may its Node and pods go."""
+        wf = await self._identify(wf)
+        if wf.machine is None:
+            return {"machine": None, "note": f"no machine named {wf.node}; nothing to fence"}, wf
+        provider = self._provider_for(wf)
+        machine = _machine_from_json(wf.machine)
+        if can_power_off(provider):
+            how = "powered_off"
+            changed = await provider.power_off_machine(machine)  # type: ignore[attr-defined]
+        else:
+            how = "destroyed"
+            changed = await provider.destroy_machine(machine)
+        wf = wf.with_(machine={**wf.machine, "fenced": how})
+        return {"machine": machine.id, "fenced": how, "changed": changed}, wf
+
+    async def _step_release(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+        """The machine is off: mark the Node out-of-service so Kubernetes force-deletes its
+        pods and detaches their volumes now, and wait (up to drainTimeout) until they are gone.
+        Whatever is left goes with the Node in the next step."""
+        kube = self._kube_for(wf)
+        taint = Taint(key=TAINT_OUT_OF_SERVICE, effect="NoExecute", value=OUT_OF_SERVICE_VALUE)
+        if not await kube.add_taint(wf.node, taint):
+            return {"node_present": False}, wf
+        timeout = cluster.remediation_for(wf.pool).drain_timeout
+        deadline = self._clock.now() + timeout
+        while True:
+            left = [
+                f"{p.namespace}/{p.name}"
+                for p in await kube.pods_on_node(wf.node)
+                if not p.is_mirror
+            ]
+            if not left or self._clock.now() >= deadline:
+                return {
+                    "node_present": True,
+                    "taint": f"{TAINT_OUT_OF_SERVICE}={OUT_OF_SERVICE_VALUE}:NoExecute",
+                    "pods_left": left,
+                    "timed_out": bool(left),
+                }, wf
+            await self._clock.sleep(min(self._join_poll, max(0.0, deadline - self._clock.now())))
 
     async def _step_delete_node(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
         existed = await self._kube_for(wf).delete_node(wf.node)
         return {"existed": existed}, wf
 
     async def _step_destroy_machine(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
-        provider = self._provider_for(wf)
+        wf = await self._identify(wf)  # already done by fence, except in workflows from before it
         if wf.machine is None:
-            found = await provider.get_machine(wf.node)
-            if found is None:
-                return {
-                    "machine": None,
-                    "note": f"no machine named {wf.node}; nothing to destroy",
-                }, wf
-            if not owned_by(found.tags, wf.cluster):
-                raise PermanentError(
-                    f"machine {found.name} ({found.id}) is not tagged as healer's for cluster "
-                    f"{wf.cluster}; refusing to destroy it"
-                )
-            # Saved before the destroy: a retry after a crash targets this exact machine.
-            wf = wf.with_(machine=_machine_json(found), updated_at=self._clock.now())
-            self._store.update_workflow(wf, journal=("destroy_machine", "identified", wf.machine))
-        assert wf.machine is not None
-        destroyed = await provider.destroy_machine(_machine_from_json(wf.machine))
+            return {"machine": None, "note": f"no machine named {wf.node}; nothing to destroy"}, wf
+        if wf.machine.get("fenced") == "destroyed":
+            return {
+                "machine": wf.machine["id"],
+                "destroyed": False,
+                "note": "destroyed by fence",
+            }, wf
+        destroyed = await self._provider_for(wf).destroy_machine(_machine_from_json(wf.machine))
         return {"machine": wf.machine["id"], "destroyed": destroyed}, wf
 
-    async def _step_create_machine(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    def _request(self, wf: WorkflowRecord, cluster: ClusterConfig) -> MachineRequest:
         pool = cluster.pool(wf.pool)
         if pool is None:
             raise PermanentError(f"pool {wf.pool!r} is no longer in the configuration")
-        request = MachineRequest(
+        return MachineRequest(
             name=wf.replacement_name,
             size=pool.machine.size,
             image=pool.machine.image,
@@ -326,7 +534,9 @@ class WorkflowRunner:
             user_data=self._user_data(cluster, pool.name, wf.replacement_name),
             extra=pool.machine.extra,
         )
-        machine = await self._provider_for(wf).create_machine(request)
+
+    async def _step_create_machine(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+        machine = await self._provider_for(wf).create_machine(self._request(wf, cluster))
         replacement = _machine_json(machine) | {"requested_at": self._clock.now()}
         if wf.replacement is not None:  # resumed: keep the first request time for the timeout
             replacement["requested_at"] = wf.replacement.get(

@@ -15,7 +15,9 @@ Destroyed machines stay as ``TERMINATED`` rows, and every create and destroy cal
 lab run can report afterwards, for instance, how many machines were destroyed twice.
 
 Methods prefixed ``ex_`` are the lab's control panel, not cloud API: they ignore outages, so a
-harness can always end one. (``create_node``'s ``ex_subnet_id``/``ex_firewall_ids``/
+harness can always end one (``ex_set_outage`` fails every call, ``ex_set_create_refusal`` only
+creates, ``ex_set_quota`` caps live machines). ``ex_quota_usage`` is the exception: it stands for a
+cloud's quota API and fails during an outage like the rest of the API. (``create_node``'s ``ex_subnet_id``/``ex_firewall_ids``/
 ``ex_public_ip`` are ordinary driver arguments, as on EC2.) Networks, subnets, firewalls and load
 balancers live in the same file; :mod:`providers.lab.infra` owns them.
 """
@@ -217,7 +219,43 @@ class LabNodeDriver(NodeDriver):
                 503, "lab cloud outage", headers={"retry-after": str(math.ceil(remaining))}
             )
 
+    def _setting(self, conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row["value"]
+
+    def _check_create_allowed(self, conn: sqlite3.Connection) -> None:
+        """Creates alone may be refused: a zone out of capacity (503, temporary, as EC2's
+        ``InsufficientInstanceCapacity`` behaves) or a full quota (400, as a quota error is)."""
+        refused = self._setting(conn, "create_refused_until")
+        if refused is not None:
+            remaining = float(refused) - self._clock()
+            if remaining > 0:
+                raise _http_error(
+                    503,
+                    "lab cloud: InsufficientCapacity: no capacity for new machines",
+                    headers={"retry-after": str(math.ceil(remaining))},
+                )
+        quota, used = self._quota_usage(conn)
+        if quota is not None and used >= quota:
+            raise _http_error(400, f"lab cloud: QuotaExceeded: {used} of {quota} machines in use")
+
+    def _quota_usage(self, conn: sqlite3.Connection) -> tuple[int | None, int]:
+        # Stopped machines count: their disks and addresses are still held, as on most clouds.
+        used = conn.execute(
+            "SELECT COUNT(*) FROM nodes WHERE state != ?", (NodeState.TERMINATED.value,)
+        ).fetchone()[0]
+        quota = self._setting(conn, "quota")
+        return (None if quota is None else int(quota)), int(used)
+
     # -- libcloud API ----------------------------------------------------------------------
+
+    def ex_quota_usage(self) -> dict[str, int | None]:
+        """The machine quota and its use, as a cloud's quota API answers (EC2's service quotas,
+        GCE's region quotas). Cloud API, so it fails during an outage; ``quota`` is ``None``
+        when there is no limit."""
+        with self._tx(write=False, api=True) as conn:
+            quota, used = self._quota_usage(conn)
+        return {"quota": quota, "used": used}
 
     def list_nodes(self, ex_node_ids: list[str] | None = None) -> list[Node]:
         """Every machine ever created, terminated ones included (as EC2 lists them)."""
@@ -287,6 +325,7 @@ class LabNodeDriver(NodeDriver):
         tags = {str(k): str(v) for k, v in (ex_tags or {}).items()}
         now = self._clock()
         with self._tx(write=True, api=True) as conn:
+            self._check_create_allowed(conn)
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM nodes").fetchone()[0]
             node_id = f"lab-{seq:05d}"
             conn.execute(
@@ -465,6 +504,25 @@ class LabNodeDriver(NodeDriver):
                 "INSERT INTO settings (key, value) VALUES ('outage_until', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (None if until_epoch is None else repr(float(until_epoch)),),
+            )
+
+    def ex_set_create_refusal(self, until_epoch: float | None) -> None:
+        """Refuse ``create_node`` alone (HTTP 503, insufficient capacity) until ``until_epoch``;
+        every other call works. ``None`` ends it."""
+        self._set_setting(
+            "create_refused_until", None if until_epoch is None else float(until_epoch)
+        )
+
+    def ex_set_quota(self, machines: int | None) -> None:
+        """Limit live (non-terminated) machines to ``machines``; ``None`` lifts the limit."""
+        self._set_setting("quota", None if machines is None else int(machines))
+
+    def _set_setting(self, key: str, value: float | int | None) -> None:
+        with self._tx(write=True, api=False) as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, None if value is None else repr(value)),
             )
 
     def ex_outage_until(self) -> float | None:

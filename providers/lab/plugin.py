@@ -8,6 +8,11 @@ Options (all optional): ``max_concurrency`` (worker threads, default 4). No cred
 
 It also builds networks, subnets, firewalls and load balancers (:mod:`providers.lab.infra`), so
 ``healer apply`` can be tried end to end without a cloud.
+
+Besides the :class:`~providers.base.Provider` contract it has both optional capabilities:
+:class:`~providers.base.PowerControl` (fencing powers the machine off) and
+:class:`~providers.base.CapacityPreflight` (the lab cloud's machine quota, see
+``LabNodeDriver.ex_set_quota``), so the lab exercises both the fencing and the surge order.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from libcloud.compute.base import NodeDriver
+
 from healer.config import SecretRef
-from healer.errors import ConfigError
+from healer.errors import ConfigError, PermanentError, ProviderError
+from healer.model import TAG_CLUSTER
+from providers.base import CapacityCheck, Machine, MachineRequest, MachineState, tags_match
 from providers.dialects import LabDialect
-from providers.driver_provider import DriverProvider
+from providers.driver_provider import DriverProvider, _tag_diff
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
 from providers.lab.infra import LabInfraBackend
 
@@ -56,3 +65,54 @@ class LabProvider(DriverProvider):
             max_workers=workers,
         )
         self.use_infra(LabInfraBackend())
+
+    # -- optional capabilities ----------------------------------------------------------------
+
+    async def power_off_machine(self, machine: Machine) -> bool:
+        op = f"power_off_machine({machine.name}, id={machine.id})"
+        if machine.tags.get(TAG_CLUSTER) != self.cluster:
+            raise PermanentError(
+                f"provider {self.name}: {op} refused: the machine is not tagged "
+                f"{TAG_CLUSTER}={self.cluster}"
+            )
+        async with self.lock(f"id:{machine.id}"):
+            return await self.run_blocking(op, self._power_off_sync, machine)
+
+    def _power_off_sync(self, driver: NodeDriver, op: str, machine: Machine) -> bool:
+        dialect = LabDialect()
+        node = dialect.get_node(driver, machine.id)
+        if node is None or dialect.state_of(node) is MachineState.TERMINATED:
+            return False
+        live_tags = dialect.tags_of(node)
+        if node.name != machine.name or not tags_match(live_tags, machine.tags):
+            raise PermanentError(
+                f"provider {self.name}: {op} refused: the live machine no longer matches "
+                f"(name {node.name!r}; {_tag_diff(live_tags, machine.tags)}); nothing done"
+            )
+        if str(getattr(node.state, "value", node.state)) == "stopped":
+            return False
+        driver.stop_node(node)
+        again = dialect.get_node(driver, machine.id)
+        state = None if again is None else str(getattr(again.state, "value", again.state))
+        if state not in ("stopped", "terminated"):
+            raise ProviderError(f"provider {self.name}: {op}: the machine is {state}, not stopped")
+        return True
+
+    async def check_capacity(self, request: MachineRequest, count: int = 1) -> CapacityCheck:
+        usage = await self.run_blocking(
+            f"check_capacity({request.name})", lambda driver, _op: driver.ex_quota_usage()
+        )
+        quota, used = usage["quota"], int(usage["used"] or 0)
+        if quota is None:
+            return CapacityCheck(ok=True, message=f"no machine quota ({used} in use)")
+        free = max(0, int(quota) - used)
+        if free >= count:
+            return CapacityCheck(
+                ok=True, message=f"{used} of {quota} machines in use", available=free
+            )
+        return CapacityCheck(
+            ok=False,
+            reason="QuotaExceeded",
+            message=f"{used} of {quota} machines in use; {count} more do not fit",
+            available=free,
+        )
