@@ -497,6 +497,8 @@ async def test_the_arbiter_lets_one_node_of_a_pool_reboot_at_a_time(
     clock = RealClock()
     store = Store.open(tmp_path / "state")
     tracker = HealthTracker(config=config, store=store, clock=clock)
+    # The first list, folded whole: the arbiter grants nothing before the SYNCED marker.
+    await tracker.handle(NodeEvent("lab", "", EventKind.LIST_STARTED, clock.now(), "kube"))
     for node in ("arb-1", "arb-2"):
         await tracker.handle(
             NodeEvent(
@@ -519,6 +521,7 @@ async def test_the_arbiter_lets_one_node_of_a_pool_reboot_at_a_time(
                 status="True",
             )
         )
+    await tracker.handle(NodeEvent("lab", "", EventKind.SYNCED, clock.now(), "kube"))
     source_box: list[MqttSource] = []
 
     async def publish(cluster: str, node: str, permit: Permit) -> None:
