@@ -45,8 +45,14 @@ def test_adopt_with_no_state(tmp_path: Path) -> None:
     assert_adopted_safely(report, output, reason="NoDatabase")
 
 
-def test_adopt_with_a_zero_byte_database(tmp_path: Path) -> None:
-    report, output = run_scenario("adopt-zero-byte", tmp_path)
+def test_adopt_with_a_zero_byte_database_the_operator_brought(tmp_path: Path) -> None:
+    """As an operator would: `--state-dir` already holds a zero-byte healer.sqlite. The lab keeps
+    it out of its own way and the daemon starts on it (`adopt-zero-byte` makes the same file
+    itself)."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "healer.sqlite").write_bytes(b"")
+    report, output = run_scenario("adopt", tmp_path)
+    assert report["injected"][0]["state"] == "preserved"
     assert_adopted_safely(report, output, reason="EmptyDatabase")
 
 

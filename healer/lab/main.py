@@ -21,7 +21,13 @@ from healer.app import Daemon, Tuning
 from healer.config import HealerConfig, load_config
 from healer.errors import ConfigError
 from healer.lab.harness import LabHarness, LabTimings
-from healer.lab.scenarios import SCENARIOS, STARTS_ITS_OWN_DAEMON, Context, run_scenario
+from healer.lab.scenarios import (
+    SCENARIOS,
+    STARTS_ITS_OWN_DAEMON,
+    Context,
+    preserve_state,
+    run_scenario,
+)
 from healer.lab.timeline import configure_timeline
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
@@ -125,8 +131,13 @@ async def _run(
         if scenario is None:
             await _interactive(harness, control)
             return 0
+        preserved = preserve_state(state_dir) if scenario in STARTS_ITS_OWN_DAEMON else None
         ctx = Context(
-            harness=harness, store=Store.open(state_dir), cluster=cluster, control=control
+            harness=harness,
+            store=Store.open(state_dir),
+            cluster=cluster,
+            control=control,
+            preserved_state=preserved,
         )
         try:
             result = await run_scenario(scenario, ctx)

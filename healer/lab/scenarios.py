@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -54,6 +55,24 @@ STATE_KEPT = "keep"
 STATE_DELETED = "delete"
 STATE_ZERO_BYTE = "zero-byte"
 STATE_FOREIGN = "foreign"
+STATE_PRESERVED = "preserved"  # the database the state directory held when the lab started
+PRESERVED_SUFFIX = ".lab-preserved"
+
+
+def preserve_state(state_dir: Path) -> Path | None:
+    """Keep the state directory's database (and its side files) out of the way, untouched, for
+    a scenario that starts the daemon itself: the lab opens its own view of the store before
+    the scenario runs, and must not be the one that finds (and converts) what the operator put
+    there. Returns where it went, or None when there was none."""
+    path = state_dir / DB_NAME
+    if not path.exists():
+        return None
+    kept = path.with_name(path.name + PRESERVED_SUFFIX)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(kept.with_name(kept.name + suffix))
+    return kept
 
 
 @dataclass
@@ -62,6 +81,8 @@ class Context:
     store: Store
     cluster: ClusterConfig
     control: DaemonControl
+    # The database the state directory held when the lab started (see preserve_state).
+    preserved_state: Path | None = None
 
     @property
     def daemon(self) -> Daemon | None:
@@ -72,7 +93,8 @@ class Context:
         reopened on whatever database the new daemon uses.
 
         ``delete`` removes ``healer.sqlite`` (and its WAL files), ``zero-byte`` leaves an empty
-        file in its place, ``foreign`` a SQLite database of some other program.
+        file in its place, ``foreign`` a SQLite database of some other program, ``preserved``
+        puts back the database the state directory held when the lab started.
         """
         await self.control.stop()
         self.store.close()
@@ -87,6 +109,13 @@ class Context:
                 db.execute("CREATE TABLE songs (title TEXT, artist TEXT)")
                 db.execute("INSERT INTO songs VALUES ('Blue Monday', 'New Order')")
                 db.commit()
+        elif state == STATE_PRESERVED:
+            if self.preserved_state is None:
+                raise ValueError("the state directory held no database to put back")
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                side = self.preserved_state.with_name(self.preserved_state.name + suffix)
+                if side.exists():
+                    side.rename(state_dir / f"{DB_NAME}{suffix}")
         elif state not in (STATE_KEPT, STATE_DELETED):
             raise ValueError(f"unknown state action {state!r}")
         await self.control.start()
