@@ -199,7 +199,7 @@ def _summary(result: dict) -> None:  # type: ignore[type-arg]
     for r in result["remediations"]:
         print(f"  remediation {r['node']} -> {r['replacement']}: {r['result']}")
     for r in result.get("refusals", []):
-        print(f"  refused {r['node']}: {r['reason']}")
+        print(f"  refused {r['node'] or 'cluster-wide'}: {r['reason']}")
 
 
 async def _interactive(harness: LabHarness, control: LabDaemon) -> None:
