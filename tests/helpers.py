@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from healer.config import HealerConfig, parse_config
+from healer.provisioning.naming import ownership_tags
+from providers.base import MachineRequest
+from providers.lab.plugin import LabProvider
 
 
 def lab_like_config(**cluster_overrides: Any) -> HealerConfig:
@@ -59,3 +63,18 @@ def fast_lab_config(
     }
     cluster.update(cluster_changes)
     return {"logFormat": "json", "clusters": [cluster]}
+
+
+async def lab_cloud_with_worker(state_dir: Path, name: str) -> LabProvider:
+    """A lab cloud holding one machine of pool ``workers`` that healer owns (tagged as
+    `healer apply` leaves it), for workflow tests that replace it."""
+    provider = LabProvider(cluster="lab", options={}, credentials={}, state_dir=state_dir)
+    await provider.create_machine(
+        MachineRequest(
+            name=name,
+            size="small",
+            image="debian-12",
+            tags=ownership_tags("lab", "workers"),
+        )
+    )
+    return provider

@@ -31,16 +31,13 @@ from healer.lab.harness import LabHarness, LabTimings
 from healer.lab.kubeapi import FakeApiServer
 from healer.model import Role
 from healer.planner.planner import MANUAL
-from healer.provisioning.naming import ownership_tags
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import REQUEST_PENDING, RUNNING, Store, WorkflowRecord
 from healer.workflow.drain import DrainReport, after_timeout
 from healer.workflow.runner import STEPS
 from providers import load_provider
-from providers.base import MachineRequest
-from providers.lab.plugin import LabProvider
-from tests.helpers import fast_lab_config
+from tests.helpers import fast_lab_config, lab_cloud_with_worker
 from tests.plugins.kube import wait_for
 from tests.test_breaker import make_rig  # noqa: F401 (a fixture used below)
 from tests.test_workflow import World, config, run_to_end
@@ -157,18 +154,7 @@ def test_after_a_drain_timeout(
 
 @pytest.fixture
 async def world(fake_api: FakeApiServer, kube: KubeClient, tmp_path: Path) -> AsyncIterator[World]:
-    provider = LabProvider(cluster="lab", options={}, credentials={}, state_dir=tmp_path)
-    await provider.create_machine(
-        MachineRequest(
-            name=OLD,
-            size="small",
-            image="debian-12",
-            location=None,
-            tags=ownership_tags("lab", "workers"),
-            user_data="",
-            extra={},
-        )
-    )
+    provider = await lab_cloud_with_worker(tmp_path, OLD)
     fake_api.add_node(OLD, labels={"healer.io/pool": "workers"}, ready=True)
     # A StatefulSet pod whose budget allows 0 disruptions: no eviction may take it.
     fake_api.add_pod("shop", "db-0", OLD, labels={"app": "db"}, owner_kind="StatefulSet")

@@ -18,13 +18,11 @@ from healer.clock import RealClock
 from healer.kube import KubeClient
 from healer.lab.kubeapi import FakeApiServer
 from healer.model import Role
-from healer.provisioning.naming import ownership_tags
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import RUNNING, Store, WorkflowRecord
 from healer.workflow.runner import STEPS, WorkflowRunner
-from providers.base import MachineRequest
 from providers.lab.plugin import LabProvider
-from tests.helpers import lab_like_config
+from tests.helpers import lab_cloud_with_worker, lab_like_config
 
 OLD = "lab-workers-old00001"
 
@@ -89,18 +87,7 @@ class World:
 
 @pytest.fixture
 async def world(fake_api: FakeApiServer, kube: KubeClient, tmp_path: Path) -> AsyncIterator[World]:
-    provider = LabProvider(cluster="lab", options={}, credentials={}, state_dir=tmp_path)
-    await provider.create_machine(
-        MachineRequest(
-            name=OLD,
-            size="small",
-            image="debian-12",
-            location=None,
-            tags=ownership_tags("lab", "workers"),
-            user_data="",
-            extra={},
-        )
-    )
+    provider = await lab_cloud_with_worker(tmp_path, OLD)
     fake_api.add_node(OLD, labels={"healer.io/pool": "workers"}, ready=True)
     store = Store.open(tmp_path)
     w = World(fake_api, kube, provider, store)

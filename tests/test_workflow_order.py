@@ -28,7 +28,6 @@ from healer.clock import VirtualClock
 from healer.kube import TAINT_OUT_OF_SERVICE, KubeClient
 from healer.lab.kubeapi import FakeApiServer
 from healer.model import Role
-from healer.provisioning.naming import ownership_tags
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, Store, WorkflowRecord
 from healer.workflow import order
@@ -38,7 +37,7 @@ from healer.workflow.runner import WorkflowRunner
 from providers.base import Machine, MachineRequest, can_check_capacity, can_power_off
 from providers.lab.driver import LabNodeDriver
 from providers.lab.plugin import LabProvider
-from tests.helpers import lab_like_config
+from tests.helpers import lab_cloud_with_worker, lab_like_config
 from tests.test_workflow import OLD, World, config, run_to_end
 from tests.test_workflow import world as world
 
@@ -328,15 +327,7 @@ SLACK = 3.0
 async def vworld(
     fake_api_virtual: FakeApiServer, kube_virtual: KubeClient, tmp_path: Path
 ) -> AsyncIterator[tuple[FakeApiServer, KubeClient, LabProvider, Store]]:
-    provider = LabProvider(cluster="lab", options={}, credentials={}, state_dir=tmp_path)
-    await provider.create_machine(
-        MachineRequest(
-            name=OLD,
-            size="small",
-            image="debian-12",
-            tags=ownership_tags("lab", "workers"),
-        )
-    )
+    provider = await lab_cloud_with_worker(tmp_path, OLD)
     fake_api_virtual.add_node(OLD, labels={"healer.io/pool": "workers"}, ready=False)
     store = Store.open(tmp_path)
     yield fake_api_virtual, kube_virtual, provider, store
