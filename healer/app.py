@@ -17,21 +17,23 @@ from typing import Any
 
 import structlog
 
-from healer import metrics
 from healer.clock import Clock, RealClock
+from healer.cloud.machines import Provider
+from healer.cloud.metered import MeteredProvider
+from healer.cloud.registry import load_provider
 from healer.config import ClusterConfig, HealerConfig, load_config
+from healer.config.reload import field_paths, restart_required
 from healer.errors import ConfigError
 from healer.health.tracker import HealthTracker
+from healer.jobs.manual import RequestDesk
+from healer.jobs.scheduler import PeriodicJobs
+from healer.jobs.systemd import Notifier, Supervisor
 from healer.kube import KubeClient
 from healer.model import Health, NodeEvent, NodeKey
-from healer.observability import MeteredProvider, MetricsServer, set_node_gauges
-from healer.operator import RequestDesk
 from healer.planner.alert_blocks import FILE_NAME as ALERT_BLOCKS_FILE
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.planner import Planner
 from healer.provisioning.userdata import UserDataBuilder
-from healer.reload import field_paths, restart_required
-from healer.scheduler import PeriodicJobs
 from healer.sources.kube_watch import KubeWatchSource
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
@@ -41,10 +43,9 @@ from healer.store.sqlite import (
     Store,
     WorkflowRecord,
 )
-from healer.systemd import Notifier, Supervisor
+from healer.telemetry import metrics
+from healer.telemetry.server import MetricsServer, set_node_gauges
 from healer.workflow.runner import WorkflowRunner
-from providers import load_provider
-from providers.base import Provider
 
 log = structlog.get_logger("healer.app")
 
@@ -299,13 +300,12 @@ class Daemon:
         self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
     ) -> None:
         """The MQTT source, the heartbeat-absence watcher and the reboot arbiter behind it."""
+        from healer.model import Permit, RebootRequest
         from healer.planner.reboots import RebootArbiter
         from healer.sources.heartbeat import HeartbeatPolicy, HeartbeatWatcher, seed_from
         from healer.sources.mqtt import MqttSource
         from healer.sources.mqtt_reboot import (
             REBOOT_PERMIT,
-            Permit,
-            RebootRequest,
             control_topic,
             permit_payload,
         )
@@ -375,8 +375,8 @@ class Daemon:
     def _start_webhook(
         self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
     ) -> None:
+        from healer.model import BlockChange
         from healer.sources.webhook import WebhookServer
-        from healer.sources.webhook_payload import BlockChange
 
         assert self.config.webhook is not None
 
@@ -601,7 +601,7 @@ class Daemon:
             set_node_gauges(cluster, [v.health for _, v in self.tracker.nodes(cluster)])
 
     def reconfigure(self, config: HealerConfig) -> None:
-        """Swap in a validated configuration (see :mod:`healer.reload` for what may change).
+        """Swap in a validated configuration (see :mod:`healer.config.reload` for what may change).
 
         In-flight workflows keep the cluster settings they started with; new decisions, new
         thresholds and new pools use ``config`` from here on.

@@ -79,7 +79,7 @@ def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
-    from providers import available_plugins
+    from healer.cloud.registry import available_plugins
 
     path = _config_path(args)
     config = load_config(path)
@@ -114,8 +114,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _infra_problems(config: HealerConfig) -> list[str]:
+    from healer.cloud.resources import capabilities_for
     from healer.provisioning.infra import desired_state
-    from providers.infra import capabilities_for
 
     return [
         problem
@@ -127,8 +127,8 @@ def _infra_problems(config: HealerConfig) -> list[str]:
 
 
 def _infra_report(cluster: Any) -> list[str]:
+    from healer.cloud.resources import capabilities_for
     from healer.provisioning.infra import capability_report
-    from providers.infra import capabilities_for
 
     caps = capabilities_for(cluster.provider.plugin, cluster.provider.options)
     return capability_report(cluster, caps)
@@ -166,8 +166,8 @@ def _provisioning_state_dir(args: argparse.Namespace, path: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from healer.app import Daemon
-    from healer.logs import configure
-    from healer.systemd import Notifier
+    from healer.jobs.systemd import Notifier
+    from healer.telemetry.logs import configure
 
     path = Path(_config_path(args))
     config = load_config(path)
@@ -514,7 +514,7 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         if not shown:
             print("no breaker is open")
         return 0
-    from healer.operator import reset_breakers
+    from healer.jobs.manual import reset_breakers
 
     reset = [
         f"{name} ({label[kind]})" if kind == BREAKER_BAD_UPGRADE else name
@@ -553,7 +553,7 @@ def _node_health(store: Any, cluster: str, node: str) -> tuple[str, str] | None:
 
 def cmd_remediate(args: argparse.Namespace) -> int:
     from healer.clock import RealClock
-    from healer.operator import describe, follow_workflow, request_remediation
+    from healer.jobs.manual import describe, follow_workflow, request_remediation
     from healer.planner.planner import CONFIRMATION_REQUIRED
 
     store = _open_store(args)

@@ -196,3 +196,36 @@ class Verdict:
     @property
     def needs_remediation(self) -> bool:
         return self.health is Health.UNHEALTHY
+
+
+# Reboot arbitration: an agent asks (over MQTT) and the arbiter answers.
+@dataclass(frozen=True)
+class RebootRequest:
+    cluster: str
+    node: str
+    id: str
+    at: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Permit:
+    """An answer to a :class:`RebootRequest`."""
+
+    id: str
+    granted: bool
+    reason: str  # "Granted" or the refusal reason (:mod:`healer.planner.reboots`)
+    message: str
+    retry_after: float | None = None  # when denied: ask again after this many seconds
+    expires_at: float | None = None  # when granted: start rebooting before this time
+
+
+@dataclass(frozen=True)
+class BlockChange:
+    """A blocking alert fired or resolved for a cluster."""
+
+    cluster: str
+    alert: str
+    fingerprint: str
+    firing: bool
+    since: float

@@ -21,8 +21,8 @@ from libcloud.common.exceptions import BaseHTTPError
 from libcloud.compute.base import Node, NodeDriver, NodeImage
 from libcloud.compute.types import NodeState
 
+from healer.cloud.machines import MachineState
 from healer.errors import PermanentError
-from providers.base import MachineState
 
 _STATES: dict[str, MachineState] = {
     NodeState.RUNNING.value: MachineState.RUNNING,

@@ -1,4 +1,4 @@
-"""A :class:`~providers.base.Provider` over any libcloud ``NodeDriver``, plus the error mapping.
+"""A :class:`~healer.cloud.machines.Provider` over any libcloud ``NodeDriver``, plus the error mapping.
 
 Both shipped plugins (``lab`` and ``libcloud``) are this class with a different driver and
 dialect. It owns the parts every cloud shares:
@@ -35,9 +35,9 @@ from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, NodeSize
 
+from healer.cloud.machines import Machine, MachineRequest, MachineState, tags_match
 from healer.errors import ConfigError, HealerError, PermanentError, ProviderError
 from healer.model import TAG_CLUSTER
-from providers.base import Machine, MachineRequest, MachineState, tags_match
 from providers.dialects import Dialect, http_status
 from providers.infra_driver import DriverInfra, InfraBackend
 

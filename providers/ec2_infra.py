@@ -37,10 +37,8 @@ from libcloud.loadbalancer.drivers.elb import ROOT as ELB_ROOT
 from libcloud.loadbalancer.drivers.elb import ElasticLBDriver
 from libcloud.utils import xml as _xml
 
-from healer.errors import PermanentError
-from healer.model import TAG_CLUSTER, TAG_MANAGED
-from providers.base import MachineRequest, tags_match
-from providers.infra import (
+from healer.cloud.machines import MachineRequest, tags_match
+from healer.cloud.resources import (
     EC2,
     GROUP_SOURCE,
     LB_SOURCE,
@@ -58,6 +56,8 @@ from providers.infra import (
     SubnetSpec,
     lb_source,
 )
+from healer.errors import PermanentError
+from healer.model import TAG_CLUSTER, TAG_MANAGED
 from providers.infra_driver import InfraBackend, Placement
 
 TAG_LB = "healer.io/load-balancer"  # on an LB's security group: which LB it belongs to

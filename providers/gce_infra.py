@@ -32,9 +32,8 @@ from typing import Any, TypeVar
 from libcloud.common.google import ResourceNotFoundError
 from libcloud.compute.base import Node, NodeDriver
 
-from healer.errors import PermanentError
-from providers.base import MachineRequest, tags_match
-from providers.infra import (
+from healer.cloud.machines import MachineRequest, tags_match
+from healer.cloud.resources import (
     GCE,
     Capabilities,
     Firewall,
@@ -48,6 +47,7 @@ from providers.infra import (
     Subnet,
     SubnetSpec,
 )
+from healer.errors import PermanentError
 from providers.infra_driver import InfraBackend, Placement
 
 R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)

@@ -1,6 +1,6 @@
 """Infrastructure over a libcloud driver: the generic ensure logic and the per-cloud backend seam.
 
-:class:`DriverInfra` is the :class:`~providers.infra.InfraProvider` every shipped plugin uses. It
+:class:`DriverInfra` is the :class:`~healer.cloud.resources.InfraProvider` every shipped plugin uses. It
 owns what all clouds share: the ownership checks (a spec must carry this cluster's tags; only
 healer's resources are deleted), find-or-create by name, firewall reconciliation as set
 differences of permissions, and running every blocking call in the provider's bounded executor
@@ -27,10 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from libcloud.compute.base import NodeDriver
 
-from healer.errors import PermanentError
-from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
-from providers.base import Machine, MachineRequest, tags_match
-from providers.infra import (
+from healer.cloud.machines import Machine, MachineRequest, tags_match
+from healer.cloud.resources import (
     TAG_RESOURCE,
     Capabilities,
     Firewall,
@@ -43,6 +41,8 @@ from providers.infra import (
     Subnet,
     SubnetSpec,
 )
+from healer.errors import PermanentError
+from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 
 if TYPE_CHECKING:
     from providers.driver_provider import DriverProvider
@@ -161,7 +161,7 @@ def _cluster_tags(
 
 
 class DriverInfra:
-    """:class:`~providers.infra.InfraProvider` over a :class:`DriverProvider` and a backend."""
+    """:class:`~healer.cloud.resources.InfraProvider` over a :class:`DriverProvider` and a backend."""
 
     def __init__(self, provider: DriverProvider, backend: InfraBackend) -> None:
         self._provider = provider

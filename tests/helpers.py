@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from healer.cloud.machines import MachineRequest
 from healer.config import HealerConfig, parse_config
-from healer.provisioning.naming import ownership_tags
-from providers.base import MachineRequest
+from healer.naming import ownership_tags
 from providers.lab.plugin import LabProvider
 
 

@@ -25,17 +25,15 @@ import pytest
 from healer.agent import healer_agent
 from healer.clock import RealClock
 from healer.config import MqttConfig
-from healer.health.provenance import Ownership
+from healer.config.provenance import Ownership
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_POOL, EventKind, NodeEvent
+from healer.model import LABEL_POOL, EventKind, NodeEvent, Permit, RebootRequest
 from healer.planner import reboots
 from healer.planner.reboots import RebootArbiter
 from healer.sources.mqtt import MqttSource
 from healer.sources.mqtt_payload import Rejection, parse_message
 from healer.sources.mqtt_reboot import (
     REBOOT_PERMIT,
-    Permit,
-    RebootRequest,
     control_topic,
     parse_reboot_request,
     permit_payload,

@@ -17,12 +17,11 @@ import pytest
 from healer.clock import VirtualClock
 from healer.config import ClusterConfig, RebootPolicy, Threshold
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_POOL, LABEL_ZONE, EventKind, NodeEvent
+from healer.model import LABEL_POOL, LABEL_ZONE, EventKind, NodeEvent, Permit, RebootRequest
 from healer.planner import guards, reboots
 from healer.planner.disruption import Budget
 from healer.planner.planner import Planner
 from healer.planner.reboots import Decision, RebootArbiter, Situation, decide
-from healer.sources.mqtt_reboot import Permit, RebootRequest
 from healer.store.sqlite import Store, WorkflowRecord
 from tests.helpers import lab_like_config
 

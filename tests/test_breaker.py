@@ -15,14 +15,19 @@ from typing import Any
 
 import pytest
 
-from healer import metrics
 from healer.clock import VirtualClock
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_CONTROL_PLANE, LABEL_POOL, EventKind, NodeEvent
+from healer.model import (
+    LABEL_CONTROL_PLANE,
+    LABEL_POOL,
+    EventKind,
+    NodeEvent,
+    Permit,
+    RebootRequest,
+)
 from healer.planner import reboots
 from healer.planner.planner import Planner
 from healer.planner.reboots import RebootArbiter
-from healer.sources.mqtt_reboot import Permit, RebootRequest
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
     BREAKER_REMEDIATION,
@@ -30,6 +35,7 @@ from healer.store.sqlite import (
     Store,
     WorkflowRecord,
 )
+from healer.telemetry import metrics
 from tests.helpers import lab_like_config
 
 WORKERS = [f"w-{i}" for i in range(1, 6)]

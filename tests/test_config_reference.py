@@ -2,19 +2,27 @@
 
 from pathlib import Path
 
-from healer.configdoc import render
+from healer.config.reference import render
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config-reference.md"
 
 
 def test_reference_is_up_to_date() -> None:
     assert DOC.read_text() == render(), (
-        "docs/config-reference.md is stale: run `python -m healer.configdoc > docs/config-reference.md`"
+        "docs/config-reference.md is stale: run `python -m healer.config.reference > docs/config-reference.md`"
     )
 
 
 def test_reference_names_every_section() -> None:
     text = render()
-    for key in ("`clusters`", "`unhealthyConditions`", "`maxUnhealthy`", "`stormCooldown`",
-                "`rebootTimeout`", "`sharedGroup`", "`adminCidrs`", "`podSecurity`"):
+    for key in (
+        "`clusters`",
+        "`unhealthyConditions`",
+        "`maxUnhealthy`",
+        "`stormCooldown`",
+        "`rebootTimeout`",
+        "`sharedGroup`",
+        "`adminCidrs`",
+        "`podSecurity`",
+    ):
         assert key in text

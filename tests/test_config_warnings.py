@@ -105,7 +105,7 @@ def test_validate_without_warnings_prints_none(tmp_path: Path) -> None:
 
 def test_run_logs_the_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import healer.app
-    import healer.logs
+    import healer.telemetry.logs
     from healer import cli
 
     path = tmp_path / "healer.yaml"
@@ -122,7 +122,7 @@ def test_run_logs_the_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             return None
 
     monkeypatch.setattr(healer.app, "Daemon", Stub)
-    monkeypatch.setattr(healer.logs, "configure", lambda *a, **k: None)
+    monkeypatch.setattr(healer.telemetry.logs, "configure", lambda *a, **k: None)
     args = argparse.Namespace(config=str(path), state_dir=str(tmp_path / "state"), dry_run=False)
     with structlog.testing.capture_logs() as logs:
         assert cli.cmd_run(args) == 0

@@ -43,7 +43,7 @@ async def test_daemon_wires_webhook_mqtt_arbiter_and_heartbeats(
                 "listen": f"127.0.0.1:{port}",
                 "allowUnauthenticated": True,
                 "blockingAlerts": ["KubeAPIDown"],
-                # The webhook sets only the conditions it is given (healer.health.provenance).
+                # The webhook sets only the conditions it is given (healer.config.provenance).
                 "conditions": {"NodeDiskFailing": "NodeDiskFailing"},
             },
             "clusters": [

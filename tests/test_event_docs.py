@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from healer.agent import healer_agent
 from healer.clock import RealClock
 from healer.config import WebhookConfig, parse_config
-from healer.health.provenance import Ownership
-from healer.model import EventKind, NodeEvent
+from healer.config.provenance import Ownership
+from healer.model import EventKind, NodeEvent, Permit, RebootRequest
 from healer.planner.reboots import Situation, decide
 from healer.sources.mqtt_payload import parse_message
-from healer.sources.mqtt_reboot import Permit, RebootRequest, parse_reboot_request, permit_payload
+from healer.sources.mqtt_reboot import parse_reboot_request, permit_payload
 from healer.sources.webhook import WebhookServer
 from healer.sources.webhook_payload import AlertRules, Parsed, parse_alertmanager, parse_generic
 

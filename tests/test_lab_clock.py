@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from healer.app import Daemon, Tuning
 from healer.clock import RESUMED_SAME_BOOT, RealClock
+from healer.cloud.registry import load_provider
 from healer.config import parse_config
 from healer.lab.harness import LabHarness, LabTimings
 from healer.model import Health, NodeKey, Role
@@ -26,7 +27,6 @@ from healer.planner.guards import HOURLY_BUDGET_EXHAUSTED
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
-from providers import load_provider
 from tests.helpers import fast_lab_config
 from tests.plugins.kube import wait_for
 from tests.test_lab_scenarios import run_scenario

@@ -18,9 +18,9 @@ from libcloud.compute.providers import get_driver
 from libcloud.compute.types import NodeState
 
 import providers.lab
+from healer.cloud.machines import MachineRequest, MachineState
 from healer.errors import PermanentError, ProviderError
 from healer.model import TAG_CLUSTER, TAG_POOL
-from providers.base import MachineRequest, MachineState
 from providers.lab import LAB_DRIVER_NAME, LabNodeDriver
 from providers.lab.driver import DB_FILENAME
 from providers.lab.plugin import LabProvider

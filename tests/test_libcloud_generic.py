@@ -30,11 +30,11 @@ from libcloud.compute.base import Node
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import NodeState
 
+from healer.cloud.machines import MachineRequest, MachineState, Provider
+from healer.cloud.registry import available_plugins, load_provider
 from healer.config import SecretRef
 from healer.errors import ConfigError, PermanentError, ProviderError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
-from providers import available_plugins, load_provider
-from providers.base import MachineRequest, MachineState, Provider
 from providers.dialects import (
     Ec2Dialect,
     GceDialect,

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from healer.config import MaintenanceWindow
-from healer.maintenance import in_window, next_change, reboots_allowed
+from healer.planner.maintenance import in_window, next_change, reboots_allowed
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

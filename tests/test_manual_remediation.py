@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from healer.app import Daemon, Tuning
+from healer.cloud.registry import load_provider
 from healer.config import load_config
 from healer.kube import KubeClient
 from healer.lab.harness import LabHarness, LabTimings
@@ -36,7 +37,6 @@ from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import REQUEST_PENDING, RUNNING, Store, WorkflowRecord
 from healer.workflow.drain import DrainReport, after_timeout
 from healer.workflow.runner import STEPS
-from providers import load_provider
 from tests.helpers import fast_lab_config, lab_cloud_with_worker
 from tests.plugins.kube import wait_for
 from tests.test_breaker import make_rig  # noqa: F401 (a fixture used below)

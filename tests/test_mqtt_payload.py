@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healer.health.provenance import Ownership
+from healer.config.provenance import Ownership
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import (
     MAX_FUTURE_SKEW,
@@ -221,7 +221,7 @@ REJECTED = [
     pytest.param(HEALTH, v1(condition="Disk Full", status="True"), "bad_schema", id="cond-space"),
     pytest.param(HEALTH, v1(condition="A" * 64, status="True"), "bad_schema", id="cond-long"),
     pytest.param(HEALTH, ready(reason=3), "bad_schema", id="reason-number"),
-    # Well formed, but MQTT does not own the condition (healer.health.provenance).
+    # Well formed, but MQTT does not own the condition (healer.config.provenance).
     pytest.param(HEALTH, ready("False"), "condition_not_owned", id="forged-ready-false"),
     pytest.param(HEALTH, ready("True"), "condition_not_owned", id="forged-ready-true"),
     pytest.param(

@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 from healer.clock import RealClock, VirtualClock
 from healer.config import MqttConfig, SecretRef
 from healer.lab.broker import EmbeddedBroker
-from healer.metrics import REGISTRY
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt import Backoff, ConnectionState, MqttSource, reconnect_forever
 from healer.sources.mqtt_publish import MqttPublisher
+from healer.telemetry.metrics import REGISTRY
 from tests.plugins.mqtt import MOSQUITTO_PASSWORD, MOSQUITTO_USER, MosquittoBroker
 
 PREFIX = "healer/v1"
@@ -155,7 +155,7 @@ async def test_events_flow_and_bad_messages_are_rejected(mosquitto: MosquittoBro
                         f"{PREFIX}/prod/node-1/heartbeat",
                         b'{"v": 1, "pad": "' + b"x" * 20000 + b'"}',
                     ),
-                    # Only the Kubernetes API may set Ready (healer.health.provenance).
+                    # Only the Kubernetes API may set Ready (healer.config.provenance).
                     (
                         f"{PREFIX}/prod/node-2/health",
                         b'{"v": 1, "condition": "Ready", "status": "False", "reason": "Forged"}',

@@ -24,10 +24,11 @@ import yaml
 
 from healer.app import Daemon, Tuning
 from healer.clock import VirtualClock
+from healer.cloud.registry import load_provider
 from healer.config import load_config
+from healer.jobs.manual import MAX_AGE, RequestDesk, describe, request_remediation
 from healer.lab.harness import LabHarness, LabTimings
 from healer.model import Role
-from healer.operator import MAX_AGE, RequestDesk, describe, request_remediation
 from healer.planner.guards import Refusal
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
@@ -39,7 +40,6 @@ from healer.store.sqlite import (
     REQUEST_TAKEN,
     Store,
 )
-from providers import load_provider
 from tests.helpers import fast_lab_config
 from tests.plugins.kube import wait_for
 

@@ -9,9 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from healer.config import HealerConfig, parse_config
-from healer.errors import ConfigError
-from healer.health.observe import apply_event
-from healer.health.provenance import (
+from healer.config.provenance import (
     AGENT_CONDITIONS,
     CONDITION_NOT_OWNED,
     DEFAULT_OWNERSHIP,
@@ -22,6 +20,8 @@ from healer.health.provenance import (
     Ownership,
     config_errors,
 )
+from healer.errors import ConfigError
+from healer.health.observe import apply_event
 from healer.model import ConditionObs, EventKind, NodeEvent, NodeObservation
 from healer.sources.mqtt_payload import Rejection as MqttRejection
 from healer.sources.mqtt_payload import parse_message

@@ -16,10 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from healer.errors import PermanentError
-from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
-from providers import load_provider
-from providers.base import (
+from healer.cloud.machines import (
     CapacityCheck,
     Machine,
     MachineRequest,
@@ -28,6 +25,9 @@ from providers.base import (
     can_check_capacity,
     can_power_off,
 )
+from healer.cloud.registry import load_provider
+from healer.errors import PermanentError
+from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
 from providers.lab import LabNodeDriver
 from providers.lab.driver import DB_FILENAME
 from tests.moto_ec2 import Ec2Emulator, ec2_provider

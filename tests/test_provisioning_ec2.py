@@ -17,11 +17,11 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 import structlog
 
+from healer.cloud.resources import TAG_RESOURCE
 from healer.config import ClusterConfig, parse_config
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan_destroy
 from healer.provisioning.userdata import render_user_data
-from providers.infra import TAG_RESOURCE
 from providers.libcloud_generic import LibcloudProvider
 from tests.moto_ec2 import REGION, Ec2Emulator, WireRequest, ec2_provider
 

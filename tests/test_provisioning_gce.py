@@ -18,6 +18,7 @@ import pytest
 import requests_mock as rm
 import structlog
 
+from healer.cloud.resources import GCE_HEALTH_CHECK_SOURCES
 from healer.config import ClusterConfig, parse_config
 from healer.errors import PermanentError
 from healer.model import TAG_CLUSTER, TAG_POOL
@@ -25,7 +26,6 @@ from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan
 from healer.provisioning.userdata import render_user_data
 from providers.dialects import gce_decode, gce_encode
 from providers.gce_infra import meta_of
-from providers.infra import GCE_HEALTH_CHECK_SOURCES
 from providers.libcloud_generic import LibcloudProvider
 from tests.gce_fake import (
     ACCESS_TOKEN,

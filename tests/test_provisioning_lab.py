@@ -19,11 +19,11 @@ import structlog
 import yaml
 
 from healer.cli import build_parser, main
+from healer.cloud.machines import MachineRequest
+from healer.cloud.resources import TAG_RESOURCE
 from healer.model import TAG_CLUSTER, TAG_MANAGED
+from healer.naming import ownership_tags
 from healer.provisioning.commands import run_destroy
-from healer.provisioning.naming import ownership_tags
-from providers.base import MachineRequest
-from providers.infra import TAG_RESOURCE
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
 from providers.lab.infra import LabInfraBackend
 from providers.lab.plugin import LabProvider

@@ -7,18 +7,8 @@ from typing import Any
 
 import pytest
 
-from healer.config import ClusterConfig, parse_config
-from healer.errors import ConfigError
-from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
-from healer.provisioning.infra import (
-    capability_report,
-    desired_state,
-    region_of,
-    resource_names,
-)
-from healer.provisioning.plan import Actual, Change, destroy_plan, plan
-from providers.base import Machine, MachineState
-from providers.infra import (
+from healer.cloud.machines import Machine, MachineState
+from healer.cloud.resources import (
     EC2,
     GCE,
     GCE_HEALTH_CHECK_SOURCES,
@@ -32,6 +22,16 @@ from providers.infra import (
     Subnet,
     capabilities_for,
 )
+from healer.config import ClusterConfig, parse_config
+from healer.errors import ConfigError
+from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
+from healer.provisioning.infra import (
+    capability_report,
+    desired_state,
+    region_of,
+    resource_names,
+)
+from healer.provisioning.plan import Actual, Change, destroy_plan, plan
 
 ADMIN = "203.0.113.0/24"
 SUBNET = "10.20.1.0/24"

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from healer.config import SshConfig
+from healer.config.ssh_key import parse_public_key
 from healer.errors import ConfigError
 from healer.provisioning.keystore import ClusterState
-from healer.provisioning.sshkeys import ensure_ssh_key, fingerprint, parse_public_key
+from healer.provisioning.sshkeys import ensure_ssh_key, fingerprint
 from tests.provisioning_support import cluster
 
 

@@ -14,14 +14,12 @@ import pytest
 from healer.clock import VirtualClock
 from healer.config import MaintenanceWindow, RebootPolicy
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_POOL, EventKind, NodeEvent
+from healer.model import LABEL_POOL, EventKind, NodeEvent, Permit, RebootRequest
 from healer.planner import reboots
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.reboots import Decision, RebootArbiter, Situation, decide
 from healer.sources.mqtt_payload import Rejection
 from healer.sources.mqtt_reboot import (
-    Permit,
-    RebootRequest,
     control_channel,
     parse_reboot_request,
     permit_payload,

@@ -1,4 +1,4 @@
-"""The periodic jobs (healer.scheduler): pure decisions table-driven, job bodies in virtual time
+"""The periodic jobs (healer.jobs.scheduler): pure decisions table-driven, job bodies in virtual time
 against the lab cloud, the APScheduler registration, and the orphan sweep in the lab."""
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from healer import metrics
 from healer.app import Daemon, Tuning
 from healer.clock import VirtualClock
+from healer.cloud.machines import Machine, MachineState
+from healer.cloud.registry import load_provider
 from healer.config import HealerConfig, parse_config
 from healer.health.tracker import HealthTracker
+from healer.jobs.scheduler import JOB_DEFAULTS, PeriodicJobs, census, find_orphans
 from healer.lab.harness import LabHarness, LabTimings
 from healer.model import LABEL_POOL, TAG_POOL, TAG_WORKFLOW, EventKind, NodeEvent, Role
+from healer.naming import ownership_tags
 from healer.planner.planner import Planner
-from healer.provisioning.naming import ownership_tags
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
-from healer.scheduler import JOB_DEFAULTS, PeriodicJobs, census, find_orphans
 from healer.store.sqlite import FAILED, RUNNING, Store, WorkflowRecord
+from healer.telemetry import metrics
 from healer.workflow.runner import WorkflowRunner
-from providers import load_provider
-from providers.base import Machine, MachineState
 from providers.lab.driver import LabNodeDriver
 from tests.plugins.kube import wait_for
 

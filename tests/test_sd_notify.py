@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from healer.clock import VirtualClock
-from healer.systemd import Notifier, Supervisor
+from healer.jobs.systemd import Notifier, Supervisor
 
 
 @pytest.fixture

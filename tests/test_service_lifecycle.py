@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from healer.cloud.registry import load_provider
 from healer.config import load_config
 from healer.lab.harness import LabHarness, LabTimings
 from healer.lab.report import invariants
@@ -34,7 +35,6 @@ from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store, WorkflowRecord
 from healer.workflow.runner import STEPS
-from providers import load_provider
 from tests.helpers import fast_lab_config
 
 pytestmark = pytest.mark.slow

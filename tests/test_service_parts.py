@@ -12,17 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from healer import metrics
 from healer.app import Daemon, Tuning
 from healer.clock import VirtualClock
+from healer.cloud.machines import Machine, MachineRequest, MachineState
+from healer.cloud.metered import MeteredProvider
 from healer.config import SecretRef, parse_config
+from healer.config.reload import field_paths, restart_required
 from healer.errors import ConfigError, PermanentError, ProviderError
 from healer.health.tracker import HealthTracker
 from healer.model import EventKind, NodeEvent
-from healer.observability import MeteredProvider, MetricsServer
-from healer.reload import field_paths, restart_required
 from healer.store.sqlite import Store
-from providers.base import Machine, MachineRequest, MachineState
+from healer.telemetry import metrics
+from healer.telemetry.server import MetricsServer
 from tests.helpers import lab_like_config
 
 

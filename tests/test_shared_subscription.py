@@ -9,8 +9,8 @@ import aiomqtt
 import pytest
 
 from healer.config import ConfigError, MqttConfig, parse_config
+from healer.model import RebootRequest
 from healer.sources.mqtt import MqttSource
-from healer.sources.mqtt_reboot import RebootRequest
 from tests.plugins.mqtt import MosquittoBroker
 from tests.test_mqtt_source import Harness, config_for, heartbeat, publish_raw
 

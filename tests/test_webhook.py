@@ -24,7 +24,6 @@ from structlog.testing import capture_logs
 from healer.clock import VirtualClock
 from healer.config import ConfigError, WebhookConfig, parse_config
 from healer.health.tracker import HealthTracker
-from healer.metrics import REGISTRY
 from healer.model import LABEL_POOL, EventKind, Health, NodeEvent, NodeKey
 from healer.planner import guards
 from healer.planner.alert_blocks import AlertBlocks
@@ -46,6 +45,7 @@ from healer.sources.webhook_payload import (
     strip_port,
 )
 from healer.store.sqlite import Store, WorkflowRecord
+from healer.telemetry.metrics import REGISTRY
 from tests.helpers import lab_like_config
 from tests.plugins.mqtt import _write_certs, free_port
 
@@ -126,7 +126,7 @@ def webhook_config(tmp_path: Path, **extra: Any) -> WebhookConfig:
         "token": {"file": str(token_file)},
         "maxBody": 4096,
         "blockingAlerts": ["KubeAPIDown"],
-        # The condition types the webhook owns (healer.health.provenance): alerts and generic
+        # The condition types the webhook owns (healer.config.provenance): alerts and generic
         # events may set these and nothing else.
         "conditions": {"node_disk_failing": "NodeDiskFailing", "NvidiaXid79": "GpuFailed"},
         **extra,
@@ -145,7 +145,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         }
     )
     # The daemon's tracker and webhook share one config: the tracker checks again that the
-    # webhook owns each condition it sets (healer.health.provenance).
+    # webhook owns each condition it sets (healer.config.provenance).
     config = config.model_copy(update={"webhook": webhook_config(tmp_path)})
     clock = VirtualClock()
     store = Store.open(tmp_path / "state")
@@ -306,7 +306,7 @@ async def test_generic_format(stack: Stack) -> None:
 
 
 async def test_the_webhook_cannot_set_a_kubernetes_condition(stack: Stack) -> None:
-    # Only the Kubernetes API sets Ready (healer.health.provenance): a forged generic event is
+    # Only the Kubernetes API sets Ready (healer.config.provenance): a forged generic event is
     # refused with 403, counted and logged; an alert named like it is left out of the rest.
     before = rejected("condition_not_owned")
     with capture_logs() as logs:

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from healer.clock import VirtualClock
 from healer.config import WebhookConfig
-from healer.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
 from healer.model import EventKind, NodeEvent
 from healer.sources.mqtt_payload import is_node_name
 from healer.sources.webhook import WebhookServer, count_accepted, count_rejection
@@ -35,6 +34,7 @@ from healer.sources.webhook_payload import (
     parse_alertmanager,
     parse_generic,
 )
+from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
 
 NOW = 1_700_000_000.0
 MAX = 2048

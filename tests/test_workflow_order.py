@@ -25,6 +25,7 @@ import pytest
 
 from healer import failpoints
 from healer.clock import VirtualClock
+from healer.cloud.machines import Machine, MachineRequest, can_check_capacity, can_power_off
 from healer.kube import TAINT_OUT_OF_SERVICE, KubeClient
 from healer.lab.kubeapi import FakeApiServer
 from healer.model import Role
@@ -34,7 +35,6 @@ from healer.workflow import order
 from healer.workflow.capacity import capacity_lines, capacity_report
 from healer.workflow.order import REPLACE_STEPS, SURGE_STEPS
 from healer.workflow.runner import WorkflowRunner
-from providers.base import Machine, MachineRequest, can_check_capacity, can_power_off
 from providers.lab.driver import LabNodeDriver
 from providers.lab.plugin import LabProvider
 from tests.helpers import lab_cloud_with_worker, lab_like_config

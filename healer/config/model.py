@@ -31,6 +31,12 @@ from healer.config.ops import (
     RebootPolicy,
     ScheduleConfig,
 )
+from healer.config.provenance import (
+    HEARTBEAT_MISSING,
+    Ownership,
+    config_errors,
+    corroboration_errors,
+)
 from healer.config.security import (
     AgentConfig,
     KubernetesConfig,
@@ -45,12 +51,6 @@ from healer.config.types import (
 )
 from healer.config.types import (
     ConfigModel as _Model,
-)
-from healer.health.provenance import (
-    HEARTBEAT_MISSING,
-    Ownership,
-    config_errors,
-    corroboration_errors,
 )
 from healer.model import Role
 

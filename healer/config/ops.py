@@ -84,7 +84,7 @@ class OrphanPolicy(_Model):
 
 
 class ScheduleConfig(_Model):
-    """Intervals of the periodic jobs (healer.scheduler). ``0`` turns a job off."""
+    """Intervals of the periodic jobs (healer.jobs.scheduler). ``0`` turns a job off."""
 
     resync: Duration = Field(300.0, description="compare pools, machines and nodes per cluster")
     drift_repair: Duration = Field(

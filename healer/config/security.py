@@ -40,7 +40,7 @@ class SshConfig(_Model):
     def _parses(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from healer.provisioning.sshkeys import parse_public_key  # cryptography: lazy
+        from healer.config.ssh_key import parse_public_key  # cryptography: lazy
 
         return parse_public_key(value)
 

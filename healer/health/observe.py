@@ -6,7 +6,7 @@ node's record, so the Kubernetes watch, MQTT and webhooks all mean the same thin
 
 from __future__ import annotations
 
-from healer.health.provenance import DEFAULT_OWNERSHIP, Ownership
+from healer.config.provenance import DEFAULT_OWNERSHIP, Ownership
 from healer.model import (
     LABEL_CONTROL_PLANE,
     LABEL_POOL,
@@ -86,7 +86,7 @@ def apply_event(
         obs = obs.with_(exists=False)
     elif kind is EventKind.CONDITION and event.condition and event.status:
         if not owners.may_set(event.source, event.condition):
-            # Sources reject these already (healer.health.provenance); this is the second line
+            # Sources reject these already (healer.config.provenance); this is the second line
             # of defence: a forged condition must not even reach the evidence.
             return obs
         since = event.since if event.since is not None else event.at

@@ -21,8 +21,8 @@ import structlog
 
 from healer.clock import Clock
 from healer.config import HealerConfig
+from healer.config.provenance import ownership_of
 from healer.health.observe import apply_event
-from healer.health.provenance import ownership_of
 from healer.health.verdict import evaluate
 from healer.model import EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
 from healer.store.sqlite import Store

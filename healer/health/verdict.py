@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from healer.config import Corroboration, EffectiveHealth, UnhealthyCondition
-from healer.health.provenance import HEARTBEAT_MISSING
+from healer.config.provenance import HEARTBEAT_MISSING
 from healer.model import ConditionObs, Health, NodeObservation, Verdict
 
 # Stable reasons (CamelCase, as Cluster API). Condition reasons are generated:

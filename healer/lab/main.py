@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from healer.app import Daemon, Tuning
+from healer.cloud.registry import load_provider
 from healer.config import HealerConfig, load_config
 from healer.errors import ConfigError
 from healer.lab.harness import LabHarness, LabTimings
@@ -32,7 +33,6 @@ from healer.lab.timeline import configure_timeline
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
-from providers import load_provider
 
 log = structlog.get_logger("healer.lab")
 

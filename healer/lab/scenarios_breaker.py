@@ -26,9 +26,9 @@ from typing import Any
 import structlog
 
 from healer.config import HealerConfig
+from healer.jobs.manual import reset_breakers
 from healer.lab.report import remediations
 from healer.lab.scenarios import POLL, SETTLE_TIMEOUT, TARGET_POOL, Context, Scenario, _until
-from healer.operator import reset_breakers
 from healer.planner.guards import BAD_UPGRADE_BREAKER_OPEN, REBOOT_TIMEOUT, TOO_MANY_REBOOT_FAILURES
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, BREAKER_KINDS, BREAKER_REMEDIATION
 

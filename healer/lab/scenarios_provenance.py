@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from healer.config import Corroboration, HealerConfig
-from healer.health.provenance import CONDITION_NOT_OWNED
+from healer.config.provenance import CONDITION_NOT_OWNED
 from healer.lab.report import remediations
 from healer.lab.scenarios import (
     SETTLE_TIMEOUT,
@@ -28,8 +28,8 @@ from healer.lab.scenarios import (
     _replaced,
     _until,
 )
-from healer.metrics import REGISTRY
 from healer.model import Health, NodeKey
+from healer.telemetry.metrics import REGISTRY
 
 log = structlog.get_logger("healer.lab")
 

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 
-from healer import metrics
 from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.health.tracker import HealthTracker
 from healer.model import Health, NodeKey, NodeObservation, Verdict
+from healer.naming import machine_name
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.guards import (
     REBOOT_TIMEOUT,
@@ -34,7 +34,6 @@ from healer.planner.guards import (
     node_status,
     reboot_failure_trip_reason,
 )
-from healer.provisioning.naming import machine_name
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
     BREAKER_REMEDIATION,
@@ -43,6 +42,7 @@ from healer.store.sqlite import (
     WorkflowRecord,
     pause_scope,
 )
+from healer.telemetry import metrics
 
 log = structlog.get_logger("healer.planner")
 

@@ -55,12 +55,11 @@ import structlog
 from healer.clock import Clock
 from healer.config import HealerConfig, RebootPolicy
 from healer.health.tracker import HealthTracker
-from healer.maintenance import next_change, reboots_allowed
-from healer.model import EventKind, Health, NodeEvent, NodeKey
+from healer.model import EventKind, Health, NodeEvent, NodeKey, Permit, RebootRequest
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.disruption import Budget, cluster_budget, zone_budget
 from healer.planner.guards import node_status
-from healer.sources.mqtt_reboot import Permit, RebootRequest
+from healer.planner.maintenance import next_change, reboots_allowed
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, RUNNING, Store, pause_scope
 
 log = structlog.get_logger("healer.planner.reboots")

@@ -1,8 +1,8 @@
 """Carrying out a plan: reading what a cluster has, ``apply`` and ``destroy``.
 
 The decisions are in :mod:`healer.provisioning.infra` and :mod:`healer.provisioning.plan`; this
-module only does the I/O, through the provider's :class:`~providers.base.Provider` and
-:class:`~providers.infra.InfraProvider`, both of which run libcloud off the event loop.
+module only does the I/O, through the provider's :class:`~healer.cloud.machines.Provider` and
+:class:`~healer.cloud.resources.InfraProvider`, both of which run libcloud off the event loop.
 
 ``apply`` is idempotent because every step is: it computes the plan, stops when there is nothing
 to do or something it must not do (a conflict), then ensures network -> subnet -> firewall -> load
@@ -30,14 +30,14 @@ from pathlib import Path
 import structlog
 
 from healer.clock import Clock, RealClock
+from healer.cloud.machines import Machine, Provider
+from healer.cloud.resources import Capabilities, InfraProvider, LoadBalancer, infra_of, no_infra
 from healer.config import ClusterConfig
 from healer.errors import ConfigError, HealerError, PermanentError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 from healer.provisioning.infra import Desired, desired_state
 from healer.provisioning.plan import Action, Actual, Change, Plan, destroy_plan, plan
 from healer.provisioning.pools import UserData, ensure_pools
-from providers.base import Machine, Provider
-from providers.infra import Capabilities, InfraProvider, LoadBalancer, infra_of, no_infra
 
 log = structlog.get_logger("healer.provisioning")
 

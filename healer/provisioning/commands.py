@@ -16,16 +16,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from healer.cloud.machines import Provider
+from healer.cloud.registry import load_provider
+from healer.cloud.resources import LoadBalancer
 from healer.config import ClusterConfig, HealerConfig, load_config
 from healer.errors import ConfigError, HealerError
-from healer.logs import configure
 from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan_destroy
 from healer.provisioning.kubeadm import record_api_endpoint
 from healer.provisioning.plan import Plan
 from healer.provisioning.pools import UserData
-from providers import load_provider
-from providers.base import Provider
-from providers.infra import LoadBalancer
+from healer.telemetry.logs import configure
 
 EXIT_CHANGES = 2
 

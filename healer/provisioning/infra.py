@@ -1,7 +1,7 @@
 """The infrastructure a cluster should have, computed from its config: a pure function.
 
 :func:`desired_state` turns a :class:`~healer.config.ClusterConfig` and the provider's
-:class:`~providers.infra.Capabilities` into specs: one private network and subnet, one firewall
+:class:`~healer.cloud.resources.Capabilities` into specs: one private network and subnet, one firewall
 for the cluster's machines, the API load balancer in front of the control-plane pool, and the
 pools themselves. Everything is tagged with healer's ownership tags (cluster, pool where relevant,
 ``healer.io/managed``) and ``healer.io/resource``. What the config asks for and the provider cannot
@@ -23,9 +23,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from healer.config import ClusterConfig, PoolConfig
-from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, Role
-from providers.infra import (
+from healer.cloud.resources import (
     TAG_RESOURCE,
     Capabilities,
     FirewallRule,
@@ -36,6 +34,8 @@ from providers.infra import (
     SubnetSpec,
     lb_source,
 )
+from healer.config import ClusterConfig, PoolConfig
+from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, Role
 
 API_PORT = 6443  # kube-apiserver's bind port on every control-plane machine
 SSH_PORT = 22

@@ -25,14 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from healer.provisioning.infra import Desired
-from providers.base import Machine
-from providers.infra import (
+from healer.cloud.machines import Machine
+from healer.cloud.resources import (
     Firewall,
     LoadBalancer,
     Network,
     Subnet,
 )
+from healer.provisioning.infra import Desired
 
 
 class Change(enum.StrEnum):

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import structlog
 
+from healer.cloud.machines import Machine, MachineRequest, Provider
 from healer.config import ClusterConfig
-from healer.provisioning.naming import machine_name, ownership_tags
-from providers.base import Machine, MachineRequest, Provider
+from healer.naming import machine_name, ownership_tags
 
 log = structlog.get_logger("healer.provisioning")
 

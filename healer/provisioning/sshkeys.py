@@ -17,15 +17,15 @@ from typing import Literal, Protocol
 import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from healer.config.ssh_key import parse_public_key
 from healer.errors import ConfigError
 from healer.provisioning.keystore import ClusterState, private_value, write_public
 
 log = structlog.get_logger("healer.provisioning")
 
 PRIVATE_KEY_NAME = "id_ed25519"
-_MIN_RSA_BITS = 3072
 
 
 class SshSettings(Protocol):
@@ -44,31 +44,6 @@ class ClusterSshKey:
     fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
     source: Literal["generated", "config"]
     private_key_path: Path | None  # only for generated keys
-
-
-def parse_public_key(text: str) -> str:
-    """Check that ``text`` is exactly one OpenSSH public key line and return it stripped.
-
-    Raises ValueError with the reason: not a key, several lines, options before the key (an
-    ``authorized_keys`` line is not a public key), or a weak algorithm (DSA, RSA < 3072 bits)."""
-    line = text.strip()
-    if not line:
-        raise ValueError("the SSH public key is empty")
-    if "\n" in line:
-        raise ValueError("expected exactly one SSH public key line, got several")
-    try:
-        key = serialization.load_ssh_public_key(line.encode())
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ValueError(
-            f"not an OpenSSH public key ({exc}); expected a line like 'ssh-ed25519 AAAA... name'"
-        ) from None
-    if isinstance(key, dsa.DSAPublicKey):
-        raise ValueError("DSA SSH keys are refused (OpenSSH disabled them); use ed25519")
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
-        raise ValueError(
-            f"RSA SSH key of {key.key_size} bits is too weak; use ed25519 or RSA >= {_MIN_RSA_BITS}"
-        )
-    return line
 
 
 def fingerprint(public_key: str) -> str:

@@ -13,7 +13,7 @@ every verdict (``healer status``, ``healer history``). ``health.corroborate`` wi
 ("both signals"); an operator who trusts the agents may instead add
 ``{type: HeartbeatMissing, status: "True", timeout: 5m}`` to make it a trigger of its own.
 (The conditions of ``unhealthyConditions`` are OR-ed, so adding it means "either signal".)
-Only MQTT owns this condition (:mod:`healer.health.provenance`).
+Only MQTT owns this condition (:mod:`healer.config.provenance`).
 
 Only nodes whose agent has been heard at least once are watched: a node without an agent is
 never reported missing. The first heartbeat of a node reports ``HeartbeatMissing=False``, which
@@ -35,7 +35,7 @@ from typing import Final
 import structlog
 
 from healer.clock import Clock
-from healer.health.provenance import HEARTBEAT_MISSING, MQTT
+from healer.config.provenance import HEARTBEAT_MISSING, MQTT
 from healer.model import EventKind, NodeEvent, NodeKey
 
 log = structlog.get_logger(__name__)

@@ -34,10 +34,9 @@ from paho.mqtt.properties import Properties
 
 from healer.clock import Clock
 from healer.config import MqttConfig
+from healer.config.provenance import Ownership
 from healer.errors import ConfigError
-from healer.health.provenance import Ownership
-from healer.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
-from healer.model import NodeEvent
+from healer.model import NodeEvent, RebootRequest
 from healer.sources.mqtt_payload import (
     SOURCE,
     UNKNOWN_NODE,
@@ -47,10 +46,10 @@ from healer.sources.mqtt_payload import (
 )
 from healer.sources.mqtt_reboot import (
     REBOOT_REQUEST,
-    RebootRequest,
     control_channel,
     parse_reboot_request,
 )
+from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
 
 log = structlog.get_logger(__name__)
 
@@ -183,7 +182,7 @@ class MqttSource:
         self._broker = f"{config.host}:{config.port}"
         self._state = ConnectionState(connected=False, reason="stopped")
         # Which conditions a message may set: the agent's own and mqtt.conditions, never a
-        # Kubernetes one (healer.health.provenance).
+        # Kubernetes one (healer.config.provenance).
         self._owners = Ownership.of(mqtt_conditions=config.conditions)
 
     @property

@@ -45,7 +45,7 @@ Rejection reasons (stable strings: they are metric labels and log fields):
 ``condition_not_owned``  a ``health`` message sets a condition MQTT does not own: a Kubernetes
                          condition (``Ready``, ``MemoryPressure``, ...: only the Kubernetes API
                          sets those) or one not named in ``mqtt.conditions``
-                         (:mod:`healer.health.provenance` has the table)
+                         (:mod:`healer.config.provenance` has the table)
 ``unknown_node``         (set by the source, not here) the node is not known to the daemon
 """
 
@@ -57,8 +57,8 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from healer.health.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
-from healer.health.provenance import DEFAULT_OWNERSHIP, MQTT, Ownership
+from healer.config.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
+from healer.config.provenance import DEFAULT_OWNERSHIP, MQTT, Ownership
 from healer.model import EventKind, NodeEvent
 
 # The free-text limits are part of the payload contract, so they are exported from here too.

@@ -30,9 +30,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Container
-from dataclasses import dataclass
 from typing import Any, Final
 
+from healer.model import Permit, RebootRequest
 from healer.sources.mqtt_payload import (
     BAD_SCHEMA,
     BAD_TOPIC,
@@ -53,27 +53,6 @@ REBOOT_PERMIT: Final = "reboot-permit"
 CONTROL_CHANNELS: Final = frozenset({REBOOT_REQUEST, REBOOT_PERMIT})
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-@dataclass(frozen=True)
-class RebootRequest:
-    cluster: str
-    node: str
-    id: str
-    at: float
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Permit:
-    """An answer to a :class:`RebootRequest`."""
-
-    id: str
-    granted: bool
-    reason: str  # "Granted" or the refusal reason (healer.planner.reboots)
-    message: str
-    retry_after: float | None = None  # when denied: ask again after this many seconds
-    expires_at: float | None = None  # when granted: start rebooting before this time
 
 
 def control_topic(prefix: str, cluster: str, node: str, channel: str) -> str:

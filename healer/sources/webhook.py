@@ -42,8 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from healer.clock import Clock
 from healer.config import WebhookConfig
 from healer.errors import ConfigError
-from healer.metrics import EVENTS_RECEIVED, EVENTS_REJECTED, REGISTRY
-from healer.model import NodeEvent
+from healer.model import BlockChange, NodeEvent
 from healer.planner.alert_blocks import AlertBlocks
 from healer.sources.webhook_payload import (
     REPLAYED,
@@ -51,12 +50,12 @@ from healer.sources.webhook_payload import (
     TOO_LARGE,
     UNAUTHORIZED,
     AlertRules,
-    BlockChange,
     Parsed,
     Rejection,
     parse_alertmanager,
     parse_generic,
 )
+from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED, REGISTRY
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ fuzzed without a server. Nothing here raises on any input.
   suffix is stripped, so ``instance="w-1:9100"`` names ``w-1``; the value is lower-cased) and
   becomes ``CONDITION <type>=True`` while firing and ``=False`` once resolved, where ``<type>`` is
   ``conditions[alertname]`` or else the alertname itself. The webhook owns only the condition
-  types named as values in ``conditions`` (:mod:`healer.health.provenance`): an alert whose type
+  types named as values in ``conditions`` (:mod:`healer.config.provenance`): an alert whose type
   is not one of them, or is a Kubernetes condition such as ``Ready``, is rejected
   (``condition_not_owned``). ``since`` is the alert's ``startsAt``
   (firing) or ``endsAt`` (resolved), never later than now, so a ``timeout`` in
@@ -57,9 +57,9 @@ from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from healer.health.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
-from healer.health.provenance import WEBHOOK, Ownership
-from healer.model import EventKind, NodeEvent
+from healer.config.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
+from healer.config.provenance import WEBHOOK, Ownership
+from healer.model import BlockChange, EventKind, NodeEvent
 from healer.sources.mqtt_payload import is_cluster_name, is_node_name
 
 # The free-text limits are part of the payload contract, so they are exported from here too.
@@ -147,17 +147,6 @@ class AlertRules:
     def owners(self) -> Ownership:
         """The webhook owns exactly the condition types its ``conditions`` map names."""
         return Ownership.of(webhook_conditions=self.conditions.values())
-
-
-@dataclass(frozen=True)
-class BlockChange:
-    """A blocking alert fired or resolved for a cluster."""
-
-    cluster: str
-    alert: str
-    fingerprint: str
-    firing: bool
-    since: float
 
 
 @dataclass(frozen=True)

@@ -641,7 +641,7 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row["value"]) if row is not None else None
 
-    # -- operator requests: the CLI asks, the running daemon answers (healer.operator) -------
+    # -- operator requests: the CLI asks, the running daemon answers (healer.jobs.manual) -------
     def add_request(
         self,
         *,

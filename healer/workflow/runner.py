@@ -30,19 +30,9 @@ from typing import Any
 
 import structlog
 
-from healer import failpoints, metrics
+from healer import failpoints
 from healer.clock import Clock
-from healer.config import ClusterConfig, HealerConfig
-from healer.errors import HealerError, PermanentError, TemporaryError
-from healer.kube import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
-from healer.planner.planner import MANUAL
-from healer.provisioning.naming import owned_by, ownership_tags
-from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, SUCCEEDED, Store, WorkflowRecord
-from healer.workflow import order
-from healer.workflow.drain import after_timeout, drain
-from healer.workflow.order import DONE, REPLACE_STEPS, SURGE_STEPS, Plan
-from healer.workflow.retry import with_retries
-from providers.base import (
+from healer.cloud.machines import (
     Machine,
     MachineRequest,
     MachineState,
@@ -50,6 +40,17 @@ from providers.base import (
     can_check_capacity,
     can_power_off,
 )
+from healer.config import ClusterConfig, HealerConfig
+from healer.errors import HealerError, PermanentError, TemporaryError
+from healer.kube import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
+from healer.naming import owned_by, ownership_tags
+from healer.planner.planner import MANUAL
+from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, SUCCEEDED, Store, WorkflowRecord
+from healer.telemetry import metrics
+from healer.workflow import order
+from healer.workflow.drain import after_timeout, drain
+from healer.workflow.order import DONE, REPLACE_STEPS, SURGE_STEPS, Plan
+from healer.workflow.retry import with_retries
 
 log = structlog.get_logger("healer.workflow")
 

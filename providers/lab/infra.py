@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 from libcloud.compute.base import NodeDriver
 from libcloud.compute.types import NodeState
 
-from providers.base import MachineRequest, tags_match
-from providers.infra import (
+from healer.cloud.machines import MachineRequest, tags_match
+from healer.cloud.resources import (
     LAB,
     Capabilities,
     Firewall,

@@ -9,9 +9,9 @@ Options (all optional): ``max_concurrency`` (worker threads, default 4). No cred
 It also builds networks, subnets, firewalls and load balancers (:mod:`providers.lab.infra`), so
 ``healer apply`` can be tried end to end without a cloud.
 
-Besides the :class:`~providers.base.Provider` contract it has both optional capabilities:
-:class:`~providers.base.PowerControl` (fencing powers the machine off) and
-:class:`~providers.base.CapacityPreflight` (the lab cloud's machine quota, see
+Besides the :class:`~healer.cloud.machines.Provider` contract it has both optional capabilities:
+:class:`~healer.cloud.machines.PowerControl` (fencing powers the machine off) and
+:class:`~healer.cloud.machines.CapacityPreflight` (the lab cloud's machine quota, see
 ``LabNodeDriver.ex_set_quota``), so the lab exercises both the fencing and the surge order.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from libcloud.compute.base import NodeDriver
 
+from healer.cloud.machines import CapacityCheck, Machine, MachineRequest, MachineState, tags_match
 from healer.config import SecretRef
 from healer.errors import ConfigError, PermanentError, ProviderError
 from healer.model import TAG_CLUSTER
-from providers.base import CapacityCheck, Machine, MachineRequest, MachineState, tags_match
 from providers.dialects import LabDialect
 from providers.driver_provider import DriverProvider, _tag_diff
 from providers.lab.driver import DB_FILENAME, LabNodeDriver

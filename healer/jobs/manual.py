@@ -41,7 +41,7 @@ from healer.store.sqlite import (
     WorkflowRecord,
 )
 
-log = structlog.get_logger("healer.operator")
+log = structlog.get_logger("healer.jobs.manual")
 
 REMEDIATE = "remediate"
 MAX_AGE = 300.0

@@ -26,7 +26,7 @@ import structlog
 
 from healer.clock import Clock, RealClock
 
-log = structlog.get_logger("healer.systemd")
+log = structlog.get_logger("healer.jobs.systemd")
 
 
 class Notifier:

@@ -1,6 +1,6 @@
 """The configuration reference, generated from the config models themselves.
 
-``python -m healer.configdoc > docs/config-reference.md``; a test keeps the committed file in
+``python -m healer.config.reference > docs/config-reference.md``; a test keeps the committed file in
 step with the code, so the reference can never fall behind a new setting.
 """
 
@@ -60,7 +60,7 @@ def _default(info: FieldInfo) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     text = str(value)
-    return f"`{text}`" if text else "`\"\"`"
+    return f"`{text}`" if text else '`""`'
 
 
 def _key(name: str, info: FieldInfo) -> str:
@@ -71,7 +71,7 @@ def render() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the models in `healer/config/` by `python -m healer.configdoc`; do not edit by hand.",
+        "Generated from the models in `healer/config/` by `python -m healer.config.reference`; do not edit by hand.",
         "Durations are seconds or `30s`/`5m`/`1h`; secrets are references (`{env: NAME}`,",
         "`{file: PATH}` or `{credential: NAME}`). See [configuration.md](configuration.md) for a",
         "guided tour.",

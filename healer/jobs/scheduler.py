@@ -28,9 +28,9 @@ do, per cluster unless said otherwise (intervals in ``schedule:``, ``0`` turns a
     destroy past the stop switches, none when orphans are at least as many as known nodes, and
     at most one destroy per sweep.
 ``maintenance`` (all clusters)
-    Re-evaluates the reboot maintenance windows (:mod:`healer.maintenance`), records when one
+    Re-evaluates the reboot maintenance windows (:mod:`healer.planner.maintenance`), records when one
     opens or closes and sets ``healer_maintenance_window_open``. Other code asks
-    :meth:`PeriodicJobs.reboots_allowed` (or :func:`healer.maintenance.in_window`) directly.
+    :meth:`PeriodicJobs.reboots_allowed` (or :func:`healer.planner.maintenance.in_window`) directly.
 ``stale-workflows`` (all clusters)
     A running remediation with no progress (no journal line, no saved step) for longer than
     ``schedule.staleAfter`` is cancelled and failed with that reason.
@@ -52,23 +52,23 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from healer import metrics
 from healer.clock import Clock
+from healer.cloud.machines import Machine, Provider
 from healer.config import ClusterConfig, HealerConfig
 from healer.health.tracker import HealthTracker
-from healer.maintenance import in_window, next_change, reboots_allowed
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
+from healer.planner.maintenance import in_window, next_change, reboots_allowed
 from healer.planner.planner import FAILED_COOLDOWN, Planner
 from healer.provisioning.cluster_policy import reconcile_cluster_policy
 from healer.provisioning.pools import UserData, ensure_pools
 from healer.store.sqlite import FAILED, RUNNING, Store, WorkflowRecord
+from healer.telemetry import metrics
 from healer.workflow.runner import WorkflowRunner
-from providers.base import Machine, Provider
 
 __all__ = ["JOB_DEFAULTS", "Orphan", "PeriodicJobs", "PoolCensus", "census", "find_orphans"]
 __all__ += ["in_window", "reboots_allowed"]
 
-log = structlog.get_logger("healer.scheduler")
+log = structlog.get_logger("healer.jobs.scheduler")
 
 JOB_DEFAULTS: dict[str, Any] = {
     "coalesce": True,  # runs missed while the loop was busy collapse into one

@@ -111,7 +111,7 @@ PROVIDER_ERRORS: Final = Counter(
 # -- the service: scheduler, reloads, readiness ----------------------------------------------
 JOB_RUNS: Final = Counter(
     "healer_scheduler_job_runs",
-    "Periodic job runs (healer.scheduler), by job and outcome (ok or error).",
+    "Periodic job runs (healer.jobs.scheduler), by job and outcome (ok or error).",
     ["job", "outcome"],
     registry=REGISTRY,
 )

@@ -4,7 +4,7 @@ This module owns the records that cross the plugin boundary for cluster infrastr
 ``*Spec`` records say what healer wants, the others what the cloud reported), the
 :class:`InfraProvider` protocol a plugin implements for them, and :class:`Capabilities`: what a
 provider can build, so that ``healer validate`` and ``healer plan`` can say what is missing before
-anything is touched. Like :mod:`providers.base` it imports nothing from libcloud.
+anything is touched. Like :mod:`healer.cloud.machines` it imports nothing from libcloud.
 
 Vocabulary shared by every implementation:
 
@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from providers.base import Machine, Provider
+from healer.cloud.machines import Machine, Provider
 
 TAG_RESOURCE = "healer.io/resource"
 LB_SOURCE = "lb:"
