@@ -1,4 +1,4 @@
-"""healer.kube.KubeClient through the real kubernetes_asyncio client, over HTTP to the fake."""
+"""healer.kube.client.KubeClient through the real kubernetes_asyncio client, over HTTP to the fake."""
 
 from __future__ import annotations
 
@@ -11,19 +11,20 @@ import pytest
 
 from healer.clock import VirtualClock
 from healer.errors import ConfigError, KubeUnavailable, PermanentError
-from healer.kube import (
+from healer.kube.client import KubeClient
+from healer.kube.records import (
     EvictResult,
-    KubeClient,
     LeaseInfo,
     NodeInfo,
     Taint,
     WatchEvent,
-    WatchExpired,
     format_micro_time,
     format_time,
     parse_time,
 )
-from healer.lab.kubeapi import ANNOTATION_MIRROR, TAINT_UNREACHABLE, FakeApiServer
+from healer.kube.watch import WatchExpired
+from healer.lab.apiserver.resources import ANNOTATION_MIRROR, TAINT_UNREACHABLE
+from healer.lab.apiserver.server import FakeApiServer
 
 
 async def collect(

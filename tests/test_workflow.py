@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from healer.clock import RealClock
-from healer.kube import KubeClient
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.server import FakeApiServer
 from healer.model import Role
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import RUNNING, Store, WorkflowRecord

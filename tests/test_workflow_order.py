@@ -26,8 +26,9 @@ import pytest
 from healer import failpoints
 from healer.clock import VirtualClock
 from healer.cloud.machines import Machine, MachineRequest, can_check_capacity, can_power_off
-from healer.kube import TAINT_OUT_OF_SERVICE, KubeClient
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.kube.records import TAINT_OUT_OF_SERVICE
+from healer.lab.apiserver.server import FakeApiServer
 from healer.model import Role
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, Store, WorkflowRecord
@@ -451,7 +452,7 @@ async def test_the_cooldown_does_not_hold_back_a_node_whose_failure_left_the_poo
     from tests.test_planner import Rig
 
     rig = Rig(tmp_path)
-    tasks = [asyncio.create_task(rig.tracker.run()), asyncio.create_task(rig.planner.run())]
+    tasks = [asyncio.create_task(rig.tracker.run())]
     try:
         await rig.cluster()
         _failed(rig.store, "wfshort", "w-1", short=True, at=rig.clock.now())
@@ -480,7 +481,7 @@ async def test_drift_repair_does_not_skip_a_pool_left_short(tmp_path: Path) -> N
         gone = next(m for m in created if m.tags["healer.io/pool"] == "workers")
         world.driver.destroy_node(world.driver.ex_get_node(gone.id))
         _failed(world.store, "wf1", gone.name, short=True, at=world.clock.now())
-        repaired = await world.jobs.repair_drift("lab")
+        repaired = await world.jobs.pools.repair_drift("lab")
         assert [m.tags["healer.io/pool"] for m in repaired] == ["workers"]
         assert world.events("drift.skipped") == []
     finally:
@@ -519,7 +520,7 @@ async def test_a_failure_before_the_fence_is_not_marked_pool_short(world: World)
 def test_healer_status_shows_a_pool_short_with_its_retries(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from healer.cli import main
+    from healer.cli.main import main
     from tests.test_scheduler import workflow
 
     store = Store.open(tmp_path)

@@ -1,8 +1,9 @@
 """Drain with `kubectl drain` semantics, through the Eviction API.
 
 DaemonSet pods and mirror (static) pods are skipped; a 429 from a PodDisruptionBudget is retried
-with backoff until the drain timeout; pods on an unreachable node are evicted but not waited for,
-because without a kubelet they stay Terminating forever. The pure planning step
+with backoff (tenacity on the injected clock, :mod:`healer.backoff`) until the drain timeout; pods
+on an unreachable node are evicted but not waited for, because without a kubelet they stay
+Terminating forever. The pure planning step
 (:func:`plan_drain`) is separate from the loop that talks to the API.
 
 What happens when the drain timeout passes with pods still there is decided by
@@ -18,23 +19,35 @@ was not unhealthy their grace period is kept and the workflow stops too (``Drain
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
+from tenacity import RetryCallState
 
+from healer.backoff import call, retrying
 from healer.clock import Clock
 from healer.errors import PermanentError
+from healer.kube.records import EvictResult
+from healer.workflow.ports import NodeOps
 
 log = structlog.get_logger("healer.workflow")
 
 
 class PodLike(Protocol):
-    namespace: str
-    name: str
-    owner_kinds: tuple[str, ...]
-    is_mirror: bool
-    deleting: bool
+    """What :func:`plan_drain` reads of a pod (:class:`healer.kube.records.PodInfo` has it)."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def owner_kinds(self) -> tuple[str, ...]: ...
+    @property
+    def is_mirror(self) -> bool: ...
+    @property
+    def deleting(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class DrainPlan:
     skipped: tuple[str, ...]  # "ns/name (DaemonSet)" and similar, for the record
 
 
-def plan_drain(pods: list[PodLike], *, node_reachable: bool) -> DrainPlan:
+def plan_drain(pods: Sequence[PodLike], *, node_reachable: bool) -> DrainPlan:
     evict, wait_for, skipped = [], [], []
     for pod in pods:
         ref = f"{pod.namespace}/{pod.name}"
@@ -161,7 +174,7 @@ def after_timeout(
 
 
 async def drain(
-    kube: Any,
+    kube: NodeOps,
     node: str,
     *,
     clock: Clock,
@@ -171,17 +184,20 @@ async def drain(
 ) -> DrainReport:
     """Evict everything evictable from ``node`` or give up at ``timeout`` (reported, not raised).
 
-    ``kube`` is a :class:`healer.kube.KubeClient`; its errors propagate (the caller retries them).
+    Each round re-reads the node and its pods and asks for the evictions still needed; rounds
+    repeat with backoff (doubling from ``initial_backoff`` to ``max_backoff``, slept on
+    ``clock``, the last wait cut to end at the deadline) until nothing is left. ``kube``'s
+    errors propagate (the caller retries them).
     """
     report = DrainReport()
-    deadline = clock.now() + timeout
-    backoff = initial_backoff
-    while True:
+
+    async def one_round() -> bool:
+        """One pass; True when the drain is over (nothing left, or the Node is gone)."""
         report.rounds += 1
         info = await kube.get_node(node)
         if info is None:
-            return report  # the Node is gone: nothing left to drain
-        reachable = info.conditions.get("Ready", ("Unknown", 0.0))[0] == "True"
+            return True  # the Node is gone: nothing left to drain
+        reachable = info.ready == "True"
         report.node_ready = reachable
         plan = plan_drain(await kube.pods_on_node(node), node_reachable=reachable)
         report.skipped.extend(plan.skipped)
@@ -190,25 +206,37 @@ async def drain(
         for pod in plan.evict:
             result, message = await kube.evict(pod.namespace, pod.name)
             ref = f"{pod.namespace}/{pod.name}"
-            if str(getattr(result, "name", result)).upper() == "BLOCKED":
+            if result is EvictResult.BLOCKED:
                 report.blocked[ref] = message
             elif ref not in report.evicted:
                 report.evicted.append(ref)
         # Evictions on a reachable node end with the pods gone: check once more next round.
-        if not report.blocked and not plan.wait_for and (not plan.evict or not reachable):
-            return report
-        if clock.now() >= deadline:
-            report.timed_out = True
-            log.warning(
-                "remediation.drain_timed_out",
-                node=node,
-                blocked=report.blocked,
-                waiting=[f"{p.namespace}/{p.name}" for p in plan.wait_for],
-            )
-            return report
+        return not report.blocked and not plan.wait_for and (not plan.evict or not reachable)
+
+    def before_sleep(state: RetryCallState) -> None:
         if report.blocked:
             log.info(
-                "remediation.drain_blocked", node=node, blocked=report.blocked, retry_in=backoff
+                "remediation.drain_blocked",
+                node=node,
+                blocked=report.blocked,
+                retry_in=round(state.upcoming_sleep, 2),
             )
-        await clock.sleep(min(backoff, max(0.0, deadline - clock.now())))
-        backoff = min(backoff * 2, max_backoff)
+
+    rounds = retrying(
+        clock,
+        first=initial_backoff,
+        cap=max_backoff,
+        deadline=clock.now() + timeout,
+        retry_on=(),  # errors are the caller's to retry
+        retry_result=lambda over: not over,
+        before_sleep=before_sleep,
+    )
+    if not await call(rounds, one_round):
+        report.timed_out = True
+        log.warning(
+            "remediation.drain_timed_out",
+            node=node,
+            blocked=report.blocked,
+            waiting=report.waiting,
+        )
+    return report

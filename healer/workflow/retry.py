@@ -1,11 +1,13 @@
-"""Retries for workflow steps: tenacity, typed by exception, sleeping on the injected clock.
+"""Retries for workflow steps: typed by exception, sleeping on the injected clock.
 
 Only :class:`~healer.errors.TemporaryError` is retried; a ``delay`` it carries is honoured, up
 to ``maxDelay``. Normally a step gets ``attempts`` tries; with ``forever=True`` (a pool short of a
 machine: see :mod:`healer.workflow.runner`) it is retried until it succeeds, the waits growing to
-``maxDelay`` and staying there, so the pool is made whole soon after the cloud recovers.
-``set_testing(True)`` removes the waits (as stamina's test mode does); not with ``forever``, where
-a wait of zero would spin.
+``maxDelay`` and staying there, so the pool is made whole soon after the cloud recovers. The
+waits double from ``initialDelay`` up to ``maxDelay``, the last half of each random so that
+workflows failing together do not retry in lockstep. The policy itself is built by
+:func:`healer.backoff.retrying`, the one place that builds tenacity policies; tests run it in
+virtual time rather than turning the waits off.
 """
 
 from __future__ import annotations
@@ -14,47 +16,19 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_never,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState
 
+from healer.backoff import call, retrying
 from healer.clock import Clock
 from healer.config import RetryPolicy
-from healer.errors import TemporaryError
 
 log = structlog.get_logger("healer.workflow")
 T = TypeVar("T")
 
-_testing = False
-
-
-def set_testing(enabled: bool) -> None:
-    global _testing
-    _testing = enabled
-
-
 OnRetry = Callable[[int, float, BaseException | None], None]  # (attempt, wait, error)
 
-
-def _wait(policy: RetryPolicy, *, forever: bool) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(
-        multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.initial_delay
-    )
-
-    def wait(state: RetryCallState) -> float:
-        if _testing and not forever:
-            return 0.0
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, TemporaryError) and exc.delay is not None:
-            return min(exc.delay, policy.max_delay)
-        return float(backoff(state))
-
-    return wait
+# The random part of each wait (see healer.backoff.exponential).
+JITTER = 0.5
 
 
 async def with_retries(
@@ -82,15 +56,12 @@ async def with_retries(
         if on_retry is not None:
             on_retry(state.attempt_number, state.upcoming_sleep, exc)
 
-    retrying = AsyncRetrying(
-        stop=stop_never if forever else stop_after_attempt(policy.attempts),
-        wait=_wait(policy, forever=forever),
-        retry=retry_if_exception_type(TemporaryError),
-        sleep=clock.sleep,
+    steps = retrying(
+        clock,
+        first=policy.initial_delay,
+        cap=policy.max_delay,
+        jitter=JITTER,
+        attempts=None if forever else policy.attempts,
         before_sleep=before_sleep,
-        reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            return await fn()
-    raise AssertionError("unreachable: tenacity reraises the last error")
+    return await call(steps, fn)

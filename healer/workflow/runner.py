@@ -26,38 +26,54 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from healer import failpoints
+from healer.backoff import call, retrying
 from healer.clock import Clock
 from healer.cloud.machines import (
+    CapacityPreflight,
     Machine,
     MachineRequest,
     MachineState,
+    PowerControl,
     Provider,
     can_check_capacity,
-    can_power_off,
 )
 from healer.config import ClusterConfig, HealerConfig
 from healer.errors import HealerError, PermanentError, TemporaryError
-from healer.kube import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
+from healer.kube.records import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
 from healer.naming import owned_by, ownership_tags
 from healer.planner.planner import MANUAL
+from healer.store.recorder import Level, Recorder
 from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, SUCCEEDED, Store, WorkflowRecord
 from healer.telemetry import metrics
 from healer.workflow import order
 from healer.workflow.drain import after_timeout, drain
-from healer.workflow.order import DONE, REPLACE_STEPS, SURGE_STEPS, Plan
+from healer.workflow.order import ALL_STEPS, DONE, REPLACE_STEPS, SURGE_STEPS, Plan
+from healer.workflow.ports import NodeOps
 from healer.workflow.retry import with_retries
 
 log = structlog.get_logger("healer.workflow")
+T = TypeVar("T")
 
 _CONTEXT_KEYS = frozenset({"cluster", "pool", "node", "workflow"})
 STEPS = REPLACE_STEPS  # the default order
-__all__ = ["DONE", "STEPS", "SURGE_STEPS", "StaleWorkflow", "WorkflowRunner"]
-StepFn = Callable[[WorkflowRecord, ClusterConfig], Awaitable[tuple[dict[str, Any], WorkflowRecord]]]
+__all__ = ["DONE", "STEPS", "SURGE_STEPS", "StaleWorkflow", "Step", "StepResult", "WorkflowRunner"]
+
+# What a step hands back: the detail for its journal line, and the (possibly updated) workflow.
+StepResult = tuple[dict[str, Any], WorkflowRecord]
+
+
+class Step(Protocol):
+    """One step of the workflow (cordon, drain, fence, ...): an object with one method. Each is
+    safe to repeat (it is retried, and re-run after a crash); its order is
+    :mod:`healer.workflow.order`'s business, not its own."""
+
+    async def __call__(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult: ...
+
 
 UserDataFor = Callable[[ClusterConfig, str, str], str]  # (cluster, pool, machine name) -> user data
 Finished = Callable[[WorkflowRecord], Awaitable[None]]
@@ -97,7 +113,7 @@ class WorkflowRunner:
         config: HealerConfig,
         store: Store,
         clock: Clock,
-        kube: Mapping[str, Any],
+        kube: Mapping[str, NodeOps],
         providers: Mapping[str, Provider],
         user_data: UserDataFor,
         on_finished: Finished | None = None,
@@ -105,6 +121,7 @@ class WorkflowRunner:
     ) -> None:
         self._config = config
         self._store = store
+        self._recorder = Recorder(store, clock=clock, log=log)
         self._clock = clock
         self._kube = kube
         self._providers = providers
@@ -114,7 +131,7 @@ class WorkflowRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         # One object per step, each with one job; the order comes from the workflow's plan.
-        self._step_fns: dict[str, StepFn] = {
+        self._step_fns: dict[str, Step] = {
             "cordon": self._step_cordon,
             "drain": self._step_drain,
             "preflight": self._step_preflight,
@@ -125,6 +142,8 @@ class WorkflowRunner:
             "create_machine": self._step_create_machine,
             "wait_for_join": self._step_wait_for_join,
         }
+        missing = set(ALL_STEPS) - self._step_fns.keys()
+        assert not missing, f"steps in healer.workflow.order without a Step: {sorted(missing)}"
 
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
@@ -142,12 +161,12 @@ class WorkflowRunner:
         """Pick up every workflow a previous process left running."""
         pending = self._store.workflows(state=RUNNING)
         for wf in pending:
-            log.info("remediation.resumed", workflow=wf.id, node=wf.node, step=wf.step)
             self._audit(
                 wf,
                 event="remediation.resumed",
                 reason=wf.step,
                 message=f"resuming the replacement of {wf.node} at step {wf.step}",
+                step=wf.step,
             )
             await self.start(wf)
         return len(pending)
@@ -200,18 +219,23 @@ class WorkflowRunner:
         message: str,
         evidence: dict[str, Any] | None = None,
         at: float | None = None,
+        level: Level = "info",
+        **fields: Any,
     ) -> None:
-        """One audit line about ``wf``'s node, tagged with the workflow."""
-        self._store.audit(
-            at=self._clock.now() if at is None else at,
+        """The audit row and the log line of ``event`` about ``wf``'s node, tagged with the
+        workflow (:class:`healer.store.recorder.Recorder`); ``fields`` go on the line only."""
+        self._recorder.record(
+            event,
+            at=at,
             cluster=wf.cluster,
             node=wf.node,
             pool=wf.pool,
             workflow_id=wf.id,
-            event=event,
             reason=reason,
             message=message,
             evidence=evidence,
+            level=level,
+            **fields,
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -257,24 +281,13 @@ class WorkflowRunner:
             log.info(f"remediation.{step}_started", pool_short=short)
             failpoints.hit(f"workflow.{step}.before")
             detail, wf = await with_retries(
-                lambda fn=self._step_fns[step], wf=wf: fn(wf, cluster),
+                _bind(self._step_fns[step], wf, cluster),
                 policy=cluster.remediation.retry,
                 clock=self._clock,
                 what=step,
                 # A pool short of a machine is never left so: retried until the step succeeds.
                 forever=short,
-                on_retry=lambda attempt, wait, exc, step=step, short=short: self._store.journal(
-                    wf_id,
-                    step,
-                    order.RETRYING,
-                    self._clock.now(),
-                    {
-                        "attempt": attempt,
-                        "wait": round(wait, 2),
-                        "error": str(exc),
-                        POOL_SHORT: short,
-                    },
-                ),
+                on_retry=self._journal_retry(wf_id, step, short=short),
             )
             failpoints.hit(f"workflow.{step}.after")
             now = self._clock.now()
@@ -305,9 +318,25 @@ class WorkflowRunner:
             message=f"{wf.node} replaced by {wf.replacement_name} in "
             f"{(wf.finished_at or 0) - wf.started_at:.1f}s",
             evidence={"steps": self._store.steps(wf.id)},
+            replacement=wf.replacement_name,
         )
-        log.info("remediation.succeeded", replacement=wf.replacement_name)
         return wf
+
+    def _journal_retry(
+        self, wf_id: str, step: str, *, short: bool
+    ) -> Callable[[int, float, BaseException | None], None]:
+        """The journal line of each retry of ``step`` (what ``healer status`` shows)."""
+
+        def journal(attempt: int, wait: float, exc: BaseException | None) -> None:
+            self._store.journal(
+                wf_id,
+                step,
+                order.RETRYING,
+                self._clock.now(),
+                {"attempt": attempt, "wait": round(wait, 2), "error": str(exc), POOL_SHORT: short},
+            )
+
+        return journal
 
     async def _plan(self, wf: WorkflowRecord, cluster: ClusterConfig) -> Plan:
         """The workflow's order of steps: read back from the journal, or decided now (once) and
@@ -375,22 +404,25 @@ class WorkflowRunner:
             event="remediation.failed",
             reason=type(exc).__name__,
             message=message,
+            level="error",
+            step=wf.step,
+            error=str(exc),
+            exc_type=type(exc).__name__,
         )
-        log.error("remediation.failed", step=wf.step, error=str(exc), exc_type=type(exc).__name__)
         return wf
 
     # -- steps: each returns (detail for the journal, the possibly updated workflow) ---------
-    def _kube_for(self, wf: WorkflowRecord) -> Any:
+    def _kube_for(self, wf: WorkflowRecord) -> NodeOps:
         return self._kube[wf.cluster]
 
     def _provider_for(self, wf: WorkflowRecord) -> Provider:
         return self._providers[wf.cluster]
 
-    async def _step_cordon(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_cordon(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         present = await self._kube_for(wf).cordon(wf.node)
         return {"node_present": present}, wf
 
-    async def _step_drain(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_drain(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         policy = cluster.remediation_for(wf.pool)
         report = await drain(
             self._kube_for(wf), wf.node, clock=self._clock, timeout=policy.drain_timeout
@@ -411,17 +443,18 @@ class WorkflowRunner:
                 reason=decision.reason,
                 message=decision.message,
                 evidence=report.to_json(),
+                level="warning",
             )
             if decision.error is not None:
                 self._store.journal(wf.id, "drain", "stopped", self._clock.now(), report.to_json())
                 raise decision.error
         return report.to_json(), wf
 
-    async def _step_preflight(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_preflight(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         """Surge only: ask the provider whether one more machine fits. A "no" is not an error:
         the workflow goes on in the replace order (its journal line says why)."""
         provider = self._provider_for(wf)
-        if not can_check_capacity(provider):
+        if not isinstance(provider, CapacityPreflight):
             check_ok, reason, message, available = (
                 False,
                 order.NO_CAPACITY_PREFLIGHT,
@@ -429,7 +462,7 @@ class WorkflowRunner:
                 None,
             )
         else:
-            check = await provider.check_capacity(self._request(wf, cluster), 1)  # type: ignore[attr-defined]
+            check = await provider.check_capacity(self._request(wf, cluster), 1)
             check_ok, reason, message, available = (
                 check.ok,
                 check.reason,
@@ -443,6 +476,7 @@ class WorkflowRunner:
                 reason=reason or order.PREFLIGHT_REFUSED,
                 message=f"no room to create {wf.replacement_name} before replacing {wf.node} "
                 f"({message}); continuing in the replace order",
+                level="warning",
             )
         return {"ok": check_ok, "reason": reason, "message": message, "available": available}, wf
 
@@ -459,11 +493,12 @@ class WorkflowRunner:
                 f"machine {found.name} ({found.id}) is not tagged as healer's for cluster "
                 f"{wf.cluster}; refusing to fence or destroy it"
             )
-        wf = wf.with_(machine=_machine_json(found), updated_at=self._clock.now())
-        self._store.update_workflow(wf, journal=("fence", "identified", wf.machine))
+        machine = _machine_json(found)
+        wf = wf.with_(machine=machine, updated_at=self._clock.now())
+        self._store.update_workflow(wf, journal=("fence", "identified", machine))
         return wf
 
-    async def _step_fence(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_fence(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         """Make sure the old machine runs nothing any more: powered off where the provider can,
         destroyed where it cannot. Only then may its Node and pods go."""
         wf = await self._identify(wf)
@@ -471,16 +506,16 @@ class WorkflowRunner:
             return {"machine": None, "note": f"no machine named {wf.node}; nothing to fence"}, wf
         provider = self._provider_for(wf)
         machine = _machine_from_json(wf.machine)
-        if can_power_off(provider):
+        if isinstance(provider, PowerControl):
             how = "powered_off"
-            changed = await provider.power_off_machine(machine)  # type: ignore[attr-defined]
+            changed = await provider.power_off_machine(machine)
         else:
             how = "destroyed"
             changed = await provider.destroy_machine(machine)
         wf = wf.with_(machine={**wf.machine, "fenced": how})
         return {"machine": machine.id, "fenced": how, "changed": changed}, wf
 
-    async def _step_release(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_release(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         """The machine is off: mark the Node out-of-service so Kubernetes force-deletes its
         pods and detaches their volumes now, and wait (up to drainTimeout) until they are gone.
         Whatever is left goes with the Node in the next step."""
@@ -489,27 +524,25 @@ class WorkflowRunner:
         if not await kube.add_taint(wf.node, taint):
             return {"node_present": False}, wf
         timeout = cluster.remediation_for(wf.pool).drain_timeout
-        deadline = self._clock.now() + timeout
-        while True:
-            left = [
-                f"{p.namespace}/{p.name}"
-                for p in await kube.pods_on_node(wf.node)
-                if not p.is_mirror
-            ]
-            if not left or self._clock.now() >= deadline:
-                return {
-                    "node_present": True,
-                    "taint": f"{TAINT_OUT_OF_SERVICE}={OUT_OF_SERVICE_VALUE}:NoExecute",
-                    "pods_left": left,
-                    "timed_out": bool(left),
-                }, wf
-            await self._clock.sleep(min(self._join_poll, max(0.0, deadline - self._clock.now())))
 
-    async def _step_delete_node(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+        async def pods_left() -> list[str]:
+            pods = await kube.pods_on_node(wf.node)
+            return [f"{p.namespace}/{p.name}" for p in pods if not p.is_mirror]
+
+        deadline = self._clock.now() + timeout
+        left = await self._poll(pods_left, until=lambda left: not left, deadline=deadline)
+        return {
+            "node_present": True,
+            "taint": f"{TAINT_OUT_OF_SERVICE}={OUT_OF_SERVICE_VALUE}:NoExecute",
+            "pods_left": left,
+            "timed_out": bool(left),
+        }, wf
+
+    async def _step_delete_node(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         existed = await self._kube_for(wf).delete_node(wf.node)
         return {"existed": existed}, wf
 
-    async def _step_destroy_machine(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_destroy_machine(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         wf = await self._identify(wf)  # already done by fence, except in workflows from before it
         if wf.machine is None:
             return {"machine": None, "note": f"no machine named {wf.node}; nothing to destroy"}, wf
@@ -536,7 +569,7 @@ class WorkflowRunner:
             extra=pool.machine.extra,
         )
 
-    async def _step_create_machine(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_create_machine(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         machine = await self._provider_for(wf).create_machine(self._request(wf, cluster))
         replacement = _machine_json(machine) | {"requested_at": self._clock.now()}
         if wf.replacement is not None:  # resumed: keep the first request time for the timeout
@@ -546,21 +579,52 @@ class WorkflowRunner:
         wf = wf.with_(replacement=replacement)
         return {"machine": machine.id, "name": machine.name}, wf
 
-    async def _step_wait_for_join(self, wf: WorkflowRecord, cluster: ClusterConfig):  # type: ignore[no-untyped-def]
+    async def _step_wait_for_join(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         timeout = cluster.health_for(wf.pool).node_startup_timeout
         since = (wf.replacement or {}).get("requested_at") or wf.updated_at
-        deadline = since + timeout
         kube = self._kube_for(wf)
-        while True:
+
+        async def joined() -> bool:
             info = await kube.get_node(wf.replacement_name)
-            if info is not None and info.conditions.get("Ready", ("Unknown", 0.0))[0] == "True":
-                return {
-                    "node": wf.replacement_name,
-                    "joined_after": round(self._clock.now() - since, 3),
-                }, wf
-            if self._clock.now() >= deadline:
-                raise PermanentError(
-                    f"replacement {wf.replacement_name} did not become a Ready node within "
-                    f"{timeout:.0f}s (nodeStartupTimeout)"
-                )
-            await self._clock.sleep(min(self._join_poll, max(0.0, deadline - self._clock.now())))
+            return info is not None and info.ready == "True"
+
+        # The deadline counts from the request, so a resumed workflow does not start it again.
+        if not await self._poll(joined, until=bool, deadline=since + timeout):
+            raise PermanentError(
+                f"replacement {wf.replacement_name} did not become a Ready node within "
+                f"{timeout:.0f}s (nodeStartupTimeout)"
+            )
+        return {
+            "node": wf.replacement_name,
+            "joined_after": round(self._clock.now() - since, 3),
+        }, wf
+
+    async def _poll(
+        self, check: Callable[[], Awaitable[T]], *, until: Callable[[T], bool], deadline: float
+    ) -> T:
+        """``check()`` every ``join_poll_interval`` until ``until`` holds for what it returns or
+        the clock reaches ``deadline`` (the last wait cut to end there); its last answer either
+        way, so a check past the deadline still runs once.
+        Errors propagate: they are the step's to retry."""
+        every = self._join_poll
+        polls = retrying(
+            self._clock,
+            first=every,
+            cap=every,
+            multiplier=1.0,
+            deadline=deadline,
+            retry_on=(),
+            retry_result=lambda answer: not until(answer),
+        )
+        return await call(polls, check)
+
+
+def _bind(
+    step: Step, wf: WorkflowRecord, cluster: ClusterConfig
+) -> Callable[[], Awaitable[StepResult]]:
+    """``step`` on ``wf``, as one attempt for :func:`~healer.workflow.retry.with_retries`."""
+
+    async def attempt() -> StepResult:
+        return await step(wf, cluster)
+
+    return attempt

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from healer.clock import VirtualClock
-from healer.kube import KubeClient
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.server import FakeApiServer
 
 Predicate = Callable[[], bool | Awaitable[bool]]
 

@@ -1,0 +1,119 @@
+"""The kubelet's side of a node: register it, post its Ready condition, renew its lease (the
+lab's simulated kubelets use these)."""
+
+from __future__ import annotations
+
+from healer.errors import TemporaryError
+from healer.kube.nodes import NodeApi
+from healer.kube.records import NODE_LEASE_NAMESPACE, Json, format_micro_time, format_time
+
+
+class KubeletApi(NodeApi):
+    """What a kubelet writes about its own node."""
+
+    async def register_node(self, name: str, labels: dict[str, str]) -> bool:
+        """Create the Node as a kubelet does. If it already exists, adopt it (making sure the
+        given labels are set) and return False."""
+        what = f'register node "{name}"'
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": dict(labels)},
+            "spec": {},
+        }
+        answer = await self._call(what, self._core.create_node, body)
+        if answer.status == 409:
+            if labels and not await self.set_node_labels(name, dict(labels)):
+                # Deleted between our create and the patch: try once more from scratch.
+                return await self.register_node(name, labels)
+            return False
+        self._expect(what, answer)
+        return True
+
+    async def set_node_ready(self, name: str, status: str, reason: str, message: str) -> bool:
+        """Post the Ready condition as a kubelet does. The heartbeat time is always now; the
+        transition time only moves when the status changes. False if the node does not exist."""
+        current = await self._get_node_json(name)
+        if current is None:
+            return False
+        previous = next(
+            (
+                c
+                for c in (current.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        now = format_time(self._clock.wall())  # read by other hosts
+        transition = (
+            previous["lastTransitionTime"]
+            if previous is not None
+            and previous.get("status") == status
+            and previous.get("lastTransitionTime")
+            else now
+        )
+        patch = {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": status,
+                        "reason": reason,
+                        "message": message,
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": transition,
+                    }
+                ]
+            }
+        }
+        what = f'set Ready={status} on node "{name}"'
+        # A dict body goes out as a strategic merge patch: conditions merge by type, so the
+        # other conditions are left alone.
+        answer = await self._call(what, self._core.patch_node_status, name, patch)
+        if answer.status == 404:
+            return False
+        self._expect(what, answer)
+        return True
+
+    async def renew_lease(self, name: str, holder: str, duration_seconds: int) -> None:
+        """Create or renew ``kube-node-lease/<name>`` with renewTime now. Updates carry the
+        resourceVersion read, so a concurrent writer makes us re-read rather than overwrite."""
+        what = f'renew lease "{NODE_LEASE_NAMESPACE}/{name}"'
+        for _ in range(3):
+            renew = format_micro_time(self._clock.wall())  # read by other hosts
+            answer = await self._call(
+                what, self._coordination.read_namespaced_lease, name, NODE_LEASE_NAMESPACE
+            )
+            if answer.status == 404:
+                body: Json = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": name, "namespace": NODE_LEASE_NAMESPACE},
+                    "spec": {
+                        "holderIdentity": holder,
+                        "leaseDurationSeconds": duration_seconds,
+                        "acquireTime": renew,
+                        "renewTime": renew,
+                    },
+                }
+                answer = await self._call(
+                    what, self._coordination.create_namespaced_lease, NODE_LEASE_NAMESPACE, body
+                )
+            else:
+                body = self._expect(what, answer)
+                spec = body.setdefault("spec", {})
+                spec.update(
+                    holderIdentity=holder, leaseDurationSeconds=duration_seconds, renewTime=renew
+                )
+                answer = await self._call(
+                    what,
+                    self._coordination.replace_namespaced_lease,
+                    name,
+                    NODE_LEASE_NAMESPACE,
+                    body,
+                )
+            if answer.status in (404, 409):
+                continue  # raced with another writer or a delete: read again
+            self._expect(what, answer)
+            return
+        raise TemporaryError(f"{what}: kept conflicting with concurrent writers")
