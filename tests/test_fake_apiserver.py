@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 
 from healer.clock import VirtualClock
-from healer.lab.kubeapi import (
+from healer.lab.apiserver.resources import (
     ANNOTATION_MIRROR,
     TAINT_UNREACHABLE,
-    FakeApiServer,
     rfc3339,
     rfc3339_micro,
 )
+from healer.lab.apiserver.server import FakeApiServer
 
 
 class Http:

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from healer.errors import PermanentError
-from healer.kube import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, KubeClient, Taint
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.kube.records import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
+from healer.lab.apiserver.server import FakeApiServer
 from tests.test_fake_apiserver import Http
 
 MERGE = "application/merge-patch+json"

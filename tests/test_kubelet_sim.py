@@ -12,8 +12,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from healer.clock import VirtualClock
-from healer.kube import KubeClient
-from healer.lab.kubeapi import TAINT_UNREACHABLE, FakeApiServer, parse_time
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.resources import TAINT_UNREACHABLE, parse_time
+from healer.lab.apiserver.server import FakeApiServer
 from healer.lab.kubelet import KubeletState, SimulatedKubelet
 
 Eventually = Callable[..., Awaitable[None]]

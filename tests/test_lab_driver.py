@@ -17,13 +17,12 @@ from libcloud.compute.base import Node
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import NodeState
 
-import providers.lab
 from healer.cloud.machines import MachineRequest, MachineState
 from healer.errors import PermanentError, ProviderError
 from healer.model import TAG_CLUSTER, TAG_POOL
-from providers.lab import LAB_DRIVER_NAME, LabNodeDriver
-from providers.lab.driver import DB_FILENAME
+from providers.lab.driver import DB_FILENAME, LAB_DRIVER_NAME, LabNodeDriver
 from providers.lab.plugin import LabProvider
+from providers.registry import libcloud_driver
 
 CLUSTER = "lab"
 TAGS = {TAG_CLUSTER: CLUSTER, TAG_POOL: "workers"}
@@ -67,10 +66,11 @@ def _request(name: str) -> MachineRequest:
 
 
 def test_registered_with_libcloud_idempotently(tmp_path: Path) -> None:
-    providers.lab.register()
-    providers.lab.register()
+    first = libcloud_driver(LAB_DRIVER_NAME)
+    again = libcloud_driver(LAB_DRIVER_NAME)
 
     cls = get_driver(LAB_DRIVER_NAME)
+    assert first is again is cls
 
     assert cls is LabNodeDriver
     driver = cls(key=str(tmp_path / DB_FILENAME))

@@ -103,7 +103,7 @@ async def test_simulated_kubelets_drive_an_external_api_server(tmp_path: Path) -
     they work against any API server; here one the lab did not start itself."""
     import asyncio
 
-    from healer.lab.kubeapi import FakeApiServer
+    from healer.lab.apiserver.server import FakeApiServer
 
     server = FakeApiServer(lease_grace=3.0, monitor_period=0.25)
     await server.start()

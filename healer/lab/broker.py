@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from amqtt.broker import Broker  # type: ignore[import-untyped]  # amqtt ships no py.typed
+from amqtt.broker import Broker
 
 _AMQTT_LOGGERS: Final = ("amqtt", "transitions")
 

@@ -19,9 +19,9 @@ from libcloud.compute.types import NodeState
 
 from healer.clock import Clock, RealClock
 from healer.config import HealerConfig
-from healer.kube import KubeClient
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.server import FakeApiServer
 from healer.lab.broker import EmbeddedBroker
-from healer.lab.kubeapi import FakeApiServer
 from healer.lab.kubelet import KubeletState, SimulatedKubelet
 from healer.model import (
     LABEL_CLUSTER,
@@ -368,7 +368,7 @@ class LabHarness:
             try:
                 async with asyncio.timeout(timeout):
                     async for message in client.messages:
-                        doc = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        doc = json.loads(bytes(message.payload))
                         if isinstance(doc, dict) and doc.get("id") == request_id:
                             return doc
             except TimeoutError:

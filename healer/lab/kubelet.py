@@ -2,7 +2,7 @@
 
 It owns playing one machine as the cluster sees it: registering its Node, renewing its Lease,
 posting Ready=True, and publishing the node agent's messages (heartbeat, reboot, upgrade). It
-talks to the API only through :class:`healer.kube.KubeClient`'s public methods, so the same
+talks to the API only through :class:`healer.kube.client.KubeClient`'s public methods, so the same
 kubelet can drive the fake API server or a real one.
 
 Failure scenarios are controls on a running kubelet: :meth:`crash` (the machine dies for good),
@@ -22,7 +22,7 @@ import structlog
 
 from healer.clock import Clock
 from healer.errors import HealerError
-from healer.kube import KubeClient
+from healer.kube.client import KubeClient
 
 log = structlog.get_logger(__name__)
 

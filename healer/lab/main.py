@@ -22,13 +22,8 @@ from healer.cloud.registry import load_provider
 from healer.config import HealerConfig, load_config
 from healer.errors import ConfigError
 from healer.lab.harness import LabHarness, LabTimings
-from healer.lab.scenarios import (
-    SCENARIOS,
-    STARTS_ITS_OWN_DAEMON,
-    Context,
-    preserve_state,
-    run_scenario,
-)
+from healer.lab.scenario_kit import Context, preserve_state
+from healer.lab.scenarios import SCENARIOS, STARTS_ITS_OWN_DAEMON, run_scenario
 from healer.lab.timeline import configure_timeline
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data

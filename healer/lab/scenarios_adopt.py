@@ -22,15 +22,14 @@ from typing import Any
 import structlog
 
 from healer.lab.report import refusals, remediations
-from healer.lab.scenarios import (
-    STARTS_ITS_OWN_DAEMON,
+from healer.lab.scenario_kit import (
     STATE_DELETED,
     STATE_FOREIGN,
     STATE_PRESERVED,
     STATE_ZERO_BYTE,
     Context,
     Scenario,
-    _until,
+    until,
 )
 from healer.store.sqlite import (
     DB_NAME,
@@ -99,7 +98,7 @@ async def _restart_and_watch(ctx: Context, *, state: str, setup: str) -> dict[st
     ages = {n: round(started_at - c, 1) for n, c in created.items()}
     log.info("lab.injected", failure=setup, state=state, youngest_node_age_s=min(ages.values()))
     await ctx.restart_daemon(state=state)
-    synced = await _until(lambda: _synced(ctx), timeout=SYNC_TIMEOUT, what="cluster synced")
+    synced = await until(lambda: _synced(ctx), timeout=SYNC_TIMEOUT, what="cluster synced")
     horizon = _horizon(ctx)
     await asyncio.sleep(horizon)
     ready = await ctx.harness.ready_nodes()
@@ -178,4 +177,5 @@ SCENARIOS_ADOPT: dict[str, Scenario] = {
     "lost-state": scenario_lost_state,
 }
 
-STARTS_ITS_OWN_DAEMON.update({"adopt", "adopt-zero-byte", "adopt-foreign"})
+# These start the daemon themselves, on the old cluster they set up.
+STARTS_ITS_OWN_DAEMON_ADOPT = frozenset({"adopt", "adopt-zero-byte", "adopt-foreign"})

@@ -28,7 +28,7 @@ import structlog
 from healer.config import HealerConfig
 from healer.jobs.manual import reset_breakers
 from healer.lab.report import remediations
-from healer.lab.scenarios import POLL, SETTLE_TIMEOUT, TARGET_POOL, Context, Scenario, _until
+from healer.lab.scenario_kit import POLL, SETTLE_TIMEOUT, TARGET_POOL, Context, Scenario, until
 from healer.planner.guards import BAD_UPGRADE_BREAKER_OPEN, REBOOT_TIMEOUT, TOO_MANY_REBOOT_FAILURES
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, BREAKER_KINDS, BREAKER_REMEDIATION
 
@@ -122,7 +122,7 @@ async def scenario_bad_upgrade_wave(ctx: Context) -> dict[str, Any]:
                 return False
             return _refused_by_breaker(ctx, node, since) or await _replaced_and_ready(ctx, node)
 
-        await _until(handled, timeout=SETTLE_TIMEOUT, what=f"{node}'s failed reboot handled")
+        await until(handled, timeout=SETTLE_TIMEOUT, what=f"{node}'s failed reboot handled")
 
     granted = [a["node"] for a in asks if a["granted"]]
     after_trip = asks[len(granted) :]
@@ -143,8 +143,8 @@ async def scenario_bad_upgrade_wave(ctx: Context) -> dict[str, Any]:
     reset_at = time.time()
     reset = reset_breakers(ctx.store, cluster=ctx.cluster.name, kinds=BREAKER_KINDS, at=reset_at)
     log.info("lab.breaker_reset", reset=reset)
-    replaced_after_reset = last_failed is not None and await _until(
-        lambda: _replaced_and_ready(ctx, last_failed),  # type: ignore[arg-type]
+    replaced_after_reset = last_failed is not None and await until(
+        lambda: _replaced_and_ready(ctx, last_failed),
         timeout=SETTLE_TIMEOUT,
         what=f"{last_failed} replaced after the reset",
     )
@@ -245,11 +245,11 @@ async def _breaker_reset(ctx: Context) -> dict[str, Any]:
     async def tripped() -> bool:
         return _open(ctx, BREAKER_REMEDIATION) is not None
 
-    opened = await _until(tripped, timeout=SETTLE_TIMEOUT, what="the breaker to trip")
+    opened = await until(tripped, timeout=SETTLE_TIMEOUT, what="the breaker to trip")
     breaker_reason = _open(ctx, BREAKER_REMEDIATION)
     started = [w.node for w in ctx.store.workflows(cluster=ctx.cluster.name, since=injected_at)]
     held = [n for n in targets if n not in started]
-    first_replaced = bool(started) and await _until(
+    first_replaced = bool(started) and await until(
         lambda: _replaced_and_ready(ctx, started[0]),
         timeout=SETTLE_TIMEOUT,
         what=f"{started[0]} replaced",
@@ -266,7 +266,7 @@ async def _breaker_reset(ctx: Context) -> dict[str, Any]:
         ctx.store, cluster=ctx.cluster.name, kinds=(BREAKER_REMEDIATION,), at=reset_at
     )
     log.info("lab.breaker_reset", reset=reset)
-    held_replaced = bool(held) and await _until(
+    held_replaced = bool(held) and await until(
         lambda: _replaced_and_ready(ctx, held[0]),
         timeout=SETTLE_TIMEOUT,
         what=f"{held[0]} replaced after the reset",

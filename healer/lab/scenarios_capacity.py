@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from healer.lab.report import remediations
-from healer.lab.scenarios import SETTLE_TIMEOUT, TARGET_POOL, Context, Scenario, _until
+from healer.lab.scenario_kit import SETTLE_TIMEOUT, TARGET_POOL, Context, Scenario, until
 from healer.workflow.capacity import capacity_lines, capacity_report
 
 log = structlog.get_logger("healer.lab")
@@ -39,7 +39,7 @@ def _retry_span(ctx: Context) -> float:
     """The longest a workflow's normal (bounded) retries of one step can take."""
     retry = ctx.cluster.remediation.retry
     waits = [
-        min(retry.initial_delay * 2**i + retry.initial_delay, retry.max_delay)
+        min(retry.initial_delay * 2.0**i + retry.initial_delay, retry.max_delay)
         for i in range(retry.attempts - 1)
     ]
     return sum(waits)
@@ -100,7 +100,7 @@ async def scenario_create_fails(ctx: Context) -> dict[str, Any]:
         return int(row["missing"][0]["attempts"]) > retry.attempts
 
     # During the refusal: the workflow keeps retrying past its normal attempts, and status says so.
-    shown = await _until(
+    shown = await until(
         retried_past_bound,
         timeout=max(1.0, recovers_at - time.time() - 1.0),
         what="create retried past its normal attempts",
@@ -121,7 +121,7 @@ async def scenario_create_fails(ctx: Context) -> dict[str, Any]:
         ready = await h.ready_nodes()
         return len([n for n in h.pool_nodes(TARGET_POOL) if n in ready]) >= pool.size
 
-    await _until(whole, timeout=refusal_s + SETTLE_TIMEOUT, what="pool whole again")
+    await until(whole, timeout=refusal_s + SETTLE_TIMEOUT, what="pool whole again")
     whole_at = time.time()
     rems = [
         r for r in remediations(ctx.store, ctx.cluster.name, injected_at) if r["node"] == target
@@ -248,7 +248,7 @@ async def scenario_partitioned_node(ctx: Context) -> dict[str, Any]:
                 and seen["new_copy_started_at"] is not None
             )
 
-        await _until(replaced, timeout=SETTLE_TIMEOUT, what=f"{target} replaced")
+        await until(replaced, timeout=SETTLE_TIMEOUT, what=f"{target} replaced")
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

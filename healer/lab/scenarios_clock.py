@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from healer.lab.report import refusals, remediations
-from healer.lab.scenarios import SETTLE_TIMEOUT, TARGET_POOL, Context, _replaced, _until
+from healer.lab.scenario_kit import SETTLE_TIMEOUT, TARGET_POOL, Context, replaced, until
 from healer.model import Health, NodeKey
 
 log = structlog.get_logger("healer.lab")
@@ -79,14 +79,14 @@ async def _crash_then_step(
     async def pending() -> bool:
         return _pending_since(ctx, node) is not None
 
-    seen = await _until(pending, timeout=20.0, what=f"{node} pending")
+    seen = await until(pending, timeout=20.0, what=f"{node} pending")
     since = _pending_since(ctx, node)
     jumper.step(seconds, f"{node} pending")
     stepped_at = jumper.clock.now()
     # The old wall-clock daemon judged the node at once; give it time to show that mistake.
     await asyncio.sleep(min(1.0, max(0.0, (since or stepped_at) + threshold - stepped_at - 0.5)))
     early = bool(ctx.workflows_for(node))
-    await _until(lambda: _replaced(ctx, node), timeout=SETTLE_TIMEOUT, what=f"{node} replaced")
+    await until(lambda: replaced(ctx, node), timeout=SETTLE_TIMEOUT, what=f"{node} replaced")
     wfs = ctx.workflows_for(node)
     started = wfs[0].started_at if wfs else None
     hour = jumper.clock.now() - STEP

@@ -20,14 +20,7 @@ import structlog
 from healer.config import Corroboration, HealerConfig
 from healer.config.provenance import CONDITION_NOT_OWNED
 from healer.lab.report import remediations
-from healer.lab.scenarios import (
-    SETTLE_TIMEOUT,
-    TARGET_POOL,
-    Context,
-    Scenario,
-    _replaced,
-    _until,
-)
+from healer.lab.scenario_kit import SETTLE_TIMEOUT, TARGET_POOL, Context, Scenario, replaced, until
 from healer.model import Health, NodeKey
 from healer.telemetry.metrics import REGISTRY
 
@@ -87,7 +80,7 @@ async def scenario_forged_ready(ctx: Context) -> dict[str, Any]:
     async def both_rejected() -> bool:
         return rejected_not_owned() - before >= len(injected)
 
-    await _until(both_rejected, timeout=15.0, what="forged messages rejected")
+    await until(both_rejected, timeout=15.0, what="forged messages rejected")
     # Watch past every condition timeout: an accepted Ready=False would have fired by then.
     await asyncio.sleep(_longest_timeout(ctx) + ctx.harness.timings.lease_grace + MARGIN)
     rejected = rejected_not_owned() - before
@@ -128,8 +121,8 @@ async def scenario_forged_ready_crash(ctx: Context) -> dict[str, Any]:
 
     forger = asyncio.create_task(keep_forging(), name="lab-forger")
     try:
-        await _until(
-            lambda: _replaced(ctx, target), timeout=SETTLE_TIMEOUT, what=f"{target} replaced"
+        await until(
+            lambda: replaced(ctx, target), timeout=SETTLE_TIMEOUT, what=f"{target} replaced"
         )
     finally:
         stop.set()
@@ -203,8 +196,8 @@ async def scenario_corroborate(ctx: Context) -> dict[str, Any]:
     silent_at = time.time()
     log.info("lab.injected", node=target, failure="agent falls silent too")
     try:
-        await _until(
-            lambda: _replaced(ctx, target), timeout=SETTLE_TIMEOUT, what=f"{target} replaced"
+        await until(
+            lambda: replaced(ctx, target), timeout=SETTLE_TIMEOUT, what=f"{target} replaced"
         )
     finally:
         if ctx.daemon is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from healer.lab.report import refusals, remediations
-from healer.lab.scenarios import Context, Scenario, _until
+from healer.lab.scenario_kit import Context, Scenario, until
 from healer.model import TAG_POOL
 
 log = structlog.get_logger("healer.lab")
@@ -53,7 +53,7 @@ async def scenario_zone_outage(ctx: Context) -> dict[str, Any]:
     async def all_back() -> bool:
         return set(cut) <= await ctx.harness.ready_nodes()
 
-    back = await _until(all_back, timeout=30.0, what=f"zone {zone} back")
+    back = await until(all_back, timeout=30.0, what=f"zone {zone} back")
     rems = remediations(ctx.store, ctx.cluster.name, injected_at)
     in_zone = [r for r in rems if r["node"] in cut]
     zone_refusals = [r for r in refused if r["reason"] == TOO_MANY_UNHEALTHY_IN_ZONE]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 # Events too chatty for the timeline (still visible with --verbose via JSON logs).
 _QUIET_PREFIXES = ("kubelet.lease", "kubelet.heartbeat", "kube_watch.", "mqtt.message")
@@ -21,7 +22,7 @@ class TimelineRenderer:
         self.start = start if start is not None else time.time()
         self.stream = stream or sys.stdout
 
-    def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> str:
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         event = str(event_dict.pop("event", ""))
         level = event_dict.pop("level", "info")
         for key in ("timestamp", "logger", "cluster", "pool", "workflow", "exc_info"):
@@ -41,7 +42,7 @@ class TimelineRenderer:
         return line
 
 
-def _drop_quiet(logger: Any, name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _drop_quiet(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
     event = str(event_dict.get("event", ""))
     if event.startswith(_QUIET_PREFIXES):
         raise structlog.DropEvent
