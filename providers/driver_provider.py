@@ -1,4 +1,4 @@
-"""A :class:`~healer.cloud.machines.Provider` over any libcloud ``NodeDriver``, plus the error mapping.
+r"""A :class:`~healer.cloud.machines.Provider` over any libcloud ``NodeDriver``, plus the error mapping.
 
 Both shipped plugins (``lab`` and ``libcloud``) are this class with a different driver and
 dialect. It owns the parts every cloud shares:
@@ -8,9 +8,14 @@ dialect. It owns the parts every cloud shares:
 - the safety rules of the contract: create is idempotent by name, destroy re-reads the machine by
   id and refuses when its name or tags changed, and never terminates a machine twice;
 - mapping libcloud's exceptions onto healer's typed errors: temporary ones (network, 5xx, 429,
-  throttling) become :class:`~healer.errors.ProviderError`, the rest
+  throttling) become :class:`~healer.errors.ProviderError`, the rest of libcloud's (HTTP 4xx,
+  refused credentials, other ``LibcloudError``\ s, a method the driver does not implement)
   :class:`~healer.errors.PermanentError`, always naming the provider and the operation and never
-  carrying a credential or a signed URL.
+  carrying a credential or a signed URL. Anything else (``ValueError``, ``TypeError``,
+  ``KeyError``, ``AttributeError``, ...) is a programming error, in healer or in a driver, and
+  propagates unchanged: calling it a permanent cloud failure would hide the bug. A driver speaks
+  in libcloud's errors; the lab cloud's, for instance, answers HTTP 503 while its database is
+  busy.
 """
 
 from __future__ import annotations
@@ -20,12 +25,10 @@ import functools
 import http.client
 import queue
 import re
-import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -39,7 +42,7 @@ from healer.cloud.machines import Machine, MachineRequest, MachineState, tags_ma
 from healer.errors import ConfigError, HealerError, PermanentError, ProviderError
 from healer.model import TAG_CLUSTER
 from providers.dialects import Dialect, http_status
-from providers.infra_driver import DriverInfra, InfraBackend
+from providers.reconciler import DriverInfra, InfraBackend
 
 T = TypeVar("T")
 
@@ -97,14 +100,11 @@ def map_libcloud_error(
         return ProviderError(f"{where}: unreadable answer from the cloud (temporary): {detail}")
     if isinstance(exc, requests.RequestException | http.client.HTTPException | OSError):
         return ProviderError(f"{where}: cannot reach the cloud (temporary): {detail}")
-    if isinstance(exc, sqlite3.OperationalError):
-        # The lab cloud's database is busy or locked by the other process.
-        return ProviderError(f"{where}: lab cloud database busy (temporary): {detail}")
-    if isinstance(exc, LibcloudError | sqlite3.Error):
+    if isinstance(exc, LibcloudError):
         return PermanentError(f"{where}: {detail}")
-    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | NotImplementedError):
-        # libcloud validates arguments with these (bad region, zone, size object, ...).
-        return PermanentError(f"{where}: bad arguments for the driver: {detail}")
+    if isinstance(exc, NotImplementedError):
+        # libcloud's NodeDriver base class answers so for a method the driver does not have.
+        return PermanentError(f"{where}: the driver does not support it: {detail}")
     return None
 
 
@@ -209,12 +209,7 @@ class DriverProvider:
 
     async def destroy_machine(self, machine: Machine) -> bool:
         op = f"destroy_machine({machine.name}, id={machine.id})"
-        if machine.tags.get(TAG_CLUSTER) != self.cluster:
-            # Defence in depth: a provider built for one cluster never destroys another's machine.
-            raise PermanentError(
-                f"provider {self.name}: {op} refused: the machine is not tagged "
-                f"{TAG_CLUSTER}={self.cluster}"
-            )
+        self.check_cluster(op, machine)
         async with self._lock(f"id:{machine.id}"):
             destroyed = await self._run(op, self._destroy_sync, machine)
         log.info(
@@ -282,16 +277,33 @@ class DriverProvider:
             raise
         return self._to_machine(node)
 
-    def _destroy_sync(self, driver: NodeDriver, op: str, machine: Machine) -> bool:
+    def check_cluster(self, op: str, machine: Machine) -> None:
+        """Refuse a machine not tagged for this provider's cluster: defence in depth, a provider
+        built for one cluster never destroys or powers off another's machine."""
+        if machine.tags.get(TAG_CLUSTER) != self.cluster:
+            raise PermanentError(
+                f"provider {self.name}: {op} refused: the machine is not tagged "
+                f"{TAG_CLUSTER}={self.cluster}"
+            )
+
+    def live_node(self, driver: NodeDriver, op: str, machine: Machine) -> Node | None:
+        """``machine`` re-read by id: ``None`` when it is gone or terminated, and
+        ``PermanentError`` (nothing done) when its live name or tags no longer match."""
         node = self._dialect.get_node(driver, machine.id)
         if node is None or self._dialect.state_of(node) is MachineState.TERMINATED:
-            return False
+            return None
         live_tags = self._dialect.tags_of(node)
         if node.name != machine.name or not tags_match(live_tags, machine.tags):
             raise PermanentError(
                 f"provider {self.name}: {op} refused: the live machine no longer matches "
-                f"(name {node.name!r}; {_tag_diff(live_tags, machine.tags)}); nothing destroyed"
+                f"(name {node.name!r}; {_tag_diff(live_tags, machine.tags)}); nothing done"
             )
+        return node
+
+    def _destroy_sync(self, driver: NodeDriver, op: str, machine: Machine) -> bool:
+        node = self.live_node(driver, op, machine)
+        if node is None:
+            return False
         if self.infra is not None:
             # Out of the load balancer first, so no client is sent to a machine going away.
             self.infra.detach(driver, machine)
@@ -450,7 +462,6 @@ class DriverProvider:
             )
 
     def _to_machine(self, node: Node) -> Machine:
-        created = node.created_at.timestamp() if isinstance(node.created_at, datetime) else None
         extra: dict[str, Any] = {
             "provider_state": str(getattr(node.state, "value", node.state)),
             "public_ips": list(node.public_ips or []),
@@ -466,7 +477,7 @@ class DriverProvider:
             state=self._dialect.state_of(node),
             tags=self._dialect.tags_of(node),
             private_ips=tuple(str(ip) for ip in node.private_ips or ()),
-            created_at=created,
+            created_at=self._dialect.created_at(node),
             extra=extra,
         )
 

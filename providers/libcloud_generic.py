@@ -3,8 +3,9 @@
 Options:
 
 ``driver`` (required)
-    libcloud provider name: ``ec2``, ``gce``, ``healer_lab``, ... Only drivers with a tag dialect
-    (see :mod:`providers.dialects`) are accepted, because healer identifies its machines by tags.
+    libcloud provider name: ``ec2``, ``gce``, ``healer_lab``, ... Only drivers with a row in the
+    cloud registry (:mod:`providers.registry`: a tag dialect, and for some an infrastructure
+    backend) are accepted, because healer identifies its machines by tags.
 ``args``
     Extra driver arguments: a mapping of keywords (``{region: eu-west-1, timeout: 30}``) or a list
     of positional arguments passed after the credentials. ``timeout`` (seconds per HTTP request)
@@ -17,8 +18,8 @@ Options:
     Worker threads, hence concurrent cloud calls (default 4).
 
 With ``ec2``, ``gce`` and ``healer_lab`` the plugin also builds networks, firewalls and load
-balancers (:mod:`providers.ec2_infra`, :mod:`providers.gce_infra`, :mod:`providers.lab.infra`);
-see docs/provisioning.md.
+balancers (the ``infra`` backend of the driver's registry row: :mod:`providers.ec2.infra_backend`,
+:mod:`providers.gce.infra_backend`, :mod:`providers.lab.infra_backend`); see docs/provisioning.md.
 
 Credentials: ``key`` and ``secret`` become the driver's first two positional arguments, as
 libcloud expects; any other credential is passed by keyword (``token`` for EC2 session tokens).
@@ -32,16 +33,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from libcloud.compute.base import NodeDriver
-from libcloud.compute.providers import get_driver
-
-import providers.lab  # noqa: F401  (registers the "healer_lab" driver with libcloud)
+from healer.cloud.resources import Capabilities
 from healer.config import SecretRef
 from healer.errors import ConfigError, PermanentError
-from providers.dialects import Dialect, Ec2Dialect, dialect_class_for, supported_drivers
+from providers import registry
 from providers.driver_provider import DriverProvider
 
-_OPTIONS = {"driver", "args", "host", "port", "secure", "image_owner", "max_concurrency"}
+_DIALECT_OPTIONS = {"image_owner"}
+_OPTIONS = {"driver", "args", "host", "port", "secure", "max_concurrency", *_DIALECT_OPTIONS}
 
 
 class LibcloudProvider(DriverProvider):
@@ -64,26 +63,27 @@ class LibcloudProvider(DriverProvider):
         if not isinstance(driver_name, str) or not driver_name:
             raise ConfigError(
                 f"{where}: option 'driver' is required: a libcloud provider name such as "
-                f"{', '.join(supported_drivers())}"
+                f"{', '.join(registry.names())}"
             )
         try:
-            driver_cls: type[NodeDriver] = get_driver(driver_name)
-        except AttributeError as exc:
-            raise ConfigError(f"{where}: libcloud has no compute driver {driver_name!r}") from exc
-        dialect_cls = dialect_class_for(driver_name, driver_cls)
-        if dialect_cls is None:
+            driver_cls = registry.libcloud_driver(driver_name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        cloud = registry.get(driver_name) or registry.by_driver_class(driver_cls)
+        if cloud is None:
             raise PermanentError(
                 f"{where}: driver {driver_name} cannot tag machines (healer knows how to tag on "
-                f"{', '.join(supported_drivers())} and EC2-compatible drivers); without tags "
+                f"{', '.join(registry.names())} and EC2-compatible drivers); without tags "
                 "healer cannot tell its machines from others', so it refuses to manage them"
             )
-        dialect: Dialect
-        if dialect_cls is Ec2Dialect:
-            dialect = Ec2Dialect(image_owner=str(options.get("image_owner", "self")))
-        elif "image_owner" in options:
-            raise ConfigError(f"{where}: option 'image_owner' only applies to EC2 drivers")
-        else:
-            dialect = dialect_cls()
+        dialect_cls = cloud.load_dialect()
+        foreign = sorted(set(options) & _DIALECT_OPTIONS - dialect_cls.options)
+        if foreign:
+            raise ConfigError(
+                f"{where}: option {', '.join(map(repr, foreign))} does not apply to driver "
+                f"{driver_name}"
+            )
+        dialect = dialect_cls.from_options(options)
 
         positional, keywords = _driver_args(where, options.get("args"))
         for opt in ("host", "port", "secure"):
@@ -115,34 +115,17 @@ class LibcloudProvider(DriverProvider):
             max_workers=workers,
             secrets=[v for v in (key, secret, *revealed.values()) if isinstance(v, str)],
         )
-        self._use_infra(driver_name, key, secret, keywords)
+        # Networks, firewalls and load balancers, for the drivers healer has them for.
+        infra = (
+            cloud.make_infra(key, secret, keywords) if cloud.name == driver_name.lower() else None
+        )
+        if infra is not None:
+            self.use_infra(infra)
 
-    def _use_infra(
-        self, driver_name: str, key: str, secret: str | None, keywords: Mapping[str, Any]
-    ) -> None:
-        """Networks, firewalls and load balancers, for the drivers healer has them for."""
-        name = driver_name.lower()
-        if name == "healer_lab":
-            from providers.lab.infra import LabInfraBackend
-
-            self.use_infra(LabInfraBackend())
-        elif name == "ec2":
-            from providers.ec2_infra import Ec2ElbDriver, Ec2InfraBackend
-
-            # The ELB is reached with the same credentials, region and endpoint settings.
-            region = str(keywords.get("region", "us-east-1"))
-            elb_kwargs = {
-                k: keywords[k]
-                for k in ("token", "host", "port", "secure", "timeout")
-                if k in keywords
-            }
-            self.use_infra(
-                Ec2InfraBackend(lambda: Ec2ElbDriver(key, secret or "", region, **elb_kwargs))
-            )
-        elif name == "gce":
-            from providers.gce_infra import GceInfraBackend
-
-            self.use_infra(GceInfraBackend())
+    @classmethod
+    def capabilities_for(cls, options: Mapping[str, Any]) -> Capabilities:
+        """What the plugin builds with ``options``, known without credentials or a call."""
+        return registry.capabilities_for(str(options.get("driver", "")).lower())
 
 
 def _driver_args(where: str, raw: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -35,16 +35,12 @@ from healer.cloud.registry import available_plugins, load_provider
 from healer.config import SecretRef
 from healer.errors import ConfigError, PermanentError, ProviderError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
-from providers.dialects import (
-    Ec2Dialect,
-    GceDialect,
-    LabDialect,
-    dialect_class_for,
-    gce_decode,
-    gce_encode,
-    normalise_state,
-)
+from providers import registry
+from providers.dialects import normalise_state
 from providers.driver_provider import map_libcloud_error, scrub
+from providers.ec2.dialect import Ec2Dialect
+from providers.gce.dialect import GceDialect, gce_decode, gce_encode
+from providers.lab.dialect import LabDialect
 from providers.lab.plugin import LabProvider
 from providers.libcloud_generic import LibcloudProvider
 from tests.moto_ec2 import AWS_KEY_ID, AWS_SECRET, Ec2Emulator, ec2_provider
@@ -319,11 +315,8 @@ def _http(code: int, message: str = "", headers: dict[str, str] | None = None) -
         (requests.Timeout("slow"), ProviderError),
         (ConnectionResetError("reset"), ProviderError),
         (TimeoutError(), ProviderError),
-        (sqlite3.OperationalError("database is locked"), ProviderError),
-        (sqlite3.IntegrityError("constraint"), PermanentError),
         (LibcloudError("odd"), PermanentError),
-        (ValueError("Invalid region: mars-1"), PermanentError),
-        (AttributeError("Invalid availability zone"), PermanentError),
+        (NotImplementedError("stop_node not implemented for this driver"), PermanentError),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else v.__name__,
 )
@@ -342,8 +335,56 @@ def test_rate_limit_retry_after_becomes_the_delay() -> None:
     assert isinstance(mapped, ProviderError) and mapped.delay == 30
 
 
-def test_programming_errors_are_not_mapped() -> None:
-    assert map_libcloud_error(RuntimeError("bug"), provider="p", operation="o") is None
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("bug"),
+        ValueError("Invalid region: mars-1"),
+        TypeError("create_node() got an unexpected keyword argument"),
+        KeyError("tags"),
+        AttributeError("'NoneType' object has no attribute 'id'"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_programming_errors_are_not_mapped(exc: Exception) -> None:
+    # As the module says: only libcloud's and the transport's failures are cloud failures.
+    assert map_libcloud_error(exc, provider="p", operation="o") is None
+
+
+async def test_a_programming_error_in_a_call_propagates_unchanged(tmp_path: Path) -> None:
+    provider = LabProvider(cluster=CLUSTER, options={}, credentials={}, state_dir=tmp_path)
+
+    def broken(driver: Any, op: str) -> None:
+        raise KeyError("no-such-field")
+
+    try:
+        with pytest.raises(KeyError, match="no-such-field"):
+            await provider.run_blocking("broken()", broken)
+    finally:
+        await provider.close()
+
+
+async def test_a_busy_lab_database_is_a_temporary_error(tmp_path: Path) -> None:
+    """The lab driver answers a locked database as a cloud answers overload (HTTP 503), so the
+    provider maps it like any cloud's, with no knowledge of SQLite."""
+    provider = LibcloudProvider(
+        cluster=CLUSTER,
+        options={"driver": "healer_lab", "args": {"busy_timeout": 0.05}},
+        credentials={},
+        state_dir=tmp_path,
+    )
+    holder = sqlite3.connect(tmp_path / "lab-cloud.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the other process holds the write lock
+    try:
+        with pytest.raises(ProviderError, match=r"HTTP 503 lab cloud database busy") as caught:
+            await provider.create_machine(
+                MachineRequest(name="w-1", size="small", image="debian-12", tags=TAGS)
+            )
+        assert isinstance(caught.value.__cause__, BaseHTTPError)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        await provider.close()
 
 
 @pytest.mark.parametrize(
@@ -455,8 +496,12 @@ def test_node_states_are_normalised(state: Any, expected: MachineState) -> None:
     [("ec2", Ec2Dialect), ("eucalyptus", Ec2Dialect), ("gce", GceDialect), ("dummy", None)],
 )
 def test_dialects_are_found_by_name_or_driver_class(name: str, expected: type | None) -> None:
-    assert dialect_class_for(name, get_driver(name)) is expected
-    assert dialect_class_for("healer_lab", get_driver("healer_lab")) is LabDialect
+    cloud = registry.get(name) or registry.by_driver_class(get_driver(name))
+    assert (cloud.load_dialect() if cloud else None) is expected
+    lab = registry.get("healer_lab")
+    assert lab is not None and lab.load_dialect() is LabDialect
+    by_class = registry.by_driver_class(registry.libcloud_driver("healer_lab"))
+    assert by_class is lab
 
 
 # -- plugin loading and configuration ---------------------------------------------------------
@@ -488,7 +533,12 @@ async def test_load_provider_builds_a_provider(tmp_path: Path) -> None:
         ({"driver": "dummy"}, {"key": "k"}, PermanentError, "driver dummy cannot tag machines"),
         ({"driver": "healer_lab", "colour": "red"}, {}, ConfigError, "unknown option.*colour"),
         ({"driver": "healer_lab", "args": "x"}, {}, ConfigError, "'args' must be"),
-        ({"driver": "healer_lab", "image_owner": "me"}, {}, ConfigError, "only applies to EC2"),
+        (
+            {"driver": "healer_lab", "image_owner": "me"},
+            {},
+            ConfigError,
+            "'image_owner' does not apply to driver healer_lab",
+        ),
         ({"driver": "ec2"}, {}, ConfigError, "needs provider.credentials.key"),
         (
             {"driver": "ec2", "args": {"region": "mars-north-1"}},

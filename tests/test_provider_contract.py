@@ -1,9 +1,11 @@
 """One contract suite, run against every provider implementation.
 
-Backends: the ``lab`` plugin; the generic ``libcloud`` plugin over the lab driver; and the generic
-plugin over libcloud's real EC2 driver talking HTTP to a local moto server. Each backend also
-brings a back door (what the cloud itself stored), so the suite can check what reached the cloud
-rather than what the provider says about it.
+Backends: the ``lab`` plugin; the generic ``libcloud`` plugin over the lab driver; the generic
+plugin over libcloud's real EC2 driver talking HTTP to a local moto server; and the generic plugin
+over libcloud's real GCE driver against recorded-shape Compute Engine answers
+(tests/gce_fake.py, through requests-mock). Each backend also brings a back door (what the cloud
+itself stored), so the suite can check what reached the cloud rather than what the provider says
+about it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests_mock as rm
 
 from healer.cloud.machines import (
     CapacityCheck,
@@ -28,8 +31,8 @@ from healer.cloud.machines import (
 from healer.cloud.registry import load_provider
 from healer.errors import PermanentError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL, TAG_WORKFLOW
-from providers.lab import LabNodeDriver
-from providers.lab.driver import DB_FILENAME
+from providers.lab.driver import DB_FILENAME, LabNodeDriver
+from tests.gce_fake import ZONE, GceFake, gce_provider, service_account_key
 from tests.moto_ec2 import Ec2Emulator, ec2_provider
 
 # Until tests/conftest.py lists it; registering a plugin twice is harmless.
@@ -59,7 +62,28 @@ def _lab_backdoor(state_dir: Path) -> tuple[Callable[[str], str], Callable[[], i
     return user_data_of, lambda: len(driver.ex_destroy_log())
 
 
-@pytest.fixture(params=["lab", "libcloud-lab", "libcloud-ec2"])
+@pytest.fixture(scope="module")
+def gce_key() -> str:
+    return service_account_key()
+
+
+def _gce_backend(tmp_path: Path, requests_mock: rm.Mocker, key: str) -> Backend:
+    fake = GceFake()
+    fake.install(requests_mock)
+
+    def user_data_of(machine_id: str) -> str:
+        [instance] = [i for i in fake.items("instances") if i["id"] == machine_id]
+        items = {m["key"]: m["value"] for m in instance["metadata"].get("items", [])}
+        return str(items["user-data"])
+
+    def destroy_calls() -> int:
+        return sum(1 for c in fake.calls if c.method == "DELETE" and "/instances/" in f"/{c.path}")
+
+    provider = gce_provider(cluster=CLUSTER, state_dir=tmp_path, private_key=key)
+    return Backend(provider, "n1-standard-1", "debian-12", ZONE, user_data_of, destroy_calls)
+
+
+@pytest.fixture(params=["lab", "libcloud-lab", "libcloud-ec2", "libcloud-gce"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     kind: str = request.param
     if kind == "lab":
@@ -79,6 +103,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         user_data_of, destroys = _lab_backdoor(tmp_path)
         # By id this time; the lab plugin above resolves by name.
         found = Backend(provider, "medium", "lab-img-debian-12", None, user_data_of, destroys)
+    elif kind == "libcloud-gce":
+        found = _gce_backend(
+            tmp_path, request.getfixturevalue("requests_mock"), request.getfixturevalue("gce_key")
+        )
     else:
         emulator: Ec2Emulator = request.getfixturevalue("ec2")
         emulator.register_image("healer-debian-12")

@@ -18,14 +18,14 @@ import pytest
 import requests_mock as rm
 import structlog
 
-from healer.cloud.resources import GCE_HEALTH_CHECK_SOURCES
 from healer.config import ClusterConfig, parse_config
 from healer.errors import PermanentError
 from healer.model import TAG_CLUSTER, TAG_POOL
 from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan_destroy
 from healer.provisioning.userdata import render_user_data
-from providers.dialects import gce_decode, gce_encode
-from providers.gce_infra import meta_of
+from providers.gce import HEALTH_CHECK_SOURCES as GCE_HEALTH_CHECK_SOURCES
+from providers.gce.dialect import gce_decode, gce_encode
+from providers.gce.infra_backend import meta_of
 from providers.libcloud_generic import LibcloudProvider
 from tests.gce_fake import (
     ACCESS_TOKEN,

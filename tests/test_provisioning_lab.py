@@ -18,14 +18,15 @@ import pytest
 import structlog
 import yaml
 
-from healer.cli import build_parser, main
+from healer.cli.main import main
+from healer.cli.parser import build_parser
 from healer.cloud.machines import MachineRequest
 from healer.cloud.resources import TAG_RESOURCE
 from healer.model import TAG_CLUSTER, TAG_MANAGED
 from healer.naming import ownership_tags
 from healer.provisioning.commands import run_destroy
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
-from providers.lab.infra import LabInfraBackend
+from providers.lab.infra_backend import LabInfraBackend
 from providers.lab.plugin import LabProvider
 
 ADMIN = "203.0.113.0/24"

@@ -8,11 +8,8 @@ from typing import Any
 import pytest
 
 from healer.cloud.machines import Machine, MachineState
+from healer.cloud.registry import capabilities_for
 from healer.cloud.resources import (
-    EC2,
-    GCE,
-    GCE_HEALTH_CHECK_SOURCES,
-    LAB,
     TAG_RESOURCE,
     Capabilities,
     Firewall,
@@ -20,18 +17,21 @@ from healer.cloud.resources import (
     Network,
     Permission,
     Subnet,
-    capabilities_for,
 )
 from healer.config import ClusterConfig, parse_config
 from healer.errors import ConfigError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
-from healer.provisioning.infra import (
+from healer.provisioning.desired import (
     capability_report,
     desired_state,
     region_of,
     resource_names,
 )
 from healer.provisioning.plan import Actual, Change, destroy_plan, plan
+from providers.ec2 import CAPABILITIES as EC2
+from providers.gce import CAPABILITIES as GCE
+from providers.gce import HEALTH_CHECK_SOURCES as GCE_HEALTH_CHECK_SOURCES
+from providers.lab import CAPABILITIES as LAB
 
 ADMIN = "203.0.113.0/24"
 SUBNET = "10.20.1.0/24"

@@ -9,13 +9,15 @@ needs it; healer itself never imports the ``providers`` package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from healer.cloud.machines import Provider
+from healer.cloud.resources import Capabilities, no_infra
 from healer.errors import ConfigError
 
-__all__ = ["ENTRY_POINT_GROUP", "available_plugins", "load_provider"]
+__all__ = ["ENTRY_POINT_GROUP", "available_plugins", "capabilities_for", "load_provider"]
 
 ENTRY_POINT_GROUP = "healer.providers"
 
@@ -29,12 +31,7 @@ def available_plugins() -> list[str]:
     return sorted(_entry_points())
 
 
-def load_provider(plugin: str, **kwargs: Any) -> Provider:
-    """Build the plugin registered as ``plugin`` with the factory keywords.
-
-    ``kwargs`` are those of :class:`~healer.cloud.machines.ProviderFactory`: ``cluster``, ``options``,
-    ``credentials`` and ``state_dir``.
-    """
+def _factory(plugin: str) -> Any:
     found = _entry_points().get(plugin)
     if found is None:
         names = ", ".join(available_plugins()) or "(none installed)"
@@ -43,10 +40,36 @@ def load_provider(plugin: str, **kwargs: Any) -> Provider:
             f"(entry-point group '{ENTRY_POINT_GROUP}')"
         )
     try:
-        factory = found.load()
+        return found.load()
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"provider plugin {plugin!r} ({found.value}) cannot be loaded: {exc}"
         ) from exc
-    provider: Provider = factory(**kwargs)
+
+
+def capabilities_for(plugin: str, options: Mapping[str, Any]) -> Capabilities:
+    """What ``plugin`` (with its config ``options``) can build, without building it or calling
+    the cloud: for ``healer validate`` and ``healer plan``.
+
+    A plugin says so with a ``capabilities_for(options)`` class method; one without it, or one
+    not installed, builds no infrastructure.
+    """
+    try:
+        factory = _factory(plugin)
+    except ConfigError as exc:
+        return no_infra(plugin, str(exc))
+    static = getattr(factory, "capabilities_for", None)
+    if static is None:
+        return no_infra(plugin, f"provider plugin {plugin!r} has no infrastructure support")
+    caps: Capabilities = static(options)
+    return caps
+
+
+def load_provider(plugin: str, **kwargs: Any) -> Provider:
+    """Build the plugin registered as ``plugin`` with the factory keywords.
+
+    ``kwargs`` are those of :class:`~healer.cloud.machines.ProviderFactory`: ``cluster``, ``options``,
+    ``credentials`` and ``state_dir``.
+    """
+    provider: Provider = _factory(plugin)(**kwargs)
     return provider

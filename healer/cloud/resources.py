@@ -59,6 +59,18 @@ class Capabilities:
     notes: tuple[str, ...] = ()
     docs: str = DOCS
 
+    @classmethod
+    def builds_all(cls, provider: str, **overrides: Any) -> Capabilities:
+        """A provider that builds networks, firewalls and load balancers; ``overrides`` are the
+        other fields where it differs from the defaults."""
+        return cls(
+            provider=provider,
+            supports_networks=True,
+            supports_firewalls=True,
+            supports_load_balancers=True,
+            **overrides,
+        )
+
     def missing(self) -> list[str]:
         """The pieces this provider cannot build, in words (empty when it has them all)."""
         out = []
@@ -79,70 +91,6 @@ def no_infra(provider: str, why: str) -> Capabilities:
             f"(see {DOCS}#on-premises-and-providers-without-these-pieces)",
         ),
     )
-
-
-LAB = Capabilities(
-    provider="lab",
-    supports_networks=True,
-    supports_firewalls=True,
-    supports_load_balancers=True,
-    subnet_location_required=False,
-    notes=("the lab cloud records networks, firewalls and load balancers; nothing is enforced",),
-)
-EC2 = Capabilities(
-    provider="libcloud/ec2",
-    supports_networks=True,
-    supports_firewalls=True,
-    supports_load_balancers=True,
-    notes=(
-        "load balancer: a classic ELB with a TCP listener (libcloud has no NLB driver); it "
-        "proxies, so nodes admit 6443 only from the ELB's security group",
-        "a private machine reaches the internet only through a NAT gateway, which libcloud "
-        "cannot create: add one yourself, use a package mirror inside the VPC, or set "
-        "network.publicIps",
-    ),
-)
-# Google's documented ranges for legacy (target-pool) health checks.
-GCE_HEALTH_CHECK_SOURCES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22")
-GCE = Capabilities(
-    provider="libcloud/gce",
-    supports_networks=True,
-    supports_firewalls=True,
-    supports_load_balancers=True,
-    lb_passthrough=True,
-    lb_internal=False,
-    health_check_protocols=frozenset({"http"}),
-    health_check_sources=GCE_HEALTH_CHECK_SOURCES,
-    subnet_scope="region",
-    notes=(
-        "load balancer: a regional target pool and forwarding rule (external, pass-through); "
-        "libcloud has no internal or TCP-proxy load balancer for GCE",
-        "target pools only take legacy HTTP health checks: serve an HTTP health endpoint on the "
-        "control plane (e.g. port 80 /healthz proxying to https://127.0.0.1:6443/readyz)",
-        "GCE firewalls, networks and target pools have no labels: healer's tags are kept as JSON "
-        "in each resource's description",
-    ),
-)
-
-
-def capabilities_for(plugin: str, options: Mapping[str, Any]) -> Capabilities:
-    """What ``plugin`` (with its config ``options``) can build, without building it."""
-    if plugin == "lab":
-        return LAB
-    if plugin == "libcloud":
-        driver = str(options.get("driver", "")).lower()
-        if driver == "healer_lab":
-            return LAB
-        if driver == "ec2":
-            return EC2
-        if driver == "gce":
-            return GCE
-        return no_infra(
-            f"libcloud/{driver or '?'}",
-            f"healer has no network, firewall or load balancer support for libcloud driver "
-            f"{driver or '(none)'} (it has for ec2, gce and healer_lab)",
-        )
-    return no_infra(plugin, f"provider plugin {plugin!r} has no infrastructure support")
 
 
 # -- firewall vocabulary ------------------------------------------------------------------------

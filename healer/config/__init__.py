@@ -19,14 +19,6 @@ from healer.config.health import (
     RetryPolicy,
     UnhealthyCondition,
 )
-from healer.config.infra import (
-    HealthCheckConfig,
-    LoadBalancerConfig,
-    MachineSpec,
-    NetworkConfig,
-    PoolConfig,
-    ProviderConfig,
-)
 from healer.config.loader import (
     format_validation_error,
     load_config,
@@ -63,6 +55,14 @@ from healer.config.security import (
 from healer.config.sources import (
     MqttConfig,
     WebhookConfig,
+)
+from healer.config.topology import (
+    HealthCheckConfig,
+    LoadBalancerConfig,
+    MachineSpec,
+    NetworkConfig,
+    PoolConfig,
+    ProviderConfig,
 )
 from healer.config.types import (
     Cidr,

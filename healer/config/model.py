@@ -19,12 +19,6 @@ from healer.config.health import (
     HealthPolicy,
     RemediationPolicy,
 )
-from healer.config.infra import (
-    LoadBalancerConfig,
-    NetworkConfig,
-    PoolConfig,
-    ProviderConfig,
-)
 from healer.config.ops import (
     MetricsConfig,
     OrphanPolicy,
@@ -46,6 +40,12 @@ from healer.config.security import (
     UpgradesConfig,
 )
 from healer.config.sources import MqttConfig, WebhookConfig
+from healer.config.topology import (
+    LoadBalancerConfig,
+    NetworkConfig,
+    PoolConfig,
+    ProviderConfig,
+)
 from healer.config.types import (
     Cidr,
 )

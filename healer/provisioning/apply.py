@@ -1,6 +1,6 @@
 """Carrying out a plan: reading what a cluster has, ``apply`` and ``destroy``.
 
-The decisions are in :mod:`healer.provisioning.infra` and :mod:`healer.provisioning.plan`; this
+The decisions are in :mod:`healer.provisioning.desired` and :mod:`healer.provisioning.plan`; this
 module only does the I/O, through the provider's :class:`~healer.cloud.machines.Provider` and
 :class:`~healer.cloud.resources.InfraProvider`, both of which run libcloud off the event loop.
 
@@ -35,7 +35,7 @@ from healer.cloud.resources import Capabilities, InfraProvider, LoadBalancer, in
 from healer.config import ClusterConfig
 from healer.errors import ConfigError, HealerError, PermanentError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
-from healer.provisioning.infra import Desired, desired_state
+from healer.provisioning.desired import Desired, desired_state
 from healer.provisioning.plan import Action, Actual, Change, Plan, destroy_plan, plan
 from healer.provisioning.pools import UserData, ensure_pools
 

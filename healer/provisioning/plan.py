@@ -1,6 +1,6 @@
 """Desired against actual: the plan of ``healer plan``, ``apply`` and ``destroy``. Pure.
 
-:func:`plan` compares :class:`~healer.provisioning.infra.Desired` with what the cloud reported
+:func:`plan` compares :class:`~healer.provisioning.desired.Desired` with what the cloud reported
 (:class:`Actual`) and returns one :class:`Action` per change, each a line a person can read:
 
 - ``+`` create: a missing network, subnet, firewall, load balancer or machine;
@@ -9,6 +9,9 @@
 - ``-`` delete: a firewall or load balancer of the cluster that the config no longer wants;
 - ``!`` conflict: a difference that cannot be changed in place (a network's range). ``apply``
   refuses to start while there is one.
+
+What is a create, an update or a conflict for each infrastructure resource is decided by
+:mod:`healer.cloud.diff`, the same rules the providers' ``ensure_*`` operations carry out.
 
 Things healer deliberately does not do are notes, not actions: it never scales a pool down (that
 needs a drain; remediation owns it) and never deletes a network or subnet outside ``destroy``.
@@ -20,11 +23,12 @@ create is decided by the cloud's tags alone.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from healer.cloud import diff as rules
+from healer.cloud.diff import Change as Change  # re-exported: a plan's actions speak in it
 from healer.cloud.machines import Machine
 from healer.cloud.resources import (
     Firewall,
@@ -32,14 +36,7 @@ from healer.cloud.resources import (
     Network,
     Subnet,
 )
-from healer.provisioning.infra import Desired
-
-
-class Change(enum.StrEnum):
-    CREATE = "+"
-    UPDATE = "~"
-    DELETE = "-"
-    CONFLICT = "!"
+from healer.provisioning.desired import Desired
 
 
 @dataclass(frozen=True)
@@ -126,105 +123,39 @@ def plan(
     return Plan(cluster=desired.cluster, actions=tuple(actions), notes=tuple(notes))
 
 
+def _action(diff: rules.Diff) -> list[Action]:
+    """The plan line for one resource's diff (none when it is as configured)."""
+    if diff.change is Change.NONE:
+        return []
+    return [Action(diff.change, diff.kind, diff.name, diff.detail, resource_id=diff.resource_id)]
+
+
+def _found(items: Sequence[R], name: str) -> R | None:
+    same = _one(items, name)
+    return same[0] if same else None
+
+
 def _infra_actions(desired: Desired, actual: Actual, notes: list[str]) -> list[Action]:
     out: list[Action] = []
     net_spec, sub_spec, fw_spec = desired.network, desired.subnet, desired.firewall
     assert net_spec is not None and sub_spec is not None and fw_spec is not None
 
-    # network
-    nets = _one(actual.networks, net_spec.name)
-    network: Network | None = nets[0] if nets else None
-    gateway = " with an internet gateway" if net_spec.internet_gateway else ""
-    if network is None:
-        out.append(Action(Change.CREATE, "network", net_spec.name, f"{net_spec.cidr}{gateway}"))
-    elif network.cidr != net_spec.cidr:
-        out.append(
-            Action(
-                Change.CONFLICT,
-                "network",
-                network.name,
-                f"is {network.cidr} in the cloud, {net_spec.cidr} in the config; a network's "
-                "range cannot change in place (destroy, then apply)",
-                resource_id=network.id,
-            )
-        )
-    elif net_spec.internet_gateway and not network.internet_gateway:
-        out.append(
-            Action(
-                Change.UPDATE,
-                "network",
-                network.name,
-                "add an internet gateway (a public load balancer or public addresses need one)",
-                resource_id=network.id,
-            )
-        )
+    network = _found(actual.networks, net_spec.name)
+    out += _action(rules.network_diff(net_spec, network))
     for other_net in actual.networks:
         if other_net.name != net_spec.name:
             notes.append(
                 f"network {other_net.name} ({other_net.id}) is not in the config; left alone"
             )
 
-    # subnet
-    subs = _one(actual.subnets, sub_spec.name)
-    subnet: Subnet | None = subs[0] if subs else None
-    where = f" in {sub_spec.location}" if sub_spec.location else ""
-    addressing = "public addresses" if sub_spec.public_ips else "private addresses only"
-    if subnet is None:
-        out.append(
-            Action(
-                Change.CREATE,
-                "subnet",
-                sub_spec.name,
-                f"{sub_spec.cidr}{where} in network {sub_spec.network}, {addressing}",
-            )
-        )
-    else:
-        moved = subnet.cidr != sub_spec.cidr or (
-            network is not None and subnet.network_id != network.id
-        )
-        relocated = sub_spec.location is not None and subnet.location != sub_spec.location
-        if moved or relocated:
-            out.append(
-                Action(
-                    Change.CONFLICT,
-                    "subnet",
-                    subnet.name,
-                    f"is {subnet.cidr} in {subnet.location or '?'} (network {subnet.network_id}) "
-                    f"in the cloud, the config wants {sub_spec.cidr}{where}; a subnet cannot "
-                    "move in place (destroy, then apply)",
-                    resource_id=subnet.id,
-                )
-            )
-        elif subnet.public_ips != sub_spec.public_ips:
-            out.append(
-                Action(
-                    Change.UPDATE,
-                    "subnet",
-                    subnet.name,
-                    f"{addressing} for machines created from now on",
-                    resource_id=subnet.id,
-                )
-            )
+    out += _action(rules.subnet_diff(sub_spec, _found(actual.subnets, sub_spec.name), network))
     for other_sub in actual.subnets:
         if other_sub.name != sub_spec.name:
             notes.append(
                 f"subnet {other_sub.name} ({other_sub.id}) is not in the config; left alone"
             )
 
-    # firewall
-    wanted = fw_spec.permissions()
-    fws = _one(actual.firewalls, fw_spec.name)
-    if not fws:
-        rules = "; ".join(str(p) for p in sorted(wanted))
-        out.append(Action(Change.CREATE, "firewall", fw_spec.name, f"admits only {rules}"))
-    else:
-        fw = fws[0]
-        add, remove = wanted - fw.permissions, fw.permissions - wanted
-        if add or remove:
-            parts = [f"+ {p}" for p in sorted(add)] + [f"- {p}" for p in sorted(remove)]
-            out.append(
-                Action(Change.UPDATE, "firewall", fw.name, "; ".join(parts), resource_id=fw.id)
-            )
+    out += _action(rules.firewall_diff(fw_spec, _found(actual.firewalls, fw_spec.name), network))
     for other_fw in actual.firewalls:
         if other_fw.name != fw_spec.name:
             out.append(
@@ -237,60 +168,11 @@ def _infra_actions(desired: Desired, actual: Actual, notes: list[str]) -> list[A
                 )
             )
 
-    # load balancer
     lb_spec = desired.load_balancer
     if lb_spec is not None:
-        lbs = _one(actual.load_balancers, lb_spec.name)
-        kind = "internal" if lb_spec.internal else "public"
-        if not lbs:
-            sources = ", ".join(lb_spec.allowed_sources) or "anywhere the firewall admits"
-            out.append(
-                Action(
-                    Change.CREATE,
-                    "load-balancer",
-                    lb_spec.name,
-                    f"{kind} tcp/{lb_spec.port} -> {lb_spec.target_port} on the members of pool "
-                    f"{desired.control_plane}; health check {lb_spec.health_check}; clients "
-                    f"{sources}",
-                )
-            )
-        else:
-            lb = lbs[0]
-            if (lb.port, lb.target_port, lb.internal) != (
-                lb_spec.port,
-                lb_spec.target_port,
-                lb_spec.internal,
-            ):
-                was = "internal" if lb.internal else "public"
-                out.append(
-                    Action(
-                        Change.CONFLICT,
-                        "load-balancer",
-                        lb.name,
-                        f"is {was} tcp/{lb.port} -> {lb.target_port} in the cloud, the config "
-                        f"wants {kind} tcp/{lb_spec.port} -> {lb_spec.target_port}; destroy it to "
-                        "change that",
-                        resource_id=lb.id,
-                    )
-                )
-            changes = []
-            if lb.health_check != lb_spec.health_check:
-                changes.append(f"health check {lb.health_check} -> {lb_spec.health_check}")
-            if tuple(sorted(lb.allowed_sources)) != tuple(sorted(lb_spec.allowed_sources)):
-                changes.append(
-                    f"clients {', '.join(lb.allowed_sources) or '-'} -> "
-                    f"{', '.join(sorted(lb_spec.allowed_sources)) or '-'}"
-                )
-            if changes:
-                out.append(
-                    Action(
-                        Change.UPDATE,
-                        "load-balancer",
-                        lb.name,
-                        "; ".join(changes),
-                        resource_id=lb.id,
-                    )
-                )
+        out += _action(
+            rules.load_balancer_diff(lb_spec, _found(actual.load_balancers, lb_spec.name))
+        )
     keep = {lb_spec.name} if lb_spec is not None else set()
     for other in actual.load_balancers:
         if other.name not in keep:
@@ -366,8 +248,7 @@ def _member_actions(desired: Desired, actual: Actual) -> list[Action]:
     lb = lbs[0]
     machines = actual.machines.get(desired.control_plane, ())
     by_id = {m.id: m.name for m in machines}
-    add = sorted(set(by_id) - set(lb.members))
-    remove = sorted(set(lb.members) - set(by_id))
+    add, remove = rules.member_changes(lb.members, by_id)
     if not add and not remove:
         return []
     parts = [f"+ {by_id[i]} ({i})" for i in add] + [f"- {i}" for i in remove]

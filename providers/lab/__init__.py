@@ -1,24 +1,21 @@
-"""The lab cloud: a SQLite-backed libcloud driver and the ``lab`` provider plugin over it.
+"""The lab cloud: a SQLite-backed libcloud driver (:mod:`~providers.lab.driver`), its dialect
+and infrastructure backend, and the ``lab`` provider plugin over them (:mod:`~providers.lab.plugin`).
 
-Importing this package registers the driver with libcloud as ``healer_lab``, so
-``get_driver("healer_lab")`` (and the generic ``libcloud`` plugin with ``driver: healer_lab``)
-finds it. Registration is idempotent: importing twice, or after someone else registered it, is fine.
+Importing this package has no side effect. The lab registers itself in :mod:`providers.registry`
+by name (``healer_lab``) like any other driver; the registry hands the driver class to libcloud
+the first time a config names it, so ``get_driver("healer_lab")`` works after
+``providers.registry.libcloud_driver("healer_lab")``. Only the lab's own code and the tests import
+this package; production code reaches it by name through the registry.
 """
 
 from __future__ import annotations
 
-from libcloud.compute.providers import DRIVERS, set_driver
+from healer.cloud.resources import Capabilities
 
-from providers.lab.driver import DB_FILENAME, LAB_DRIVER_NAME, LabNodeDriver
+__all__ = ["CAPABILITIES"]
 
-__all__ = ["DB_FILENAME", "LAB_DRIVER_NAME", "LabNodeDriver", "register"]
-
-
-def register() -> None:
-    """Make ``get_driver("healer_lab")`` return :class:`LabNodeDriver`."""
-    if LAB_DRIVER_NAME not in DRIVERS:
-        # libcloud's type comments say module and class objects; it actually wants their names.
-        set_driver(LAB_DRIVER_NAME, "providers.lab.driver", "LabNodeDriver")  # type: ignore[arg-type]
-
-
-register()
+CAPABILITIES = Capabilities.builds_all(
+    "lab",
+    subnet_location_required=False,
+    notes=("the lab cloud records networks, firewalls and load balancers; nothing is enforced",),
+)

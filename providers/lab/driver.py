@@ -3,9 +3,8 @@
 It lets the daemon, the lab and the tests exercise the same provider code as a real cloud, with
 nothing listening anywhere. Build it like any libcloud driver, the key being the database path::
 
-    from libcloud.compute.providers import get_driver
-    import providers.lab  # registers "healer_lab" with libcloud
-    driver = get_driver("healer_lab")(key="/var/lib/healer/lab-cloud.sqlite")
+    from providers.registry import libcloud_driver
+    driver = libcloud_driver("healer_lab")(key="/var/lib/healer/lab-cloud.sqlite")
 
 or directly as ``LabNodeDriver(key=path)``. Two processes may share the file (the daemon and a test
 harness): the database runs in WAL mode with a busy timeout, and every call is one short
@@ -19,7 +18,7 @@ harness can always end one (``ex_set_outage`` fails every call, ``ex_set_create_
 creates, ``ex_set_quota`` caps live machines). ``ex_quota_usage`` is the exception: it stands for a
 cloud's quota API and fails during an outage like the rest of the API. (``create_node``'s ``ex_subnet_id``/``ex_firewall_ids``/
 ``ex_public_ip`` are ordinary driver arguments, as on EC2.) Networks, subnets, firewalls and load
-balancers live in the same file; :mod:`providers.lab.infra` owns them.
+balancers live in the same file; :mod:`providers.lab.infra_backend` owns them.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from typing import Any
 
 from libcloud.common.base import ConnectionKey
 from libcloud.common.exceptions import BaseHTTPError
+from libcloud.common.types import LibcloudError
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, NodeSize
 from libcloud.compute.types import NodeState
 
@@ -169,25 +169,26 @@ class LabNodeDriver(NodeDriver):
 
     def _init_db(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
-        try:
-            # WAL lets the other process read while one writes; it is a property of the file.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("BEGIN IMMEDIATE")
+        with _as_cloud_errors(self.path):
+            conn = self._connect()
             try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.close()
+                # WAL lets the other process read while one writes; it is a property of the file.
+                conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                conn.close()
+        with self._tx(write=True, api=False) as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
 
     @contextmanager
     def _tx(self, *, write: bool, api: bool) -> Iterator[sqlite3.Connection]:
         """One transaction. ``api`` calls fail during an outage, as a real cloud's would."""
+        with _as_cloud_errors(self.path), self._sqlite_tx(write=write, api=api) as conn:
+            yield conn
+
+    @contextmanager
+    def _sqlite_tx(self, *, write: bool, api: bool) -> Iterator[sqlite3.Connection]:
         conn = self._connect()
         try:
             # IMMEDIATE takes the write lock up front, so read-then-write can never deadlock
@@ -393,7 +394,7 @@ class LabNodeDriver(NodeDriver):
     def api_transaction(
         self, *, write: bool
     ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One transaction of cloud API (fails during an outage), for :mod:`providers.lab.infra`."""
+        """One transaction of cloud API (fails during an outage), for :mod:`providers.lab.infra_backend`."""
         return self._tx(write=write, api=True)
 
     def destroy_node(self, node: Node) -> bool:
@@ -587,6 +588,20 @@ class LabNodeDriver(NodeDriver):
                 "firewall_ids": json.loads(row["firewall_ids"] or "[]"),
             },
         )
+
+
+@contextmanager
+def _as_cloud_errors(path: Path) -> Iterator[None]:
+    """SQLite's failures as the errors a libcloud driver raises, so the provider needs no
+    knowledge of the lab: a busy or locked database (the other process holds the write lock past
+    the busy timeout) answers HTTP 503, worth retrying; any other database error is a
+    ``LibcloudError``."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise _http_error(503, f"lab cloud database busy (temporary): {exc}") from exc
+    except sqlite3.Error as exc:
+        raise LibcloudError(f"lab cloud database {path}: {exc}") from exc
 
 
 def _http_error(code: int, message: str, headers: dict[str, str] | None = None) -> BaseHTTPError:

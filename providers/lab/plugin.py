@@ -6,7 +6,7 @@ while the daemon runs.
 
 Options (all optional): ``max_concurrency`` (worker threads, default 4). No credentials.
 
-It also builds networks, subnets, firewalls and load balancers (:mod:`providers.lab.infra`), so
+It also builds networks, subnets, firewalls and load balancers (:mod:`providers.lab.infra_backend`), so
 ``healer apply`` can be tried end to end without a cloud.
 
 Besides the :class:`~healer.cloud.machines.Provider` contract it has both optional capabilities:
@@ -23,14 +23,15 @@ from typing import Any
 
 from libcloud.compute.base import NodeDriver
 
-from healer.cloud.machines import CapacityCheck, Machine, MachineRequest, MachineState, tags_match
+from healer.cloud.machines import CapacityCheck, Machine, MachineRequest
+from healer.cloud.resources import Capabilities
 from healer.config import SecretRef
-from healer.errors import ConfigError, PermanentError, ProviderError
-from healer.model import TAG_CLUSTER
-from providers.dialects import LabDialect
-from providers.driver_provider import DriverProvider, _tag_diff
+from healer.errors import ConfigError, ProviderError
+from providers.driver_provider import DriverProvider
+from providers.lab import CAPABILITIES
+from providers.lab.dialect import LabDialect
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
-from providers.lab.infra import LabInfraBackend
+from providers.lab.infra_backend import LabInfraBackend
 
 _OPTIONS = {"max_concurrency"}
 
@@ -66,33 +67,27 @@ class LabProvider(DriverProvider):
         )
         self.use_infra(LabInfraBackend())
 
+    @classmethod
+    def capabilities_for(cls, options: Mapping[str, Any]) -> Capabilities:
+        """What the plugin builds, known without a call: everything, recorded in the lab."""
+        return CAPABILITIES
+
     # -- optional capabilities ----------------------------------------------------------------
 
     async def power_off_machine(self, machine: Machine) -> bool:
         op = f"power_off_machine({machine.name}, id={machine.id})"
-        if machine.tags.get(TAG_CLUSTER) != self.cluster:
-            raise PermanentError(
-                f"provider {self.name}: {op} refused: the machine is not tagged "
-                f"{TAG_CLUSTER}={self.cluster}"
-            )
+        self.check_cluster(op, machine)
         async with self.lock(f"id:{machine.id}"):
             return await self.run_blocking(op, self._power_off_sync, machine)
 
     def _power_off_sync(self, driver: NodeDriver, op: str, machine: Machine) -> bool:
-        dialect = LabDialect()
-        node = dialect.get_node(driver, machine.id)
-        if node is None or dialect.state_of(node) is MachineState.TERMINATED:
+        node = self.live_node(driver, op, machine)
+        if node is None:
             return False
-        live_tags = dialect.tags_of(node)
-        if node.name != machine.name or not tags_match(live_tags, machine.tags):
-            raise PermanentError(
-                f"provider {self.name}: {op} refused: the live machine no longer matches "
-                f"(name {node.name!r}; {_tag_diff(live_tags, machine.tags)}); nothing done"
-            )
         if str(getattr(node.state, "value", node.state)) == "stopped":
             return False
         driver.stop_node(node)
-        again = dialect.get_node(driver, machine.id)
+        again = LabDialect().get_node(driver, machine.id)
         state = None if again is None else str(getattr(again.state, "value", again.state))
         if state not in ("stopped", "terminated"):
             raise ProviderError(f"provider {self.name}: {op}: the machine is {state}, not stopped")

@@ -1,5 +1,6 @@
-"""What a cluster is made of: its provider, pools and machines, network, firewall and API load
-balancer.
+"""A cluster's topology in the config: its provider plugin, its pools and their machines, its
+private network and its API load balancer (what ``healer plan``/``apply`` build from; see
+docs/provisioning.md).
 """
 
 from __future__ import annotations

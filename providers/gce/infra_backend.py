@@ -1,7 +1,7 @@
 """GCE infrastructure through libcloud: a custom-mode VPC network, a subnetwork, firewall rules and
 a target-pool load balancer.
 
-What gets built for a cluster (names from :mod:`healer.provisioning.infra`):
+What gets built for a cluster (names from :mod:`healer.provisioning.desired`):
 
 - the network is a custom-mode network (no automatic subnetworks); GCE gives it a route to the
   internet gateway itself, used only by machines with an external address;
@@ -26,15 +26,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from libcloud.common.google import ResourceNotFoundError
 from libcloud.compute.base import Node, NodeDriver
 
+from healer.cloud.diff import Diff
 from healer.cloud.machines import MachineRequest, tags_match
 from healer.cloud.resources import (
-    GCE,
     Capabilities,
     Firewall,
     FirewallSpec,
@@ -48,7 +48,8 @@ from healer.cloud.resources import (
     SubnetSpec,
 )
 from healer.errors import PermanentError
-from providers.infra_driver import InfraBackend, Placement
+from providers.gce import CAPABILITIES
+from providers.reconciler import InfraBackend, Placement, new_firewall
 
 R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
 
@@ -69,6 +70,17 @@ def meta_of(description: str | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) and isinstance(data.get("tags"), dict) else None
+
+
+def described(items: Iterable[Any], tags: Mapping[str, str]) -> list[tuple[Any, dict[str, Any]]]:
+    """The resources among ``items`` healer described (see :func:`describe`) with ``tags``,
+    each with what its description holds."""
+    out = []
+    for item in items:
+        meta = meta_of(item.extra.get("description"))
+        if meta is not None and tags_match(meta["tags"], tags):
+            out.append((item, meta))
+    return out
 
 
 def _gce(driver: NodeDriver) -> Any:
@@ -105,27 +117,22 @@ def _permissions_of(rule: Any) -> list[Permission]:
 
 
 class GceInfraBackend(InfraBackend):
-    capabilities: Capabilities = GCE
+    capabilities: Capabilities = CAPABILITIES
 
     # -- networks ------------------------------------------------------------------------------
 
     def list_networks(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Network]:
-        out = []
-        for net in _gce(driver).ex_list_networks():
-            meta = meta_of(net.extra.get("description"))
-            if meta is None or not tags_match(meta["tags"], tags):
-                continue
-            out.append(
-                Network(
-                    id=net.name,
-                    name=net.name,
-                    cidr=str(meta.get("cidr", "")),
-                    tags=meta["tags"],
-                    internet_gateway=True,  # every GCE network routes to the internet gateway
-                    extra={"selfLink": net.extra.get("selfLink"), "mode": net.extra.get("mode")},
-                )
+        return [
+            Network(
+                id=net.name,
+                name=net.name,
+                cidr=str(meta.get("cidr", "")),
+                tags=meta["tags"],
+                internet_gateway=True,  # every GCE network routes to the internet gateway
+                extra={"selfLink": net.extra.get("selfLink"), "mode": net.extra.get("mode")},
             )
-        return out
+            for net, meta in described(_gce(driver).ex_list_networks(), tags)
+        ]
 
     def create_network(self, driver: NodeDriver, spec: NetworkSpec) -> Network:
         # GCE custom networks have no range of their own; the config's is kept in the
@@ -149,31 +156,21 @@ class GceInfraBackend(InfraBackend):
     # -- subnets -------------------------------------------------------------------------------
 
     def list_subnets(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Subnet]:
-        out = []
-        for sub in _gce(driver).ex_list_subnetworks(region="all"):
-            meta = meta_of(sub.extra.get("description"))
-            if meta is None or not tags_match(meta["tags"], tags):
-                continue
-            out.append(
-                Subnet(
-                    id=sub.name,
-                    name=sub.name,
-                    network_id=sub.network.name if sub.network is not None else "",
-                    cidr=sub.cidr,
-                    location=sub.region.name if sub.region is not None else None,
-                    tags=meta["tags"],
-                    public_ips=bool(meta.get("public_ips", False)),
-                    extra={"selfLink": sub.extra.get("selfLink")},
-                )
+        return [
+            Subnet(
+                id=sub.name,
+                name=sub.name,
+                network_id=sub.network.name if sub.network is not None else "",
+                cidr=sub.cidr,
+                location=sub.region.name if sub.region is not None else None,
+                tags=meta["tags"],
+                public_ips=bool(meta.get("public_ips", False)),
+                extra={"selfLink": sub.extra.get("selfLink")},
             )
-        return out
+            for sub, meta in described(_gce(driver).ex_list_subnetworks(region="all"), tags)
+        ]
 
     def create_subnet(self, driver: NodeDriver, spec: SubnetSpec, network: Network) -> Subnet:
-        if not spec.location:
-            raise PermanentError(
-                f"subnet {spec.name}: GCE subnetworks are regional; set network.location "
-                "(a region such as europe-west1, or a zone in it)"
-            )
         _gce(driver).ex_create_subnetwork(
             spec.name,
             cidr=spec.cidr,
@@ -238,23 +235,12 @@ class GceInfraBackend(InfraBackend):
 
     def create_firewall(self, driver: NodeDriver, spec: FirewallSpec, network: Network) -> Firewall:
         # A GCE "firewall" of healer's is its rules; they are created with the permissions.
-        return Firewall(
-            id=spec.name,
-            name=spec.name,
-            network_id=network.id,
-            permissions=frozenset(),
-            tags=dict(spec.tags),
-        )
+        return new_firewall(spec.name, spec, network)
 
     def change_permissions(
-        self,
-        driver: NodeDriver,
-        firewall: Firewall,
-        spec: FirewallSpec,
-        *,
-        add: frozenset[Permission],
-        remove: frozenset[Permission],
+        self, driver: NodeDriver, firewall: Firewall, spec: FirewallSpec, diff: Diff
     ) -> None:
+        add, remove = diff.add, diff.remove
         gce = _gce(driver)
         wanted = (firewall.permissions - remove) | add
         for perm in wanted:
@@ -358,7 +344,11 @@ class GceInfraBackend(InfraBackend):
         return out
 
     def create_load_balancer(
-        self, driver: NodeDriver, spec: LoadBalancerSpec, network: Network, subnet: Subnet
+        self,
+        driver: NodeDriver,
+        spec: LoadBalancerSpec,
+        network: Network,
+        subnet: Subnet,
     ) -> LoadBalancer:
         gce = _gce(driver)
         if spec.port != spec.target_port:
@@ -463,3 +453,8 @@ class GceInfraBackend(InfraBackend):
         if len(found) != 1:
             raise PermanentError(f"GCE does not list {name!r} after creating it")
         return found[0]
+
+
+def make_backend(key: str, secret: str | None, keywords: Mapping[str, Any]) -> GceInfraBackend:
+    """The backend of the registry row; it needs nothing but the provider's own driver."""
+    return GceInfraBackend()

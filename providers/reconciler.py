@@ -1,11 +1,13 @@
-"""Infrastructure over a libcloud driver: the generic ensure logic and the per-cloud backend seam.
+"""Reconciling a cluster's infrastructure over a libcloud driver: the generic ``ensure_*``
+operations and the per-cloud backend seam.
 
-:class:`DriverInfra` is the :class:`~healer.cloud.resources.InfraProvider` every shipped plugin uses. It
-owns what all clouds share: the ownership checks (a spec must carry this cluster's tags; only
-healer's resources are deleted), find-or-create by name, firewall reconciliation as set
-differences of permissions, and running every blocking call in the provider's bounded executor
-(:meth:`~providers.driver_provider.DriverProvider.run_blocking`), so libcloud never runs on the
-event loop and its errors are mapped and scrubbed like the machine calls'.
+:class:`DriverInfra` is the :class:`~healer.cloud.resources.InfraProvider` every shipped plugin
+uses. It owns what all clouds share: the ownership checks (a spec must carry this cluster's tags;
+only healer's resources are deleted), find-or-create by name, carrying out each resource's diff
+(:mod:`healer.cloud.diff`: the same rules ``healer plan`` shows, so a conflict is refused and an
+update is made exactly as planned), and running every blocking call in the provider's bounded
+executor (:meth:`~providers.driver_provider.DriverProvider.run_blocking`), so libcloud never runs
+on the event loop and its errors are mapped and scrubbed like the machine calls'.
 
 An :class:`InfraBackend` (lab, EC2, GCE) implements the primitives in the cloud's own terms. Its
 methods run in worker threads, take the thread's driver, and may block.
@@ -20,36 +22,62 @@ where ``healer apply`` put the first machines, with no extra step.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from functools import partial
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from libcloud.compute.base import NodeDriver
 
+from healer.cloud import diff as rules
+from healer.cloud.diff import Change, Diff
 from healer.cloud.machines import Machine, MachineRequest, tags_match
 from healer.cloud.resources import (
     TAG_RESOURCE,
     Capabilities,
     Firewall,
     FirewallSpec,
+    Kind,
     LoadBalancer,
     LoadBalancerSpec,
     Network,
     NetworkSpec,
-    Permission,
     Subnet,
     SubnetSpec,
 )
 from healer.errors import PermanentError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 
-if TYPE_CHECKING:
-    from providers.driver_provider import DriverProvider
-
 log = structlog.get_logger("providers")
 T = TypeVar("T")
 R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
+Lister = Callable[[NodeDriver, Mapping[str, str]], list[R]]
+
+
+@dataclass(frozen=True)
+class _Ensure(Generic[R]):
+    """How to bring one resource to its spec: find it, judge it (its diff in
+    :mod:`healer.cloud.diff`), make it; what an update changes the diff itself says."""
+
+    spec: NetworkSpec | SubnetSpec | FirewallSpec | LoadBalancerSpec
+    lister: Lister[R]
+    rule: Callable[[R | None], Diff]
+    create: Callable[[NodeDriver], R]
+
+
+class Executor(Protocol):
+    """What the reconciler needs of its provider (a
+    :class:`~providers.driver_provider.DriverProvider`): its names, its bounded worker pool with
+    the error mapping, and its per-key locks."""
+
+    name: str
+    cluster: str
+
+    async def run_blocking(self, op: str, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def lock(self, key: str) -> asyncio.Lock: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +90,8 @@ class Placement:
 
 
 class InfraBackend(abc.ABC):
-    """One cloud's primitives. ``tags`` filters always include ``TAG_RESOURCE``."""
+    """One cloud's primitives. ``tags`` filters always include ``TAG_RESOURCE``. The deletes
+    take their resource positionally, so one method may serve several kinds (the lab's does)."""
 
     capabilities: Capabilities
 
@@ -78,7 +107,7 @@ class InfraBackend(abc.ABC):
         """Give ``network`` a way to and from the internet (never removed but by delete)."""
 
     @abc.abstractmethod
-    def delete_network(self, driver: NodeDriver, network: Network) -> bool: ...
+    def delete_network(self, driver: NodeDriver, network: Network, /) -> bool: ...
 
     # subnets
     @abc.abstractmethod
@@ -91,7 +120,7 @@ class InfraBackend(abc.ABC):
     def set_subnet_public_ips(self, driver: NodeDriver, subnet: Subnet, public: bool) -> None: ...
 
     @abc.abstractmethod
-    def delete_subnet(self, driver: NodeDriver, subnet: Subnet) -> bool: ...
+    def delete_subnet(self, driver: NodeDriver, subnet: Subnet, /) -> bool: ...
 
     # firewalls
     @abc.abstractmethod
@@ -104,17 +133,12 @@ class InfraBackend(abc.ABC):
 
     @abc.abstractmethod
     def change_permissions(
-        self,
-        driver: NodeDriver,
-        firewall: Firewall,
-        spec: FirewallSpec,
-        *,
-        add: frozenset[Permission],
-        remove: frozenset[Permission],
-    ) -> None: ...
+        self, driver: NodeDriver, firewall: Firewall, spec: FirewallSpec, diff: Diff
+    ) -> None:
+        """Add ``diff.add`` and remove ``diff.remove`` (the firewall's diff) from ``firewall``."""
 
     @abc.abstractmethod
-    def delete_firewall(self, driver: NodeDriver, firewall: Firewall) -> bool: ...
+    def delete_firewall(self, driver: NodeDriver, firewall: Firewall, /) -> bool: ...
 
     # load balancers
     @abc.abstractmethod
@@ -140,7 +164,7 @@ class InfraBackend(abc.ABC):
         """Register and deregister machines (by id)."""
 
     @abc.abstractmethod
-    def delete_load_balancer(self, driver: NodeDriver, lb: LoadBalancer) -> bool: ...
+    def delete_load_balancer(self, driver: NodeDriver, lb: LoadBalancer, /) -> bool: ...
 
     def close(self) -> None:
         """Release connections of the backend's own (called once the workers are done)."""
@@ -154,6 +178,13 @@ class InfraBackend(abc.ABC):
         """``create_node`` keyword arguments that put the machine in ``placement``."""
 
 
+def new_firewall(rid: str, spec: FirewallSpec, network: Network) -> Firewall:
+    """A firewall just made for ``spec``, before any permission: the reconciler adds those."""
+    return Firewall(
+        id=rid, name=spec.name, network_id=network.id, permissions=frozenset(), tags=dict(spec.tags)
+    )
+
+
 def _cluster_tags(
     cluster: str, kind: str, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -161,9 +192,9 @@ def _cluster_tags(
 
 
 class DriverInfra:
-    """:class:`~healer.cloud.resources.InfraProvider` over a :class:`DriverProvider` and a backend."""
+    """:class:`~healer.cloud.resources.InfraProvider` over a provider's executor and a backend."""
 
-    def __init__(self, provider: DriverProvider, backend: InfraBackend) -> None:
+    def __init__(self, provider: Executor, backend: InfraBackend) -> None:
         self._provider = provider
         self.backend = backend
         self.name = provider.name
@@ -175,153 +206,50 @@ class DriverInfra:
     def capabilities(self) -> Capabilities:
         return self.backend.capabilities
 
-    # -- networks ------------------------------------------------------------------------------
+    # -- networks, subnets, firewalls, load balancers ------------------------------------------
 
     async def list_networks(self, tags: Mapping[str, str]) -> list[Network]:
-        wanted = {**tags, TAG_RESOURCE: "network"}
-        return await self._run(
-            f"list_networks({_fmt(wanted)})", self._list_sync, self.backend.list_networks, wanted
-        )
-
-    async def ensure_network(self, spec: NetworkSpec) -> Network:
-        op = f"ensure_network({spec.name})"
-        self._check_spec(op, spec.tags, "network")
-        async with self._provider.lock(f"network:{spec.name}"):
-            return await self._run(op, self._ensure_network_sync, spec)
-
-    def _ensure_network_sync(self, driver: NodeDriver, op: str, spec: NetworkSpec) -> Network:
-        found = self._find(driver, op, self.backend.list_networks, spec.name, spec.tags)
-        if found is None:
-            made = self.backend.create_network(driver, spec)
-            _created(self.name, "network", made.name, made.id)
-            return made
-        if found.cidr != spec.cidr:
-            raise PermanentError(
-                f"provider {self.name}: {op}: network {found.name} ({found.id}) has CIDR "
-                f"{found.cidr}, the config wants {spec.cidr}; a network's range cannot be changed "
-                "in place (destroy and apply again)"
-            )
-        if spec.internet_gateway and not found.internet_gateway:
-            self.backend.add_internet_gateway(driver, found)
-            log.info("provider.network_updated", provider=self.name, network=found.name)
-            again = self._find(driver, op, self.backend.list_networks, spec.name, spec.tags)
-            assert again is not None
-            return again
-        return found
-
-    async def delete_network(self, network: Network) -> bool:
-        op = f"delete_network({network.name}, id={network.id})"
-        self._check_owned(op, network.tags)
-        return await self._run(op, lambda d, _op: self.backend.delete_network(d, network))
-
-    # -- subnets -------------------------------------------------------------------------------
+        return await self._list("network", self.backend.list_networks, tags)
 
     async def list_subnets(self, tags: Mapping[str, str]) -> list[Subnet]:
-        wanted = {**tags, TAG_RESOURCE: "subnet"}
-        return await self._run(
-            f"list_subnets({_fmt(wanted)})", self._list_sync, self.backend.list_subnets, wanted
-        )
-
-    async def ensure_subnet(self, spec: SubnetSpec, network: Network) -> Subnet:
-        op = f"ensure_subnet({spec.name})"
-        self._check_spec(op, spec.tags, "subnet")
-        async with self._provider.lock(f"subnet:{spec.name}"):
-            return await self._run(op, self._ensure_subnet_sync, spec, network)
-
-    def _ensure_subnet_sync(
-        self, driver: NodeDriver, op: str, spec: SubnetSpec, network: Network
-    ) -> Subnet:
-        found = self._find(driver, op, self.backend.list_subnets, spec.name, spec.tags)
-        if found is None:
-            made = self.backend.create_subnet(driver, spec, network)
-            _created(self.name, "subnet", made.name, made.id)
-            return made
-        if found.cidr != spec.cidr or found.network_id != network.id:
-            raise PermanentError(
-                f"provider {self.name}: {op}: subnet {found.name} ({found.id}) is {found.cidr} in "
-                f"network {found.network_id}, the config wants {spec.cidr} in {network.id}; a "
-                "subnet cannot be moved or resized in place (destroy and apply again)"
-            )
-        if found.public_ips != spec.public_ips:
-            self.backend.set_subnet_public_ips(driver, found, spec.public_ips)
-            log.info("provider.subnet_updated", provider=self.name, subnet=found.name)
-            again = self._find(driver, op, self.backend.list_subnets, spec.name, spec.tags)
-            assert again is not None
-            return again
-        return found
-
-    async def delete_subnet(self, subnet: Subnet) -> bool:
-        op = f"delete_subnet({subnet.name}, id={subnet.id})"
-        self._check_owned(op, subnet.tags)
-        return await self._run(op, lambda d, _op: self.backend.delete_subnet(d, subnet))
-
-    # -- firewalls -----------------------------------------------------------------------------
+        return await self._list("subnet", self.backend.list_subnets, tags)
 
     async def list_firewalls(self, tags: Mapping[str, str]) -> list[Firewall]:
-        wanted = {**tags, TAG_RESOURCE: "firewall"}
-        return await self._run(
-            f"list_firewalls({_fmt(wanted)})", self._list_sync, self.backend.list_firewalls, wanted
-        )
-
-    async def ensure_firewall(self, spec: FirewallSpec, network: Network) -> Firewall:
-        op = f"ensure_firewall({spec.name})"
-        self._check_spec(op, spec.tags, "firewall")
-        async with self._provider.lock(f"firewall:{spec.name}"):
-            return await self._run(op, self._ensure_firewall_sync, spec, network)
-
-    def _ensure_firewall_sync(
-        self, driver: NodeDriver, op: str, spec: FirewallSpec, network: Network
-    ) -> Firewall:
-        found = self._find(driver, op, self.backend.list_firewalls, spec.name, spec.tags)
-        if found is None:
-            found = self.backend.create_firewall(driver, spec, network)
-            _created(self.name, "firewall", found.name, found.id)
-        elif found.network_id != network.id:
-            raise PermanentError(
-                f"provider {self.name}: {op}: firewall {found.name} ({found.id}) belongs to "
-                f"network {found.network_id}, not {network.id}"
-            )
-        wanted = spec.permissions()
-        add, remove = wanted - found.permissions, found.permissions - wanted
-        if not add and not remove:
-            return found
-        self.backend.change_permissions(driver, found, spec, add=add, remove=remove)
-        log.info(
-            "provider.firewall_updated",
-            provider=self.name,
-            firewall=spec.name,
-            added=sorted(map(str, add)),
-            removed=sorted(map(str, remove)),
-        )
-        again = self._find(driver, op, self.backend.list_firewalls, spec.name, spec.tags)
-        if again is None or again.permissions != wanted:
-            got = sorted(map(str, again.permissions)) if again else "(gone)"
-            raise PermanentError(
-                f"provider {self.name}: {op}: the cloud did not take the rules; it holds {got}"
-            )
-        return again
-
-    async def delete_firewall(self, firewall: Firewall) -> bool:
-        op = f"delete_firewall({firewall.name}, id={firewall.id})"
-        self._check_owned(op, firewall.tags)
-        return await self._run(op, lambda d, _op: self.backend.delete_firewall(d, firewall))
-
-    # -- load balancers ------------------------------------------------------------------------
+        return await self._list("firewall", self.backend.list_firewalls, tags)
 
     async def list_load_balancers(self, tags: Mapping[str, str]) -> list[LoadBalancer]:
-        wanted = {**tags, TAG_RESOURCE: "load-balancer"}
-        return await self._run(
-            f"list_load_balancers({_fmt(wanted)})",
-            self._list_sync,
-            self.backend.list_load_balancers,
-            wanted,
+        return await self._list("load-balancer", self.backend.list_load_balancers, tags)
+
+    async def ensure_network(self, spec: NetworkSpec) -> Network:
+        rule, make = (
+            partial(rules.network_diff, spec),
+            partial(self.backend.create_network, spec=spec),
+        )
+        return await self._ensure("network", _Ensure(spec, self.backend.list_networks, rule, make))
+
+    async def ensure_subnet(self, spec: SubnetSpec, network: Network) -> Subnet:
+        backend = self.backend
+        caps = backend.capabilities
+        if spec.location is None and caps.subnet_location_required:
+            raise PermanentError(
+                f"provider {self.name}: ensure_subnet({spec.name}): a subnet here lives in one "
+                f"{caps.subnet_scope}; set network.location (see {caps.docs})"
+            )
+        rule = partial(rules.subnet_diff, spec, network=network)
+        make = partial(backend.create_subnet, spec=spec, network=network)
+        return await self._ensure("subnet", _Ensure(spec, backend.list_subnets, rule, make))
+
+    async def ensure_firewall(self, spec: FirewallSpec, network: Network) -> Firewall:
+        rule = partial(rules.firewall_diff, spec, network=network)
+        make = partial(self.backend.create_firewall, spec=spec, network=network)
+        return await self._ensure(
+            "firewall", _Ensure(spec, self.backend.list_firewalls, rule, make)
         )
 
     async def ensure_load_balancer(
         self, spec: LoadBalancerSpec, network: Network, subnet: Subnet
     ) -> LoadBalancer:
         op = f"ensure_load_balancer({spec.name})"
-        self._check_spec(op, spec.tags, "load-balancer")
         caps = self.backend.capabilities
         if spec.health_check.protocol not in caps.health_check_protocols:
             raise PermanentError(
@@ -334,42 +262,88 @@ class DriverInfra:
                 f"provider {self.name}: {op}: cannot build an internal load balancer; "
                 f"see {caps.docs}"
             )
-        async with self._provider.lock(f"lb:{spec.name}"):
-            return await self._run(op, self._ensure_lb_sync, spec, network, subnet)
+        lister, rule = self.backend.list_load_balancers, partial(rules.load_balancer_diff, spec)
+        make = partial(self.backend.create_load_balancer, spec=spec, network=network, subnet=subnet)
+        return await self._ensure("load-balancer", _Ensure(spec, lister, rule, make))
 
-    def _ensure_lb_sync(
+    async def delete_network(self, network: Network) -> bool:
+        return await self._delete("network", network, self.backend.delete_network)
+
+    async def delete_subnet(self, subnet: Subnet) -> bool:
+        return await self._delete("subnet", subnet, self.backend.delete_subnet)
+
+    async def delete_firewall(self, firewall: Firewall) -> bool:
+        return await self._delete("firewall", firewall, self.backend.delete_firewall)
+
+    async def delete_load_balancer(self, lb: LoadBalancer) -> bool:
+        return await self._delete("load-balancer", lb, self.backend.delete_load_balancer)
+
+    async def _list(self, kind: Kind, lister: Lister[R], tags: Mapping[str, str]) -> list[R]:
+        wanted = {**tags, TAG_RESOURCE: kind}
+        op = f"list_{_snake(kind)}s({_fmt(wanted)})"
+        return await self._run(op, self._list_sync, lister, wanted)
+
+    async def _ensure(self, kind: Kind, how: _Ensure[R]) -> R:
+        op = f"ensure_{_snake(kind)}({how.spec.name})"
+        self._check_spec(op, how.spec.tags, kind)
+        async with self._provider.lock(f"{kind}:{how.spec.name}"):
+            return await self._run(op, self._ensure_sync, how)
+
+    def _ensure_sync(self, driver: NodeDriver, op: str, how: _Ensure[R]) -> R:
+        """Carry out the resource's diff (:mod:`healer.cloud.diff`), the one ``plan`` shows."""
+        found = self._find(driver, op, how.lister, how.spec.name, how.spec.tags)
+        diff = how.rule(found)
+        if found is None:
+            found = how.create(driver)
+            _created(self.name, diff.kind, found.name, found.id)
+            diff = how.rule(found)  # a cloud may take only part of a spec on create
+        if diff.change is Change.CONFLICT:
+            raise PermanentError(f"provider {self.name}: {op}: {diff}")
+        if diff.change is Change.NONE:
+            return found
+        self._update(driver, found, how.spec, diff)
+        log.info(
+            "provider.infra_updated",
+            provider=self.name,
+            kind=diff.kind,
+            resource=found.name,
+            change=diff.detail,
+        )
+        again = self._find(driver, op, how.lister, how.spec.name, how.spec.tags)
+        left = how.rule(again)
+        if again is None or left.change is not Change.NONE:
+            raise PermanentError(
+                f"provider {self.name}: {op}: the cloud did not take the change "
+                f"({diff.detail}); {'it is gone' if again is None else f'still: {left.detail}'}"
+            )
+        return again
+
+    def _update(
         self,
         driver: NodeDriver,
-        op: str,
-        spec: LoadBalancerSpec,
-        network: Network,
-        subnet: Subnet,
-    ) -> LoadBalancer:
-        found = self._find(driver, op, self.backend.list_load_balancers, spec.name, spec.tags)
-        if found is None:
-            made = self.backend.create_load_balancer(driver, spec, network, subnet)
-            _created(self.name, "load-balancer", made.name, made.id)
-            found = made
-        if (found.port, found.target_port, found.internal) != (
-            spec.port,
-            spec.target_port,
-            spec.internal,
-        ):
-            raise PermanentError(
-                f"provider {self.name}: {op}: load balancer {found.name} listens on "
-                f"{found.port} -> {found.target_port} ({'internal' if found.internal else 'public'})"
-                f", the config wants {spec.port} -> {spec.target_port} "
-                f"({'internal' if spec.internal else 'public'}); destroy it to change that"
-            )
-        if found.health_check == spec.health_check and found.allowed_sources == tuple(
-            sorted(spec.allowed_sources)
-        ):
-            return found
-        self.backend.update_load_balancer(driver, found, spec)
-        log.info("provider.load_balancer_updated", provider=self.name, load_balancer=spec.name)
-        again = self._find(driver, op, self.backend.list_load_balancers, spec.name, spec.tags)
-        assert again is not None
-        return again
+        found: Network | Subnet | Firewall | LoadBalancer,
+        spec: NetworkSpec | SubnetSpec | FirewallSpec | LoadBalancerSpec,
+        diff: Diff,
+    ) -> None:
+        """Make the changes ``diff`` names, through the backend's primitive for each."""
+        backend = self.backend
+        if diff.add_internet_gateway and isinstance(found, Network):
+            backend.add_internet_gateway(driver, found)
+        if diff.public_ips is not None and isinstance(found, Subnet):
+            backend.set_subnet_public_ips(driver, found, diff.public_ips)
+        if (diff.add or diff.remove) and isinstance(found, Firewall):
+            assert isinstance(spec, FirewallSpec)
+            backend.change_permissions(driver, found, spec, diff)
+        if (diff.health_check or diff.allowed_sources) and isinstance(found, LoadBalancer):
+            assert isinstance(spec, LoadBalancerSpec)
+            backend.update_load_balancer(driver, found, spec)
+
+    async def _delete(
+        self, kind: Kind, resource: R, deleter: Callable[[NodeDriver, R], bool]
+    ) -> bool:
+        op = f"delete_{_snake(kind)}({resource.name}, id={resource.id})"
+        self._check_owned(op, resource.tags)
+        return await self._run(op, lambda d, _op: deleter(d, resource))
 
     async def set_load_balancer_members(
         self, lb: LoadBalancer, machines: Sequence[Machine]
@@ -383,7 +357,7 @@ class DriverInfra:
                     f"{TAG_CLUSTER}={self.cluster}"
                 )
         wanted = sorted({m.id for m in machines})
-        async with self._provider.lock(f"lb:{lb.name}"):
+        async with self._provider.lock(f"load-balancer:{lb.name}"):
             return await self._run(op, self._members_sync, lb, wanted)
 
     def _members_sync(
@@ -392,26 +366,13 @@ class DriverInfra:
         current = self._find(driver, op, self.backend.list_load_balancers, lb.name, lb.tags)
         if current is None:
             raise PermanentError(f"provider {self.name}: {op}: the load balancer is gone")
-        add = sorted(set(wanted) - set(current.members))
-        remove = sorted(set(current.members) - set(wanted))
+        add, remove = rules.member_changes(current.members, wanted)
         if not add and not remove:
             return current
-        self.backend.change_members(driver, current, add=add, remove=remove)
-        log.info(
-            "provider.load_balancer_members",
-            provider=self.name,
-            load_balancer=lb.name,
-            added=add,
-            removed=remove,
-        )
+        self._change_members(driver, current, add, remove)
         again = self._find(driver, op, self.backend.list_load_balancers, lb.name, lb.tags)
         assert again is not None
         return again
-
-    async def delete_load_balancer(self, lb: LoadBalancer) -> bool:
-        op = f"delete_load_balancer({lb.name})"
-        self._check_owned(op, lb.tags)
-        return await self._run(op, lambda d, _op: self.backend.delete_load_balancer(d, lb))
 
     # -- machine placement (called by DriverProvider in its worker threads) ----------------------
 
@@ -452,25 +413,13 @@ class DriverInfra:
 
     def attach(self, driver: NodeDriver, machine: Machine) -> None:
         """Add ``machine`` to the load balancer of its pool, if the cluster has one."""
-        pool = machine.tags.get(TAG_POOL)
-        if pool is None or self.find_placement(driver) is None:
-            return
-        lbs = self.backend.list_load_balancers(
-            driver, _cluster_tags(self.cluster, "load-balancer", {TAG_POOL: pool})
-        )
-        for lb in lbs:
-            if machine.id not in lb.members:
-                self.backend.change_members(driver, lb, add=[machine.id], remove=[])
-                log.info(
-                    "provider.load_balancer_members",
-                    provider=self.name,
-                    load_balancer=lb.name,
-                    added=[machine.id],
-                    removed=[],
-                )
+        self._membership(driver, machine, member=True)
 
     def detach(self, driver: NodeDriver, machine: Machine) -> None:
         """Take ``machine`` out of any load balancer of the cluster before it is destroyed."""
+        self._membership(driver, machine, member=False)
+
+    def _membership(self, driver: NodeDriver, machine: Machine, *, member: bool) -> None:
         pool = machine.tags.get(TAG_POOL)
         if pool is None or self.find_placement(driver) is None:
             return
@@ -478,8 +427,22 @@ class DriverInfra:
             driver, _cluster_tags(self.cluster, "load-balancer", {TAG_POOL: pool})
         )
         for lb in lbs:
-            if machine.id in lb.members:
-                self.backend.change_members(driver, lb, add=[], remove=[machine.id])
+            if (machine.id in lb.members) is member:
+                continue
+            add, remove = ([machine.id], []) if member else ([], [machine.id])
+            self._change_members(driver, lb, add, remove)
+
+    def _change_members(
+        self, driver: NodeDriver, lb: LoadBalancer, add: list[str], remove: list[str]
+    ) -> None:
+        self.backend.change_members(driver, lb, add=add, remove=remove)
+        log.info(
+            "provider.load_balancer_members",
+            provider=self.name,
+            load_balancer=lb.name,
+            added=add,
+            removed=remove,
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -542,6 +505,10 @@ class DriverInfra:
 
 def _created(provider: str, kind: str, name: str, rid: str) -> None:
     log.info("provider.infra_created", provider=provider, kind=kind, resource=name, id=rid)
+
+
+def _snake(kind: str) -> str:
+    return kind.replace("-", "_")
 
 
 def _fmt(tags: Mapping[str, str]) -> str:

@@ -19,25 +19,14 @@ from typing import Any, TypeVar
 from libcloud.compute.base import NodeDriver
 from libcloud.compute.types import NodeState
 
+from healer.cloud import resources as res
+from healer.cloud.diff import Diff
 from healer.cloud.machines import MachineRequest, tags_match
-from healer.cloud.resources import (
-    LAB,
-    Capabilities,
-    Firewall,
-    FirewallSpec,
-    HealthCheck,
-    LoadBalancer,
-    LoadBalancerSpec,
-    Network,
-    NetworkSpec,
-    Permission,
-    Subnet,
-    SubnetSpec,
-)
-from providers.infra_driver import InfraBackend, Placement
+from providers.lab import CAPABILITIES
 from providers.lab.driver import LabNodeDriver, _http_error
+from providers.reconciler import InfraBackend, Placement
 
-R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
+R = TypeVar("R", res.Network, res.Subnet, res.Firewall, res.LoadBalancer)
 
 _PREFIX = {"network": "net", "subnet": "subnet", "firewall": "fw", "load-balancer": "lb"}
 
@@ -49,9 +38,9 @@ def _lab(driver: NodeDriver) -> LabNodeDriver:
 
 
 class LabInfraBackend(InfraBackend):
-    capabilities: Capabilities = LAB
+    capabilities: res.Capabilities = CAPABILITIES
 
-    # -- rows ----------------------------------------------------------------------------------
+    # -- rows (every kind of resource is one row of the infra table) ----------------------------------------------------------------------------------
 
     def _rows(self, driver: NodeDriver, kind: str, tags: Mapping[str, str]) -> list[sqlite3.Row]:
         with _lab(driver).api_transaction(write=False) as conn:
@@ -59,6 +48,18 @@ class LabInfraBackend(InfraBackend):
                 "SELECT * FROM infra WHERE kind = ? AND deleted_at IS NULL ORDER BY seq", (kind,)
             ).fetchall()
         return [r for r in rows if tags_match(json.loads(r["tags"]), tags)]
+
+    def _records(
+        self, driver: NodeDriver, kind: str, tags: Mapping[str, str]
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each row as (its id, name and tags; the fields of its kind)."""
+        return [
+            (
+                {"id": r["id"], "name": r["name"], "tags": json.loads(r["tags"])},
+                json.loads(r["spec"]),
+            )
+            for r in self._rows(driver, kind, tags)
+        ]
 
     def _insert(
         self,
@@ -90,12 +91,17 @@ class LabInfraBackend(InfraBackend):
             )
         return rid
 
+    @staticmethod
+    def _live_row(conn: sqlite3.Connection, rid: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT kind, spec FROM infra WHERE id = ? AND deleted_at IS NULL", (rid,)
+        ).fetchone()
+        return row
+
     def _update(self, driver: NodeDriver, rid: str, changes: Mapping[str, Any]) -> None:
         lab = _lab(driver)
         with lab.api_transaction(write=True) as conn:
-            row = conn.execute(
-                "SELECT spec FROM infra WHERE id = ? AND deleted_at IS NULL", (rid,)
-            ).fetchone()
+            row = self._live_row(conn, rid)
             if row is None:
                 raise _http_error(404, f"lab cloud: no resource {rid!r}")
             spec = json.loads(row["spec"]) | dict(changes)
@@ -107,9 +113,7 @@ class LabInfraBackend(InfraBackend):
     def _delete(self, driver: NodeDriver, rid: str, in_use: str | None = None) -> bool:
         lab = _lab(driver)
         with lab.api_transaction(write=True) as conn:
-            row = conn.execute(
-                "SELECT kind, spec FROM infra WHERE id = ? AND deleted_at IS NULL", (rid,)
-            ).fetchone()
+            row = self._live_row(conn, rid)
             if row is None:
                 return False
             users = self._users(conn, rid, row["kind"])
@@ -151,24 +155,25 @@ class LabInfraBackend(InfraBackend):
             return [m["id"] for m in machines if rid in json.loads(m["firewall_ids"])]
         return []
 
+    def _delete_resource(
+        self,
+        driver: NodeDriver,
+        resource: res.Network | res.Subnet | res.Firewall | res.LoadBalancer,
+        /,
+    ) -> bool:
+        return self._delete(driver, resource.id)
+
+    delete_network = delete_subnet = delete_firewall = delete_load_balancer = _delete_resource
+
     # -- networks ------------------------------------------------------------------------------
 
-    def list_networks(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Network]:
-        out = []
-        for row in self._rows(driver, "network", tags):
-            spec = json.loads(row["spec"])
-            out.append(
-                Network(
-                    id=row["id"],
-                    name=row["name"],
-                    cidr=spec["cidr"],
-                    tags=json.loads(row["tags"]),
-                    internet_gateway=spec["internet_gateway"],
-                )
-            )
-        return out
+    def list_networks(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[res.Network]:
+        return [
+            res.Network(**own, cidr=spec["cidr"], internet_gateway=spec["internet_gateway"])
+            for own, spec in self._records(driver, "network", tags)
+        ]
 
-    def create_network(self, driver: NodeDriver, spec: NetworkSpec) -> Network:
+    def create_network(self, driver: NodeDriver, spec: res.NetworkSpec) -> res.Network:
         cidr = str(ipaddress.ip_network(spec.cidr))
         self._insert(
             driver,
@@ -179,32 +184,23 @@ class LabInfraBackend(InfraBackend):
         )
         return self._one(self.list_networks(driver, spec.tags), spec.name)
 
-    def add_internet_gateway(self, driver: NodeDriver, network: Network) -> None:
+    def add_internet_gateway(self, driver: NodeDriver, network: res.Network) -> None:
         self._update(driver, network.id, {"internet_gateway": True})
-
-    def delete_network(self, driver: NodeDriver, network: Network) -> bool:
-        return self._delete(driver, network.id)
 
     # -- subnets -------------------------------------------------------------------------------
 
-    def list_subnets(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Subnet]:
-        out = []
-        for row in self._rows(driver, "subnet", tags):
-            spec = json.loads(row["spec"])
-            out.append(
-                Subnet(
-                    id=row["id"],
-                    name=row["name"],
-                    network_id=spec["network_id"],
-                    cidr=spec["cidr"],
-                    location=spec["location"],
-                    tags=json.loads(row["tags"]),
-                    public_ips=spec["public_ips"],
-                )
+    def list_subnets(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[res.Subnet]:
+        return [
+            res.Subnet(
+                **own,
+                **{k: spec[k] for k in ("network_id", "cidr", "location", "public_ips")},
             )
-        return out
+            for own, spec in self._records(driver, "subnet", tags)
+        ]
 
-    def create_subnet(self, driver: NodeDriver, spec: SubnetSpec, network: Network) -> Subnet:
+    def create_subnet(
+        self, driver: NodeDriver, spec: res.SubnetSpec, network: res.Network
+    ) -> res.Subnet:
         cidr = ipaddress.ip_network(spec.cidr)
         if not cidr.subnet_of(ipaddress.ip_network(network.cidr)):  # type: ignore[arg-type]
             raise _http_error(
@@ -227,30 +223,24 @@ class LabInfraBackend(InfraBackend):
         )
         return self._one(self.list_subnets(driver, spec.tags), spec.name)
 
-    def set_subnet_public_ips(self, driver: NodeDriver, subnet: Subnet, public: bool) -> None:
+    def set_subnet_public_ips(self, driver: NodeDriver, subnet: res.Subnet, public: bool) -> None:
         self._update(driver, subnet.id, {"public_ips": public})
-
-    def delete_subnet(self, driver: NodeDriver, subnet: Subnet) -> bool:
-        return self._delete(driver, subnet.id)
 
     # -- firewalls -----------------------------------------------------------------------------
 
-    def list_firewalls(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[Firewall]:
-        out = []
-        for row in self._rows(driver, "firewall", tags):
-            spec = json.loads(row["spec"])
-            out.append(
-                Firewall(
-                    id=row["id"],
-                    name=row["name"],
-                    network_id=spec["network_id"],
-                    permissions=frozenset(Permission(**p) for p in spec["permissions"]),
-                    tags=json.loads(row["tags"]),
-                )
+    def list_firewalls(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[res.Firewall]:
+        return [
+            res.Firewall(
+                **own,
+                network_id=spec["network_id"],
+                permissions=frozenset(res.Permission(**p) for p in spec["permissions"]),
             )
-        return out
+            for own, spec in self._records(driver, "firewall", tags)
+        ]
 
-    def create_firewall(self, driver: NodeDriver, spec: FirewallSpec, network: Network) -> Firewall:
+    def create_firewall(
+        self, driver: NodeDriver, spec: res.FirewallSpec, network: res.Network
+    ) -> res.Firewall:
         self._insert(
             driver,
             "firewall",
@@ -261,30 +251,22 @@ class LabInfraBackend(InfraBackend):
         return self._one(self.list_firewalls(driver, spec.tags), spec.name)
 
     def change_permissions(
-        self,
-        driver: NodeDriver,
-        firewall: Firewall,
-        spec: FirewallSpec,
-        *,
-        add: frozenset[Permission],
-        remove: frozenset[Permission],
+        self, driver: NodeDriver, firewall: res.Firewall, spec: res.FirewallSpec, diff: Diff
     ) -> None:
+        add, remove = diff.add, diff.remove
         # An "lb:<name>" source is recorded as given: the load balancer may be built after the
         # firewall that admits it.
         current = self._one(self.list_firewalls(driver, firewall.tags), firewall.name)
         perms = (current.permissions - remove) | add
         self._update(driver, firewall.id, {"permissions": [asdict(p) for p in sorted(perms)]})
 
-    def delete_firewall(self, driver: NodeDriver, firewall: Firewall) -> bool:
-        return self._delete(driver, firewall.id)
-
     # -- load balancers ------------------------------------------------------------------------
 
     def list_load_balancers(
         self, driver: NodeDriver, tags: Mapping[str, str]
-    ) -> list[LoadBalancer]:
-        rows = self._rows(driver, "load-balancer", tags)
-        if not rows:
+    ) -> list[res.LoadBalancer]:
+        records = self._records(driver, "load-balancer", tags)
+        if not records:
             return []
         with _lab(driver).api_transaction(write=False) as conn:
             live = {
@@ -293,29 +275,28 @@ class LabInfraBackend(InfraBackend):
                     "SELECT id FROM nodes WHERE state != ?", (NodeState.TERMINATED.value,)
                 )
             }
-        out = []
-        for row in rows:
-            spec = json.loads(row["spec"])
-            out.append(
-                LoadBalancer(
-                    id=row["id"],
-                    name=row["name"],
-                    address=spec["address"],
-                    port=spec["port"],
-                    target_port=spec["target_port"],
-                    health_check=HealthCheck(**spec["health_check"]),
-                    allowed_sources=tuple(sorted(spec["allowed_sources"])),
-                    internal=spec["internal"],
-                    members=tuple(sorted(m for m in spec["members"] if m in live)),
-                    tags=json.loads(row["tags"]),
-                    extra={"subnet_id": spec["subnet_id"]},
-                )
+        return [
+            res.LoadBalancer(
+                **own,
+                address=spec["address"],
+                port=spec["port"],
+                target_port=spec["target_port"],
+                health_check=res.HealthCheck(**spec["health_check"]),
+                allowed_sources=tuple(sorted(spec["allowed_sources"])),
+                internal=spec["internal"],
+                members=tuple(sorted(m for m in spec["members"] if m in live)),
+                extra={"subnet_id": spec["subnet_id"]},
             )
-        return out
+            for own, spec in records
+        ]
 
     def create_load_balancer(
-        self, driver: NodeDriver, spec: LoadBalancerSpec, network: Network, subnet: Subnet
-    ) -> LoadBalancer:
+        self,
+        driver: NodeDriver,
+        spec: res.LoadBalancerSpec,
+        network: res.Network,
+        subnet: res.Subnet,
+    ) -> res.LoadBalancer:
         if subnet.network_id != network.id:
             raise _http_error(400, f"lab cloud: subnet {subnet.id} is not in {network.id}")
         hosts = ipaddress.ip_network(subnet.cidr).hosts()
@@ -344,7 +325,7 @@ class LabInfraBackend(InfraBackend):
         return self._one(self.list_load_balancers(driver, spec.tags), spec.name)
 
     def update_load_balancer(
-        self, driver: NodeDriver, lb: LoadBalancer, spec: LoadBalancerSpec
+        self, driver: NodeDriver, lb: res.LoadBalancer, spec: res.LoadBalancerSpec
     ) -> None:
         self._update(
             driver,
@@ -356,7 +337,7 @@ class LabInfraBackend(InfraBackend):
         )
 
     def change_members(
-        self, driver: NodeDriver, lb: LoadBalancer, *, add: Sequence[str], remove: Sequence[str]
+        self, driver: NodeDriver, lb: res.LoadBalancer, *, add: Sequence[str], remove: Sequence[str]
     ) -> None:
         lab = _lab(driver)
         with lab.api_transaction(write=True) as conn:
@@ -385,9 +366,6 @@ class LabInfraBackend(InfraBackend):
                 (json.dumps(spec, sort_keys=True), lab._clock(), lb.id),
             )
 
-    def delete_load_balancer(self, driver: NodeDriver, lb: LoadBalancer) -> bool:
-        return self._delete(driver, lb.id)
-
     # -- machines ------------------------------------------------------------------------------
 
     def placement_kwargs(
@@ -405,3 +383,8 @@ class LabInfraBackend(InfraBackend):
         if len(found) != 1:
             raise _http_error(500, f"lab cloud: expected one resource named {name!r}")
         return found[0]
+
+
+def make_backend(key: str, secret: str | None, keywords: Mapping[str, Any]) -> LabInfraBackend:
+    """The backend of the registry row; it needs nothing but the provider's own driver."""
+    return LabInfraBackend()
