@@ -90,7 +90,7 @@ def sshd(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def fake_agent(tmp_path: Path) -> AgentFiles:
-    """The agent as the package would ship it: a script and systemd units on disk."""
+    """The agent as the package would ship it: its modules and systemd units on disk."""
     script = tmp_path / "agent" / "healer_agent.py"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text("#!/usr/bin/env python3\nprint('agent')\n" + "# padding\n" * 400)
@@ -113,6 +113,6 @@ def fake_agent(tmp_path: Path) -> AgentFiles:
     (dropins / "healer-agent.conf").write_text(
         "[Service]\nExecStartPre=-/usr/bin/python3 /opt/healer/healer_agent.py upgrade started\n"
     )
-    agent = AgentFiles.discover(script, units)
+    agent = AgentFiles.discover(script.parent, units)
     assert agent is not None
     return agent

@@ -1,7 +1,7 @@
-"""The node agent (healer/agent/healer_agent.py) run for real against mosquitto.
+"""The node agent (healer/agent/) run for real against mosquitto.
 
-The agent runs as a subprocess, as on a machine, with both of its MQTT transports (paho and the
-built-in client). The test listens on the broker, checks every message against healer's own
+The agent runs as a subprocess, as on a machine (the one file :mod:`healer.agent.bundle` builds),
+with both of its MQTT transports (paho and the built-in client). The test listens on the broker, checks every message against healer's own
 parsers, and answers reboot requests by hand (to see that the agent waits for the permit and
 follows it exactly) or with healer's real MqttSource + RebootArbiter (one reboot per pool).
 """
@@ -22,7 +22,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from healer.agent import healer_agent
+from healer.agent import bundle
+from healer.agent.builtin_mqtt import parse_packet, varint
+from healer.agent.config import load_config, read_env_file
+from healer.agent.healer_agent import EXIT_CONFIG, EXIT_MQTT, EXIT_REFUSED
 from healer.clock import RealClock
 from healer.config import MqttConfig
 from healer.config.provenance import Ownership
@@ -43,7 +46,6 @@ from tests.helpers import lab_like_config
 from tests.plugins.kube import wait_for
 from tests.plugins.mqtt import MOSQUITTO_PASSWORD, MOSQUITTO_USER, MosquittoBroker
 
-AGENT = Path(healer_agent.__file__)
 PREFIX = "healer/v1"
 WAIT = 10.0
 TRANSPORTS = ["builtin", "paho"]
@@ -139,6 +141,14 @@ def agent_env(
     return path
 
 
+def agent_program(directory: Path) -> Path:
+    """The agent as machines get it: the one file healer.agent.bundle builds."""
+    program = directory / "healer_agent.py"
+    if not program.exists():
+        program.write_bytes(bundle.build())
+    return program
+
+
 def _clean_env() -> dict[str, str]:
     # The agent reads HEALER_* from its environment too; keep the test's own out of it.
     return {k: v for k, v in os.environ.items() if not k.startswith("HEALER_")}
@@ -149,7 +159,7 @@ async def running_agent(env_file: Path, log: Path) -> AsyncIterator[asyncio.subp
     with log.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(AGENT),
+            str(agent_program(env_file.parent)),
             "--env-file",
             str(env_file),
             "run",
@@ -173,7 +183,7 @@ async def running_agent(env_file: Path, log: Path) -> AsyncIterator[asyncio.subp
 async def run_command(env_file: Path, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(AGENT),
+        str(agent_program(env_file.parent)),
         "--env-file",
         str(env_file),
         *args,
@@ -385,7 +395,7 @@ async def test_request_reboot_without_healer_times_out(
 ) -> None:
     env = agent_env(tmp_path, mosquitto, "agent-alone", "builtin", HEALER_PERMIT_TIMEOUT="0.3")
     code, out, _ = await run_command(env, "request-reboot", "--wait", "1")
-    assert code == healer_agent.EXIT_REFUSED
+    assert code == EXIT_REFUSED
     assert json.loads(out)["reason"] == "NoAnswer"
 
 
@@ -421,7 +431,7 @@ async def test_tls_and_password(
         HEALER_MQTT_PASSWORD="wrong",
     )
     code, _, err = await run_command(bad, "heartbeat")
-    assert code == healer_agent.EXIT_MQTT
+    assert code == EXIT_MQTT
     assert "refused the connection" in err
     assert "wrong" not in err  # the password is never logged
 
@@ -430,16 +440,16 @@ async def test_configuration_errors_name_the_file_and_key(tmp_path: Path) -> Non
     env = tmp_path / "agent.env"
     env.write_text("HEALER_CLUSTER=lab\n")
     code, _, err = await run_command(env, "heartbeat")
-    assert code == healer_agent.EXIT_CONFIG
+    assert code == EXIT_CONFIG
     assert f"{env}: HEALER_MQTT_HOST is required" in err
     env.write_text(
         "HEALER_MQTT_HOST=127.0.0.1\nHEALER_CLUSTER=lab\nHEALER_HEARTBEAT_INTERVAL=soon\n"
     )
     code, _, err = await run_command(env, "heartbeat")
-    assert code == healer_agent.EXIT_CONFIG and "HEALER_HEARTBEAT_INTERVAL='soon'" in err
+    assert code == EXIT_CONFIG and "HEALER_HEARTBEAT_INTERVAL='soon'" in err
     env.write_text("HEALER_MQTT_HOST=127.0.0.1\nthis is not a setting\n")
     code, _, err = await run_command(env, "heartbeat")
-    assert code == healer_agent.EXIT_CONFIG and f"{env}:2: expected KEY=VALUE" in err
+    assert code == EXIT_CONFIG and f"{env}:2: expected KEY=VALUE" in err
 
 
 async def test_an_unreachable_broker_is_exit_2(tmp_path: Path) -> None:
@@ -448,7 +458,7 @@ async def test_an_unreachable_broker_is_exit_2(tmp_path: Path) -> None:
         "HEALER_MQTT_HOST=127.0.0.1\nHEALER_MQTT_PORT=1\nHEALER_CLUSTER=lab\nHEALER_NODE=n1\n"
     )
     code, _, err = await run_command(env, "heartbeat")
-    assert code == healer_agent.EXIT_MQTT and "cannot connect to 127.0.0.1:1" in err
+    assert code == EXIT_MQTT and "cannot connect to 127.0.0.1:1" in err
 
 
 def test_env_file_syntax(tmp_path: Path) -> None:
@@ -456,18 +466,18 @@ def test_env_file_syntax(tmp_path: Path) -> None:
     path.write_text(
         "# comment\n\nHEALER_A=plain\nexport HEALER_B='single quoted'\nHEALER_C=\"double = sign\"\n"
     )
-    assert healer_agent.read_env_file(str(path)) == {
+    assert read_env_file(str(path)) == {
         "HEALER_A": "plain",
         "HEALER_B": "single quoted",
         "HEALER_C": "double = sign",
     }
-    assert healer_agent.read_env_file(str(tmp_path / "missing")) == {}
-    config = healer_agent.load_config(
+    assert read_env_file(str(tmp_path / "missing")) == {}
+    config = load_config(
         str(path), {"HEALER_MQTT_HOST": "b", "HEALER_CLUSTER": "c", "HEALER_NODE": "n"}
     )
     assert (config.host, config.port, config.tls, config.auto_reboot) == ("b", 1883, False, True)
     assert config.topic("heartbeat") == "healer/v1/c/n/heartbeat"
-    tls = healer_agent.load_config(
+    tls = load_config(
         str(path), {"HEALER_MQTT_HOST": "b", "HEALER_CLUSTER": "c", "HEALER_MQTT_TLS": "1"}
     )
     assert (tls.tls, tls.port) == (True, 8883)
@@ -475,11 +485,11 @@ def test_env_file_syntax(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("length", [0, 1, 127, 128, 16383, 16384, 2_097_151, 2_097_152])
 def test_mqtt_remaining_length_roundtrip(length: int) -> None:
-    packet = b"\x30" + healer_agent._varint(length) + b"x" * length
-    parsed = healer_agent._parse_packet(packet)
+    packet = b"\x30" + varint(length) + b"x" * length
+    parsed = parse_packet(packet)
     assert parsed is not None and parsed[0] == 0x30 and len(parsed[1]) == length
     assert parsed[2] == len(packet)
-    assert healer_agent._parse_packet(packet[:-1] if length else packet[:1]) is None
+    assert parse_packet(packet[:-1] if length else packet[:1]) is None
 
 
 # -- with healer's arbiter ------------------------------------------------------------------------

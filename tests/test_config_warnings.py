@@ -106,7 +106,7 @@ def test_validate_without_warnings_prints_none(tmp_path: Path) -> None:
 def test_run_logs_the_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import healer.app
     import healer.telemetry.logs
-    from healer import cli
+    from healer.cli import run as cli_run
 
     path = tmp_path / "healer.yaml"
     path.write_text(yaml.safe_dump(config(upgrades={"automaticReboot": True}, mqtt=None)))
@@ -125,7 +125,7 @@ def test_run_logs_the_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(healer.telemetry.logs, "configure", lambda *a, **k: None)
     args = argparse.Namespace(config=str(path), state_dir=str(tmp_path / "state"), dry_run=False)
     with structlog.testing.capture_logs() as logs:
-        assert cli.cmd_run(args) == 0
+        assert cli_run.cmd_run(args) == 0
     warned = [e for e in logs if e["event"] == "config.warning"]
     assert len(warned) == 2 and warned[0]["log_level"] == "warning"
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from healer.agent import healer_agent
+from healer.agent import config as agent_config
 from healer.clock import RealClock
 from healer.config import WebhookConfig, parse_config
 from healer.config.provenance import Ownership
@@ -272,7 +272,7 @@ def test_agent_env_example_is_a_valid_configuration(tmp_path: Path) -> None:
     env.write_text(example("agent.md", "agent-env") + "\n")
     password = tmp_path / "password"
     password.write_text("pw\n")
-    config = healer_agent.load_config(str(env), {"HEALER_MQTT_PASSWORD_FILE": str(password)})
+    config = agent_config.load_config(str(env), {"HEALER_MQTT_PASSWORD_FILE": str(password)})
     assert (config.host, config.port, config.tls, config.cluster, config.node) == (
         "mqtt.prod.internal",
         8883,
@@ -284,8 +284,8 @@ def test_agent_env_example_is_a_valid_configuration(tmp_path: Path) -> None:
     assert config.client_id == "healer-agent-prod-prod-workers-7f3k2"
     assert config.password == "pw"
     # Every key the example sets is one the agent reads.
-    keys = set(healer_agent.read_env_file(str(env)))
-    source = Path(healer_agent.__file__).read_text()
+    keys = set(agent_config.read_env_file(str(env)))
+    source = Path(agent_config.__file__).read_text()
     for key in keys:
         assert f'"{key.removeprefix("HEALER_")}"' in source, key
 

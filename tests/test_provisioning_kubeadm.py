@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import stat
 import subprocess
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +18,29 @@ import yaml
 
 from healer.clock import VirtualClock
 from healer.errors import ConfigError
-from healer.kube import KubeClient
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.server import FakeApiServer
 from healer.provisioning.cluster_policy import reconcile_cluster_policy
 from healer.provisioning.keystore import ClusterState
-from healer.provisioning.kubeadm import (
+from healer.provisioning.kubeadm.documents import (
     ADMISSION_CONFIG,
     AUDIT_POLICY,
     ENCRYPTION_CONFIG,
-    KUBEADM_CONFIG,
-    KubeadmBuilder,
     api_version,
-    ensure_secrets,
     kubelet_labels,
+)
+from healer.provisioning.kubeadm.endpoint import (
     load_api_endpoint,
     parse_endpoint,
     record_api_endpoint,
 )
+from healer.provisioning.kubeadm.machine import (
+    BOOTSTRAP_SCRIPT,
+    KUBEADM_CONFIG,
+    KubeadmBuilder,
+    bootstrap_source,
+)
+from healer.provisioning.kubeadm.tokens import ensure_secrets
 from healer.provisioning.pki import ClusterPki
 from tests.provisioning_support import cluster, kube_cluster
 
@@ -337,3 +345,46 @@ def test_bootstrap_script_joins_with_retries_and_removes_the_token_file(
         )
         assert again.returncode == 0 and "already part of the cluster" in again.stdout
         assert not calls.exists()
+
+
+SHELLCHECK = shutil.which("shellcheck")
+
+
+@pytest.mark.skipif(
+    SHELLCHECK is None,
+    reason="shellcheck is not installed (Debian package shellcheck; .ci/system-deps installs it)",
+)
+def test_bootstrap_script_passes_shellcheck(tmp_path: Path) -> None:
+    """bootstrap.sh as shipped in the package, checked as bash; a broken copy is refused, so the
+    check does look at the script."""
+    assert SHELLCHECK is not None
+    with as_file(files("healer.provisioning.kubeadm").joinpath("bootstrap.sh")) as script:
+        result = subprocess.run(
+            [SHELLCHECK, "--shell=bash", "--severity=style", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "broken.sh"
+    broken.write_text(
+        bootstrap_source().replace('rm -f "$KUBEADM_CONFIG"', "rm -f $KUBEADM_CONFIG")
+    )
+    refused = subprocess.run(
+        [SHELLCHECK, "--shell=bash", str(broken)], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode != 0 and "SC2086" in refused.stdout
+
+
+def test_the_machine_gets_the_packaged_script_without_its_comments(tmp_path: Path) -> None:
+    c = kube_cluster(kubernetes={"installPackages": False})
+    node = KubeadmBuilder(ClusterState(tmp_path, "prod"), c).machine(c.pools[1], "w-1")
+    (script,) = [f for f in node.files if f.path == BOOTSTRAP_SCRIPT]
+    assert script.mode == "0700" and node.command == (BOOTSTRAP_SCRIPT,)
+    source = bootstrap_source()
+    shipped = script.content.decode()
+    assert shipped.startswith("#!/bin/bash\n") and source.startswith("#!/bin/bash\n")
+    assert "# healer-bootstrap:" in source and "# healer-bootstrap:" not in shipped
+    code = [line for line in source.splitlines() if not line.lstrip().startswith("#")]
+    assert shipped.splitlines()[1:] == code

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import yaml
 from healer.config import ClusterConfig
 from healer.errors import ConfigError
 from healer.provisioning.keystore import ClusterState, read_private
-from healer.provisioning.kubeadm import BOOTSTRAP_SCRIPT, KUBEADM_CONFIG
+from healer.provisioning.kubeadm.machine import BOOTSTRAP_SCRIPT, KUBEADM_CONFIG
 from healer.provisioning.sshkeys import ensure_ssh_key
 from healer.provisioning.userdata import (
     AGENT_ENV,
@@ -129,6 +131,33 @@ def test_with_the_shipped_agent_user_data_fits_ec2_once_gzipped(
             k: v for k, v in parse(text).items() if k != "write_files"
         }
         assert len(packed) <= USER_DATA_LIMIT, f"{name}: {len(packed)} bytes gzipped"
+
+
+def test_the_shipped_agent_runs_from_the_one_file_the_machine_gets(
+    tmp_path: Path, agent_cluster: ClusterConfig
+) -> None:
+    """The file written to the machine is a program: the system's python3 runs it with no healer
+    installed (-I -S: no site-packages, no environment), as the units' ExecStart does."""
+    agent = AgentFiles.discover()
+    assert agent is not None
+    written = files(parse(UserDataBuilder(tmp_path, agent=agent)(agent_cluster, "workers", "w-1")))
+    content, mode = written[agent.script_path]
+    assert mode == "0755" and content.startswith(b"#!/usr/bin/env python3\n")
+    program = tmp_path / "healer_agent.py"
+    program.write_bytes(content)
+    env_file = tmp_path / "agent.env"
+    env_file.write_text("HEALER_CLUSTER=prod\n")
+    python3 = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    ran = subprocess.run(
+        [python3, "-I", "-S", str(program), "--env-file", str(env_file), "heartbeat"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={},
+    )
+    assert ran.returncode == 1, ran.stderr  # EXIT_CONFIG, named in the agent's own words
+    assert f"{env_file}: HEALER_MQTT_HOST is required" in ran.stderr
 
 
 def test_the_schema_check_does_reject_broken_user_data(tmp_path: Path) -> None:
@@ -322,7 +351,7 @@ def test_agent_files_are_discovered_from_the_package_layout(tmp_path: Path) -> N
         "healer-agent.service",
     ]
     assert agent.enable == ["healer-agent-shutdown.service", "healer-agent.service"]
-    assert AgentFiles.discover(tmp_path / "missing.py", tmp_path / "systemd") is None
+    assert AgentFiles.discover(tmp_path / "missing", tmp_path / "systemd") is None
 
 
 def test_agent_configured_but_not_shipped_does_not_fall_back_to_unattended_reboots(

@@ -6,7 +6,7 @@ Two halves, as everywhere in healer:
   / :func:`plan_rbac` compare what the config wants with what the API returned and produce
   changes; they are table-tested without a cluster;
 * thin I/O: :func:`reconcile_cluster_policy` reads the cluster through
-  :class:`healer.kube.KubeClient`, plans, applies, and returns one line per change. The daemon
+  :class:`healer.kube.client.KubeClient`, plans, applies, and returns one line per change. The daemon
   runs it periodically, so drift (a label changed by hand, a role edited with kubectl) is put
   back.
 
@@ -42,9 +42,10 @@ from healer.config import (
     RoleConfig,
 )
 from healer.errors import KubeUnavailable, PermanentError, TemporaryError
-from healer.kube import KubeClient, NamespaceInfo, RbacObject
+from healer.kube.client import KubeClient
+from healer.kube.records import NamespaceInfo, RbacObject
 from healer.model import TAG_CLUSTER, TAG_MANAGED
-from healer.provisioning.kubeadm import refresh_bootstrap_token
+from healer.provisioning.kubeadm.token_refresh import refresh_bootstrap_token
 
 log = structlog.get_logger("healer.provisioning")
 

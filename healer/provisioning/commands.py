@@ -1,7 +1,7 @@
 """``healer plan``, ``healer apply`` and ``healer destroy``: the provisioning commands.
 
-healer/cli.py parses the arguments and calls these; they load the config, build each cluster's
-provider plugin (libcloud calls run in its worker threads) and print one line per action.
+healer/cli/provision.py parses the arguments and calls these; they load the config, build each
+cluster's provider plugin (libcloud calls run in its worker threads) and print one line per action.
 Exit codes: 0 done (or, for ``plan``, no changes); 1 refused or failed; ``plan
 --detailed-exitcode`` exits 2 when there are changes (and 1, not the usual 2, on a config error,
 so that 2 means only "changes").
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -22,7 +23,7 @@ from healer.cloud.resources import LoadBalancer
 from healer.config import ClusterConfig, HealerConfig, load_config
 from healer.errors import ConfigError, HealerError
 from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan_destroy
-from healer.provisioning.kubeadm import record_api_endpoint
+from healer.provisioning.kubeadm.endpoint import record_api_endpoint
 from healer.provisioning.plan import Plan
 from healer.provisioning.pools import UserData
 from healer.telemetry.logs import configure
@@ -129,9 +130,7 @@ def run_apply(args: argparse.Namespace, *, config_path: str, state_dir: Path) ->
                     user_data=user_data,
                     inventory=Inventory(state_dir, cluster.name),
                     on_plan=lambda p: _print_plan(p, sys.stdout),
-                    on_load_balancer=lambda lb, name=cluster.name: _record_endpoint(
-                        state_dir, name, lb
-                    ),
+                    on_load_balancer=functools.partial(_record_endpoint, state_dir, cluster.name),
                 )
             finally:
                 await provider.close()
@@ -214,32 +213,3 @@ def run_destroy(
     Inventory(state_dir, cluster.name).forget()
     print(f"  destroyed {count} resources of cluster {cluster.name}")
     return 0
-
-
-def add_parsers(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    common: Callable[[argparse.ArgumentParser], None],
-    handlers: Sequence[Callable[[argparse.Namespace], int]],
-) -> None:
-    """The three subcommands; ``handlers`` are cli.py's plan, apply and destroy functions."""
-    plan_h, apply_h, destroy_h = handlers
-    p = sub.add_parser("plan", help="show what apply would create, change or delete")
-    common(p)
-    p.add_argument("--cluster", help="only this cluster")
-    p.add_argument(
-        "--detailed-exitcode",
-        action="store_true",
-        help="exit 2 when there are changes, 0 when there are none, 1 on errors",
-    )
-    p.set_defaults(func=plan_h)
-
-    p = sub.add_parser("apply", help="create the network, firewall, load balancer and machines")
-    common(p)
-    p.add_argument("--cluster", help="only this cluster")
-    p.set_defaults(func=apply_h)
-
-    p = sub.add_parser("destroy", help="delete everything healer built for a cluster")
-    common(p)
-    p.add_argument("--cluster", required=True)
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=destroy_h)

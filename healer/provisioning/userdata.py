@@ -38,11 +38,15 @@ from typing import Any
 import structlog
 import yaml
 
+from healer.agent import bundle
 from healer.config import ClusterConfig, PoolConfig
 from healer.errors import ConfigError
 from healer.model import LABEL_CLUSTER, LABEL_POOL
 from healer.provisioning.keystore import ClusterState
-from healer.provisioning.kubeadm import KubeadmBuilder
+from healer.provisioning.kubeadm.documents import audit_policy
+from healer.provisioning.kubeadm.endpoint import parse_endpoint
+from healer.provisioning.kubeadm.machine import KubeadmBuilder
+from healer.provisioning.kubeadm.tokens import check_bootstrap_token
 from healer.provisioning.machinefiles import MachineFile
 from healer.provisioning.sshkeys import ensure_ssh_key
 
@@ -58,7 +62,7 @@ AGENT_SCRIPT_DEFAULT = "/usr/local/lib/healer/healer_agent.py"
 USER_DATA_LIMIT = 16384
 
 _REPO = Path(__file__).resolve().parents[2]
-_AGENT_SCRIPT = _REPO / "healer" / "agent" / "healer_agent.py"
+_AGENT_PACKAGE = _REPO / "healer" / "agent"
 _AGENT_UNITS = _REPO / "systemd"
 _UNIT_SUFFIXES = (".service", ".timer", ".path", ".socket")
 
@@ -123,7 +127,8 @@ def unattended_upgrades_conf(*, automatic_reboot: bool | None, agent_reboots: bo
 
 @dataclass(frozen=True)
 class AgentFiles:
-    """The node agent as shipped in this package: its script, its systemd units and its drop-ins
+    """The node agent as shipped in this package: its program (one file, the agent's modules
+    flattened into one script, :mod:`healer.agent.bundle`), its systemd units and its drop-ins
     for other units (``apt-daily-upgrade.service.d/healer-agent.conf``: upgrade results)."""
 
     script: bytes
@@ -132,10 +137,11 @@ class AgentFiles:
 
     @classmethod
     def discover(
-        cls, script: Path = _AGENT_SCRIPT, units_dir: Path = _AGENT_UNITS
+        cls, package: Path = _AGENT_PACKAGE, units_dir: Path = _AGENT_UNITS
     ) -> AgentFiles | None:
-        """Read the agent from the package, or None when this install does not ship it."""
-        if not script.is_file() or not units_dir.is_dir():
+        """Read the agent from the package (``package``: its directory, with the entry point
+        ``healer_agent.py``), or None when this install does not ship it."""
+        if not (package / "healer_agent.py").is_file() or not units_dir.is_dir():
             return None
         units = {
             p.name: p.read_bytes()
@@ -146,7 +152,7 @@ class AgentFiles:
             return None
         for dropin in sorted(units_dir.glob("*.d/healer-agent*.conf")):
             units[f"{dropin.parent.name}/{dropin.name}"] = dropin.read_bytes()
-        return cls(script.read_bytes(), _script_path(units), units)
+        return cls(bundle.build(package), _script_path(units), units)
 
     @property
     def enable(self) -> list[str]:
@@ -370,8 +376,6 @@ def check_references(cluster: ClusterConfig, *, where: str = "") -> list[str]:
     """Problems with the files and secrets the cluster's machine configuration refers to, found
     without creating anything (for ``healer validate``): an unreadable or invalid SSH public key
     file, broker CA, broker password, audit policy or bootstrap token."""
-    from healer.provisioning.kubeadm import _audit_policy, check_bootstrap_token
-
     prefix = f"{where}cluster {cluster.name}"
     problems: list[str] = []
 
@@ -395,7 +399,7 @@ def check_references(cluster: ClusterConfig, *, where: str = "") -> list[str]:
     k8s = cluster.kubernetes
     if k8s is not None:
         if k8s.audit.policy_file is not None:
-            attempt("kubernetes.audit.policyFile", lambda: _audit_policy(k8s))
+            attempt("kubernetes.audit.policyFile", lambda: audit_policy(k8s))
         token = k8s.bootstrap_token
         if token is not None:
             attempt(
@@ -403,8 +407,6 @@ def check_references(cluster: ClusterConfig, *, where: str = "") -> list[str]:
                 lambda: check_bootstrap_token(token.reveal(), "the referenced value"),
             )
         if k8s.control_plane_endpoint is not None:
-            from healer.provisioning.kubeadm import parse_endpoint
-
             attempt(
                 "kubernetes.controlPlaneEndpoint",
                 lambda: parse_endpoint(k8s.control_plane_endpoint or ""),

@@ -1,0 +1,78 @@
+"""What several commands share: where the config and the state are, the state database opened
+as its owner, the daemon's timeline and how times are shown."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from healer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from healer.config import HealerConfig
+    from healer.store.sqlite import Store
+
+DEFAULT_CONFIG = "/etc/healer/healer.yaml"
+DEFAULT_STATE_DIR = "/var/lib/healer"
+
+
+def ts(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def state_dir_for(args: argparse.Namespace, config: HealerConfig | None = None) -> Path:
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    if os.environ.get("HEALER_STATE_DIR"):
+        return Path(os.environ["HEALER_STATE_DIR"])
+    if config is not None and config.state_dir is not None:
+        return config.state_dir
+    return Path(DEFAULT_STATE_DIR)
+
+
+def config_path(args: argparse.Namespace) -> str:
+    return str(args.config or os.environ.get("HEALER_CONFIG") or DEFAULT_CONFIG)
+
+
+def as_state_owner(state_dir: Path) -> None:
+    """Run as root, become the owner of the state directory before touching the database.
+
+    SQLite creates its -wal and -shm files as whoever opens the database first; a root-owned
+    one in /var/lib/healer would lock the daemon (User=healer) out of its own state. Dropping
+    to the directory's owner is what `sudo -u healer healer ...` does, done for the operator.
+    """
+    if os.geteuid() != 0 or not state_dir.is_dir():
+        return
+    st = state_dir.stat()
+    if st.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(st.st_gid)
+    os.setuid(st.st_uid)
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    """The daemon's existing state database (a command that only reads refuses to create one)."""
+    from healer.store.sqlite import DB_NAME, Store
+
+    state_dir = state_dir_for(args)
+    as_state_owner(state_dir)
+    if not (state_dir / DB_NAME).exists():
+        raise ConfigError(
+            f"no healer state in {state_dir} (looked for {DB_NAME}); pass --state-dir or set "
+            "HEALER_STATE_DIR to the daemon's state directory"
+        )
+    return Store.open(state_dir)
+
+
+def timeline(state_dir: Path) -> float:
+    """Now on the daemon's timeline (healer/clock.py), which is what it stores times on: the
+    wall clock may have stepped since."""
+    from healer.clock import RealClock
+
+    return RealClock.resume(state_dir).now()
