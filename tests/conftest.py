@@ -1,3 +1,8 @@
 """Shared fixtures. Fixture groups live in tests/plugins/ and are registered here."""
 
-pytest_plugins = ["tests.plugins.mqtt", "tests.plugins.kube", "tests.plugins.ec2"]
+pytest_plugins = [
+    "tests.plugins.mqtt",
+    "tests.plugins.kube",
+    "tests.plugins.ec2",
+    "tests.plugins.store",
+]

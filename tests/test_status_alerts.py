@@ -8,19 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from healer.cli import main
-from healer.planner.alert_blocks import FILE_NAME, AlertBlocks
+from healer.cli.main import main
+from healer.planner.alert_blocks import AlertBlocks
 from healer.store.sqlite import Store
 
 
 def test_status_shows_firing_blocking_alerts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    Store.open(tmp_path).close()
+    store = Store.open(tmp_path)
     now = time.time()
-    blocks = AlertBlocks(path=tmp_path / FILE_NAME)
+    blocks = AlertBlocks(store=store)
     blocks.fire(cluster="prod", alert="KubeAPIDown", fingerprint="a", since=now, now=now, ttl=600)
     blocks.fire(cluster="dev", alert="Old", fingerprint="b", since=now - 900, now=now - 900, ttl=60)
+    store.close()
 
     assert main(["status", "--state-dir", str(tmp_path)]) == 0
     text = capsys.readouterr().out

@@ -24,9 +24,9 @@ from structlog.testing import capture_logs
 from healer.clock import VirtualClock
 from healer.config import ConfigError, WebhookConfig, parse_config
 from healer.health.tracker import HealthTracker
-from healer.model import LABEL_POOL, EventKind, Health, NodeEvent, NodeKey
+from healer.model import LABEL_POOL, BlockChange, EventKind, Health, NodeEvent, NodeKey
 from healer.planner import guards
-from healer.planner.alert_blocks import AlertBlocks
+from healer.planner.alert_blocks import AlertBlocks, block_handler
 from healer.planner.planner import Planner
 from healer.sources.webhook import (
     SIGNATURE_HEADER,
@@ -38,7 +38,6 @@ from healer.sources.webhook import (
 )
 from healer.sources.webhook_payload import (
     AlertRules,
-    BlockChange,
     Parsed,
     Rejection,
     parse_alertmanager,
@@ -112,6 +111,7 @@ class Stack:
     client: TestClient  # type: ignore[type-arg]
     started: list[WorkflowRecord]
     token_file: Path
+    blocks: AlertBlocks
 
     def auth(self, token: str = TOKEN) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
@@ -157,24 +157,26 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async def start(wf: WorkflowRecord) -> None:
         started.append(wf)
 
-    blocks = AlertBlocks()
+    blocks = AlertBlocks(store=store)
     tracker = HealthTracker(config=config, store=store, clock=clock, on_change=on_change)
     planner = Planner(
         config=config, store=store, clock=clock, tracker=tracker, start=start, blocks=blocks
     )
-
-    async def on_block(change: BlockChange) -> None:
-        await planner.consider(change.cluster)
-
     assert config.webhook is not None
+    # Wired as the daemon wires it (healer.app): the planner side applies the block changes.
     server = WebhookServer(
         config=config.webhook,
         known_clusters=["lab"],
         clock=clock,
         emit=tracker.handle,
         is_known_node=tracker.knows,
-        blocks=blocks,
-        on_block=on_block,
+        on_block=block_handler(
+            blocks,
+            store=store,
+            clock=clock,
+            ttl=config.webhook.block_ttl,
+            consider=planner.consider,
+        ),
     )
     # The cluster as the Kubernetes source lists it (only "kube" may set Ready), as one list.
     await tracker.handle(NodeEvent("lab", "", EventKind.LIST_STARTED, clock.now(), "kube"))
@@ -205,7 +207,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     client = TestClient(TestServer(server.app()))
     await client.start_server()
     try:
-        yield Stack(clock, store, tracker, planner, server, client, started, tmp_path / "token")
+        yield Stack(
+            clock, store, tracker, planner, server, client, started, tmp_path / "token", blocks
+        )
     finally:
         await client.close()
         task.cancel()
@@ -575,9 +579,19 @@ async def test_a_blocking_alert_stops_remediation_until_resolved(stack: Stack) -
     firing = notification(
         alert("KubeAPIDown", fingerprint="f1"), alert("KubeAPIDown", fingerprint="f2")
     )
-    resp = await post(stack, "/v1/alertmanager/lab", firing)
+    with capture_logs() as logs:
+        resp = await post(stack, "/v1/alertmanager/lab", firing)
     assert (await resp.json())["blocks"] == ["lab/KubeAPIDown=firing", "lab/KubeAPIDown=firing"]
-    assert stack.server.blocks.active("lab", stack.clock.now()) == ("KubeAPIDown",)
+    assert stack.blocks.active("lab", stack.clock.now()) == ("KubeAPIDown",)
+    # Recorded once (the second instance changes nothing): a log line and an audit row.
+    [line] = [e for e in logs if e["event"] == "alert.blocking"]
+    assert (line["cluster"], line["alert"], line["reason"]) == (
+        "lab",
+        "KubeAPIDown",
+        "BlockedByAlert",
+    )
+    [row] = stack.store.audit_log(event="alert.blocking")
+    assert row.evidence == {"alert": "KubeAPIDown", "fingerprint": "f1"}
 
     await post(stack, "/v1/alertmanager/lab", notification(alert("NodeDiskFailing", node="w-1")))
     await stack.clock.advance(120.0)
@@ -599,34 +613,49 @@ async def test_a_blocking_alert_stops_remediation_until_resolved(stack: Stack) -
         "/v1/alertmanager/lab",
         notification(alert("KubeAPIDown", "resolved", fingerprint="f2")),
     )
-    assert stack.server.blocks.active("lab", stack.clock.now()) == ()
+    assert stack.blocks.active("lab", stack.clock.now()) == ()
     assert [wf.node for wf in stack.started] == ["w-1"]
+    [lifted] = stack.store.audit_log(event="alert.unblocked")
+    assert (lifted.reason, lifted.evidence["fingerprint"]) == ("AlertResolved", "f2")
 
 
-def test_alert_blocks_lapse_and_persist(tmp_path: Path) -> None:
-    path = tmp_path / "alert-blocks.json"
-    blocks = AlertBlocks(path=path)
-    assert blocks.fire(cluster="c", alert="A", fingerprint="1", since=5.0, now=10.0, ttl=100.0)
-    assert not blocks.fire(cluster="c", alert="A", fingerprint="2", since=6.0, now=10.0, ttl=100.0)
-    assert blocks.active("c", 50.0) == ("A",)
-    assert blocks.active("other", 50.0) == ()
-    again = AlertBlocks(path=path)  # a restart
-    assert again.active("c", 50.0) == ("A",)
-    assert again.blocks("c")[0].since == 5.0
-    assert not again.resolve(cluster="c", alert="A", fingerprint="1", now=60.0)  # "2" still fires
-    assert again.resolve(cluster="c", alert="A", fingerprint="2", now=60.0)
-    assert AlertBlocks(path=path).active("c", 60.0) == ()
-    # Not repeated within the TTL: the block lapses on its own.
-    blocks.fire(cluster="c", alert="B", fingerprint="x", since=0.0, now=200.0, ttl=100.0)
-    assert blocks.active("c", 299.9) == ("B",)
-    assert blocks.active("c", 300.0) == ()
+async def test_the_webhook_passes_every_block_change_on_and_keeps_none(tmp_path: Path) -> None:
+    """A source only emits: each firing and resolved notification goes to ``on_block`` in
+    order, repeats included; deciding what blocks is the planner's."""
+    changes: list[BlockChange] = []
 
+    async def on_block(change: BlockChange) -> None:
+        changes.append(change)
 
-def test_a_damaged_blocks_file_is_kept_aside(tmp_path: Path) -> None:
-    path = tmp_path / "alert-blocks.json"
-    path.write_text("{broken")
-    assert AlertBlocks(path=path).active("c", 0.0) == ()
-    assert (tmp_path / "alert-blocks.damaged").read_text() == "{broken"
+    server = WebhookServer(
+        config=webhook_config(tmp_path),
+        known_clusters=["lab"],
+        clock=VirtualClock(),
+        emit=lambda event: asyncio.sleep(0),
+        on_block=on_block,
+    )
+    client = TestClient(TestServer(server.app()))
+    await client.start_server()
+    try:
+        for doc in (
+            notification(alert("KubeAPIDown", fingerprint="f1")),
+            notification(alert("KubeAPIDown", fingerprint="f1")),
+            notification(alert("KubeAPIDown", "resolved", fingerprint="f1")),
+        ):
+            resp = await client.post(
+                "/v1/alertmanager/lab",
+                data=json.dumps(doc).encode(),
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert resp.status == 200
+    finally:
+        await client.close()
+    assert [(c.cluster, c.alert, c.fingerprint, c.firing) for c in changes] == [
+        ("lab", "KubeAPIDown", "f1", True),
+        ("lab", "KubeAPIDown", "f1", True),
+        ("lab", "KubeAPIDown", "f1", False),
+    ]
+    assert not hasattr(server, "blocks")
 
 
 # -- ops endpoints and real listeners ---------------------------------------------------------

@@ -2,9 +2,11 @@
 reboots there.
 
 Owns the set of blocking alerts currently firing, per cluster. The alert webhook
-(:mod:`healer.sources.webhook`) records firing and resolved notifications; the planner reads
-:meth:`AlertBlocks.active` into ``ClusterSnapshot.blocking_alerts`` (guard ``BlockedByAlert``)
-and the reboot arbiter refuses reboots for the same reason.
+(:mod:`healer.sources.webhook`) only parses notifications into :class:`healer.model.BlockChange`
+and passes them on the daemon's event path; :func:`block_handler` applies them here, records a
+change of blocking (log line + audit row) and has the planner look at the cluster again. The
+planner reads :meth:`AlertBlocks.active` into ``ClusterSnapshot.blocking_alerts`` (guard
+``BlockedByAlert``) and the reboot arbiter refuses reboots for the same reason.
 
 A block is keyed by (cluster, alert name, alert fingerprint): the same alert firing for several
 label sets blocks until every instance has resolved. A block also lapses ``ttl`` seconds after
@@ -12,43 +14,33 @@ the last notification that said it was firing, so one lost "resolved" notificati
 a cluster forever; Alertmanager re-sends firing alerts every ``repeat_interval``, which must
 therefore be shorter than ``blockTtl`` (docs/webhook.md).
 
-Blocks are kept in a small JSON file in the state directory (written atomically on every change),
-so a daemon restart does not forget a firing blocker until Alertmanager happens to repeat it.
+Blocks are rows of the state store (table ``alert_blocks``, written on every change), so a
+daemon restart does not forget a firing blocker until Alertmanager happens to repeat it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
 
 import structlog
 
+from healer.clock import Clock
+from healer.model import BlockChange
+from healer.store.alert_blocks import Block
+from healer.store.recorder import Recorder
+from healer.store.sqlite import Store
+
 log = structlog.get_logger("healer.planner.alert_blocks")
-
-FILE_NAME: Final = "alert-blocks.json"
-
-
-@dataclass(frozen=True)
-class Block:
-    cluster: str
-    alert: str
-    fingerprint: str
-    since: float  # when the alert started firing (as the sender says)
-    expires_at: float  # last firing notification + ttl
 
 
 class AlertBlocks:
-    """The firing blocking alerts. ``path=None`` keeps them in memory only (tests, tools)."""
+    """The firing blocking alerts. ``store=None`` keeps them in memory only (tests, tools)."""
 
-    def __init__(self, *, path: Path | None = None) -> None:
-        self._path = path
+    def __init__(self, *, store: Store | None = None) -> None:
+        self._store = store
         self._blocks: dict[tuple[str, str, str], Block] = {}
-        if path is not None:
-            self._blocks = _load(path)
+        if store is not None:
+            self._blocks = {(b.cluster, b.alert, b.fingerprint): b for b in store.alert_blocks()}
 
     def fire(
         self, *, cluster: str, alert: str, fingerprint: str, since: float, now: float, ttl: float
@@ -57,22 +49,42 @@ class AlertBlocks:
         key = (cluster, alert, fingerprint)
         was = self._names(cluster, now)
         previous = self._blocks.get(key)
-        self._blocks[key] = Block(
+        block = Block(
             cluster=cluster,
             alert=alert,
             fingerprint=fingerprint,
             since=previous.since if previous is not None else since,
             expires_at=now + ttl,
         )
-        self._save()
+        if self._store is not None:
+            self._store.put_alert_block(block)
+        self._blocks[key] = block
         return alert not in was
 
     def resolve(self, *, cluster: str, alert: str, fingerprint: str, now: float) -> bool:
         """Record a resolved notification; True when this lifted the last block of that name."""
-        if self._blocks.pop((cluster, alert, fingerprint), None) is None:
+        if (cluster, alert, fingerprint) not in self._blocks:
             return False
-        self._save()
+        if self._store is not None:
+            self._store.delete_alert_block(cluster, alert, fingerprint)
+        del self._blocks[(cluster, alert, fingerprint)]
         return alert not in self._names(cluster, now)
+
+    def apply(self, change: BlockChange, *, now: float, ttl: float) -> bool:
+        """Apply a firing or resolved notification; True when it started or lifted blocking by
+        that alert name in its cluster."""
+        if change.firing:
+            return self.fire(
+                cluster=change.cluster,
+                alert=change.alert,
+                fingerprint=change.fingerprint,
+                since=change.since,
+                now=now,
+                ttl=ttl,
+            )
+        return self.resolve(
+            cluster=change.cluster, alert=change.alert, fingerprint=change.fingerprint, now=now
+        )
 
     def active(self, cluster: str, now: float) -> tuple[str, ...]:
         """Names of the blocking alerts firing for ``cluster`` at ``now``, sorted."""
@@ -89,49 +101,33 @@ class AlertBlocks:
             b.alert for b in self._blocks.values() if b.cluster == cluster and now < b.expires_at
         }
 
-    def _save(self) -> None:
-        if self._path is None:
+
+def block_handler(
+    blocks: AlertBlocks,
+    *,
+    store: Store | None,
+    clock: Clock,
+    ttl: float,
+    consider: Callable[[str], Awaitable[None]],
+) -> Callable[[BlockChange], Awaitable[None]]:
+    """The planner side of the webhook's block changes: apply each to ``blocks``; when it
+    starts or lifts blocking, record it (``alert.blocking`` / ``alert.unblocked``) and
+    ``consider`` the cluster again (a lifted block may let a waiting remediation start)."""
+    recorder = Recorder(store, clock=clock, log=log)
+
+    async def on_block(change: BlockChange) -> None:
+        if not blocks.apply(change, now=clock.now(), ttl=ttl):
             return
-        doc = [
-            {
-                "cluster": b.cluster,
-                "alert": b.alert,
-                "fingerprint": b.fingerprint,
-                "since": b.since,
-                "expires_at": b.expires_at,
-            }
-            for b in self.blocks()
-        ]
-        tmp = self._path.with_suffix(".tmp")
-        # Write-then-rename: a crash mid-write leaves the previous, complete file.
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, self._path)
+        firing = "firing" if change.firing else "resolved"
+        recorder.record(
+            "alert.blocking" if change.firing else "alert.unblocked",
+            cluster=change.cluster,
+            reason="BlockedByAlert" if change.firing else "AlertResolved",
+            message=f"blocking alert {change.alert} {firing} for cluster {change.cluster}",
+            evidence={"alert": change.alert, "fingerprint": change.fingerprint},
+            level="warning",
+            alert=change.alert,
+        )
+        await consider(change.cluster)
 
-
-def _load(path: Path) -> dict[tuple[str, str, str], Block]:
-    try:
-        raw: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        # Failing open here would silently drop a safety stop; but refusing to start over a
-        # damaged cache would be worse. Keep a copy for a human, say so loudly, start empty.
-        with contextlib.suppress(OSError):
-            os.replace(path, path.with_suffix(".damaged"))
-        log.error("alert_blocks.unreadable", path=str(path), error=str(exc))
-        return {}
-    out: dict[tuple[str, str, str], Block] = {}
-    for item in raw if isinstance(raw, list) else []:
-        try:
-            block = Block(
-                cluster=str(item["cluster"]),
-                alert=str(item["alert"]),
-                fingerprint=str(item["fingerprint"]),
-                since=float(item["since"]),
-                expires_at=float(item["expires_at"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            log.error("alert_blocks.bad_entry", path=str(path), entry=str(item)[:200])
-            continue
-        out[(block.cluster, block.alert, block.fingerprint)] = block
-    return out
+    return on_block

@@ -43,7 +43,6 @@ from healer.clock import Clock
 from healer.config import WebhookConfig
 from healer.errors import ConfigError
 from healer.model import BlockChange, NodeEvent
-from healer.planner.alert_blocks import AlertBlocks
 from healer.sources.webhook_payload import (
     REPLAYED,
     SOURCE,
@@ -158,7 +157,10 @@ class WebhookServer:
     """Serve the webhook (and, unless ``metricsListen`` is set, /healthz and /metrics).
 
     ``run()`` serves until cancelled. ``app()`` gives the aiohttp application for tests.
-    ``on_block`` is awaited after a blocking alert starts or stops blocking a cluster.
+    Like the events (``emit``), every blocking alert's change (firing or resolved) goes on the
+    daemon's event path: ``on_block`` is awaited for each, in the order of the notification.
+    Whether it starts or lifts a block is the planner's to decide (its ``AlertBlocks``); a
+    source keeps no block state.
     """
 
     def __init__(
@@ -169,7 +171,6 @@ class WebhookServer:
         clock: Clock,
         emit: Emit,
         is_known_node: Callable[[str, str], bool] | None = None,
-        blocks: AlertBlocks | None = None,
         on_block: OnBlock | None = None,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
@@ -178,7 +179,6 @@ class WebhookServer:
         self._clock = clock
         self._emit = emit
         self._is_known_node = is_known_node
-        self.blocks = blocks if blocks is not None else AlertBlocks()
         self._on_block = on_block
         self._registry = registry
         self._replays = ReplayCache(config.max_skew)
@@ -366,7 +366,8 @@ class WebhookServer:
             )
         blocked: list[str] = []
         for change in parsed.blocks:
-            await self._apply_block(change)
+            if self._on_block is not None:
+                await self._on_block(change)
             blocked.append(
                 f"{change.cluster}/{change.alert}={'firing' if change.firing else 'resolved'}"
             )
@@ -391,33 +392,6 @@ class WebhookServer:
                 ],
             }
         )
-
-    async def _apply_block(self, change: BlockChange) -> None:
-        now = self._clock.now()
-        if change.firing:
-            changed = self.blocks.fire(
-                cluster=change.cluster,
-                alert=change.alert,
-                fingerprint=change.fingerprint,
-                since=change.since,
-                now=now,
-                ttl=self._config.block_ttl,
-            )
-        else:
-            changed = self.blocks.resolve(
-                cluster=change.cluster,
-                alert=change.alert,
-                fingerprint=change.fingerprint,
-                now=now,
-            )
-        if changed:
-            log.warning(
-                "webhook.blocking" if change.firing else "webhook.unblocked",
-                cluster=change.cluster,
-                alert=change.alert,
-            )
-            if self._on_block is not None:
-                await self._on_block(change)
 
     def _refuse(self, request: web.Request, kind: str, rejection: Rejection) -> web.Response:
         count_rejection(rejection)

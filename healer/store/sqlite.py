@@ -23,11 +23,16 @@ from typing import Any
 import structlog
 
 from healer.model import Health, NodeObservation, Role, Verdict
+from healer.store.alert_blocks import LEGACY_FILE, Block, read_legacy, set_aside
 
 log = structlog.get_logger("healer.store")
 
 DB_NAME = "healer.sqlite"
-SCHEMA_VERSION = 1
+# 1: the first schema. 2: the alert_blocks table (the blocks were a JSON file beside the
+# database; opening the store imports that file once). New tables come from ``_SCHEMA``
+# (CREATE ... IF NOT EXISTS); a database of an older schema is brought up on open and its
+# version raised; one of a newer schema is refused (an older healer would ignore its state).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +79,11 @@ CREATE TABLE IF NOT EXISTS breaker_resets (
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, cluster TEXT NOT NULL,
     node TEXT, args TEXT NOT NULL, state TEXT NOT NULL, answer TEXT, answered_at REAL
+);
+CREATE TABLE IF NOT EXISTS alert_blocks (
+    cluster TEXT NOT NULL, alert TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    since REAL NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (cluster, alert, fingerprint)
 );
 """
 
@@ -288,8 +298,34 @@ class Store:
                 f"{path}: state schema {found['value']} is newer than this healer understands "
                 f"({SCHEMA_VERSION}); upgrade healer"
             )
+        elif int(found["value"]) < SCHEMA_VERSION:
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            log.info("state.schema_upgraded", path=str(path), was=int(found["value"]))
+        self._import_legacy_blocks(path.parent / LEGACY_FILE)
         self._resolved = path.resolve()
         _OPEN_IN_PROCESS[self._resolved] += 1
+
+    def _import_legacy_blocks(self, legacy: Path) -> None:
+        """Import the ``alert-blocks.json`` an older healer kept beside the database, once.
+
+        The rows are committed before the file is renamed; a crash in between imports the same
+        rows again on the next open, which changes nothing (a row already here is kept).
+        """
+        blocks = read_legacy(legacy)
+        if blocks is None:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO alert_blocks VALUES (?,?,?,?,?)",
+                [(b.cluster, b.alert, b.fingerprint, b.since, b.expires_at) for b in blocks],
+            )
+        moved = set_aside(legacy) if legacy.exists() else None
+        log.info(
+            "alert_blocks.imported",
+            path=str(legacy),
+            blocks=len(blocks),
+            moved_to=str(moved) if moved else None,
+        )
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
@@ -428,7 +464,8 @@ class Store:
         node: str | None = None,
         since: float | None = None,
     ) -> list[WorkflowRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, val in (("cluster", cluster), ("state", state), ("node", node)):
             if val is not None:
                 where.append(f"{col}=?")
@@ -528,7 +565,8 @@ class Store:
         since: float | None = None,
         limit: int | None = None,
     ) -> list[AuditEntry]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, val in (("cluster", cluster), ("node", node), ("event", event)):
             if val is not None:
                 where.append(f"{col}=?")
@@ -631,6 +669,32 @@ class Store:
             "SELECT reset_at FROM breaker_resets WHERE cluster=? AND kind=?", (cluster, kind)
         ).fetchone()
         return float(row[0]) if row is not None else None
+
+    # -- blocking alerts (the set is the planner's: healer.planner.alert_blocks) -----------
+    def put_alert_block(self, block: Block) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO alert_blocks VALUES (?,?,?,?,?)",
+                (block.cluster, block.alert, block.fingerprint, block.since, block.expires_at),
+            )
+
+    def delete_alert_block(self, cluster: str, alert: str, fingerprint: str) -> bool:
+        """Returns True when there was such a block."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM alert_blocks WHERE cluster=? AND alert=? AND fingerprint=?",
+                (cluster, alert, fingerprint),
+            )
+            return cur.rowcount > 0
+
+    def alert_blocks(self, cluster: str | None = None) -> list[Block]:
+        # The columns in the order of Block's fields.
+        sql = "SELECT cluster, alert, fingerprint, since, expires_at FROM alert_blocks"
+        if cluster is not None:
+            sql += " WHERE cluster=?"
+        sql += " ORDER BY cluster, alert, fingerprint"
+        rows = self._db.execute(sql, (cluster,) if cluster is not None else ()).fetchall()
+        return [Block(*r) for r in rows]
 
     # -- meta: small facts the daemon publishes for the CLI (e.g. its status line) ---------
     def set_meta(self, key: str, value: Any) -> None:
