@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/healer lab
 
-test: $(STAMP)
+test: $(STAMP) lint
 	@./.ci/system-deps
-	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# Static checks, also part of `make test`: style, one-way layers, types.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -26,15 +26,16 @@ from healer.config.reload import field_paths, restart_required
 from healer.errors import ConfigError
 from healer.health.tracker import HealthTracker
 from healer.jobs.manual import RequestDesk
-from healer.jobs.scheduler import PeriodicJobs
+from healer.jobs.periodic import PeriodicJobs
+from healer.jobs.scheduler import JobScheduler
 from healer.jobs.systemd import Notifier, Supervisor
-from healer.kube import KubeClient
+from healer.kube.client import KubeClient
 from healer.model import Health, NodeEvent, NodeKey
-from healer.planner.alert_blocks import FILE_NAME as ALERT_BLOCKS_FILE
-from healer.planner.alert_blocks import AlertBlocks
+from healer.planner.alert_blocks import AlertBlocks, block_handler
 from healer.planner.planner import Planner
 from healer.provisioning.userdata import UserDataBuilder
 from healer.sources.kube_watch import KubeWatchSource
+from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
     FAILED,
@@ -98,12 +99,13 @@ class Daemon:
         self.providers: dict[str, Provider] = {}
         self._events: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self.mqtt_source: Any = None
-        # Blocking alerts (webhook.blockingAlerts), kept in the state directory across restarts.
-        self.blocks = AlertBlocks(path=state_dir / ALERT_BLOCKS_FILE)
+        # Blocking alerts (webhook.blockingAlerts): rows of the state store, loaded by run().
+        self.blocks = AlertBlocks()
         self.webhook: Any = None
         self.heartbeats: Any = None
         self.reboot_arbiter: Any = None
-        self.scheduler: PeriodicJobs | None = None
+        self.scheduler: JobScheduler | None = None
+        self.jobs: PeriodicJobs | None = None
         self.requests: RequestDesk | None = None
         self.metrics_server: MetricsServer | None = None
         self.supervisor: Supervisor | None = None
@@ -151,12 +153,13 @@ class Daemon:
             credentials=cluster.provider.credentials,
             state_dir=self.state_dir,
         )
-        return MeteredProvider(provider)  # type: ignore[return-value]
+        return MeteredProvider(provider)
 
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint_clock(started=True)
         self.store = store = Store.open(self.state_dir)
+        self.blocks = AlertBlocks(store=store)
         self._say_first_start(store)
         try:
             for cluster in self.config.clusters:
@@ -213,11 +216,12 @@ class Daemon:
             tracker=tracker,
             start=runner.start,
             dry_run=self.dry_run,
-            recheck_interval=self.tuning.recheck_interval,
             blocks=self.blocks,
         )
         planner_box.append(planner)
-        self.scheduler = scheduler = PeriodicJobs(
+        self.scheduler = scheduler = JobScheduler()
+        self.jobs = PeriodicJobs(
+            scheduler=scheduler,
             state_dir=self.state_dir,
             config=self.config,
             store=store,
@@ -230,9 +234,10 @@ class Daemon:
             user_data=user_data,
             dry_run=self.dry_run,
         )
-        self.requests = RequestDesk(
-            store=store, planner=planner, clock=self.clock, poll_interval=self.tuning.request_poll
-        )
+        self.requests = RequestDesk(store=store, planner=planner, clock=self.clock)
+        # What no event announces: the CLI's pauses, resets and requests in the shared database.
+        scheduler.every("recheck", self.tuning.recheck_interval, planner.recheck)
+        scheduler.every("operator-requests", self.tuning.request_poll, self.requests.serve_pending)
         self.supervisor = Supervisor(
             self,
             self.notifier,
@@ -272,8 +277,6 @@ class Daemon:
                 if self.config.webhook is not None:
                     self._start_webhook(tg, tracker, store, planner)
                 resumed = await runner.resume_all()
-                tg.create_task(planner.run(), name="planner")
-                tg.create_task(self.requests.run(), name="operator-requests")
                 scheduler.start()
                 if self.config.metrics is not None:
                     host, port = self.config.metrics.listen
@@ -375,31 +378,23 @@ class Daemon:
     def _start_webhook(
         self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
     ) -> None:
-        from healer.model import BlockChange
         from healer.sources.webhook import WebhookServer
 
         assert self.config.webhook is not None
-
-        async def on_block(change: BlockChange) -> None:
-            firing = "firing" if change.firing else "resolved"
-            store.audit(
-                at=self.clock.now(),
-                cluster=change.cluster,
-                event="alert.blocking" if change.firing else "alert.unblocked",
-                reason="BlockedByAlert" if change.firing else "AlertResolved",
-                message=f"blocking alert {change.alert} {firing} for cluster {change.cluster}",
-                evidence={"alert": change.alert, "fingerprint": change.fingerprint},
-            )
-            await planner.consider(change.cluster)
-
         self.webhook = WebhookServer(
             config=self.config.webhook,
             known_clusters=[c.name for c in self.config.clusters],
             clock=self.clock,
             emit=self.emit,
             is_known_node=tracker.knows,
-            blocks=self.blocks,
-            on_block=on_block,
+            # The planner side applies the block changes the webhook passes on.
+            on_block=block_handler(
+                self.blocks,
+                store=store,
+                clock=self.clock,
+                ttl=self.config.webhook.block_ttl,
+                consider=planner.consider,
+            ),
         )
         tg.create_task(self.webhook.run(), name="webhook")
 
@@ -408,20 +403,16 @@ class Daemon:
         first = store.first_start
         if first is None:
             return
-        log.warning(
+        moved_aside = str(first.moved_to) if first.moved_to else None
+        Recorder(store, clock=self.clock, log=log).record(
             "state.first_start",
-            reason=first.reason,
-            detail=first.message,
-            state_dir=str(self.state_dir),
-            moved_aside=str(first.moved_to) if first.moved_to else None,
-        )
-        store.audit(
-            at=self.clock.now(),
             cluster="*",
-            event="state.first_start",
             reason=first.reason,
             message=first.message,
-            evidence={"moved_aside": str(first.moved_to) if first.moved_to else None},
+            evidence={"moved_aside": moved_aside},
+            level="warning",
+            state_dir=str(self.state_dir),
+            moved_aside=moved_aside,
         )
 
     def _remembered_nodes(self, cluster: str) -> Callable[[], list[str]]:
@@ -558,7 +549,7 @@ class Daemon:
                 effect="none on thresholds, cooldowns, budgets or windows (monotonic timeline)",
             )
             if self.scheduler is not None:
-                self.scheduler.reconfigure(self.config)
+                self.scheduler.reschedule()
         self._clock_offset = offset
 
     def _publish_status(self, line: str) -> None:
@@ -607,7 +598,7 @@ class Daemon:
         thresholds and new pools use ``config`` from here on.
         """
         self.config = config
-        for part in (self.tracker, self.planner, self.runner, self.scheduler, self.reboot_arbiter):
+        for part in (self.tracker, self.planner, self.runner, self.jobs, self.reboot_arbiter):
             if part is not None:
                 part.reconfigure(config)
         for cluster in config.clusters:
@@ -630,37 +621,32 @@ class Daemon:
                     )
             except ConfigError as exc:
                 message = str(exc)
-                log.error(
+                # Before the store is open (a SIGHUP early in the start): the log line only.
+                Recorder(self.store, clock=self.clock, log=log).record(
                     "config.reload_rejected",
+                    cluster="*",
+                    reason="InvalidConfig",
+                    message=f"configuration reload rejected; the running configuration "
+                    f"stays: {message}",
+                    evidence={"fields": field_paths(message)},
+                    level="error",
                     path=str(path),
                     fields=field_paths(message),
-                    reason=message,
                 )
-                if self.store is not None:
-                    self.store.audit(
-                        at=self.clock.now(),
-                        cluster="*",
-                        event="config.reload_rejected",
-                        reason="InvalidConfig",
-                        message=f"configuration reload rejected; the running configuration "
-                        f"stays: {message}",
-                        evidence={"fields": field_paths(message)},
-                    )
                 metrics.RELOAD_OK.set(0)
                 self.notifier.ready(f"{self.status_line()}; last reload rejected (see log)")
                 return False
             self.reconfigure(new)
             metrics.RELOAD_OK.set(1)
             metrics.RELOAD_TIME.set(self.clock.wall())
-            log.info("config.reloaded", path=str(path), clusters=[c.name for c in new.clusters])
-            if self.store is not None:
-                self.store.audit(
-                    at=self.clock.now(),
-                    cluster="*",
-                    event="config.reloaded",
-                    reason="Reload",
-                    message=f"configuration reloaded from {path}",
-                )
+            Recorder(self.store, clock=self.clock, log=log).record(
+                "config.reloaded",
+                cluster="*",
+                reason="Reload",
+                message=f"configuration reloaded from {path}",
+                path=str(path),
+                clusters=[c.name for c in new.clusters],
+            )
             self.notifier.ready(self.status_line())
             return True
 

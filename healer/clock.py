@@ -59,6 +59,11 @@ Across a restart (:meth:`RealClock.resume`, :meth:`RealClock.checkpoint`)
     Within one process the monotonic clock does not count a suspend or a paused VM: deadlines
     are delayed by it, never fired by it.
 
+Deadlines (:class:`DeadlineQueue`)
+    One deadline per key (a node's next re-evaluation, a node's heartbeat window), and one
+    coroutine that waits on the clock for the earliest and wakes early when the set changes:
+    the health tracker and the heartbeat watcher share it instead of each keeping a heap.
+
 ``VirtualClock`` keeps the same two faces: :meth:`VirtualClock.advance` moves both, and
 :meth:`VirtualClock.step` moves only the wall clock, as an NTP step would. :meth:`RealClock.step`
 does the same to a running daemon (the lab's ``clock-jump``): only that clock object's wall
@@ -75,10 +80,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 CHECKPOINT_FILE = "clock.json"
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -326,3 +331,101 @@ class VirtualClock:
             await self.settle()
         self._now = target
         await self.settle()
+
+
+async def sleep_until_set(clock: Clock, deadline: float | None, event: asyncio.Event) -> None:
+    """Sleep on ``clock`` until ``deadline`` (for ever if None) or until ``event`` is set,
+    whichever comes first; leaves ``event`` as it is."""
+    sleeper = asyncio.ensure_future(
+        clock.sleep_until(deadline)
+        if deadline is not None
+        else asyncio.get_running_loop().create_future()
+    )
+    waker = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, waker):
+            task.cancel()
+        # Not gather(): a cancellation of the caller must still propagate from here.
+        await asyncio.wait({sleeper, waker})
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class DeadlineQueue(Generic[K]):
+    """At most one deadline per key, waited for on a :class:`Clock`.
+
+    :meth:`schedule` sets (or moves) a key's deadline and :meth:`cancel` drops it; both wake a
+    pending :meth:`due` so it waits for the new earliest deadline. :meth:`due` returns the keys
+    whose deadline has come, removed from the queue, in deadline order (then scheduling order).
+    One consumer at a time; anyone may schedule.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._at: dict[K, tuple[float, int]] = {}  # key -> (deadline, sequence) that counts
+        # Stale entries (moved or cancelled keys) stay until they reach the top: cheaper than
+        # removing them from the middle of the heap.
+        self._heap: list[tuple[float, int, K]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
+    def when(self, key: K) -> float | None:
+        """The key's deadline, or None if it has none."""
+        entry = self._at.get(key)
+        return entry[0] if entry is not None else None
+
+    def schedule(self, key: K, at: float) -> None:
+        """Set ``key``'s deadline to ``at``, replacing the one it had."""
+        if self.when(key) == at:
+            return
+        seq = next(self._seq)
+        self._at[key] = (at, seq)
+        heapq.heappush(self._heap, (at, seq, key))
+        self._changed.set()
+
+    def cancel(self, key: K) -> None:
+        """Drop ``key``'s deadline, if it has one."""
+        if self._at.pop(key, None) is not None:
+            self._changed.set()
+
+    def earliest(self) -> float | None:
+        """The earliest deadline, or None when the queue is empty."""
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def overdue(self, now: float) -> float:
+        """How many seconds the earliest deadline is past ``now`` (0.0 if none is)."""
+        earliest = self.earliest()
+        return 0.0 if earliest is None else max(0.0, now - earliest)
+
+    def pop_due(self, now: float) -> list[tuple[float, K]]:
+        """Remove and return the (deadline, key) pairs due at ``now``, earliest first."""
+        fired: list[tuple[float, K]] = []
+        while (earliest := self.earliest()) is not None and earliest <= now:
+            at, _, key = heapq.heappop(self._heap)
+            del self._at[key]
+            fired.append((at, key))
+        return fired
+
+    async def due(self) -> list[tuple[float, K]]:
+        """Wait until at least one deadline has come; return those due, removed (:meth:`pop_due`)."""
+        while True:
+            fired = self.pop_due(self._clock.now())
+            if fired:
+                return fired
+            self._changed.clear()
+            await sleep_until_set(self._clock, self.earliest(), self._changed)
+
+    def _drop_stale(self) -> None:
+        heap = self._heap
+        while heap and self._at.get(heap[0][2]) != (heap[0][0], heap[0][1]):
+            heapq.heappop(heap)

@@ -33,7 +33,7 @@ DAY = 86_400.0
 @pytest.fixture
 async def rig(tmp_path: Path):
     r = Rig(tmp_path)
-    tasks = [asyncio.create_task(r.tracker.run()), asyncio.create_task(r.planner.run())]
+    tasks = [asyncio.create_task(r.tracker.run())]
     yield r
     for t in tasks:
         t.cancel()

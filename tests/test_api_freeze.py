@@ -14,8 +14,8 @@ from pathlib import Path
 
 from healer.clock import VirtualClock
 from healer.health.tracker import HealthTracker
-from healer.kube import KubeClient
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.server import FakeApiServer
 from healer.model import LABEL_POOL, Health, NodeKey
 from healer.planner.planner import Planner
 from healer.sources.kube_watch import KubeWatchSource

@@ -18,12 +18,14 @@ from healer.clock import (
     RESUMED_FIRST,
     RESUMED_SAME_BOOT,
     Checkpoint,
+    DeadlineQueue,
     RealClock,
+    VirtualClock,
     read_checkpoint,
     resume_at,
     to_timeline,
 )
-from healer.kube import LeaseInfo, NodeInfo
+from healer.kube.records import LeaseInfo, NodeInfo
 from healer.model import EventKind
 from healer.planner.planner import FAILED_COOLDOWN
 from healer.sources.kube_watch import lease_events, node_events
@@ -234,7 +236,7 @@ def test_lease_renewals_are_placed_on_the_timeline() -> None:
 @pytest.fixture
 async def rig(tmp_path: Path):
     r = Rig(tmp_path)
-    tasks = [asyncio.create_task(r.tracker.run()), asyncio.create_task(r.planner.run())]
+    tasks = [asyncio.create_task(r.tracker.run())]
     yield r
     for t in tasks:
         t.cancel()
@@ -319,3 +321,109 @@ async def test_the_lab_clock_jump_command_steps_only_the_daemons_wall_clock() ->
     assert clock.wall() - clock.now() == pytest.approx(HOUR, abs=0.5)
     assert clock.now() - before < 0.5
     assert abs(time.time() - clock.now()) < 0.5  # the process's (and the lab world's) time
+
+
+# -- the deadline queue --------------------------------------------------------------------
+
+# (operations, advance by, expected due (deadline offset, key) in order, why)
+DEADLINES = [
+    ([("schedule", "a", 10)], 9, [], "not yet"),
+    ([("schedule", "a", 10)], 10, [(10, "a")], "due at its deadline, inclusive"),
+    ([("schedule", "a", 10), ("schedule", "b", 5)], 20, [(5, "b"), (10, "a")], "earliest first"),
+    ([("schedule", "a", 10), ("schedule", "a", 30)], 20, [], "a later deadline replaces"),
+    ([("schedule", "a", 30), ("schedule", "a", 10)], 10, [(10, "a")], "an earlier one too"),
+    ([("schedule", "a", 10), ("cancel", "a", 0)], 20, [], "cancelled"),
+    ([("cancel", "a", 0), ("schedule", "a", 10)], 10, [(10, "a")], "cancel of nothing: no-op"),
+    ([("schedule", "a", 5), ("schedule", "b", 5)], 5, [(5, "a"), (5, "b")], "ties: set order"),
+    ([("schedule", "a", -5)], 0, [(-5, "a")], "in the past: due at once"),
+]
+
+
+@pytest.mark.parametrize(("ops", "advance", "expected", "why"), DEADLINES)
+async def test_deadline_queue(
+    ops: list[tuple[str, str, float]],
+    advance: float,
+    expected: list[tuple[float, str]],
+    why: str,
+) -> None:
+    clock = VirtualClock(T)
+    queue: DeadlineQueue[str] = DeadlineQueue(clock)
+    for op, key, offset in ops:
+        if op == "schedule":
+            queue.schedule(key, T + offset)
+        else:
+            queue.cancel(key)
+    fired: list[tuple[float, str, float]] = []  # deadline, key, when it was handed out
+
+    async def consume() -> None:
+        while True:
+            fired.extend((at, key, clock.now()) for at, key in await queue.due())
+
+    consumer = asyncio.create_task(consume())
+    await clock.advance(advance)
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    # Each handed out at its deadline (or at once, when that had passed), and gone from the queue.
+    assert fired == [(T + o, k, max(T, T + o)) for o, k in expected], why
+    assert not any(key in queue for _, key in expected), why
+    assert clock.next_deadline is None  # the consumer left no sleeper behind
+
+
+async def test_deadline_queue_hands_out_what_is_due_together_in_one_batch() -> None:
+    clock = VirtualClock(T)
+    queue: DeadlineQueue[str] = DeadlineQueue(clock)
+    queue.schedule("b", T + 5)
+    queue.schedule("a", T + 3)
+    queue.schedule("c", T + 9)
+    await clock.advance(6)
+    assert await queue.due() == [(T + 3, "a"), (T + 5, "b")]
+    assert len(queue) == 1 and queue.when("c") == T + 9
+
+
+async def test_deadline_queue_wakes_for_a_deadline_set_while_it_waits() -> None:
+    clock = VirtualClock(T)
+    queue: DeadlineQueue[str] = DeadlineQueue(clock)
+    queue.schedule("late", T + 100)
+    waiter = asyncio.create_task(queue.due())
+    await clock.advance(1)
+    queue.schedule("soon", T + 5)  # earlier than what it sleeps for: it must wake for this one
+    await clock.advance(4)
+    assert waiter.done() and waiter.result() == [(T + 5, "soon")]
+    assert queue.when("late") == T + 100 and queue.earliest() == T + 100
+
+
+async def test_deadline_queue_with_nothing_scheduled_waits_for_a_schedule() -> None:
+    clock = VirtualClock(T)
+    queue: DeadlineQueue[str] = DeadlineQueue(clock)
+    waiter = asyncio.create_task(queue.due())
+    await clock.advance(1000)
+    assert not waiter.done() and clock.next_deadline is None
+    queue.schedule("a", clock.now())
+    await clock.settle()
+    assert waiter.done() and waiter.result() == [(T + 1000, "a")]
+
+
+def test_deadline_queue_overdue_is_the_lateness_of_the_earliest() -> None:
+    queue: DeadlineQueue[str] = DeadlineQueue(VirtualClock(T))
+    assert queue.overdue(T) == 0.0
+    queue.schedule("a", T + 10)
+    queue.schedule("b", T + 20)
+    assert queue.overdue(T + 5) == 0.0
+    assert queue.overdue(T + 15) == 5.0
+    queue.cancel("a")
+    assert queue.overdue(T + 15) == 0.0 and queue.earliest() == T + 20
+    assert queue.pop_due(T + 25) == [(T + 20, "b")] and len(queue) == 0
+
+
+async def test_deadline_queue_cancelled_waiter_leaves_no_sleeper_behind() -> None:
+    clock = VirtualClock(T)
+    queue: DeadlineQueue[str] = DeadlineQueue(clock)
+    queue.schedule("a", T + 10)
+    waiter = asyncio.create_task(queue.due())
+    await clock.settle()
+    assert clock.next_deadline == T + 10
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert clock.next_deadline is None

@@ -9,8 +9,9 @@ import pytest
 
 from healer.config import ClusterConfig, PodSecurityConfig
 from healer.errors import PermanentError
-from healer.kube import KubeClient, NamespaceInfo, RbacObject
-from healer.lab.kubeapi import FakeApiServer
+from healer.kube.client import KubeClient
+from healer.kube.records import NamespaceInfo, RbacObject
+from healer.lab.apiserver.server import FakeApiServer
 from healer.provisioning.cluster_policy import (
     DesiredObject,
     desired_namespace_labels,

@@ -380,7 +380,6 @@ async def test_ready_unknown_waits_for_the_agent_to_fall_silent_too(
     )
     tasks = [
         asyncio.create_task(rig.tracker.run()),
-        asyncio.create_task(rig.planner.run()),
         asyncio.create_task(watcher.run()),
     ]
     key = NodeKey("lab", "w-1")

@@ -20,7 +20,7 @@ import pytest
 
 from healer.app import Daemon, Tuning
 from healer.config import parse_config
-from healer.lab.kubeapi import FakeApiServer
+from healer.lab.apiserver.server import FakeApiServer
 from healer.model import LABEL_POOL, NodeKey
 from tests.plugins.mqtt import MosquittoBroker, free_port
 
@@ -94,13 +94,14 @@ async def test_daemon_wires_webhook_mqtt_arbiter_and_heartbeats(
 
         await eventually(disk_failing)
         assert daemon.blocks.active("lab", daemon.clock.now()) == ("KubeAPIDown",)
+        assert daemon.store is not None
         assert [e.event for e in daemon.store.audit_log(event="alert.blocking")] == [
             "alert.blocking"
-        ]  # type: ignore[union-attr]
+        ]
         assert daemon.planner.snapshot(config.clusters[0]).blocking_alerts == ("KubeAPIDown",)  # type: ignore[union-attr]
-        # Kept in the state directory for the next start.
-        saved = json.loads((tmp_path / "state" / "alert-blocks.json").read_text())
-        assert [b["alert"] for b in saved] == ["KubeAPIDown"]
+        # Kept in the state store for the next start.
+        saved = daemon.store.alert_blocks("lab")
+        assert [b.alert for b in saved] == ["KubeAPIDown"]
 
         # An agent asks to reboot w-2: a blocking alert fires, so the arbiter says no, over MQTT.
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="agent-w-2") as agent:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from healer.clock import VirtualClock
-from healer.kube import KubeClient, LeaseInfo, NodeInfo
-from healer.lab.kubeapi import FakeApiServer
+from healer.errors import KubeUnavailable, PermanentError
+from healer.kube.client import KubeClient
+from healer.kube.records import LeaseInfo, NodeInfo, WatchEvent
+from healer.lab.apiserver.server import FakeApiServer
 from healer.model import EventKind, NodeEvent
 from healer.sources.kube_watch import (
     KubeWatchSource,
@@ -343,22 +347,98 @@ async def test_unavailable_backs_off_and_reports(
     await eventually(lambda: fake_api.request_count("WATCH", "nodes") >= 2)
 
 
-async def test_backoff_is_capped_and_jittered(kube: KubeClient) -> None:
+class ScriptedApi:
+    """A client whose node lists fail (or succeed) as scripted; every watch drops at once."""
+
+    def __init__(self, clock: VirtualClock, script: list[Exception | None]) -> None:
+        self.clock = clock
+        self.script = script
+        self.lists: list[float] = []
+
+    async def list_nodes(self) -> tuple[list[NodeInfo], str]:
+        self.lists.append(self.clock.now())
+        step = self.script.pop(0) if self.script else KubeUnavailable("still down")
+        if step is not None:
+            raise step
+        return [], "1"
+
+    async def list_leases(self) -> tuple[list[LeaseInfo], str]:
+        return [], "1"
+
+    async def watch_nodes(self, rv: str, timeout: int) -> AsyncIterator[WatchEvent]:
+        raise KubeUnavailable("the watch dropped")
+        yield  # an async generator, like the real one
+
+    watch_leases = watch_nodes
+
+
+async def run_scripted(
+    script: list[Exception | None], *, lists: int, backoff_max: float = 30.0
+) -> tuple[list[float], list[tuple[bool, str]], list[MutableMapping[str, Any]]]:
+    """The waits between the source's lists, its availability reports and its log lines."""
+    clock = VirtualClock(0.0)
+    api = ScriptedApi(clock, script)
+    availability: list[tuple[bool, str]] = []
+
     async def emit(event: NodeEvent) -> None:
         pass
 
+    async def on_availability(up: bool, reason: str) -> None:
+        availability.append((up, reason))
+
     source = KubeWatchSource(
         cluster="c1",
-        client=kube,
-        clock=VirtualClock(),
+        client=api,  # type: ignore[arg-type]
+        clock=clock,
         emit=emit,
-        backoff_max=30,
+        on_availability=on_availability,
+        backoff_max=backoff_max,
         rng=random.Random(7),
     )
-    delays = [source._backoff() for _ in range(10)]
-    ceilings = [1, 2, 4, 8, 16, 30, 30, 30, 30, 30]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
-    assert len(set(delays)) == len(delays)
+    with capture_logs() as logs:
+        task = asyncio.create_task(source.run())
+        for _ in range(1000):
+            if len(api.lists) >= lists:
+                break
+            await clock.advance(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    times = api.lists[:lists]
+    return [b - a for a, b in itertools.pairwise(times)], availability, logs
+
+
+async def test_backoff_is_exponential_capped_and_jittered_on_the_clock() -> None:
+    down: list[Exception | None] = [KubeUnavailable("503") for _ in range(9)]
+    waits, availability, logs = await run_scripted(down, lists=10)
+    ceilings = [1, 2, 4, 8, 16, 30, 30, 30, 30]
+    # Sampled every 0.5 s of virtual time: a wait is seen up to that much late.
+    assert all(c / 2 <= w <= c + 0.5 for w, c in zip(waits, ceilings, strict=True)), waits
+    assert len(set(waits)) > 3  # jittered
+    assert availability == [(False, "503")]  # said once, not at every attempt
+    assert [e["event"] for e in logs].count("kube_watch.unavailable") == 10  # each failed list
+
+
+async def test_retry_after_and_permanent_errors_set_the_wait() -> None:
+    script: list[Exception | None] = [
+        KubeUnavailable("429", delay=3.0),  # the server's Retry-After
+        PermanentError("403 forbidden"),  # nothing healer can fix: the longest wait
+        KubeUnavailable("429", delay=100.0),  # capped at backoff_max
+    ]
+    waits, _, logs = await run_scripted(script, lists=4, backoff_max=20.0)
+    assert waits == [3.0, 20.0, 20.0]
+    (failed,) = [e for e in logs if e["event"] == "kube_watch.failed"]
+    assert failed["reason"] == "403 forbidden" and failed["retry_in"] == 20.0
+
+
+async def test_a_successful_list_starts_the_waits_again_from_the_first() -> None:
+    down: list[Exception | None] = [KubeUnavailable("503") for _ in range(4)]
+    # Four failures (waits up to 1, 2, 4, 8), a list that works and a watch that drops
+    # (waits up to 1 again), then failures again (up to 2).
+    waits, availability, _ = await run_scripted([*down, None, KubeUnavailable("x")], lists=7)
+    ceilings = [1, 2, 4, 8, 1, 2]
+    assert all(c / 2 <= w <= c + 0.5 for w, c in zip(waits, ceilings, strict=True)), waits
+    assert [up for up, _ in availability] == [False, True, False]
 
 
 async def test_harness_sees_initial_snapshot(

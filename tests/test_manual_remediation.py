@@ -27,9 +27,9 @@ import yaml
 from healer.app import Daemon, Tuning
 from healer.cloud.registry import load_provider
 from healer.config import load_config
-from healer.kube import KubeClient
+from healer.kube.client import KubeClient
+from healer.lab.apiserver.server import FakeApiServer
 from healer.lab.harness import LabHarness, LabTimings
-from healer.lab.kubeapi import FakeApiServer
 from healer.model import Role
 from healer.planner.planner import MANUAL
 from healer.provisioning.pools import ensure_pools
@@ -277,7 +277,8 @@ def _requests(tmp_path: Path) -> list[dict[str, Any]]:
 def test_a_healthy_node_without_a_terminal_or_yes_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from healer.cli import EXIT_NOT_CONFIRMED, main
+    from healer.cli.main import main
+    from healer.cli.remediate import EXIT_NOT_CONFIRMED
 
     _store_with_a_healthy_node(tmp_path)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
@@ -297,7 +298,8 @@ def test_a_healthy_node_asks_on_a_terminal(
     typed: str,
     asked: bool,
 ) -> None:
-    from healer.cli import EXIT_NO_ANSWER, EXIT_NOT_CONFIRMED, main
+    from healer.cli.main import main
+    from healer.cli.remediate import EXIT_NO_ANSWER, EXIT_NOT_CONFIRMED
 
     _store_with_a_healthy_node(tmp_path)
     prompts: list[str] = []
@@ -476,7 +478,8 @@ def test_the_daemons_verdict_wins_over_a_stale_database(
     answers ConfirmationRequired: the CLI asks then (or refuses without a terminal)."""
     import threading
 
-    from healer.cli import EXIT_NOT_CONFIRMED, main
+    from healer.cli.main import main
+    from healer.cli.remediate import EXIT_NOT_CONFIRMED
     from healer.model import Health, NodeObservation, Verdict
     from healer.store.sqlite import REQUEST_ANSWERED, REQUEST_TAKEN
 

@@ -21,7 +21,7 @@ from healer.clock import RealClock, VirtualClock
 from healer.config import MqttConfig, SecretRef
 from healer.lab.broker import EmbeddedBroker
 from healer.model import EventKind, NodeEvent
-from healer.sources.mqtt import Backoff, ConnectionState, MqttSource, reconnect_forever
+from healer.sources.mqtt import ConnectionState, MqttSource, Reconnect, stay_connected
 from healer.sources.mqtt_publish import MqttPublisher
 from healer.telemetry.metrics import REGISTRY
 from tests.plugins.mqtt import MOSQUITTO_PASSWORD, MOSQUITTO_USER, MosquittoBroker
@@ -30,8 +30,8 @@ PREFIX = "healer/v1"
 WAIT = 10.0  # generous upper bound for anything that should take milliseconds on loopback
 
 
-def fast_backoff() -> Backoff:
-    return Backoff(initial=0.05, maximum=0.3, stable_after=5.0, rng=random.Random(7))
+def fast_reconnect() -> Reconnect:
+    return Reconnect(first=0.05, cap=0.3, stable_after=5.0, rng=random.Random(7))
 
 
 def rejected(reason: str) -> float:
@@ -63,7 +63,7 @@ class Harness:
             emit=self._emit,
             is_known_node=is_known_node,
             on_state=self._on_state,
-            backoff=fast_backoff(),
+            reconnect=fast_reconnect(),
         )
 
     async def _emit(self, event: NodeEvent) -> None:
@@ -240,7 +240,7 @@ async def test_broker_restart_loses_no_qos1_event(
         prefix=PREFIX,
         cluster="prod",
         client_id="restart-agent",
-        backoff=fast_backoff(),
+        reconnect=fast_reconnect(),
     )
     async with publisher:
         async with harness.running():
@@ -340,7 +340,7 @@ async def test_embedded_broker_end_to_end() -> None:
             cluster="prod",
             client_id="lab-agent",
             username="agent",
-            backoff=fast_backoff(),
+            reconnect=fast_reconnect(),
         ) as publisher:
             async with harness.running():
                 await publisher.publish("node-1", "reboot", {"event": "started"})
@@ -358,35 +358,66 @@ async def test_embedded_broker_end_to_end() -> None:
 # -- reconnection logic, in virtual time ---------------------------------------------------
 
 
-def test_backoff_grows_caps_jitters_and_resets_only_after_a_stable_connection() -> None:
-    backoff = Backoff(initial=1.0, maximum=8.0, jitter=0.5, stable_after=30.0, rng=random.Random(1))
-    delays = [backoff.next_delay(now=0.0) for _ in range(6)]
-    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
-        assert base * 0.5 <= delay <= base
-    backoff.connected(now=100.0)
-    assert 4.0 <= backoff.next_delay(now=105.0) <= 8.0  # a flapping link keeps backing off
-    backoff.connected(now=200.0)
-    assert 0.5 <= backoff.next_delay(now=230.0) <= 1.0  # stayed up: start again from the bottom
-    huge = Backoff(initial=1.0, maximum=60.0)
-    huge.attempt = 10_000
-    assert 30.0 <= huge.next_delay(now=0.0) <= 60.0
+async def test_waits_grow_cap_jitter_and_restart_only_after_a_stable_connection() -> None:
+    """Sessions that fail at once, then one that holds past stable_after, then one that flaps."""
+    clock = VirtualClock(start=0.0)
+    # How long each session stays connected before its link drops (None: never connects).
+    plan: list[float | None] = [None, None, None, None, None, None, 5.0, 40.0, 1.0]
+    retries: list[tuple[str | None, float]] = []
+
+    async def session(connected: Callable[[], None]) -> None:
+        up = plan.pop(0) if plan else None
+        if up is None:
+            raise aiomqtt.MqttError("refused")
+        connected()
+        await clock.sleep(up)
+        raise aiomqtt.MqttError("lost")
+
+    task = asyncio.create_task(
+        stay_connected(
+            session,
+            clock=clock,
+            reconnect=Reconnect(first=1.0, cap=8.0, jitter=0.5, stable_after=30.0),
+            retry_on=(aiomqtt.MqttError,),
+            on_retry=lambda exc, delay: retries.append((str(exc) if exc else None, delay)),
+        )
+    )
+    for _ in range(40):
+        await clock.advance(10.0)
+        if len(retries) >= 10:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    bases = [
+        1, 2, 4, 8, 8, 8,  # refused six times: doubling up to the cap
+        8,  # up 5 s, less than stable_after: a flapping link keeps backing off
+        1,  # up 40 s: stable, the next outage starts from the first wait again
+        2,  # up 1 s after that: the count goes on from there
+        4,
+    ]  # fmt: skip
+    assert len(retries) >= len(bases)
+    for (_, delay), base in zip(retries, bases, strict=False):
+        assert base * 0.5 <= delay <= base, (retries, bases)
+    assert [e for e, _ in retries[:8]] == ["refused"] * 6 + ["lost"] * 2
 
 
-async def test_reconnect_forever_sleeps_backoff_between_attempts_on_the_clock() -> None:
+async def test_stay_connected_waits_on_the_clock_between_attempts() -> None:
     clock = VirtualClock(start=0.0)
     attempts: list[float] = []
     retries: list[tuple[str | None, float]] = []
 
-    async def session() -> None:
+    async def session(connected: Callable[[], None]) -> None:
         attempts.append(clock.now())
+        if len(attempts) == 3:
+            return  # a session that simply ends is reconnected too, reported without an error
         raise aiomqtt.MqttError("refused")
 
-    backoff = Backoff(initial=1.0, maximum=4.0, jitter=0.0)
     task = asyncio.create_task(
-        reconnect_forever(
+        stay_connected(
             session,
             clock=clock,
-            backoff=backoff,
+            reconnect=Reconnect(first=1.0, cap=4.0, jitter=0.0),
             retry_on=(aiomqtt.MqttError,),
             on_retry=lambda exc, delay: retries.append((str(exc) if exc else None, delay)),
         )
@@ -397,18 +428,18 @@ async def test_reconnect_forever_sleeps_backoff_between_attempts_on_the_clock() 
         await task
     assert attempts == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 19.0]
     assert [d for _, d in retries][:5] == [1.0, 2.0, 4.0, 4.0, 4.0]
-    assert retries[0][0] == "refused"
+    assert [e for e, _ in retries][:3] == ["refused", "refused", None]
 
 
-async def test_reconnect_forever_lets_bugs_through() -> None:
-    async def session() -> None:
+async def test_stay_connected_lets_bugs_through() -> None:
+    async def session(connected: Callable[[], None]) -> None:
         raise KeyError("a bug, not an outage")
 
     with pytest.raises(KeyError):
-        await reconnect_forever(
+        await stay_connected(
             session,
             clock=VirtualClock(),
-            backoff=Backoff(),
+            reconnect=Reconnect(),
             retry_on=(aiomqtt.MqttError,),
             on_retry=lambda exc, delay: None,
         )

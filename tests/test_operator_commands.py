@@ -242,7 +242,7 @@ async def test_remediate_through_the_guards_force_and_breaker_reset(lab: Lab) ->
 
 def test_remediate_without_a_daemon_times_out_and_cancels(tmp_path: Path) -> None:
     Store.open(tmp_path).close()
-    from healer.cli import main
+    from healer.cli.main import main
 
     started = time.monotonic()
     rc = main(

@@ -51,7 +51,6 @@ class Rig:
             tracker=self.tracker,
             start=start,
             dry_run=dry_run,
-            recheck_interval=1.0,
         )
         box.append(self.planner)
 
@@ -84,7 +83,7 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path):
     r = Rig(tmp_path)
-    tasks = [asyncio.create_task(r.tracker.run()), asyncio.create_task(r.planner.run())]
+    tasks = [asyncio.create_task(r.tracker.run())]
     yield r
     for t in tasks:
         t.cancel()
@@ -93,7 +92,7 @@ async def rig(tmp_path: Path):
 
 async def with_rig(tmp_path: Path, **kw: Any) -> tuple[Rig, list[asyncio.Task[None]]]:
     r = Rig(tmp_path, **kw)
-    return r, [asyncio.create_task(r.tracker.run()), asyncio.create_task(r.planner.run())]
+    return r, [asyncio.create_task(r.tracker.run())]
 
 
 async def test_one_dead_worker_is_remediated_at_its_threshold(rig: Rig) -> None:
@@ -126,7 +125,9 @@ async def test_pause_persisted_by_the_cli_is_honoured_then_lifted(rig: Rig) -> N
     await rig.clock.advance(10.0)
     assert rig.started == [] and rig.refusals() == [("w-1", "Paused")]
     rig.store.set_paused(pause_scope("lab", "workers"), False, at=rig.clock.now())
-    await rig.clock.advance(1.5)  # the periodic recheck sees the CLI's change
+    await rig.clock.advance(1.5)
+    assert rig.started == []  # no event announces the CLI's change...
+    await rig.planner.recheck()  # ...the periodic `recheck` job sees it
     assert [wf.node for wf in rig.started] == ["w-1"]
 
 
@@ -181,7 +182,7 @@ async def test_breaker_trips_on_too_many_new_unhealthy_and_stays_open(tmp_path: 
         assert [wf.node for wf in r.started] == ["w-1"]
         assert ("w-3", "BreakerOpen") in r.refusals()
         r.store.reset_breaker("lab")  # what `healer breaker reset` does
-        await r.clock.advance(1.5)
+        await r.planner.recheck()  # the periodic `recheck` job
         assert {wf.node for wf in r.started} >= {"w-2", "w-3"}
     finally:
         for t in tasks:

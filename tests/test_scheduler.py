@@ -1,4 +1,4 @@
-"""The periodic jobs (healer.jobs.scheduler): pure decisions table-driven, job bodies in virtual time
+"""The periodic jobs (healer.jobs): pure decisions table-driven, job bodies in virtual time
 against the lab cloud, the APScheduler registration, and the orphan sweep in the lab."""
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from healer.cloud.machines import Machine, MachineState
 from healer.cloud.registry import load_provider
 from healer.config import HealerConfig, parse_config
 from healer.health.tracker import HealthTracker
-from healer.jobs.scheduler import JOB_DEFAULTS, PeriodicJobs, census, find_orphans
+from healer.jobs.orphans import find_orphans
+from healer.jobs.periodic import PeriodicJobs
+from healer.jobs.pools import census
+from healer.jobs.scheduler import JOB_DEFAULTS, JobScheduler
 from healer.lab.harness import LabHarness, LabTimings
 from healer.model import LABEL_POOL, TAG_POOL, TAG_WORKFLOW, EventKind, NodeEvent, Role
 from healer.naming import ownership_tags
@@ -178,10 +181,12 @@ class World:
             tracker=self.tracker,
             start=self.runner.start,
         )
+        self.scheduler = JobScheduler()
         self.jobs = self.new_jobs()
 
     def new_jobs(self) -> PeriodicJobs:
         return PeriodicJobs(
+            scheduler=self.scheduler,
             config=self.config,
             store=self.store,
             clock=self.clock,
@@ -243,11 +248,11 @@ async def test_drift_repair_fills_a_pool_below_its_size(make_world: Callable[...
     gone = next(m for m in created if m.tags[TAG_POOL] == "workers")
     world.driver.destroy_node(world.driver.ex_get_node(gone.id))  # lost outside healer
 
-    repaired = await world.jobs.repair_drift("lab")
+    repaired = await world.jobs.pools.repair_drift("lab")
     assert [m.tags[TAG_POOL] for m in repaired] == ["workers"]
     [entry] = world.events("drift.repaired")
     assert entry.pool == "workers" and "1 of 2" in entry.message
-    assert await world.jobs.repair_drift("lab") == []  # at size: nothing more
+    assert await world.jobs.pools.repair_drift("lab") == []  # at size: nothing more
 
 
 @pytest.mark.parametrize(
@@ -288,8 +293,8 @@ async def test_drift_repair_respects_the_stop_switches(
     elif setup == "frozen":
         await world.planner.on_api_availability("lab", False, "connection refused")
 
-    assert await world.jobs.repair_drift("lab") == []
-    assert await world.jobs.repair_drift("lab") == []
+    assert await world.jobs.pools.repair_drift("lab") == []
+    assert await world.jobs.pools.repair_drift("lab") == []
     skipped = world.events("drift.skipped")
     assert [e.reason for e in skipped] == [reason]  # said once, not at every run
     assert (
@@ -305,25 +310,25 @@ async def test_orphan_is_reported_then_destroyed_after_the_grace(
     await world.build_pools()
     orphan_id = world.stray()
 
-    assert await world.jobs.sweep_orphans("lab") == []  # 0 s old: may still be booting
+    assert await world.jobs.orphans.sweep("lab") == []  # 0 s old: may still be booting
     await world.clock.advance(30)
-    [orphan] = await world.jobs.sweep_orphans("lab")
+    [orphan] = await world.jobs.orphans.sweep("lab")
     assert orphan.machine.id == orphan_id
     [found] = world.events("orphan.found")
     assert found.evidence["machine"]["id"] == orphan_id and found.reason == "NotInState"
     assert metrics.REGISTRY.get_sample_value("healer_orphan_machines", {"cluster": "lab"}) == 1
 
     await world.clock.advance(20 * 60)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     assert world.driver.ex_destroy_log() == []  # inside the grace period
     assert len(world.events("orphan.found")) == 1  # reported once
 
     await world.clock.advance(11 * 60)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     [destroyed] = world.driver.ex_destroy_log()
     assert destroyed["node_id"] == orphan_id
     assert [e.node for e in world.events("orphan.destroyed")] == ["lab-workers-stray001"]
-    assert await world.jobs.sweep_orphans("lab") == []
+    assert await world.jobs.orphans.sweep("lab") == []
 
 
 async def test_orphan_grace_survives_a_restart(make_world: Callable[..., World]) -> None:
@@ -331,10 +336,10 @@ async def test_orphan_grace_survives_a_restart(make_world: Callable[..., World])
     await world.build_pools()
     world.stray()
     await world.clock.advance(30)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     await world.clock.advance(31 * 60)
     world.jobs = world.new_jobs()  # a new process: the first report is read from the audit log
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     assert len(world.driver.ex_destroy_log()) == 1
 
 
@@ -345,9 +350,9 @@ async def test_orphans_are_only_reported_unless_destroy_is_on(
     await world.build_pools()
     world.stray()
     await world.clock.advance(30)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     await world.clock.advance(24 * 3600)
-    assert len(await world.jobs.sweep_orphans("lab")) == 1
+    assert len(await world.jobs.orphans.sweep("lab")) == 1
     assert world.driver.ex_destroy_log() == []
     assert "reported only" in world.events("orphan.found")[0].message
 
@@ -357,7 +362,7 @@ async def test_no_sweep_without_state(make_world: Callable[..., World]) -> None:
     await ensure_pools(world.config.clusters[0], world.provider, user_data=render_user_data)
     await world.clock.advance(3600)
     # healer knows no node: a lost database must not make every machine an orphan.
-    assert await world.jobs.sweep_orphans("lab") == []
+    assert await world.jobs.orphans.sweep("lab") == []
     assert world.events("orphan.found") == []
 
 
@@ -367,9 +372,9 @@ async def test_too_many_orphans_are_not_destroyed(make_world: Callable[..., Worl
     for i in range(3):
         world.stray(f"lab-workers-stray00{i}")
     await world.clock.advance(30)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     await world.clock.advance(120)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     assert world.driver.ex_destroy_log() == []
     assert [e.reason for e in world.events("orphan.destroy_skipped")] == ["TooManyOrphans"]
 
@@ -380,9 +385,9 @@ async def test_orphans_are_not_destroyed_while_paused(make_world: Callable[..., 
     world.stray()
     world.store.set_paused("*", True, at=world.clock.now())
     await world.clock.advance(30)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     await world.clock.advance(120)
-    await world.jobs.sweep_orphans("lab")
+    await world.jobs.orphans.sweep("lab")
     assert world.driver.ex_destroy_log() == []
     assert [e.reason for e in world.events("orphan.destroy_skipped")] == ["Paused"]
 
@@ -396,7 +401,7 @@ async def test_stale_workflows_are_failed_with_a_reason(make_world: Callable[...
     world.store.journal("busy", "drain", "started", world.clock.now(), {})  # progress
     await world.clock.advance(20 * 60)
 
-    assert await world.jobs.expire_stale() == ["stale"]
+    assert await world.jobs.stale.expire() == ["stale"]
     stale = world.store.workflow("stale")
     assert stale is not None and stale.state == FAILED
     assert stale.error is not None and "no progress for 4200s at step cordon" in stale.error
@@ -414,13 +419,13 @@ async def test_maintenance_window_transitions_are_recorded(
         cluster={"reboots": {"windows": [{"start": "02:00", "end": "04:00", "timezone": "UTC"}]}}
     )
     world.clock._now = datetime(2024, 3, 5, 1, 0, tzinfo=UTC).timestamp()
-    assert await world.jobs.check_windows() == {"lab": False}
-    assert not world.jobs.reboots_allowed("lab")
+    assert await world.jobs.windows.check() == {"lab": False}
+    assert not world.jobs.windows.reboots_allowed("lab")
     await world.clock.advance(90 * 60)
-    assert await world.jobs.check_windows() == {"lab": True}
-    assert world.jobs.reboots_allowed("lab")
+    assert await world.jobs.windows.check() == {"lab": True}
+    assert world.jobs.windows.reboots_allowed("lab")
     await world.clock.advance(2 * 3600)
-    await world.jobs.check_windows()
+    await world.jobs.windows.check()
     events = [e.event for e in world.store.audit_log(cluster="lab")]
     assert events == ["maintenance.window_opened", "maintenance.window_closed"]
     opened = world.store.audit_log(event="maintenance.window_opened")[0]
@@ -430,13 +435,46 @@ async def test_maintenance_window_transitions_are_recorded(
     )
 
 
+async def test_the_scheduler_keeps_jobs_registered_before_and_after_start() -> None:
+    """The daemon registers its rounds before APScheduler starts; a reload replaces a job, and
+    a step of the wall clock plans every job again from now."""
+    scheduler = JobScheduler()
+
+    async def body() -> None:
+        pass
+
+    scheduler.every("recheck", 15.0, body)
+    scheduler.every("operator-requests", 1.0, body)
+    assert scheduler.jobs() == []  # nothing runs before start
+    scheduler.start()
+    try:
+        jobs = {j.id: j for j in scheduler.jobs()}
+        assert set(jobs) == {"recheck", "operator-requests"}
+        assert jobs["operator-requests"].trigger.interval.total_seconds() == 1.0
+        scheduler.every("recheck", 30.0, body)  # replaced, not added
+        scheduler.every("resync:lab", 60.0, body, timeout=60.0)
+        jobs = {j.id: j for j in scheduler.jobs()}
+        assert set(jobs) == {"recheck", "operator-requests", "resync:lab"}
+        assert jobs["recheck"].trigger.interval.total_seconds() == 30.0
+        planned = jobs["resync:lab"].next_run_time
+        scheduler.remove("operator-requests")
+        scheduler.reschedule()
+        jobs = {j.id: j for j in scheduler.jobs()}
+        assert set(jobs) == {"recheck", "resync:lab"} == set(scheduler.ids())
+        assert jobs["resync:lab"].next_run_time >= planned
+        assert jobs["resync:lab"].args[2] == 60.0  # the timeout of a run survives it
+    finally:
+        scheduler.shutdown()
+    assert scheduler.jobs() == []
+
+
 async def test_jobs_are_registered_coalesced_one_instance_each(
     make_world: Callable[..., World],
 ) -> None:
     world = make_world(schedule={"orphanSweep": 0, "resync": "2m"})
-    world.jobs.start()
+    world.scheduler.start()
     try:
-        jobs = {j.id: j for j in world.jobs.jobs()}
+        jobs = {j.id: j for j in world.scheduler.jobs()}
         assert set(jobs) == {"resync:lab", "drift:lab", "maintenance", "stale-workflows"}
         for job in jobs.values():
             assert job.coalesce is True and job.max_instances == 1
@@ -445,18 +483,14 @@ async def test_jobs_are_registered_coalesced_one_instance_each(
 
         # A reload changes the intervals (and can turn a job on or off).
         world.jobs.reconfigure(make_config(schedule={"resync": "10m", "driftRepair": 0}))
-        jobs = {j.id: j for j in world.jobs.jobs()}
+        jobs = {j.id: j for j in world.scheduler.jobs()}
         assert "drift:lab" not in jobs and "orphans:lab" in jobs
         assert jobs["resync:lab"].trigger.interval.total_seconds() == 600
     finally:
-        world.jobs.shutdown()
+        world.scheduler.shutdown()
 
 
-async def test_a_failing_job_is_logged_and_counted_not_raised(
-    make_world: Callable[..., World],
-) -> None:
-    world = make_world()
-
+async def test_a_failing_job_is_logged_and_counted_not_raised() -> None:
     async def boom() -> None:
         raise RuntimeError("cloud on fire")
 
@@ -468,7 +502,7 @@ async def test_a_failing_job_is_logged_and_counted_not_raised(
     )
     merge = structlog.contextvars.merge_contextvars
     with structlog.testing.capture_logs(processors=[merge]) as logs:
-        await world.jobs._run_job("drift:lab", 60.0, boom)
+        await JobScheduler.run_job("drift:lab", boom, timeout=60.0)
     assert (
         metrics.REGISTRY.get_sample_value(
             "healer_scheduler_job_runs_total", {"job": "drift", "outcome": "error"}
@@ -511,7 +545,7 @@ async def test_orphan_sweep_in_the_lab(tmp_path: Path) -> None:
         )
         daemon_task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(ready.wait(), 20)
-        assert daemon.tracker is not None and daemon.scheduler is not None
+        assert daemon.tracker is not None and daemon.jobs is not None
         tracker = daemon.tracker
         await wait_for(lambda: len(tracker.nodes("lab")) == 3, timeout=20)
 
@@ -526,7 +560,7 @@ async def test_orphan_sweep_in_the_lab(tmp_path: Path) -> None:
 
         # The full resync sees the same picture: the stray machine is one too many for its
         # pool and not a Ready node; the control plane matches.
-        pools = {p.pool: p for p in await daemon.scheduler.resync("lab") or []}
+        pools = {p.pool: p for p in await daemon.jobs.pools.resync("lab") or []}
         assert (pools["workers"].desired, pools["workers"].machines) == (2, 3)
         assert pools["workers"].ready == 2 and pools["control-plane"].matches
         ready = metrics.REGISTRY.get_sample_value(
@@ -537,7 +571,7 @@ async def test_orphan_sweep_in_the_lab(tmp_path: Path) -> None:
         [mismatch] = daemon.store.audit_log(event="resync.pool_mismatch")
         assert mismatch.pool == "workers" and "2 desired, 3 machines" in mismatch.message
 
-        orphans = await daemon.scheduler.sweep_orphans("lab")
+        orphans = await daemon.jobs.orphans.sweep("lab")
         assert [o.machine.name for o in orphans] == ["lab-workers-stray001"]
         assert daemon.store is not None
         [entry] = daemon.store.audit_log(event="orphan.found")
@@ -571,16 +605,16 @@ async def test_policy_reconcile_job_puts_pod_security_drift_back(
     try:
         assert "policy:lab" in world.jobs.intervals()
         assert "policy:lab" not in World(tmp_path / "plain", make_config()).jobs.intervals()
-        world.jobs._kube = {"lab": kube}  # the daemon passes its clients the same way
+        world.jobs.policy.kube = {"lab": kube}  # the daemon passes its clients the same way
         fake_api.add_namespace("shop")
-        changes = await world.jobs.reconcile_policy("lab")
+        changes = await world.jobs.policy.reconcile("lab")
         assert any("shop" in c for c in changes)
         labels = fake_api.namespace("shop")["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
         await kube.patch_namespace_labels(
             "shop", {"pod-security.kubernetes.io/enforce": "privileged"}
         )
-        await world.jobs.reconcile_policy("lab")
+        await world.jobs.policy.reconcile("lab")
         labels = fake_api.namespace("shop")["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
     finally:

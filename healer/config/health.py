@@ -130,12 +130,12 @@ class HealthPolicy(_Model):
 
 
 DEFAULT_HEALTH = HealthPolicy(
-    unhealthyConditions=(
+    unhealthy_conditions=(
         UnhealthyCondition(type="Ready", status="False", timeout=300),
         UnhealthyCondition(type="Ready", status="Unknown", timeout=300),
     ),
-    nodeStartupTimeout=600,
-    rebootTimeout=900,
+    node_startup_timeout=600,
+    reboot_timeout=900,
 )
 
 

@@ -140,8 +140,11 @@ def config_errors(
 
 
 class _Match(Protocol):
-    type: str
-    status: str
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
 
 
 class _Rule(Protocol):

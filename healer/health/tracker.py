@@ -13,18 +13,17 @@ decide anything there.
 
 from __future__ import annotations
 
-import asyncio
-import heapq
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from healer.clock import Clock
+from healer.clock import Clock, DeadlineQueue
 from healer.config import HealerConfig
 from healer.config.provenance import ownership_of
 from healer.health.observe import apply_event
 from healer.health.verdict import evaluate
 from healer.model import EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
+from healer.store.recorder import Recorder
 from healer.store.sqlite import Store
 
 log = structlog.get_logger("healer.health")
@@ -54,6 +53,7 @@ class HealthTracker:
     ) -> None:
         self._config = config
         self._store = store
+        self._record = Recorder(store, clock=clock, log=log).record
         self._clock = clock
         self._on_change = on_change
         self._on_synced = on_synced
@@ -65,9 +65,7 @@ class HealthTracker:
         self._listing: dict[str, set[NodeKey]] = {}
         self._obs: dict[NodeKey, NodeObservation] = {}
         self._verdicts: dict[NodeKey, Verdict] = {}
-        self._timers: list[tuple[float, NodeKey]] = []
-        self._scheduled: dict[NodeKey, float] = {}
-        self._wake = asyncio.Event()
+        self._checks: DeadlineQueue[NodeKey] = DeadlineQueue(clock)  # next_check_at per node
         for row in store.nodes():
             obs = row.observation
             if config.cluster(obs.cluster) is None:
@@ -113,9 +111,7 @@ class HealthTracker:
 
         A healthy tracker keeps this near zero; the watchdog treats a large value as stuck.
         """
-        if not self._scheduled:
-            return 0.0
-        return max(0.0, now - min(self._scheduled.values()))
+        return self._checks.overdue(now)
 
     def reconfigure(self, config: HealerConfig) -> None:
         self._config = config
@@ -207,12 +203,14 @@ class HealthTracker:
             obs = self._obs[NodeKey(cluster, node)]
             verdict = self._verdicts[obs.key]
             shown = ", ".join(f"{t}={c.status}" for t, c in sorted(obs.conditions.items()))
-            self._store.audit(
+            # One row per node; one line for the whole list (below).
+            self._record(
+                "node.adopted",
                 at=now,
                 cluster=cluster,
                 node=node,
                 pool=obs.pool,
-                event="node.adopted",
+                log_line=False,
                 reason="Adopted",
                 message=f"{cluster}/{node} existed when healer first saw it (created "
                 f"{max(now - obs.first_seen, 0.0):.0f}s ago; {shown or 'no conditions'}): "
@@ -239,7 +237,7 @@ class HealthTracker:
         """Drop a node that is gone for good (its workflow finished)."""
         self._obs.pop(key, None)
         self._verdicts.pop(key, None)
-        self._scheduled.pop(key, None)
+        self._checks.cancel(key)
         self._store.forget_node(key.cluster, key.node)
 
     async def _evaluate(self, key: NodeKey, *, trigger: NodeEvent | None = None) -> None:
@@ -275,12 +273,14 @@ class HealthTracker:
         if event is None and previous is not None and previous.health in _AUDITED:
             event = "node.recovered"
         if event is not None:
-            self._store.audit(
+            # The line is the health.<state> one above, written for every change of state.
+            self._record(
+                event,
                 at=now,
                 cluster=key.cluster,
                 node=key.node,
                 pool=obs.pool,
-                event=event,
+                log_line=False,
                 reason=verdict.reason,
                 message=verdict.message,
                 evidence={
@@ -293,35 +293,12 @@ class HealthTracker:
         return obs, verdict, previous
 
     def _wake_at(self, when: float, key: NodeKey) -> None:
-        if self._scheduled.get(key) == when:
-            return
-        self._scheduled[key] = when
-        heapq.heappush(self._timers, (when, key))
-        self._wake.set()
+        self._checks.schedule(key, when)
 
     async def run(self) -> None:
         """Re-evaluate nodes at their ``next_check_at``; runs until cancelled."""
         while True:
-            now = self._clock.now()
-            due: set[NodeKey] = set()
-            while self._timers and self._timers[0][0] <= now:
-                when, key = heapq.heappop(self._timers)
-                if self._scheduled.get(key) == when:
-                    del self._scheduled[key]
-                    due.add(key)
-            for key in sorted(due):
+            for key in sorted(key for _, key in await self._checks.due()):
                 # A node of a cluster in the middle of a list is judged when the list is in.
                 if key in self._obs and key.cluster not in self._listing:
                     await self._evaluate(key)
-            if due:
-                continue
-            self._wake.clear()
-            sleeper = asyncio.ensure_future(
-                self._clock.sleep_until(self._timers[0][0]) if self._timers else asyncio.Future()
-            )
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waker):
-                    task.cancel()

@@ -1,2 +1,4 @@
-"""The daemon's long-running jobs beside the event pipeline: periodic work on the scheduler,
-manual remediation requests, and the systemd notify/watchdog loop."""
+"""The daemon's work beside the event pipeline: its one APScheduler (``scheduler``), the
+housekeeping jobs one module each (``pools``, ``orphans``, ``policy``, ``windows``, ``stale``,
+registered by ``periodic``), manual remediation requests (``manual``), and systemd's notify
+protocol, status rounds and watchdog (``systemd``)."""

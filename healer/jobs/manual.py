@@ -2,8 +2,8 @@
 
 The daemon owns the planner, so the CLI cannot decide anything itself. It writes a request row
 to the state database the two share (no socket to secure, and the row is audit evidence); the
-daemon's :class:`RequestDesk` polls for pending rows, claims one with a compare-and-set, asks the
-planner (:meth:`healer.planner.planner.Planner.remediate_now`: the same guards unless
+daemon's :class:`RequestDesk` looks for pending rows (the periodic job ``operator-requests``,
+every ``request_poll``), claims one with a compare-and-set, asks the planner (:meth:`healer.planner.planner.Planner.remediate_now`: the same guards unless
 ``force``; a node that is not UNHEALTHY only when ``confirmed``) and writes the answer back,
 which the CLI is waiting for. A started answer carries how long the workflow may take to get
 through its drain (``drain_within``: ``drainTimeout``, plus ``nodeStartupTimeout`` in the surge
@@ -29,6 +29,7 @@ import structlog
 from healer.clock import Clock
 from healer.planner.guards import Refusal
 from healer.planner.planner import Planner
+from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
     REQUEST_ANSWERED,
@@ -54,18 +55,10 @@ Answer = dict[str, Any]
 class RequestDesk:
     """The daemon side: answers pending operator requests, one at a time, in arrival order."""
 
-    def __init__(
-        self, *, store: Store, planner: Planner, clock: Clock, poll_interval: float = 1.0
-    ) -> None:
+    def __init__(self, *, store: Store, planner: Planner, clock: Clock) -> None:
         self._store = store
         self._planner = planner
         self._clock = clock
-        self._poll = poll_interval
-
-    async def run(self) -> None:
-        while True:
-            await self.serve_pending()
-            await self._clock.sleep(self._poll)
 
     async def serve_pending(self) -> int:
         """Answer every pending request; returns how many were taken."""
@@ -109,18 +102,19 @@ class RequestDesk:
             answer = await self._remediate(
                 request.cluster, request.node, force=force, confirmed=confirmed
             )
-            log.info("operator.remediate_answered", force=force, confirmed=confirmed, **answer)
-        self._store.audit(
-            at=self._clock.now(),
-            cluster=request.cluster,
-            node=request.node,
-            workflow_id=answer.get("workflow"),
-            event="operator.remediate",
-            reason="OperatorForced" if force else "Operator",
-            message=f"`healer remediate{' --force' if force else ''}` for "
-            f"{request.cluster}/{request.node}: {describe(answer)}",
-            evidence={"request": request.id, "answer": answer},
-        )
+            Recorder(self._store, clock=self._clock, log=log).record(
+                "operator.remediate",
+                cluster=request.cluster,
+                node=request.node,
+                workflow_id=answer.get("workflow"),
+                reason="OperatorForced" if force else "Operator",
+                message=f"`healer remediate{' --force' if force else ''}` for "
+                f"{request.cluster}/{request.node}: {describe(answer)}",
+                evidence={"request": request.id, "answer": answer},
+                force=force,
+                confirmed=confirmed,
+                result=answer.get("result"),
+            )
         return answer
 
     async def _remediate(self, cluster: str, node: str, *, force: bool, confirmed: bool) -> Answer:
@@ -281,13 +275,15 @@ def reset_breakers(
     for kind in kinds:
         what = "bad-upgrade breaker" if kind == BREAKER_BAD_UPGRADE else "circuit breaker"
         for name in store.reset_breaker(cluster, at=at, kind=kind):
-            store.audit(
+            # Run by the CLI, whose output is the answer: the row only, no log line.
+            Recorder(store, log=log).record(
+                "breaker.reset",
                 at=at,
                 cluster=name,
-                event="breaker.reset",
                 reason="Operator",
                 message=f"{what} reset by an operator; a fresh window starts now",
                 evidence={"breaker": kind},
+                log_line=False,
             )
             reset.append((name, kind))
     return reset

@@ -11,11 +11,15 @@ The watchdog is honest: :class:`Supervisor` sends ``WATCHDOG=1`` only when the s
 reports no liveness problem *and* the event loop woke the watchdog task on time. A daemon whose
 loop is blocked, whose event consumer or tracker is stuck, or that lost track of a running
 workflow stops pinging, and systemd restarts it (``WatchdogSec=`` with ``Restart=on-failure``).
+
+The supervisor's rounds are deadlines on the injected clock (:class:`healer.clock.DeadlineQueue`),
+not APScheduler jobs: APScheduler plans on the wall clock, and the status round is what notices a
+step of it and reschedules APScheduler (:mod:`healer.jobs.scheduler`); a watchdog held off by a
+step back would have systemd restart a healthy daemon.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
@@ -24,9 +28,12 @@ from typing import Protocol
 
 import structlog
 
-from healer.clock import Clock, RealClock
+from healer.clock import Clock, DeadlineQueue, RealClock
 
 log = structlog.get_logger("healer.jobs.systemd")
+
+_STATUS = "status"
+_WATCHDOG = "watchdog"
 
 
 class Notifier:
@@ -169,12 +176,24 @@ class Supervisor:
         self._on_liveness = on_liveness
         self._last_status: str | None = None
         self._withheld = False
+        self._last_ping: float | None = None  # time.monotonic() of the last watchdog round
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._status_loop(), name="sd-status")
-            if self._notifier.watchdog_interval is not None:
-                tg.create_task(self._watchdog_loop(), name="sd-watchdog")
+        """A status round every ``status_interval`` and, under a systemd watchdog, a watchdog
+        round every half ``WatchdogSec=``, each counted from the end of the previous one."""
+        rounds: DeadlineQueue[str] = DeadlineQueue(self._clock)
+        intervals = {_STATUS: self._status_interval}
+        if self._notifier.watchdog_interval is not None:
+            intervals[_WATCHDOG] = self._notifier.watchdog_interval
+        for name in intervals:
+            rounds.schedule(name, self._clock.now())
+        while True:
+            for _, name in await rounds.due():
+                if name == _STATUS:
+                    self.status_round()
+                else:
+                    self.watchdog_round()
+                rounds.schedule(name, self._clock.now() + intervals[name])
 
     def publish_status(self) -> str:
         line = self._target.status_line()
@@ -185,15 +204,13 @@ class Supervisor:
             self._on_tick(line)
         return line
 
-    async def _status_loop(self) -> None:
-        while True:
-            try:
-                self.publish_status()
-            except Exception as exc:
-                # A status round that fails (the state database busy, say) is reported and
-                # retried next round; it must not take the daemon down with it.
-                log.warning("supervisor.status_failed", error=str(exc), exc_type=type(exc).__name__)
-            await self._clock.sleep(self._status_interval)
+    def status_round(self) -> None:
+        try:
+            self.publish_status()
+        except Exception as exc:
+            # A status round that fails (the state database busy, say) is reported and
+            # retried next round; it must not take the daemon down with it.
+            log.warning("supervisor.status_failed", error=str(exc), exc_type=type(exc).__name__)
 
     def check(self, lag: float, max_lag: float) -> list[str]:
         """The watchdog's verdict for one round: the target's problems plus loop lag."""
@@ -207,27 +224,26 @@ class Supervisor:
             self._on_liveness(problems)
         return problems
 
-    async def _watchdog_loop(self) -> None:
+    def watchdog_round(self) -> None:
+        """Ping systemd's watchdog if nothing is wrong; otherwise say why not."""
         interval = self._notifier.watchdog_interval
-        assert interval is not None
+        if interval is None:
+            return
         # Lag is measured on the monotonic clock whatever clock the daemon uses: systemd's
         # watchdog runs in real time. A round that wakes more than a whole interval late means
         # the loop was blocked for half of WatchdogSec=: that alone withholds the ping.
-        last: float | None = None
-        while True:
-            woke = time.monotonic()
-            lag = 0.0 if last is None else max(0.0, woke - last - interval)
-            last = woke
-            problems = self.check(lag, interval)
-            if not problems:
-                self._notifier.watchdog()
-                if self._withheld:
-                    log.info("watchdog.resumed")
-                self._withheld = False
-            else:
-                # systemd restarts the service after WatchdogSec= without a ping: say why first.
-                log.error("watchdog.withheld", problems=problems)
-                self._notifier.status("unhealthy: " + "; ".join(problems))
-                self._last_status = None
-                self._withheld = True
-            await self._clock.sleep(interval)
+        woke = time.monotonic()
+        last, self._last_ping = self._last_ping, woke
+        lag = 0.0 if last is None else max(0.0, woke - last - interval)
+        problems = self.check(lag, interval)
+        if not problems:
+            self._notifier.watchdog()
+            if self._withheld:
+                log.info("watchdog.resumed")
+            self._withheld = False
+        else:
+            # systemd restarts the service after WatchdogSec= without a ping: say why first.
+            log.error("watchdog.withheld", problems=problems)
+            self._notifier.status("unhealthy: " + "; ".join(problems))
+            self._last_status = None
+            self._withheld = True

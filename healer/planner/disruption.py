@@ -186,7 +186,8 @@ def cluster_budget(
 ) -> Budget:
     """The cluster's budget against the cluster's ``maxUnhealthy``."""
     members = _with(nodes, subject)
-    pools: set[str | None] = {p.name for p in cfg.pools} | {n.pool for n in members}
+    pools: set[str | None] = {n.pool for n in members}
+    pools.update(p.name for p in cfg.pools)
     total = sum(_pool_total(cfg, p, [n for n in members if n.pool == p]) for p in pools)
     threshold = cfg.remediation.max_unhealthy
     return Budget(

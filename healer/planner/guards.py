@@ -21,8 +21,8 @@ the configurable limits:
     Remediation is paused by an operator or the config.
 ``BlockedByAlert`` (scope ``cluster:<c>``)
     A configured blocking alert (``webhook.blockingAlerts``, kured-style) is firing for the
-    cluster; the alert webhook records it (:mod:`healer.planner.alert_blocks`). Lifted when the
-    alert resolves (or its ``blockTtl`` lapses without a repeat).
+    cluster; the alert webhook passes it on, :mod:`healer.planner.alert_blocks` keeps it. Lifted
+    when the alert resolves (or its ``blockTtl`` lapses without a repeat).
 ``Excluded`` (scope ``node:<c>/<n>``)
     The node carries the exclusion label.
 ``AlreadyRemediating`` (scope ``node:<c>/<n>``)

@@ -34,6 +34,7 @@ from healer.planner.guards import (
     node_status,
     reboot_failure_trip_reason,
 )
+from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
     BREAKER_REMEDIATION,
@@ -77,16 +78,15 @@ class Planner:
         tracker: HealthTracker,
         start: StartWorkflow,
         dry_run: bool = False,
-        recheck_interval: float = 15.0,
         blocks: AlertBlocks | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        self._record = Recorder(store, clock=clock, log=log).record
         self._clock = clock
         self._tracker = tracker
         self._start = start
         self._dry_run = dry_run or config.dry_run
-        self._recheck = recheck_interval
         self._blocks = blocks
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_refusal: dict[NodeKey, str] = {}
@@ -114,25 +114,23 @@ class Planner:
         """While healer cannot see a cluster's API its data is stale: decide nothing there."""
         if available and cluster in self._frozen:
             del self._frozen[cluster]
-            log.info("planner.unfrozen", cluster=cluster)
-            self._store.audit(
-                at=self._clock.now(),
+            self._record(
+                "planner.unfrozen",
                 cluster=cluster,
-                event="planner.unfrozen",
                 reason="ApiReachable",
                 message=f"the API of {cluster} is reachable again",
             )
             await self.consider(cluster)
         elif not available and cluster not in self._frozen:
             self._frozen[cluster] = reason
-            log.warning("planner.frozen", cluster=cluster, reason=reason)
-            self._store.audit(
-                at=self._clock.now(),
+            self._record(
+                "planner.frozen",
                 cluster=cluster,
-                event="planner.frozen",
                 reason="ApiUnreachable",
                 message=f"the API of {cluster} is unreachable ({reason}); no decisions there "
                 "until it is back",
+                level="warning",
+                api_error=reason,
             )
 
     async def on_health_change(
@@ -148,12 +146,12 @@ class Planner:
         self._maybe_trip(wf.cluster)
         await self.consider(wf.cluster)
 
-    async def run(self) -> None:
-        """Re-plan periodically: pauses and breaker resets made by the CLI, budgets that free up."""
-        while True:
-            await self._clock.sleep(self._recheck)
-            for cluster in self._config.clusters:
-                await self.consider(cluster.name)
+    async def recheck(self) -> None:
+        """Re-plan every cluster: what no event announces (pauses and breaker resets made by the
+        CLI in the shared database, budgets that free up). The daemon runs it as a periodic job
+        (``recheck``, :mod:`healer.jobs.scheduler`)."""
+        for cluster in self._config.clusters:
+            await self.consider(cluster.name)
 
     # -- deciding ---------------------------------------------------------------------------
     def snapshot(self, cluster: ClusterConfig) -> ClusterSnapshot:
@@ -295,29 +293,18 @@ class Planner:
         if self._last_refusal.get(key) == refusal.reason:
             return  # already recorded; the audit log gets one line per change of reason
         self._last_refusal[key] = refusal.reason
-        metrics.REFUSALS.labels(cluster.name, refusal.reason).inc()
-        event = (
-            "remediation.would_remediate" if refusal.reason == DRY_RUN else "remediation.refused"
-        )
-        log.warning(
-            event,
-            cluster=cluster.name,
-            node=node.node,
-            pool=node.pool,
-            reason=refusal.reason,
-            detail=refusal.message,
-            scope=refusal.scope,
-        )
         obs = self._tracker.observation(key)
-        self._store.audit(
-            at=self._clock.now(),
+        self._record(
+            "remediation.would_remediate" if refusal.reason == DRY_RUN else "remediation.refused",
             cluster=cluster.name,
             node=node.node,
             pool=node.pool,
-            event=event,
             reason=refusal.reason,
             message=refusal.message,
             evidence={"scope": refusal.scope, "recent": list(obs.recent[-5:]) if obs else []},
+            level="warning",
+            metric=metrics.REFUSALS.labels(cluster.name, refusal.reason),
+            scope=refusal.scope,
         )
 
     async def _launch(
@@ -358,26 +345,18 @@ class Planner:
             forced=forced,
         )
         self._store.create_workflow(wf)
-        metrics.REMEDIATIONS.labels(cluster.name, "started").inc()
-        self._store.audit(
+        self._record(
+            "remediation.started",
             at=now,
             cluster=cluster.name,
             node=node.node,
             pool=node.pool,
             workflow_id=wf_id,
-            event="remediation.started",
             reason=wf.reason,
             message=f"replacing {cluster.name}/{node.node} with {wf.replacement_name}: "
             f"{wf.evidence['verdict']}",
             evidence=wf.evidence,
-        )
-        log.info(
-            "remediation.started",
-            cluster=cluster.name,
-            node=node.node,
-            pool=node.pool,
-            workflow=wf_id,
-            reason=wf.reason,
+            metric=metrics.REMEDIATIONS.labels(cluster.name, "started"),
             replacement=wf.replacement_name,
         )
         await self._start(wf)
@@ -506,13 +485,14 @@ class Planner:
             stops = (
                 f"no reboot granted in {cluster_name} and no node that failed its reboot replaced"
             )
-        log.error(event, cluster=cluster_name, reason=code, detail=detail)
-        self._store.audit(
+        self._record(
+            event,
             at=now,
             cluster=cluster_name,
-            event=event,
             reason=code,
             # The reason column carries the code: the message does not repeat it.
             message=f"{detail or code}; {stops} until `healer breaker reset`",
             evidence={"breaker": kind, "reason": reason},
+            level="error",
+            detail=detail,
         )

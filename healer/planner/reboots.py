@@ -60,6 +60,7 @@ from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.disruption import Budget, cluster_budget, zone_budget
 from healer.planner.guards import node_status
 from healer.planner.maintenance import next_change, reboots_allowed
+from healer.store.recorder import Recorder
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, RUNNING, Store, pause_scope
 
 log = structlog.get_logger("healer.planner.reboots")
@@ -229,6 +230,7 @@ class RebootArbiter:
     ) -> None:
         self._config = config
         self._store = store
+        self._recorder = Recorder(store, clock=clock, log=log)
         self._clock = clock
         self._tracker = tracker
         self._publish = publish
@@ -404,12 +406,12 @@ class RebootArbiter:
         if self._last_refusal.get(key) == decision.reason:
             return
         self._last_refusal[key] = decision.reason
-        self._store.audit(
+        self._recorder.record(
+            "reboot.refused",
             at=now,
             cluster=key.cluster,
             node=key.node,
             pool=pool,
-            event="reboot.refused",
             reason=decision.reason,
             message=decision.message,
             evidence={"request": request.id, "retry_after": decision.retry_after},
@@ -424,18 +426,17 @@ class RebootArbiter:
         grant = self._grants.pop(key, None)
         if grant is None:
             return
-        log.info("reboot.released", cluster=key.cluster, node=key.node, reason=reason)
         self._audit(
             grant, "reboot.released", reason, f"{key}: reboot grant released ({reason})", now
         )
 
     def _audit(self, grant: Grant, event: str, reason: str, message: str, at: float) -> None:
-        self._store.audit(
+        self._recorder.record(
+            event,
             at=at,
             cluster=grant.cluster,
             node=grant.node,
             pool=grant.pool,
-            event=event,
             reason=reason,
             message=message,
             evidence={

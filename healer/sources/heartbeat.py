@@ -25,16 +25,13 @@ in the broker while healer was down arrive in that window). A node the daemon no
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import heapq
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
 import structlog
 
-from healer.clock import Clock
+from healer.clock import Clock, DeadlineQueue
 from healer.config.provenance import HEARTBEAT_MISSING, MQTT
 from healer.model import EventKind, NodeEvent, NodeKey
 
@@ -94,8 +91,7 @@ class HeartbeatWatcher:
         self._policy = policy
         self._is_known_node = is_known_node
         self._watches: dict[NodeKey, _Watch] = {}
-        self._timers: list[tuple[float, NodeKey]] = []
-        self._wake = asyncio.Event()
+        self._deadlines: DeadlineQueue[NodeKey] = DeadlineQueue(clock)  # when each goes missing
         now = clock.now()
         for key, missing in seed:
             self._watches[key] = _Watch(last_seen=now, missing=missing)
@@ -129,29 +125,15 @@ class HeartbeatWatcher:
     async def run(self) -> None:
         """Report nodes as their deadlines pass; runs until cancelled."""
         while True:
-            now = self._clock.now()
-            while self._timers and self._timers[0][0] <= now:
-                when, key = heapq.heappop(self._timers)
-                await self._deadline(key, when, now)
-            self._wake.clear()
-            sleeper = asyncio.ensure_future(
-                self._clock.sleep_until(self._timers[0][0]) if self._timers else asyncio.Future()
-            )
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waker):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            for when, key in await self._deadlines.due():
+                await self._deadline(key, when, self._clock.now())
 
     async def _deadline(self, key: NodeKey, when: float, now: float) -> None:
         watch = self._watches.get(key)
         if watch is None or watch.missing:
             return
         if missing_at(watch.last_seen, self._policy) != when:
-            return  # a later heartbeat moved this node's deadline; that timer is queued too
+            return  # a heartbeat that arrived while an earlier deadline was being handled
         if self._is_known_node is not None and not self._is_known_node(key.cluster, key.node):
             del self._watches[key]
             log.info("heartbeat.forgotten", cluster=key.cluster, node=key.node)
@@ -167,8 +149,7 @@ class HeartbeatWatcher:
         await self._report(key, missing=True, since=when, now=now)
 
     def _schedule(self, key: NodeKey) -> None:
-        heapq.heappush(self._timers, (missing_at(self._watches[key].last_seen, self._policy), key))
-        self._wake.set()
+        self._deadlines.schedule(key, missing_at(self._watches[key].last_seen, self._policy))
 
     async def _report(self, key: NodeKey, *, missing: bool, since: float, now: float) -> None:
         await self._emit(

@@ -19,11 +19,16 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
+from tenacity import RetryCallState
 
+from healer.backoff import retrying
 from healer.clock import Clock, to_timeline
-from healer.errors import KubeUnavailable, PermanentError
-from healer.kube import KubeClient, LeaseInfo, NodeInfo, WatchEvent, WatchExpired
+from healer.errors import KubeUnavailable, PermanentError, TemporaryError
+from healer.kube.client import KubeClient
+from healer.kube.records import LeaseInfo, NodeInfo, WatchEvent
+from healer.kube.watch import WatchExpired
 from healer.model import EventKind, NodeEvent
+from healer.sources.reconnect import reconnect_forever
 
 log = structlog.get_logger(__name__)
 
@@ -179,9 +184,11 @@ class KubeWatchSource:
     * the server ends a watch (timeoutSeconds): watch again from the last resourceVersion seen;
     * 410 Expired (:class:`WatchExpired`): list again at once and emit the snapshot (deleted
       nodes are found by difference); a second 410 without progress in between backs off;
-    * :class:`KubeUnavailable`: report ``on_availability(False, reason)``, back off (exponential,
-      capped at ``backoff_max``, jittered, slept on the injected clock), list again, and report
-      ``(True, "")`` once a list succeeds;
+    * :class:`KubeUnavailable`: report ``on_availability(False, reason)``, back off (exponential
+      from ``backoff_base``, capped at ``backoff_max``, jittered, slept on the injected clock:
+      :func:`healer.backoff.retrying`; the server's Retry-After when it sent one), list again,
+      and report ``(True, "")`` once a list succeeds; the waits start again from the first
+      after a list that succeeded;
     * :class:`PermanentError` (e.g. 403 from RBAC): the same, at the longest backoff, logged as
       an error: nothing healer does will fix it, but an operator might while we wait.
     """
@@ -216,7 +223,8 @@ class KubeWatchSource:
         self._nodes: dict[str, NodeInfo] = {}
         self._renewals: dict[str, float | None] = {}
         self._available = True
-        self._failures = 0
+        self._listed = False  # a list succeeded in the current session
+        self._expired_in_a_row = 0  # 410s with no watch event between them
         self._progress = False  # a watch event arrived since the last list
         self._log = log.bind(cluster=cluster)
         # Set once the first list's snapshot has been emitted: the daemon reports READY to
@@ -228,30 +236,45 @@ class KubeWatchSource:
         return self._available
 
     async def run(self) -> None:
-        expired_in_a_row = 0
+        policy = retrying(
+            self._clock,
+            first=self._backoff_base,
+            cap=self._backoff_max,
+            jitter=0.5,  # many daemons (or clusters) must not hammer a recovering API in step
+            rng=self._rng,
+            retry_on=(TemporaryError,),
+            before_sleep=self._before_retry,
+        )
+        await reconnect_forever(self._session, policy=policy, held=lambda: self._listed)
+
+    async def _session(self) -> None:
+        """List and watch until something fails; a 410 re-lists at once, unless the previous
+        list ended the same way without any watch event in between (then it backs off)."""
+        self._listed = False
         while True:
             try:
                 await self._list_and_watch()
             except WatchExpired as exc:
-                expired_in_a_row = 0 if self._progress else expired_in_a_row + 1
+                self._expired_in_a_row = 0 if self._progress else self._expired_in_a_row + 1
                 self._log.info("kube_watch.expired", reason=str(exc))
-                if expired_in_a_row > 1:
-                    await self._clock.sleep(self._backoff())
+                if self._expired_in_a_row > 1:
+                    raise
             except KubeUnavailable as exc:
                 await self._set_available(False, str(exc))
-                delay = exc.delay if exc.delay is not None else self._backoff()
-                self._log.warning("kube_watch.unavailable", reason=str(exc), retry_in=delay)
-                await self._clock.sleep(delay)
+                raise
             except PermanentError as exc:
                 await self._set_available(False, str(exc))
-                self._log.error("kube_watch.failed", reason=str(exc), retry_in=self._backoff_max)
-                await self._clock.sleep(self._backoff_max)
+                # Nothing healer does will fix it (RBAC, say), but an operator might: retried
+                # at the longest wait.
+                raise _Permanent(str(exc), delay=self._backoff_max) from exc
 
-    def _backoff(self) -> float:
-        self._failures += 1
-        ceiling = min(self._backoff_max, self._backoff_base * 2.0 ** (self._failures - 1))
-        # Jitter keeps many daemons (or clusters) from hammering a recovering API in step.
-        return ceiling * self._rng.uniform(0.5, 1.0)
+    def _before_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        delay = round(state.upcoming_sleep, 3)
+        if isinstance(error, _Permanent):
+            self._log.error("kube_watch.failed", reason=str(error), retry_in=delay)
+        elif isinstance(error, KubeUnavailable):
+            self._log.warning("kube_watch.unavailable", reason=str(error), retry_in=delay)
 
     async def _set_available(self, available: bool, reason: str) -> None:
         if available == self._available:
@@ -265,7 +288,7 @@ class KubeWatchSource:
     async def _list_and_watch(self) -> None:
         nodes, nodes_rv = await self._client.list_nodes()
         leases, leases_rv = await self._client.list_leases()
-        self._failures = 0
+        self._listed = True
         self._progress = False
         await self._set_available(True, "")
         now, wall = self._clock.now(), self._clock.wall()
@@ -361,6 +384,10 @@ class KubeWatchSource:
             cluster=self._cluster, current=lease, previous_renew=previous, now=now, wall=wall
         ):
             await self._emit(ev)
+
+
+class _Permanent(TemporaryError):
+    """A :class:`PermanentError` of the API, retried at the longest wait (``delay``)."""
 
 
 async def _first_failure(*coros: Awaitable[None]) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, NoReturn
 
 import aiomqtt
@@ -31,7 +31,9 @@ import structlog
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tenacity import RetryCallState
 
+from healer.backoff import retrying
 from healer.clock import Clock
 from healer.config import MqttConfig
 from healer.config.provenance import Ownership
@@ -49,6 +51,7 @@ from healer.sources.mqtt_reboot import (
     control_channel,
     parse_reboot_request,
 )
+from healer.sources.reconnect import reconnect_forever
 from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
 
 log = structlog.get_logger(__name__)
@@ -65,64 +68,70 @@ _MAX_SESSION_EXPIRY: Final = 0xFFFFFFFF  # the MQTT 5 property is a four-byte in
 _LOG_TOPIC_MAX: Final = 200  # topics are sender-controlled; keep log lines bounded
 
 
-@dataclass
-class Backoff:
-    """Capped, jittered exponential backoff between connection attempts.
+@dataclass(frozen=True)
+class Reconnect:
+    """How an MQTT client waits between connection attempts (:func:`stay_connected`).
 
-    Delays grow ``initial * multiplier**n`` up to ``maximum``; the last ``jitter`` fraction of
-    each delay is random so a fleet restarted together does not reconnect in lockstep. The
-    count resets only once a connection has stayed up for ``stable_after`` seconds: a broker
-    that accepts and then immediately drops us (a duplicate client id, a broken ACL) still gets
-    slower and slower retries instead of a tight loop.
+    Capped, jittered exponential waits (:func:`healer.backoff.retrying`): from ``first`` up to
+    ``cap``, the last ``jitter`` fraction of each wait random so a fleet restarted together does
+    not reconnect in lockstep. The waits start again from ``first`` only after a connection that
+    stayed up for ``stable_after`` seconds: a broker that accepts and then immediately drops us
+    (a duplicate client id, a broken ACL) still gets slower and slower retries instead of a
+    tight loop.
     """
 
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
+    first: float = 0.5
+    cap: float = 30.0
     jitter: float = 0.5
     stable_after: float = 30.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = field(default=0, init=False)
-    _up_since: float | None = field(default=None, init=False, repr=False)
-
-    def connected(self, now: float) -> None:
-        """Record that a connection attempt succeeded at ``now``."""
-        self._up_since = now
-
-    def next_delay(self, now: float) -> float:
-        """The wait before the next attempt after a failure or disconnect at ``now``."""
-        if self._up_since is not None and now - self._up_since >= self.stable_after:
-            self.attempt = 0
-        self._up_since = None
-        # The exponent is capped so a broker that is down for weeks cannot overflow the float.
-        base = min(self.maximum, self.initial * self.multiplier ** min(self.attempt, 64))
-        self.attempt += 1
-        return base * (1.0 - self.jitter) + base * self.jitter * self.rng.random()
+    rng: random.Random | None = None
 
 
-async def reconnect_forever(
-    session: Callable[[], Awaitable[None]],
+async def stay_connected(
+    session: Callable[[Callable[[], None]], Awaitable[None]],
     *,
     clock: Clock,
-    backoff: Backoff,
+    reconnect: Reconnect,
     retry_on: tuple[type[Exception], ...],
     on_retry: Callable[[Exception | None, float], None],
 ) -> NoReturn:
-    """Run ``session`` again and again, sleeping ``backoff`` (on ``clock``) between runs.
+    """Run ``session`` again and again, waiting as ``reconnect`` says (on ``clock``) between runs.
 
-    ``session`` calls ``backoff.connected(now)`` once it is connected. Errors of the types in
-    ``retry_on`` (and a session that simply returns) lead to a retry; anything else propagates,
-    because it is a bug to fix rather than an outage to ride out. Cancellation stops the loop.
+    ``session(connected)`` calls ``connected()`` once it is connected. Errors of the types in
+    ``retry_on`` (and a session that simply returns) lead to a retry, reported first to
+    ``on_retry(error or None, wait)``; anything else propagates, because it is a bug to fix
+    rather than an outage to ride out. Cancellation stops the loop.
     """
-    while True:
-        error: Exception | None = None
-        try:
-            await session()
-        except retry_on as exc:
-            error = exc
-        delay = backoff.next_delay(clock.now())
-        on_retry(error, delay)
-        await clock.sleep(delay)
+    up_since: float | None = None
+
+    def connected() -> None:
+        nonlocal up_since
+        up_since = clock.now()
+
+    async def attempt() -> None:
+        nonlocal up_since
+        up_since = None
+        await session(connected)
+
+    def held() -> bool:
+        return up_since is not None and clock.now() - up_since >= reconnect.stable_after
+
+    def report(state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        on_retry(error if isinstance(error, Exception) else None, state.upcoming_sleep)
+
+    policy = retrying(
+        clock,
+        first=reconnect.first,
+        cap=reconnect.cap,
+        jitter=reconnect.jitter,
+        rng=reconnect.rng,
+        retry_on=retry_on,
+        retry_result=lambda _: True,  # a session that ends without an error is reconnected too
+        before_sleep=report,
+    )
+    await reconnect_forever(attempt, policy=policy, held=held)
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ class MqttSource:
         emit: Emit,
         is_known_node: Callable[[str, str], bool] | None = None,
         on_state: Callable[[ConnectionState], None] | None = None,
-        backoff: Backoff | None = None,
+        reconnect: Reconnect | None = None,
         on_reboot_request: Callable[[RebootRequest], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
@@ -178,7 +187,7 @@ class MqttSource:
         self._emit = emit
         self._is_known_node = is_known_node
         self.on_state = on_state
-        self._backoff = backoff if backoff is not None else Backoff()
+        self._reconnect = reconnect if reconnect is not None else Reconnect()
         self._broker = f"{config.host}:{config.port}"
         self._state = ConnectionState(connected=False, reason="stopped")
         # Which conditions a message may set: the agent's own and mqtt.conditions, never a
@@ -196,10 +205,10 @@ class MqttSource:
     async def run(self) -> NoReturn:
         """Consume messages until cancelled, reconnecting with backoff whenever the link fails."""
         try:
-            await reconnect_forever(
+            await stay_connected(
                 self._session,
                 clock=self._clock,
-                backoff=self._backoff,
+                reconnect=self._reconnect,
                 # OSError covers TLS and socket errors aiomqtt lets through; ConfigError a
                 # password file that is missing now but may be restored (or rotated) later.
                 retry_on=(aiomqtt.MqttError, OSError, ConfigError),
@@ -210,12 +219,12 @@ class MqttSource:
 
     # -- one connection ---------------------------------------------------------------------
 
-    async def _session(self) -> None:
+    async def _session(self, connected: Callable[[], None]) -> None:
         client = self._new_client()
         try:
             async with client:
                 self._client = client
-                self._backoff.connected(self._clock.now())
+                connected()
                 self._set_state(ConnectionState(connected=True, reason="connected"))
                 log.info(
                     "mqtt.connected",

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiomqtt
 import structlog
+from tenacity import RetryCallState
 
+from healer.backoff import retrying
 from healer.clock import Clock, RealClock
-from healer.sources.mqtt import Backoff, reconnect_forever
+from healer.sources.mqtt import Reconnect, stay_connected
 from healer.sources.mqtt_payload import CHANNELS, SCHEMA_VERSION, topic_for
 
 log = structlog.get_logger(__name__)
@@ -46,7 +49,7 @@ class MqttPublisher:
         password: str | None = None,
         protocol: Literal["5", "3.1.1"] = "3.1.1",
         clock: Clock | None = None,
-        backoff: Backoff | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -57,7 +60,7 @@ class MqttPublisher:
         self._password = password
         self._protocol = protocol
         self._clock: Clock = clock if clock is not None else RealClock()
-        self._backoff = backoff if backoff is not None else Backoff(initial=0.1, maximum=5.0)
+        self._reconnect = reconnect if reconnect is not None else Reconnect(first=0.1, cap=5.0)
         self._client: aiomqtt.Client | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,29 +104,37 @@ class MqttPublisher:
             raise RuntimeError("MqttPublisher.publish() called before start()")
         topic = topic_for(self._prefix, self._cluster, node, channel)
         data = json.dumps({"v": SCHEMA_VERSION, **payload}).encode()
-        while True:
+
+        async def attempt() -> None:
             await self._ready.wait()
             client = self._client
             assert client is not None
-            try:
-                await client.publish(topic, data, qos=1)
-                return
-            except aiomqtt.MqttError as exc:
-                # The background task notices a dead link on its own and clears _ready; until
-                # it does (or if only the PUBACK timed out), retry at a modest pace.
-                log.debug("mqtt_publish.retry", topic=topic, error=str(exc))
-                await self._clock.sleep(_RETRY_PAUSE)
+            await client.publish(topic, data, qos=1)
+
+        def report(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.debug("mqtt_publish.retry", topic=topic, error=str(error))
+
+        # The background task notices a dead link on its own and clears _ready; until it does
+        # (or if only the PUBACK timed out), retry at a modest pace.
+        await retrying(
+            self._clock,
+            first=_RETRY_PAUSE,
+            cap=_RETRY_PAUSE,
+            retry_on=(aiomqtt.MqttError,),
+            before_sleep=report,
+        )(attempt)
 
     async def _keep_connected(self) -> None:
-        await reconnect_forever(
+        await stay_connected(
             self._session,
             clock=self._clock,
-            backoff=self._backoff,
+            reconnect=self._reconnect,
             retry_on=(aiomqtt.MqttError, OSError),
             on_retry=self._on_retry,
         )
 
-    async def _session(self) -> None:
+    async def _session(self, connected: Callable[[], None]) -> None:
         kwargs: dict[str, Any] = (
             {"protocol": aiomqtt.ProtocolVersion.V5}
             if self._protocol == "5"
@@ -139,7 +150,7 @@ class MqttPublisher:
         )
         try:
             async with client:
-                self._backoff.connected(self._clock.now())
+                connected()
                 self._client = client
                 self._ready.set()
                 # Nothing is subscribed, so this only ends when the connection does.

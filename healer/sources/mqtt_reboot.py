@@ -42,11 +42,11 @@ from healer.sources.mqtt_payload import (
     Rejection,
     _decode,
     _Reject,
-    _short,
     _timestamp,
     is_cluster_name,
     is_node_name,
 )
+from healer.sources.payload_text import short as _short
 
 REBOOT_REQUEST: Final = "reboot-request"
 REBOOT_PERMIT: Final = "reboot-permit"
