@@ -104,7 +104,7 @@ def test_validate_without_warnings_prints_none(tmp_path: Path) -> None:
 
 
 def test_run_logs_the_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import healer.app
+    import healer.app.daemon
     import healer.telemetry.logs
     from healer.cli import run as cli_run
 
@@ -121,7 +121,7 @@ def test_run_logs_the_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         async def reload(self) -> None:
             return None
 
-    monkeypatch.setattr(healer.app, "Daemon", Stub)
+    monkeypatch.setattr(healer.app.daemon, "Daemon", Stub)
     monkeypatch.setattr(healer.telemetry.logs, "configure", lambda *a, **k: None)
     args = argparse.Namespace(config=str(path), state_dir=str(tmp_path / "state"), dry_run=False)
     with structlog.testing.capture_logs() as logs:

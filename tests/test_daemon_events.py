@@ -18,7 +18,8 @@ import aiohttp
 import aiomqtt
 import pytest
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.config import parse_config
 from healer.lab.apiserver.server import FakeApiServer
 from healer.model import LABEL_POOL, NodeKey

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.clock import RESUMED_SAME_BOOT, RealClock
 from healer.cloud.registry import load_provider
 from healer.config import parse_config

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.cloud.registry import load_provider
 from healer.config import load_config
 from healer.kube.client import KubeClient

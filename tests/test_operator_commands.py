@@ -22,7 +22,8 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.clock import VirtualClock
 from healer.cloud.registry import load_provider
 from healer.config import load_config

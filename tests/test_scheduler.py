@@ -15,7 +15,8 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.clock import VirtualClock
 from healer.cloud.machines import Machine, MachineState
 from healer.cloud.registry import load_provider

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.clock import VirtualClock
 from healer.cloud.machines import Machine, MachineRequest, MachineState
 from healer.cloud.metered import MeteredProvider

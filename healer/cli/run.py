@@ -19,7 +19,7 @@ log = structlog.get_logger("healer.cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from healer.app import Daemon
+    from healer.app.daemon import Daemon
     from healer.config.warnings import config_warnings
     from healer.jobs.systemd import Notifier
     from healer.telemetry.logs import configure

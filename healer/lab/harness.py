@@ -1,7 +1,7 @@
 """The lab's world: a Kubernetes API (the HTTP fake), an MQTT broker, a cloud (the lab libcloud
 driver) and simulated kubelets for every running lab machine, plus the failures you can inject.
 
-The daemon is not part of it: `healer lab` runs a :class:`~healer.app.Daemon` beside it in the
+The daemon is not part of it: `healer lab` runs a :class:`~healer.app.daemon.Daemon` beside it in the
 same process, and the crash tests run the daemon as a separate process against it.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from libcloud.compute.types import NodeState
 
 from healer.clock import Clock, RealClock
 from healer.config import HealerConfig
@@ -66,11 +65,11 @@ class LabCloud:
         return [
             m
             for m in self.driver.ex_list_machines()
-            if include_terminated or m["state"] != NodeState.TERMINATED.value
+            if include_terminated or m["state"] != "terminated"  # libcloud NodeState values
         ]
 
     def power_off(self, machine_id: str) -> None:
-        self.driver.ex_set_state(machine_id, NodeState.STOPPED)
+        self.driver.ex_set_state(machine_id, "stopped")
 
     def set_outage(self, until: float | None) -> None:
         self.driver.ex_set_outage(until)

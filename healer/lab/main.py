@@ -17,7 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from healer.app import Daemon, Tuning
+from healer.app.daemon import Daemon
+from healer.app.tuning import Tuning
 from healer.cloud.registry import load_provider
 from healer.config import HealerConfig, load_config
 from healer.errors import ConfigError

@@ -23,7 +23,7 @@ from healer.lab.harness import LabHarness
 from healer.store.sqlite import DB_NAME, Store
 
 if TYPE_CHECKING:
-    from healer.app import Daemon
+    from healer.app.daemon import Daemon
 
 log = structlog.get_logger("healer.lab")
 

@@ -478,8 +478,11 @@ class LabNodeDriver(NodeDriver):
             row = conn.execute("SELECT * FROM nodes_v WHERE id = ?", (node_id,)).fetchone()
         return None if row is None else self._to_node(row)
 
-    def ex_set_state(self, node_id: str, state: NodeState) -> None:
-        """Force a machine's state: power it off, "crash" it (ERROR), bring it back."""
+    def ex_set_state(self, node_id: str, state: NodeState | str) -> None:
+        """Force a machine's state: power it off, "crash" it (ERROR), bring it back.
+
+        ``state`` is a ``NodeState`` or its value (``"stopped"``), so the lab's harness can
+        drive the cloud without importing libcloud."""
         with self._tx(write=True, api=False) as conn:
             cur = conn.execute(
                 "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?",

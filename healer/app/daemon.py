@@ -1,4 +1,4 @@
-"""The composition root: builds every part from the configuration and runs them in one TaskGroup.
+"""The daemon: builds every part from the configuration and runs them in one TaskGroup.
 
 Events flow one way: sources -> queue -> health tracker -> planner (guards) -> workflow runner ->
 provider plugins. Nothing here decides anything; it only wires.
@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from healer.app.status import DaemonStatus
+from healer.app.tuning import Tuning
+from healer.app.wiring import Core, start_mqtt, start_webhook
 from healer.clock import Clock, RealClock
 from healer.cloud.machines import Provider
 from healer.cloud.metered import MeteredProvider
@@ -31,45 +32,29 @@ from healer.jobs.scheduler import JobScheduler
 from healer.jobs.systemd import Notifier, Supervisor
 from healer.kube.client import KubeClient
 from healer.model import Health, NodeEvent, NodeKey
-from healer.planner.alert_blocks import AlertBlocks, block_handler
+from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.planner import Planner
 from healer.provisioning.userdata import UserDataBuilder
 from healer.sources.kube_watch import KubeWatchSource
 from healer.store.recorder import Recorder
 from healer.store.sqlite import (
-    BREAKER_BAD_UPGRADE,
     FAILED,
-    RUNNING,
     SUCCEEDED,
     Store,
     WorkflowRecord,
 )
 from healer.telemetry import metrics
-from healer.telemetry.server import MetricsServer, set_node_gauges
+from healer.telemetry.server import MetricsServer
 from healer.workflow.runner import WorkflowRunner
 
 log = structlog.get_logger("healer.app")
 
 EVENT_QUEUE_SIZE = 10_000
-CLOCK_STEP_TOLERANCE = 1.0  # seconds the wall clock may move against the timeline unreported
 
 
-@dataclass
-class Tuning:
-    """Intervals the lab shortens; production keeps the defaults."""
+class Daemon(DaemonStatus):
+    """The daemon: opens the state, builds every part, runs them until stopped."""
 
-    recheck_interval: float = 15.0
-    join_poll_interval: float = 2.0
-    watch_timeout: float = 60.0
-    renew_check: float = 1.0
-    request_poll: float = 1.0  # how often the daemon looks for `healer remediate` requests
-    status_interval: float = 10.0  # STATUS= to systemd, the status `healer status` shows
-    startup_timeout: float = 60.0  # READY=1 waits this long for sources at most
-    stall_after: float = 30.0  # the watchdog calls a part stuck after this many seconds
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Daemon:
     def __init__(
         self,
         config: HealerConfig,
@@ -272,10 +257,16 @@ class Daemon:
                     )
                     self.kube_sources[cluster.name] = source
                     tg.create_task(source.run(), name=f"kube-watch-{cluster.name}")
+                core = Core(
+                    self.config, self.clock, self.emit, tracker, store, planner, self.blocks
+                )
                 if self.config.mqtt is not None:
-                    self._start_mqtt(tg, tracker, store, planner)
+                    mqtt = start_mqtt(tg, core)
+                    self.mqtt_source = mqtt.source
+                    self.heartbeats = mqtt.heartbeats
+                    self.reboot_arbiter = mqtt.arbiter
                 if self.config.webhook is not None:
-                    self._start_webhook(tg, tracker, store, planner)
+                    self.webhook = start_webhook(tg, core)
                 resumed = await runner.resume_all()
                 scheduler.start()
                 if self.config.metrics is not None:
@@ -298,105 +289,6 @@ class Daemon:
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
             await runner.stop()
-
-    def _start_mqtt(
-        self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
-    ) -> None:
-        """The MQTT source, the heartbeat-absence watcher and the reboot arbiter behind it."""
-        from healer.model import Permit, RebootRequest
-        from healer.planner.reboots import RebootArbiter
-        from healer.sources.heartbeat import HeartbeatPolicy, HeartbeatWatcher, seed_from
-        from healer.sources.mqtt import MqttSource
-        from healer.sources.mqtt_reboot import (
-            REBOOT_PERMIT,
-            control_topic,
-            permit_payload,
-        )
-
-        mqtt = self.config.mqtt
-        assert mqtt is not None
-        observers: list[Callable[[NodeEvent], Awaitable[None]]] = []
-        # In a shared group this daemon sees only some of each node's heartbeats, so silence
-        # would be misread as absence (docs/mqtt.md).
-        if mqtt.shared_group is None:
-            self.heartbeats = HeartbeatWatcher(
-                clock=self.clock,
-                emit=self.emit,
-                policy=HeartbeatPolicy(mqtt.heartbeat_interval, mqtt.heartbeat_miss_after),
-                is_known_node=tracker.knows,
-                seed=seed_from(
-                    (obs.key, {k: v.status for k, v in obs.conditions.items()})
-                    for c in self.config.clusters
-                    for obs, _ in tracker.nodes(c.name)
-                ),
-            )
-            observers.append(self.heartbeats.observe)
-            tg.create_task(self.heartbeats.run(), name="heartbeats")
-
-        async def publish_permit(cluster: str, node: str, permit: Permit) -> None:
-            topic = control_topic(mqtt.topic_prefix, cluster, node, REBOOT_PERMIT)
-            # On the wire times are wall-clock times: the agent compares them with its own.
-            wall = self.clock.wall()
-            if permit.expires_at is not None:
-                expires = permit.expires_at + wall - self.clock.now()
-                permit = replace(permit, expires_at=expires)
-            await self.mqtt_source.publish(topic, permit_payload(permit, now=wall))
-
-        on_request: Callable[[RebootRequest], Awaitable[None]] | None = None
-        if mqtt.reboot_arbiter:
-            self.reboot_arbiter = arbiter = RebootArbiter(
-                config=self.config,
-                store=store,
-                clock=self.clock,
-                tracker=tracker,
-                publish=publish_permit,
-                blocks=self.blocks,
-                frozen=planner.frozen_reason,
-            )
-            # One arbiter: the guards count the nodes holding a grant as out of service.
-            planner.watch_reboot_grants(arbiter.granted_nodes)
-            observers.append(arbiter.observe)
-
-            async def on_request(request: RebootRequest) -> None:
-                await arbiter.on_request(request)
-
-        async def emit(event: NodeEvent) -> None:
-            await self.emit(event)
-            for observe in observers:
-                await observe(event)
-
-        self.mqtt_source = MqttSource(
-            config=mqtt,
-            known_clusters=[c.name for c in self.config.clusters],
-            clock=self.clock,
-            emit=emit,
-            is_known_node=tracker.knows,
-            on_reboot_request=on_request,
-        )
-        tg.create_task(self.mqtt_source.run(), name="mqtt")
-
-    def _start_webhook(
-        self, tg: asyncio.TaskGroup, tracker: HealthTracker, store: Store, planner: Planner
-    ) -> None:
-        from healer.sources.webhook import WebhookServer
-
-        assert self.config.webhook is not None
-        self.webhook = WebhookServer(
-            config=self.config.webhook,
-            known_clusters=[c.name for c in self.config.clusters],
-            clock=self.clock,
-            emit=self.emit,
-            is_known_node=tracker.knows,
-            # The planner side applies the block changes the webhook passes on.
-            on_block=block_handler(
-                self.blocks,
-                store=store,
-                clock=self.clock,
-                ttl=self.config.webhook.block_ttl,
-                consider=planner.consider,
-            ),
-        )
-        tg.create_task(self.webhook.run(), name="webhook")
 
     def _say_first_start(self, store: Store) -> None:
         """No state, an empty or a foreign database: say so (log and audit), decide nothing."""
@@ -454,142 +346,6 @@ class Daemon:
                 self.notifier.status("starting: waiting for " + ", ".join(waiting))
                 said = waiting
             await asyncio.sleep(0.1)
-
-    def _unconnected(self) -> list[str]:
-        waiting = [
-            f"the API of cluster {name}"
-            for name, source in self.kube_sources.items()
-            if not source.synced.is_set()
-        ]
-        if self.mqtt_source is not None and not getattr(self.mqtt_source, "connected", True):
-            waiting.append("the MQTT broker")
-        return waiting
-
-    # -- systemd: liveness, status, reload --------------------------------------------------
-    def liveness(self) -> list[str]:
-        """What is stuck right now (empty when healthy); gates the systemd watchdog."""
-        problems = []
-        stall = self.tuning.stall_after
-        busy = self._busy_since
-        if busy is not None and time.monotonic() - busy > stall:
-            problems.append(
-                f"the event consumer has been handling one event for "
-                f"{time.monotonic() - busy:.0f}s ({self._events.qsize()} queued)"
-            )
-        if self.tracker is not None:
-            late = self.tracker.overdue(self.clock.now())
-            if late > stall:
-                problems.append(f"the health tracker is {late:.0f}s behind its re-evaluations")
-        if self.runner is not None:
-            # Lost for longer than the stall bound: a workflow can be between its record and
-            # its task for a moment (while it is being expired, say), however often we look.
-            now = time.monotonic()
-            untracked = self.runner.untracked()
-            self._untracked = {i: self._untracked.get(i, now) for i in untracked}
-            lost = sorted(i for i, since in self._untracked.items() if now - since > stall)
-            if lost:
-                problems.append(f"running workflow(s) with no task: {', '.join(lost)}")
-        return problems
-
-    def healthz(self) -> tuple[bool, str]:
-        if not self.ready:
-            return False, "starting: " + self.status_line()
-        problems = self.liveness()
-        if problems:
-            return False, "unhealthy: " + "; ".join(problems)
-        return True, "ok: " + self.status_line()
-
-    def status_line(self) -> str:
-        if self.tracker is None or self.store is None:
-            return "starting"
-        clusters = self.config.clusters
-        nodes = [v for c in clusters for _, v in self.tracker.nodes(c.name)]
-        unhealthy = sum(1 for v in nodes if v.health is Health.UNHEALTHY)
-        in_flight = self.runner.in_flight if self.runner is not None else 0
-        parts = [
-            f"watching {len(clusters)} cluster(s), {len(nodes)} nodes"
-            + (f" ({unhealthy} unhealthy)" if unhealthy else "")
-            + f", {in_flight} workflows in flight"
-        ]
-        if self._api_down:
-            parts.append("API unreachable: " + ", ".join(sorted(self._api_down)))
-        pauses = self.store.pauses()
-        if pauses or self.config.paused:
-            parts.append("paused: " + ", ".join(sorted(pauses) or ["* (config)"]))
-        breakers = self.store.breakers()
-        if breakers:
-            parts.append("breaker open: " + ", ".join(sorted(breakers)))
-        bad_upgrade = self.store.breakers(kind=BREAKER_BAD_UPGRADE)
-        if bad_upgrade:
-            parts.append("bad-upgrade breaker open: " + ", ".join(sorted(bad_upgrade)))
-        if not self.ready:
-            waiting = self._unconnected()
-            if waiting:
-                parts.append("waiting for " + ", ".join(waiting))
-        return "; ".join(parts)
-
-    def _checkpoint_clock(self, *, started: bool = False) -> None:
-        """Save the timeline for the next process (healer/clock.py) and say when the wall
-        clock stepped: durations do not follow it, only the periodic jobs are rescheduled
-        (APScheduler plans on the wall clock; a step back would stall them)."""
-        if isinstance(self.clock, RealClock):
-            self.clock.checkpoint()
-        offset = self.clock.wall() - self.clock.now()
-        if started:
-            log.info(
-                "clock.resumed",
-                how=getattr(self.clock, "resumed", "injected"),
-                wall_minus_timeline=round(offset, 3),
-            )
-        elif abs(offset - self._clock_offset) > CLOCK_STEP_TOLERANCE:
-            log.warning(
-                "clock.stepped",
-                seconds=round(offset - self._clock_offset, 3),
-                wall_minus_timeline=round(offset, 3),
-                effect="none on thresholds, cooldowns, budgets or windows (monotonic timeline)",
-            )
-            if self.scheduler is not None:
-                self.scheduler.reschedule()
-        self._clock_offset = offset
-
-    def _publish_status(self, line: str) -> None:
-        """Each status round: the line for `healer status`, and the gauges read from state."""
-        self._checkpoint_clock()
-        if self.store is None:
-            return
-        breakers = self.store.breakers()
-        pauses = self.store.pauses()
-        running = self.store.workflows(state=RUNNING)
-        for c in self.config.clusters:
-            metrics.BREAKER_OPEN.labels(c.name).set(1 if c.name in breakers else 0)
-            metrics.BAD_UPGRADE_BREAKER_OPEN.labels(c.name).set(
-                1 if c.name in self.store.breakers(kind=BREAKER_BAD_UPGRADE) else 0
-            )
-            paused = (
-                self.config.paused
-                or c.paused
-                or "*" in pauses
-                or any(s == f"cluster:{c.name}" or s.startswith(f"pool:{c.name}/") for s in pauses)
-            )
-            metrics.PAUSED.labels(c.name).set(1 if paused else 0)
-            metrics.WORKFLOWS_IN_FLIGHT.labels(c.name).set(
-                sum(1 for wf in running if wf.cluster == c.name)
-            )
-        self.store.set_meta(
-            "daemon",
-            {
-                "pid": os.getpid(),
-                "started_at": self._started_at,
-                "updated_at": self.clock.now(),
-                "ready": self.ready,
-                "status": line,
-                "status_interval": self.tuning.status_interval,
-            },
-        )
-
-    def _refresh_nodes(self, cluster: str) -> None:
-        if self.tracker is not None:
-            set_node_gauges(cluster, [v.health for _, v in self.tracker.nodes(cluster)])
 
     def reconfigure(self, config: HealerConfig) -> None:
         """Swap in a validated configuration (see :mod:`healer.config.reload` for what may change).

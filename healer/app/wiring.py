@@ -1,0 +1,145 @@
+"""The daemon's optional sources, put together: MQTT (with the heartbeat watcher and the reboot
+arbiter behind it) and the alert webhook. Each is built only when the configuration has it, so
+a daemon without MQTT never imports the MQTT client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from healer.clock import Clock
+from healer.config import HealerConfig
+from healer.health.tracker import HealthTracker
+from healer.model import NodeEvent, Permit, RebootRequest
+from healer.planner.alert_blocks import AlertBlocks, block_handler
+from healer.planner.planner import Planner
+from healer.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from healer.planner.reboots import RebootArbiter
+    from healer.sources.heartbeat import HeartbeatWatcher
+    from healer.sources.mqtt import MqttSource
+    from healer.sources.webhook import WebhookServer
+
+Emit = Callable[[NodeEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Core:
+    """What every source is wired to: the configuration, the clock, the event queue's ``emit``
+    and the parts that decide."""
+
+    config: HealerConfig
+    clock: Clock
+    emit: Emit
+    tracker: HealthTracker
+    store: Store
+    planner: Planner
+    blocks: AlertBlocks
+
+
+@dataclass(frozen=True)
+class MqttParts:
+    source: MqttSource
+    heartbeats: HeartbeatWatcher | None  # None in a shared subscription group
+    arbiter: RebootArbiter | None  # None unless mqtt.rebootArbiter
+
+
+def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
+    """The MQTT source, the heartbeat-absence watcher and the reboot arbiter behind it."""
+    from healer.planner.reboots import RebootArbiter
+    from healer.sources.heartbeat import HeartbeatPolicy, HeartbeatWatcher, seed_from
+    from healer.sources.mqtt import MqttSource
+    from healer.sources.mqtt_reboot import REBOOT_PERMIT, control_topic, permit_payload
+
+    mqtt = core.config.mqtt
+    assert mqtt is not None
+    clock, tracker = core.clock, core.tracker
+    observers: list[Emit] = []
+    heartbeats: HeartbeatWatcher | None = None
+    # In a shared group this daemon sees only some of each node's heartbeats, so silence
+    # would be misread as absence (docs/mqtt.md).
+    if mqtt.shared_group is None:
+        heartbeats = HeartbeatWatcher(
+            clock=clock,
+            emit=core.emit,
+            policy=HeartbeatPolicy(mqtt.heartbeat_interval, mqtt.heartbeat_miss_after),
+            is_known_node=tracker.knows,
+            seed=seed_from(
+                (obs.key, {k: v.status for k, v in obs.conditions.items()})
+                for c in core.config.clusters
+                for obs, _ in tracker.nodes(c.name)
+            ),
+        )
+        observers.append(heartbeats.observe)
+        tg.create_task(heartbeats.run(), name="heartbeats")
+
+    async def publish_permit(cluster: str, node: str, permit: Permit) -> None:
+        topic = control_topic(mqtt.topic_prefix, cluster, node, REBOOT_PERMIT)
+        # On the wire times are wall-clock times: the agent compares them with its own.
+        wall = clock.wall()
+        if permit.expires_at is not None:
+            expires = permit.expires_at + wall - clock.now()
+            permit = replace(permit, expires_at=expires)
+        await source.publish(topic, permit_payload(permit, now=wall))
+
+    arbiter: RebootArbiter | None = None
+    on_request: Callable[[RebootRequest], Awaitable[None]] | None = None
+    if mqtt.reboot_arbiter:
+        arbiter = RebootArbiter(
+            config=core.config,
+            store=core.store,
+            clock=clock,
+            tracker=tracker,
+            publish=publish_permit,
+            blocks=core.blocks,
+            frozen=core.planner.frozen_reason,
+        )
+        # One arbiter: the guards count the nodes holding a grant as out of service.
+        core.planner.watch_reboot_grants(arbiter.granted_nodes)
+        observers.append(arbiter.observe)
+
+        async def on_request(request: RebootRequest) -> None:
+            await arbiter.on_request(request)
+
+    async def emit(event: NodeEvent) -> None:
+        await core.emit(event)
+        for observe in observers:
+            await observe(event)
+
+    source = MqttSource(
+        config=mqtt,
+        known_clusters=[c.name for c in core.config.clusters],
+        clock=clock,
+        emit=emit,
+        is_known_node=tracker.knows,
+        on_reboot_request=on_request,
+    )
+    tg.create_task(source.run(), name="mqtt")
+    return MqttParts(source=source, heartbeats=heartbeats, arbiter=arbiter)
+
+
+def start_webhook(tg: asyncio.TaskGroup, core: Core) -> WebhookServer:
+    """The alert webhook; the planner side applies the block changes it passes on."""
+    from healer.sources.webhook import WebhookServer
+
+    webhook = core.config.webhook
+    assert webhook is not None
+    server = WebhookServer(
+        config=webhook,
+        known_clusters=[c.name for c in core.config.clusters],
+        clock=core.clock,
+        emit=core.emit,
+        is_known_node=core.tracker.knows,
+        on_block=block_handler(
+            core.blocks,
+            store=core.store,
+            clock=core.clock,
+            ttl=webhook.block_ttl,
+            consider=core.planner.consider,
+        ),
+    )
+    tg.create_task(server.run(), name="webhook")
+    return server
