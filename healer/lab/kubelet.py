@@ -13,14 +13,13 @@ Failure scenarios are controls on a running kubelet: :meth:`crash` (the machine 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from healer.clock import Clock
+from healer.clock import Clock, sleep_until_set
 from healer.errors import HealerError
 from healer.kube.client import KubeClient
 
@@ -183,13 +182,5 @@ class SimulatedKubelet:
         if self._wake.is_set():
             self._wake.clear()
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (sleeper, waker):
-                fut.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fut
+        await sleep_until_set(self._clock, deadline, self._wake)
         self._wake.clear()
