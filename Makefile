@@ -22,7 +22,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -369,25 +369,7 @@ class MqttSource:
         ):
             result = Rejection(UNKNOWN_NODE, f"node {result.key} is not managed by healer")
         if isinstance(result, Rejection):
-            EVENTS_REJECTED.labels(source=SOURCE, reason=result.reason).inc()
-            about = {
-                k: v
-                for k, v in (
-                    ("cluster", result.cluster),
-                    ("node", result.node),
-                    ("condition", result.condition),
-                )
-                if v is not None
-            }
-            log.warning(
-                "mqtt.rejected",
-                reason=result.reason,
-                topic=_clip(topic),
-                error=result.message,
-                size=len(payload),
-                source=SOURCE,
-                **about,
-            )
+            _rejected(result, topic, len(payload))
         else:
             EVENTS_RECEIVED.labels(source=SOURCE).inc()
             await self._emit(result)
@@ -418,14 +400,7 @@ class MqttSource:
         if isinstance(request, RebootRequest):
             request = replace(request, at=self._clock.from_wall(request.at))
         if isinstance(request, Rejection):
-            EVENTS_REJECTED.labels(source=SOURCE, reason=request.reason).inc()
-            log.warning(
-                "mqtt.rejected",
-                reason=request.reason,
-                topic=_clip(topic),
-                error=request.message,
-                size=len(payload),
-            )
+            _rejected(request, topic, len(payload))
             return
         EVENTS_RECEIVED.labels(source=SOURCE).inc()
         await self._on_reboot_request(request)
@@ -480,6 +455,29 @@ def _code(rc: Any) -> int:
     """paho hands out ``ReasonCode`` objects or plain ints depending on protocol and call."""
     value = getattr(rc, "value", rc)
     return value if isinstance(value, int) else 0x80
+
+
+def _rejected(rejection: Rejection, topic: str, size: int) -> None:
+    """A message refused: counted by reason and logged with what it was about."""
+    EVENTS_REJECTED.labels(source=SOURCE, reason=rejection.reason).inc()
+    about = {
+        k: v
+        for k, v in (
+            ("cluster", rejection.cluster),
+            ("node", rejection.node),
+            ("condition", rejection.condition),
+        )
+        if v is not None
+    }
+    log.warning(
+        "mqtt.rejected",
+        reason=rejection.reason,
+        topic=_clip(topic),
+        error=rejection.message,
+        size=size,
+        source=SOURCE,
+        **about,
+    )
 
 
 def _clip(text: str) -> str:
