@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from healer.errors import StateError
 from healer.store.sqlite import (
     DB_NAME,
     EMPTY_DATABASE,
@@ -140,7 +141,7 @@ def test_an_unreadable_sqlite_file_is_not_guessed_about(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
     path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
     before = digest(path)
-    with pytest.raises(RuntimeError, match="cannot read this SQLite database"):
+    with pytest.raises(StateError, match="cannot read this SQLite database"):
         Store.open(tmp_path)
     assert digest(path) == before
 

@@ -26,13 +26,22 @@ def ts(at: float | None) -> str:
 
 
 def state_dir_for(args: argparse.Namespace, config: HealerConfig | None = None) -> Path:
+    given = state_dir_given(args)
+    if given is not None:
+        return given
+    if config is not None and config.state_dir is not None:
+        return config.state_dir
+    return Path(DEFAULT_STATE_DIR)
+
+
+def state_dir_given(args: argparse.Namespace) -> Path | None:
+    """The state directory named by ``--state-dir`` or ``HEALER_STATE_DIR``, which win over the
+    configuration's ``stateDir``; None when neither names one."""
     if getattr(args, "state_dir", None):
         return Path(args.state_dir)
     if os.environ.get("HEALER_STATE_DIR"):
         return Path(os.environ["HEALER_STATE_DIR"])
-    if config is not None and config.state_dir is not None:
-        return config.state_dir
-    return Path(DEFAULT_STATE_DIR)
+    return None
 
 
 def config_path(args: argparse.Namespace) -> str:

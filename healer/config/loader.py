@@ -4,6 +4,7 @@ paths resolved against the file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,4 +103,12 @@ def load_config(path: str | Path) -> HealerConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except ValueError as exc:
+        # PyYAML turns a number into an int before any field sees it; Python refuses one of
+        # thousands of digits (int_max_str_digits). No field takes a number that long.
+        digits = re.search(r"has (\d+) digits", str(exc))
+        size = f" ({digits.group(1)} digits)" if digits else f": {exc}"
+        raise ConfigError(
+            f"{path}: a number in the file is too long to be any value{size}"
+        ) from None
     return parse_config(data, source=str(path), base_dir=path.parent.resolve())

@@ -1,6 +1,12 @@
 """Building blocks of the configuration: durations, limits, CIDRs, listen addresses, secret
 references (``{env: NAME}``, ``{file: PATH}``, ``{credential: NAME}``; read only when used,
 never shown in ``repr`` or logs), and the base model every section derives from.
+
+Every number is bounded here, once: a duration is finite and at most :data:`MAX_DURATION`, any
+other number finite and at most :data:`MAX_NUMBER` in size (fields add tighter bounds of their
+own). ``rebootTimeout: 1000...000`` (a 400-digit integer no float holds), ``1.0e+400`` or
+``.nan`` is refused with the field's name, like any other bad value, never left to overflow
+later in a timer, a socket option or SQLite.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -24,32 +31,60 @@ from healer.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# No timer of healer is meant to run longer than a year; a longer one is a typo.
+MAX_DURATION = 365 * 86400.0
+# Any other number: it fits the signed 32-bit integers of the C APIs numbers end up in.
+MAX_NUMBER = 2**31 - 1
 
 
 def parse_duration(value: Any) -> float:
     """``"5m"`` -> 300.0; plain numbers are seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '1h'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(
-            f"invalid duration {value!r}: use seconds or a string like '30s', '5m', '1h'"
-        )
-    if seconds < 0 or math.isinf(seconds) or math.isnan(seconds):
-        raise ValueError(f"invalid duration {value!r}: must be a finite, non-negative time")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            raise ValueError(
+                f"invalid duration {_shown(value)}: use seconds or a string like '30s', '5m', '1h'"
+            )
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf if value > 0 else -math.inf
+    if seconds < 0 or math.isnan(seconds):
+        raise ValueError(f"invalid duration {_shown(value)}: must be a non-negative time")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"invalid duration {_shown(value)}: at most 365d ({MAX_DURATION:.0f}s)")
     return seconds
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``value`` as an error message shows it: a 400-digit number is cut short (and one of
+    thousands of digits, which Python will not even turn into text, only described)."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return f"a number of about {int(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class ConfigModel(BaseModel):
-    """Every config section: unknown keys are errors, camelCase aliases, immutable."""
+    """Every config section: unknown keys are errors, camelCase aliases, immutable, numbers
+    bounded (no inf or nan; no integer beyond :data:`MAX_NUMBER`)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_NUMBER:
+            raise ValueError(f"{_shown(value)} is out of range (at most {MAX_NUMBER})")
+        return value
 
 
 class SecretRef(ConfigModel):
@@ -121,8 +156,8 @@ class Threshold(ConfigModel):
         if isinstance(value, bool):
             raise ValueError("expected a count like 2 or a percentage like '40%'")
         if isinstance(value, int):
-            if value < 0:
-                raise ValueError("a count must be >= 0")
+            if not 0 <= value <= MAX_NUMBER:
+                raise ValueError(f"a count must be from 0 to {MAX_NUMBER}, not {_shown(value)}")
             return cls(count=value)
         if isinstance(value, str):
             text = value.strip()
@@ -136,7 +171,7 @@ class Threshold(ConfigModel):
                         return cls(percent=pct)
                 raise ValueError(f"invalid percentage {value!r}: use a value from '0%' to '100%'")
             if text.isdigit():
-                return cls(count=int(text))
+                return cls.parse(int(text))
         raise ValueError(f"invalid limit {value!r}: use a count like 2 or a percentage like '40%'")
 
     def limit_for(self, total: int) -> int:

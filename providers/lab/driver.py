@@ -169,6 +169,10 @@ class LabNodeDriver(NodeDriver):
 
     def _init_db(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Private whatever the umask: it holds the machines' user data (keys, tokens). SQLite
+        # gives its -wal and -shm files the mode of the database.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         with _as_cloud_errors(self.path):
             conn = self._connect()
             try:
