@@ -13,9 +13,10 @@ The public API is three functions:
     ``await call(policy, fn)``, or ``async for attempt in policy: with attempt: ...``. It tries
     ``fn`` again when it raises one of ``retry_on`` (default: :class:`~healer.errors.
     TemporaryError`) or, given ``retry_result``, when that predicate holds for what ``fn``
-    returned. It stops after ``attempts`` tries, or once the clock reaches ``deadline``, or
-    never (both None). When it stops, the last error is raised as it is (never tenacity's
-    ``RetryError``) and the last result is returned, for the caller to inspect.
+    returned. It stops after ``attempts`` tries (errors of a ``free`` type retried without
+    counting), or once the clock reaches ``deadline``, or never (both None). When it stops, the
+    last error is raised as it is (never tenacity's ``RetryError``) and the last result is
+    returned, for the caller to inspect.
 :func:`call` ``(policy, fn) -> T``
     Runs ``fn`` under ``policy``, typed (tenacity's own ``__call__`` returns ``Any``), and for
     any callable that returns an awaitable, not only an ``async def``.
@@ -94,6 +95,26 @@ class _Deadline(stop_base):
         return self._clock.now() >= self._deadline
 
 
+class _Budget(stop_base):
+    """Stop after ``attempts`` tries that did not fail with a ``free`` error (tenacity's
+    ``stop_after_attempt`` counts every try). Counts per call: a policy runs one call at a
+    time."""
+
+    def __init__(self, attempts: int, free: tuple[type[BaseException], ...]) -> None:
+        self._attempts = attempts
+        self._free = free
+        self._spent = 0
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        if retry_state.attempt_number == 1:
+            self._spent = 0
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if not isinstance(error, self._free):
+            self._spent += 1
+        return self._spent >= self._attempts
+
+
 def _last_outcome(state: RetryCallState) -> Any:
     """When retrying stops: the last error raised as it is, or the last result returned."""
     assert state.outcome is not None  # tenacity stops only after an attempt
@@ -111,10 +132,14 @@ def retrying(
     attempts: int | None = None,
     deadline: float | None = None,
     retry_on: tuple[type[BaseException], ...] = (TemporaryError,),
+    free: tuple[type[BaseException], ...] = (),
     retry_result: Callable[[Any], bool] | None = None,
     before_sleep: Callable[[RetryCallState], None] | None = None,
 ) -> AsyncRetrying:
     """A tenacity policy sleeping on ``clock`` (see the module docstring).
+
+    ``free`` errors (a subset of ``retry_on``) are retried without counting against
+    ``attempts``: the Kubernetes API being away is waited out, not spent from the budget.
 
     ``deadline`` is on the clock's timeline (``clock.now()`` values): no wait goes past it, and
     no try starts after it. ``before_sleep`` sees each retry before its wait
@@ -130,7 +155,7 @@ def retrying(
 
     stop: stop_base = stop_never
     if attempts is not None:
-        stop = stop_after_attempt(attempts)
+        stop = _Budget(attempts, free) if free else stop_after_attempt(attempts)
     if deadline is not None:
         stop = stop | _Deadline(clock, deadline)
     retry: retry_base = retry_if_exception_type(retry_on)

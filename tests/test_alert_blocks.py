@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from healer.clock import VirtualClock
+from healer.errors import StateError
 from healer.model import BlockChange
 from healer.planner.alert_blocks import AlertBlocks, block_handler
 from healer.store.alert_blocks import LEGACY_FILE, Block
@@ -196,5 +197,5 @@ def test_a_database_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(tmp_path / DB_NAME)) as db:
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION + 1),))
         db.commit()
-    with pytest.raises(RuntimeError, match="newer than this healer understands"):
+    with pytest.raises(StateError, match="newer than this healer understands"):
         Store.open(tmp_path)

@@ -21,11 +21,13 @@ from healer.clock import VirtualClock
 from healer.cloud.machines import Machine, MachineState
 from healer.cloud.registry import load_provider
 from healer.config import HealerConfig, parse_config
+from healer.errors import KubeUnavailable
 from healer.health.tracker import HealthTracker
 from healer.jobs.orphans import find_orphans
 from healer.jobs.periodic import PeriodicJobs
 from healer.jobs.pools import census
 from healer.jobs.scheduler import JOB_DEFAULTS, JobScheduler
+from healer.kube.records import EvictResult, NodeInfo, PodInfo
 from healer.lab.harness import LabHarness, LabTimings
 from healer.model import LABEL_POOL, TAG_POOL, TAG_WORKFLOW, EventKind, NodeEvent, Role
 from healer.naming import ownership_tags
@@ -411,6 +413,134 @@ async def test_stale_workflows_are_failed_with_a_reason(make_world: Callable[...
     assert failed.reason == "StaleWorkflow"
     busy = world.store.workflow("busy")
     assert busy is not None and busy.state == RUNNING
+
+
+class KubeAway:
+    """The Kubernetes API of a workflow's cluster: away (every call fails) until ``back``; once
+    back, the drain's first read never returns, so the workflow stays on its drain step."""
+
+    def __init__(self) -> None:
+        self.back = False
+        self.cordoned: list[str] = []
+
+    async def cordon(self, name: str) -> bool:
+        if not self.back:
+            raise KubeUnavailable("cannot reach the Kubernetes API")
+        self.cordoned.append(name)
+        return True
+
+    async def get_node(self, name: str) -> None:
+        await asyncio.Event().wait()
+
+
+def away_world(world: World, kube: Any, wf_id: str) -> WorkflowRecord:
+    """``world`` with a runner whose cluster API is ``kube``, and a workflow ``wf_id`` for it."""
+    world.runner = WorkflowRunner(
+        config=world.config,
+        store=world.store,
+        clock=world.clock,
+        kube={"lab": kube},
+        providers={"lab": world.provider},
+        user_data=render_user_data,
+    )
+    world.jobs = world.new_jobs()
+    wf = workflow(wf_id, f"w-{wf_id}", at=world.clock.now())
+    world.store.create_workflow(wf)
+    return wf
+
+
+def journal(world: World, wf_id: str, step: str) -> list[str]:
+    return [line["status"] for line in world.store.steps(wf_id) if line["step"] == step]
+
+
+async def test_a_workflow_waiting_for_the_api_is_paused_not_stale(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(schedule={"staleAfter": "1h"})
+    kube = KubeAway()
+    wf = away_world(world, kube, "away")
+    await world.runner.start(wf)
+    await world.clock.advance(3 * 3600)  # far past staleAfter and the retry budget
+    assert world.runner.waiting_for_api("away")
+    assert await world.jobs.stale.expire() == []
+    away = world.store.workflow("away")
+    assert away is not None and away.state == RUNNING
+    assert journal(world, "away", "cordon") == ["started", "retrying"]  # once, not per try
+
+    kube.back = True
+    await world.clock.advance(60)  # maxDelay (30s by default) at most between tries
+    assert kube.cordoned == ["w-away"]
+    assert not world.runner.waiting_for_api("away")
+    assert journal(world, "away", "cordon") == ["started", "retrying", "resumed", "done"]
+    await world.runner.stop()
+    away = world.store.workflow("away")
+    assert away is not None and away.state == RUNNING and away.step == "drain"
+
+
+async def test_stopping_the_daemon_ends_a_wait_for_the_api_at_once(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world()
+    wf = away_world(world, KubeAway(), "away")
+    await world.runner.start(wf)
+    await world.clock.advance(600)
+    assert world.runner.waiting_for_api("away")
+    async with asyncio.timeout(5):  # real seconds: the wait must not run to its next try
+        await world.runner.stop()
+    assert not world.runner.waiting_for_api("away")
+    assert journal(world, "away", "cordon") == ["started", "retrying", "suspended"]
+    away = world.store.workflow("away")
+    assert away is not None and away.state == RUNNING and away.step == "cordon"
+
+
+class KubeFlapping:
+    """A NotReady node whose pod a PodDisruptionBudget holds; the API is away while ``away``."""
+
+    def __init__(self) -> None:
+        self.away = False
+
+    def answer(self) -> None:
+        if self.away:
+            raise KubeUnavailable("cannot reach the Kubernetes API")
+
+    async def cordon(self, name: str) -> bool:
+        self.answer()
+        return True
+
+    async def get_node(self, name: str) -> NodeInfo:
+        self.answer()
+        ready = {"Ready": ("Unknown", 0.0)}
+        return NodeInfo(name, {}, True, ready, (), 0.0, "1")
+
+    async def pods_on_node(self, name: str) -> list[PodInfo]:
+        self.answer()
+        return [PodInfo("shop", "web-0", name, ("ReplicaSet",), False, False, "Running")]
+
+    async def evict(self, namespace: str, name: str) -> tuple[EvictResult, str]:
+        self.answer()
+        return EvictResult.BLOCKED, "Cannot evict pod as it would violate the budget."
+
+
+async def test_an_api_outage_does_not_count_against_drain_timeout(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(cluster={"remediation": {"drainTimeout": "100s"}})
+    kube = KubeFlapping()
+    wf = away_world(world, kube, "flap")
+    t0 = world.clock.now()
+    await world.runner.start(wf)
+    await world.clock.advance(50)
+    kube.away = True
+    await world.clock.advance(1000)
+    kube.away = False
+    await world.clock.advance(200)
+    await world.runner.stop()
+    [done] = [line for line in world.store.steps("flap") if line["step"] == "drain"][-1:]
+    assert done["status"] == "done"
+    assert done["detail"]["timed_out"] is True
+    # 50s drained before the outage, the rest (40-50s) after it, which the step notices within
+    # maxDelay (30s); a drain started again with the full timeout would end at 1150s or later.
+    assert 1090 <= done["at"] - t0 < 1145
 
 
 async def test_maintenance_window_transitions_are_recorded(

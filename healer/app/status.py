@@ -4,7 +4,6 @@ the timeline checkpoint that notices a step of the wall clock."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -16,9 +15,11 @@ from healer.clock import Clock, RealClock
 from healer.config import HealerConfig
 from healer.health.tracker import HealthTracker
 from healer.jobs.scheduler import JobScheduler
-from healer.model import Health, NodeEvent
+from healer.model import Health
+from healer.sources.events import EventQueue
 from healer.sources.kube_watch import KubeWatchSource
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, RUNNING, Store
+from healer.store.writable import STATE_UNWRITABLE
 from healer.telemetry import metrics
 from healer.telemetry.server import set_node_gauges
 from healer.workflow.runner import WorkflowRunner
@@ -42,7 +43,7 @@ class DaemonStatus:
     kube_sources: dict[str, KubeWatchSource]
     mqtt_source: Any
     ready: bool
-    _events: asyncio.Queue[NodeEvent]
+    _events: EventQueue
     _busy_since: float | None  # monotonic: the consumer took an event then
     _untracked: dict[str, float]  # workflow id -> monotonic time first seen lost
     _api_down: dict[str, str]  # cluster -> why its API is unreachable
@@ -88,6 +89,10 @@ class DaemonStatus:
         if not self.ready:
             return False, "starting: " + self.status_line()
         problems = self.liveness()
+        # Not a liveness problem: the watchdog must not restart a daemon that is waiting for
+        # disk space (a restart cannot write either); a load balancer or a human sees it here.
+        if self.store is not None and (unwritable := self.store.writes.problem) is not None:
+            problems.append(f"{STATE_UNWRITABLE} ({unwritable.kind}): {unwritable}")
         if problems:
             return False, "unhealthy: " + "; ".join(problems)
         return True, "ok: " + self.status_line()
@@ -104,6 +109,8 @@ class DaemonStatus:
             + (f" ({unhealthy} unhealthy)" if unhealthy else "")
             + f", {in_flight} workflows in flight"
         ]
+        if self.store.writes.problem is not None:
+            parts.append(f"state unwritable ({self.store.writes.problem.kind}): decisions frozen")
         if self._api_down:
             parts.append("API unreachable: " + ", ".join(sorted(self._api_down)))
         pauses = self.store.pauses()
@@ -168,6 +175,8 @@ class DaemonStatus:
             metrics.WORKFLOWS_IN_FLIGHT.labels(c.name).set(
                 sum(1 for wf in running if wf.cluster == c.name)
             )
+        if self.store.writes.problem is not None:
+            return  # the status row waits for the database (healer.store.writable)
         self.store.set_meta(
             "daemon",
             {

@@ -18,4 +18,7 @@ class Tuning:
     status_interval: float = 10.0  # STATUS= to systemd, the status `healer status` shows
     startup_timeout: float = 60.0  # READY=1 waits this long for sources at most
     stall_after: float = 30.0  # the watchdog calls a part stuck after this many seconds
+    # Probes of a state database that took no write: the first wait, then doubling up to this.
+    state_probe_first: float = 1.0
+    state_probe_cap: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -9,6 +9,10 @@ It is also where the informer's "synced" barrier holds: between a cluster's ``LI
 at ``SYNCED`` every node of the cluster is judged at once, the nodes first seen in that list are
 recorded as adopted (``node.adopted``), and only then does ``synced(cluster)`` let the planner
 decide anything there.
+
+A node record the state database cannot take now (a full disk, a read-only database:
+:mod:`healer.store.writable`) does not stop the tracker: the verdict stands in memory, the node is
+marked unsaved, and :meth:`HealthTracker.save_unsaved` writes it once the database takes writes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import structlog
 from healer.clock import Clock, DeadlineQueue
 from healer.config import HealerConfig
 from healer.config.provenance import ownership_of
+from healer.errors import StateUnwritable
 from healer.health.observe import apply_event
 from healer.health.verdict import evaluate
 from healer.model import EventKind, Health, NodeEvent, NodeKey, NodeObservation, Verdict
@@ -66,6 +71,9 @@ class HealthTracker:
         self._obs: dict[NodeKey, NodeObservation] = {}
         self._verdicts: dict[NodeKey, Verdict] = {}
         self._checks: DeadlineQueue[NodeKey] = DeadlineQueue(clock)  # next_check_at per node
+        # Nodes whose record (or its removal) the state database did not take: saved again
+        # when it takes writes (save_unsaved).
+        self._unsaved: set[NodeKey] = set()
         for row in store.nodes():
             obs = row.observation
             if config.cluster(obs.cluster) is None:
@@ -238,7 +246,28 @@ class HealthTracker:
         self._obs.pop(key, None)
         self._verdicts.pop(key, None)
         self._checks.cancel(key)
-        self._store.forget_node(key.cluster, key.node)
+        self._persist(key)
+
+    def _persist(self, key: NodeKey, now: float | None = None) -> None:
+        """Write the node's record (or remove it, once forgotten); if the state database takes
+        no writes now, remember it for :meth:`save_unsaved`."""
+        try:
+            obs, verdict = self._obs.get(key), self._verdicts.get(key)
+            if obs is None or verdict is None:
+                self._store.forget_node(key.cluster, key.node)
+            else:
+                self._store.save_node(obs, verdict, self._clock.now() if now is None else now)
+        except StateUnwritable:
+            self._unsaved.add(key)  # logged and counted once per episode by the store
+        else:
+            self._unsaved.discard(key)
+
+    def save_unsaved(self) -> int:
+        """Write the records the state database did not take (it takes writes again); how
+        many are still unsaved (it failed again)."""
+        for key in sorted(self._unsaved):
+            self._persist(key)
+        return len(self._unsaved)
 
     async def _evaluate(self, key: NodeKey, *, trigger: NodeEvent | None = None) -> None:
         change = self._judge(key, trigger=trigger)
@@ -255,7 +284,7 @@ class HealthTracker:
         verdict = evaluate(obs, cluster.health_for(obs.pool), now)
         previous = self._verdicts.get(key)
         self._verdicts[key] = verdict
-        self._store.save_node(obs, verdict, now)
+        self._persist(key, now)
         if verdict.next_check_at is not None:
             self._wake_at(verdict.next_check_at, key)
         if previous is not None and previous.health == verdict.health:
@@ -301,4 +330,9 @@ class HealthTracker:
             for key in sorted(key for _, key in await self._checks.due()):
                 # A node of a cluster in the middle of a list is judged when the list is in.
                 if key in self._obs and key.cluster not in self._listing:
-                    await self._evaluate(key)
+                    try:
+                        await self._evaluate(key)
+                    except StateUnwritable as exc:
+                        # Whatever failed to write downstream (logged and counted once per
+                        # episode by the store) must not end the re-evaluations of every node.
+                        log.debug("health.unsaved", node=key.node, cluster=key.cluster, error=exc)

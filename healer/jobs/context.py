@@ -31,8 +31,8 @@ class JobContext:
 
     def stop_switch(self, cluster: ClusterConfig) -> str | None:
         """The guards' stop switches that hold for a whole cluster: the first that is on."""
-        if self.planner.frozen_reason(cluster.name) is not None:
-            return "ApiUnreachable"
+        if (frozen := self.planner.frozen_code(cluster.name)) is not None:
+            return frozen  # ApiUnreachable, or StateUnwritable (every cluster)
         snap = self.planner.snapshot(cluster)
         if snap.breaker_open:
             return "BreakerOpen"

@@ -63,6 +63,10 @@ class RequestDesk:
     async def serve_pending(self) -> int:
         """Answer every pending request; returns how many were taken."""
         taken = 0
+        if self._store.writes.problem is not None:
+            # No request can be claimed or answered while the state database takes no writes
+            # (healer.store.writable); they wait, pending, and are served once it does.
+            return taken
         for request in self._store.pending_requests():
             now = self._clock.now()
             if now - request.at > MAX_AGE:

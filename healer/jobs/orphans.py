@@ -108,7 +108,8 @@ class OrphanSweep:
         if cluster is None:
             return []
         if (frozen := ctx.planner.frozen_reason(cluster_name)) is not None:
-            log.info("orphan_sweep.skipped", reason="ApiUnreachable", detail=frozen)
+            reason = ctx.planner.frozen_code(cluster_name)
+            log.info("orphan_sweep.skipped", reason=reason, detail=frozen)
             return []
         known = [obs.node for obs, _ in self._tracker.nodes(cluster_name)]
         if not known:

@@ -98,7 +98,7 @@ class PoolJobs:
         if cluster is None:
             return None
         if (frozen := ctx.planner.frozen_reason(cluster_name)) is not None:
-            log.info("resync.skipped", reason="ApiUnreachable", detail=frozen)
+            log.info("resync.skipped", reason=ctx.planner.frozen_code(cluster_name), detail=frozen)
             return None
         machines = await self._providers[cluster_name].list_machines(owned(cluster_name))
         nodes, _ = await self.kube[cluster_name].list_nodes()

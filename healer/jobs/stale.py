@@ -23,10 +23,18 @@ class StaleWorkflows:
     async def expire(self) -> list[str]:
         """Fail running workflows with no progress for longer than ``schedule.staleAfter``."""
         ctx = self._ctx
+        if ctx.store.writes.problem is not None:
+            # Suspended, not stuck: each resumes (and journals it) once the state database
+            # takes writes again (healer.store.writable), and failing one could not be saved.
+            return []
         bound = ctx.config.schedule.stale_after
         now = ctx.clock.now()
         expired = []
         for wf in ctx.store.workflows(state=RUNNING):
+            if self._runner.waiting_for_api(wf.id):
+                # Paused, not stuck: its step goes on (and journals it) once the Kubernetes
+                # API answers again (healer.workflow.retry).
+                continue
             journal = ctx.store.steps(wf.id)
             last = max(
                 [wf.started_at, wf.updated_at, self._started_at, *(s["at"] for s in journal)]

@@ -15,7 +15,9 @@ a cluster forever; Alertmanager re-sends firing alerts every ``repeat_interval``
 therefore be shorter than ``blockTtl`` (docs/webhook.md).
 
 Blocks are rows of the state store (table ``alert_blocks``, written on every change), so a
-daemon restart does not forget a firing blocker until Alertmanager happens to repeat it.
+daemon restart does not forget a firing blocker until Alertmanager happens to repeat it. A change
+the store cannot take now (a full disk: :mod:`healer.store.writable`) holds in memory at once and
+is written by :meth:`AlertBlocks.save_unsaved` once it can.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from healer.clock import Clock
+from healer.errors import StateUnwritable
 from healer.model import BlockChange
 from healer.store.alert_blocks import Block
 from healer.store.recorder import Recorder
@@ -39,6 +42,7 @@ class AlertBlocks:
     def __init__(self, *, store: Store | None = None) -> None:
         self._store = store
         self._blocks: dict[tuple[str, str, str], Block] = {}
+        self._unsaved: set[tuple[str, str, str]] = set()  # changes the store did not take yet
         if store is not None:
             self._blocks = {(b.cluster, b.alert, b.fingerprint): b for b in store.alert_blocks()}
 
@@ -56,19 +60,37 @@ class AlertBlocks:
             since=previous.since if previous is not None else since,
             expires_at=now + ttl,
         )
-        if self._store is not None:
-            self._store.put_alert_block(block)
         self._blocks[key] = block
+        self._save(key)
         return alert not in was
 
     def resolve(self, *, cluster: str, alert: str, fingerprint: str, now: float) -> bool:
         """Record a resolved notification; True when this lifted the last block of that name."""
         if (cluster, alert, fingerprint) not in self._blocks:
             return False
-        if self._store is not None:
-            self._store.delete_alert_block(cluster, alert, fingerprint)
         del self._blocks[(cluster, alert, fingerprint)]
+        self._save((cluster, alert, fingerprint))
         return alert not in self._names(cluster, now)
+
+    def _save(self, key: tuple[str, str, str]) -> None:
+        """Write the block of ``key`` (or its removal) to the store; one it cannot take now
+        waits for :meth:`save_unsaved`, the block in force meanwhile."""
+        if self._store is None:
+            return
+        try:
+            if (block := self._blocks.get(key)) is not None:
+                self._store.put_alert_block(block)
+            else:
+                self._store.delete_alert_block(*key)
+        except StateUnwritable:
+            self._unsaved.add(key)
+        else:
+            self._unsaved.discard(key)
+
+    def save_unsaved(self) -> None:
+        """Write the changes the store did not take (it takes writes again)."""
+        for key in sorted(self._unsaved):
+            self._save(key)
 
     def apply(self, change: BlockChange, *, now: float, ttl: float) -> bool:
         """Apply a firing or resolved notification; True when it started or lifted blocking by

@@ -4,6 +4,11 @@ Deciding is separate from doing: the planner builds a snapshot, asks the pure gu
 records a refusal (audit + log, never silent) or persists a new workflow and hands it to the
 runner. It also owns the tripping of the circuit breakers (the remediation breaker and the
 bad-upgrade breaker; a reset starts a fresh window for both).
+
+Decisions freeze, as a whole, while they cannot be trusted or kept: for one cluster while its
+API is unreachable (``ApiUnreachable``: the data is stale), for every cluster while the state
+database takes no writes (``StateUnwritable``: a workflow that cannot be journalled must not
+start; :mod:`healer.store.writable`). Both thaw by themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import structlog
 
 from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
+from healer.errors import StateUnwritable
 from healer.health.tracker import HealthTracker
 from healer.model import Health, NodeKey, NodeObservation, Verdict
 from healer.naming import machine_name
@@ -43,6 +49,7 @@ from healer.store.sqlite import (
     WorkflowRecord,
     pause_scope,
 )
+from healer.store.writable import STATE_UNWRITABLE
 from healer.telemetry import metrics
 
 log = structlog.get_logger("healer.planner")
@@ -60,6 +67,7 @@ DRY_RUN = "DryRun"
 CONFIRMATION_REQUIRED = "ConfirmationRequired"
 NOT_SYNCED = "NotSynced"  # a manual request before the cluster's node list was read whole
 MANUAL = "Manual"
+API_UNREACHABLE = "ApiUnreachable"
 
 _STORM_REASONS = frozenset(
     {TOO_MANY_UNHEALTHY_IN_POOL, TOO_MANY_UNHEALTHY_IN_ZONE, TOO_MANY_UNHEALTHY_IN_CLUSTER}
@@ -106,8 +114,19 @@ class Planner:
         self._dry_run = self._dry_run or config.dry_run
 
     def frozen_reason(self, cluster: str) -> str | None:
-        """Why decisions for ``cluster`` are frozen (its API is unreachable), or None."""
+        """Why decisions for ``cluster`` are frozen (the state database takes no writes, or the
+        cluster's API is unreachable), or None."""
+        problem = self._store.writes.problem
+        if problem is not None:
+            return f"{STATE_UNWRITABLE}: {problem}"
         return self._frozen.get(cluster)
+
+    def frozen_code(self, cluster: str) -> str | None:
+        """The stable reason of :meth:`frozen_reason`: ``StateUnwritable``, ``ApiUnreachable``
+        or None."""
+        if self._store.writes.problem is not None:
+            return STATE_UNWRITABLE
+        return API_UNREACHABLE if cluster in self._frozen else None
 
     # -- hooks ------------------------------------------------------------------------------
     async def on_api_availability(self, cluster: str, available: bool, reason: str) -> None:
@@ -132,6 +151,39 @@ class Planner:
                 level="warning",
                 api_error=reason,
             )
+
+    async def on_state_writability(self, problem: StateUnwritable | None) -> None:
+        """The state database stopped taking writes (``problem``) or takes them again (None):
+        freeze every cluster's decisions, or thaw them and look again at once."""
+        clusters = [c.name for c in self._config.clusters]
+        event = "planner.frozen" if problem is not None else "planner.unfrozen"
+        for cluster in clusters:
+            # One row per cluster (held until the database takes writes), one line for all.
+            self._record(
+                event,
+                cluster=cluster,
+                reason=STATE_UNWRITABLE if problem is not None else "StateWritable",
+                message=f"no decisions in {cluster} until healer can write its state again: "
+                f"{problem}"
+                if problem is not None
+                else f"the state database takes writes again; deciding again in {cluster}",
+                log_line=False,
+            )
+        if problem is not None:
+            log.warning(
+                event,
+                cluster="*",
+                reason=STATE_UNWRITABLE,
+                detail=str(problem),
+                kind=problem.kind,
+                clusters=clusters,
+            )
+            return
+        log.info(event, cluster="*", reason="StateWritable", clusters=clusters)
+        for cluster in clusters:
+            # What the frozen time held back: the breakers count the rows written just now.
+            self._maybe_trip(cluster)
+        await self.recheck()
 
     async def on_health_change(
         self, obs: NodeObservation, verdict: Verdict, previous: Verdict | None
@@ -204,7 +256,7 @@ class Planner:
         cluster = self._config.cluster(cluster_name)
         if cluster is None:
             return
-        if cluster_name in self._frozen:
+        if self.frozen_reason(cluster_name) is not None:
             return
         if not self._synced(cluster_name):
             return
@@ -229,7 +281,10 @@ class Planner:
                         self._storms[refusal.scope] = self._clock.now()
                     self._refuse(cluster, candidate, refusal)
                     continue
-                await self._launch(cluster, candidate)
+                try:
+                    await self._launch(cluster, candidate)
+                except StateUnwritable:
+                    return  # nothing started; frozen now, until the database takes writes
                 snapshot = self.snapshot(cluster)
 
     def _synced(self, cluster_name: str) -> bool:
@@ -387,6 +442,9 @@ class Planner:
         cluster = self._config.cluster(cluster_name)
         if cluster is None:
             raise KeyError(f"unknown cluster {cluster_name!r}")
+        if (problem := self._store.writes.problem) is not None:
+            # Not even --force: a workflow that cannot be journalled cannot be resumed.
+            return Refusal(STATE_UNWRITABLE, str(problem), f"cluster:{cluster_name}")
         if not force and not self._tracker.synced(cluster_name):
             # Not a node's refusal (the node may not even be folded in yet): the request's own
             # audit line (operator.remediate) records it.
@@ -427,7 +485,10 @@ class Planner:
             if refusal is not None:
                 self._refuse(cluster, status, refusal)
                 return refusal
-            return await self._launch(cluster, status, forced=force)
+            try:
+                return await self._launch(cluster, status, forced=force)
+            except StateUnwritable as exc:
+                return Refusal(STATE_UNWRITABLE, str(exc), f"cluster:{cluster_name}")
 
     # -- breakers ---------------------------------------------------------------------------
     def _maybe_trip(self, cluster_name: str) -> None:
@@ -437,8 +498,16 @@ class Planner:
         a fresh window, or the same old entries would open it again seconds later.
         """
         cluster = self._config.cluster(cluster_name)
-        if cluster is None:
+        if cluster is None or self._store.writes.problem is not None:
+            # Frozen: nothing starts, and what happened meanwhile is counted when it is written.
             return
+        try:
+            self._trip_if_due(cluster)
+        except StateUnwritable:
+            return  # frozen from now on; counted again once the database takes writes
+
+    def _trip_if_due(self, cluster: ClusterConfig) -> None:
+        cluster_name = cluster.name
         now = self._clock.now()
         policy = cluster.breaker
         if cluster_name not in self._store.breakers(kind=BREAKER_REMEDIATION):

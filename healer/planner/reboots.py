@@ -7,6 +7,8 @@ first that refuses answers) and the grants handed out (:class:`RebootArbiter`). 
 protocol is :mod:`healer.sources.mqtt_reboot`. The checks, in order:
 
 ``UnknownNode``          healer does not manage this node (not configured, or not seen yet)
+``StateUnwritable``      healer cannot write its state database (a full disk, read-only): a
+                         grant is recorded there, so none is given until it can
 ``ApiUnreachable``       the cluster's API is unreachable: healer's view is stale
 ``NotSynced``            the cluster's node list has not been read whole yet (first start, re-list)
 ``BreakerOpen``          the cluster's circuit breaker is open
@@ -62,6 +64,7 @@ from healer.planner.guards import node_status
 from healer.planner.maintenance import next_change, reboots_allowed
 from healer.store.recorder import Recorder
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, RUNNING, Store, pause_scope
+from healer.store.writable import STATE_UNWRITABLE
 
 log = structlog.get_logger("healer.planner.reboots")
 
@@ -83,6 +86,7 @@ DISRUPTION_BUDGET: Final = "DisruptionBudget"
 # in minutes; an outside-window refusal says when the window opens instead.
 RETRY_AFTER: Final = {
     UNKNOWN_NODE: 300.0,
+    STATE_UNWRITABLE: 60.0,
     API_UNREACHABLE: 60.0,
     NOT_SYNCED: 30.0,
     BREAKER_OPEN: 300.0,
@@ -107,6 +111,8 @@ class Situation:
     known: bool
     now: float
     frozen: str | None = None  # why the API is unreachable
+    # why the state database takes no writes (a grant is kept there: none is given meanwhile)
+    state_unwritable: str | None = None
     synced: bool = True  # the cluster's node list has been read whole (the informer barrier)
     breaker: str | None = None  # why the breaker is open
     bad_upgrade: str | None = None  # why the bad-upgrade breaker is open
@@ -138,6 +144,12 @@ def decide(s: Situation, policy: RebootPolicy) -> Decision:
 
     if not s.known:
         return deny(UNKNOWN_NODE, "healer does not manage this node")
+    if s.state_unwritable is not None:
+        return deny(
+            STATE_UNWRITABLE,
+            f"healer cannot write its state database ({s.state_unwritable}); no reboot is "
+            "granted until it can",
+        )
     if s.frozen is not None:
         return deny(API_UNREACHABLE, f"the API of {s.cluster} is unreachable ({s.frozen})")
     if not s.synced:
@@ -364,6 +376,7 @@ class RebootArbiter:
             known=True,
             now=now,
             frozen=self._frozen(key.cluster) if self._frozen is not None else None,
+            state_unwritable=str(problem) if (problem := self._store.writes.problem) else None,
             synced=self._tracker.synced(key.cluster),
             breaker=breakers[key.cluster][0] if key.cluster in breakers else None,
             bad_upgrade=self._store.breakers(kind=BREAKER_BAD_UPGRADE).get(

@@ -17,6 +17,11 @@ path only); :meth:`Recorder.record` writes them together, from one set of argume
 
 Context bound through ``structlog.contextvars`` (cluster, pool, node, workflow) is merged into
 the line by the logging set-up (:mod:`healer.telemetry.logs`); explicit values win.
+
+While the state database takes no writes (a full disk, a read-only database:
+:mod:`healer.store.writable`) in the daemon, which retries, the row is held, in order, and written
+when it takes writes again; the line (marked ``audit="held"``) and the metric go out at once, and
+recording does not fail for that. In a command (nothing retries) the error goes up.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import structlog
 from prometheus_client import Counter
 
 from healer.clock import Clock
+from healer.errors import StateUnwritable
 from healer.store.sqlite import Store
 
 Level = Literal["debug", "info", "warning", "error"]
@@ -73,7 +79,9 @@ class Recorder:
         """Record ``event``: the audit row, then the log line, then the counter.
 
         The row comes first: it is the durable record; if writing it fails, the error goes up
-        and neither a log line nor a counter claims something the audit log does not hold.
+        and neither a log line nor a counter claims something the audit log does not hold. The
+        one exception is a daemon's database that takes no writes now: the row is held for when
+        it does (see the module docstring).
         """
         if self._store is not None:
             if at is None:
@@ -82,17 +90,30 @@ class Recorder:
                         f"Recorder.record({event!r}) needs `at`: this recorder has no clock"
                     )
                 at = self._clock.now()
-            self._store.audit(
-                at=at,
-                cluster=cluster,
-                event=event,
-                reason=reason,
-                message=message,
-                node=node,
-                pool=pool,
-                workflow_id=workflow_id,
-                evidence=evidence,
-            )
+            row: dict[str, Any] = {
+                "at": at,
+                "cluster": cluster,
+                "event": event,
+                "reason": reason,
+                "message": message,
+                "node": node,
+                "pool": pool,
+                "workflow_id": workflow_id,
+                "evidence": evidence,
+            }
+            writes = self._store.writes
+            if writes.retrying and writes.problem is not None:
+                # An episode is open: hold the row behind the others, in order.
+                writes.hold(row)
+                fields.setdefault("audit", "held")
+            else:
+                try:
+                    self._store.audit(**row)
+                except StateUnwritable:
+                    if not writes.retrying:
+                        raise
+                    writes.hold(row)
+                    fields.setdefault("audit", "held")
         if log_line:
             line: dict[str, Any] = {"cluster": cluster}
             for key, value in (("node", node), ("pool", pool), ("workflow", workflow_id)):

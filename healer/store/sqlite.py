@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -22,8 +23,10 @@ from typing import Any
 
 import structlog
 
+from healer.errors import StateError, StateUnwritable
 from healer.model import Health, NodeObservation, Role, Verdict
 from healer.store.alert_blocks import LEGACY_FILE, Block, read_legacy, set_aside
+from healer.store.writable import PROBE_BYTES, WriteHealth, unwritable
 
 log = structlog.get_logger("healer.store")
 
@@ -84,6 +87,9 @@ CREATE TABLE IF NOT EXISTS alert_blocks (
     cluster TEXT NOT NULL, alert TEXT NOT NULL, fingerprint TEXT NOT NULL,
     since REAL NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (cluster, alert, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS webhook_replays (
+    signature TEXT PRIMARY KEY, expires_at REAL NOT NULL
 );
 """
 
@@ -218,37 +224,38 @@ class FirstStart:
 _OPEN_IN_PROCESS: collections.Counter[Path] = collections.Counter()
 
 
+def _read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A connection that cannot write to ``path``, closed at the end of its ``with``."""
+    return contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True))
+
+
 def examine_state(path: Path) -> tuple[str, str] | None:
     """(reason, detail) when ``path`` holds no healer state, None when it is healer's database.
 
     Never writes: a foreign database is opened read-only. A SQLite file that cannot be read is
-    not guessed about (it may be healer's, damaged): that raises, naming the file.
+    not guessed about (it may be healer's, damaged): that raises :class:`StateError`, naming
+    the file and what to do.
     """
-    if not path.exists():
-        return NO_DATABASE, f"there is no state database at {path}"
-    wal = path.with_name(path.name + "-wal")
-    size = path.stat().st_size
-    if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
-        return EMPTY_DATABASE, f"the state database {path} is empty (0 bytes)"
-    if size > 0:
-        with path.open("rb") as f:
-            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                return FOREIGN_DATABASE, f"{path} is not a SQLite database"
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        ) as db:
+        if not path.exists():
+            return NO_DATABASE, f"there is no state database at {path}"
+        wal = path.with_name(path.name + "-wal")
+        size = path.stat().st_size
+        if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            return EMPTY_DATABASE, f"the state database {path} is empty (0 bytes)"
+        if size > 0:
+            with path.open("rb") as f:
+                if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                    return FOREIGN_DATABASE, f"{path} is not a SQLite database"
+        with _read_only(path) as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             schema = (
                 db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if "meta" in tables
                 else None
             )
-    except sqlite3.DatabaseError as exc:
-        raise RuntimeError(
-            f"{path}: cannot read this SQLite database ({exc}); healer does not guess whether "
-            "it holds its state. Move it aside (or restore a backup) and start again"
-        ) from exc
+    except (sqlite3.Error, OSError) as exc:
+        raise unusable_state(path, exc) from exc
     if schema is not None:
         return None
     others = sorted(t for t in tables - _our_tables() if not t.startswith("sqlite_"))
@@ -257,6 +264,70 @@ def examine_state(path: Path) -> tuple[str, str] | None:
             f"{path} is the SQLite database of another program (tables: {', '.join(others)})"
         )
     return EMPTY_DATABASE, f"the state database {path} holds no healer state"
+
+
+# What to do about a state database healer cannot use at start, by SQLite's primary result code.
+# A restart does not fix any of these: the daemon exits 2 (healer.cli.main), which its unit
+# does not restart (RestartPreventExitStatus=2).
+_DAMAGED = (
+    "it may be healer's own, damaged (healer does not guess whether it holds its state). Keep "
+    'it for a look and restore the backup (docs/operations.md, "Upgrades"), or move it aside '
+    "with its -wal and -shm files (`mv {path} {path}.damaged`; the same for {path}-wal and "
+    "{path}-shm) to start afresh: healer then starts with no state and adopts every node it "
+    'finds (docs/operations.md, "First start and adoption")'
+)
+_NO_ACCESS = (
+    "the daemon's user must own {dir} and the files in it (under systemd: `chown -R healer: "
+    "{dir}`) and be able to read and write them"
+)
+_START_ADVICE = {
+    sqlite3.SQLITE_CORRUPT: _DAMAGED,
+    sqlite3.SQLITE_NOTADB: _DAMAGED,
+    sqlite3.SQLITE_FULL: "the disk is full: free space on the filesystem of {dir}",
+    sqlite3.SQLITE_READONLY: _NO_ACCESS + ", on a filesystem mounted read-write",
+    sqlite3.SQLITE_CANTOPEN: _NO_ACCESS,
+    sqlite3.SQLITE_PERM: _NO_ACCESS,
+    sqlite3.SQLITE_AUTH: _NO_ACCESS,
+    sqlite3.SQLITE_IOERR: "the disk answered an I/O error: check the disk under {dir} (dmesg, "
+    "smartctl); if the file is damaged, restore the backup",
+    sqlite3.SQLITE_BUSY: "another process holds a lock on it (`fuser {path}` names it): stop "
+    "it, or wait for it to finish",
+}
+
+
+def unusable_state(path: Path, exc: BaseException) -> StateError:
+    """The :class:`StateError` for a state database that cannot be used at start: one paragraph
+    naming the file, what went wrong and what to do."""
+    if isinstance(exc, StateUnwritable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the SQLite error under it: at start nothing retries it
+    if isinstance(exc, OSError):
+        what, advice = exc.strerror or str(exc), _NO_ACCESS
+    else:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else sqlite3.SQLITE_CORRUPT
+        what, advice = str(exc), _START_ADVICE.get(primary, _DAMAGED)
+    head = "cannot read this SQLite database" if advice is _DAMAGED else "cannot use it"
+    return StateError(
+        f"{path}: {head} ({what}); {advice.format(path=path, dir=path.parent)}. healer did not "
+        "start"
+    )
+
+
+def check_state(state_dir: Path) -> None:
+    """Refuse a damaged state database before the daemon works with it (``PRAGMA
+    quick_check``: every page of every table and index, not the cross-checks of a full
+    integrity check), rather than fail on a damaged page in the middle of a remediation.
+    Read-only, like :func:`examine_state`; a first start has nothing to check."""
+    path = state_dir / DB_NAME
+    if path.resolve() in _OPEN_IN_PROCESS or examine_state(path) is not None:
+        return
+    try:
+        with _read_only(path) as db:
+            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.Error as exc:
+        raise unusable_state(path, exc) from exc
+    if problems != ["ok"]:
+        raise unusable_state(path, sqlite3.DatabaseError("; ".join(problems)))
 
 
 def move_aside(path: Path, *, at: float | None = None) -> Path:
@@ -281,9 +352,28 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        # Whether writes work (a full disk, a read-only database): healer.store.writable.
+        self.writes = WriteHealth()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 whatever the umask; SQLite gives its -wal and -shm files that mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+            try:
+                self._upgrade(path)
+            except BaseException:
+                self._db.close()
+                raise
+        except (sqlite3.Error, OSError, StateUnwritable) as exc:
+            raise unusable_state(path, exc) from exc
+        self._resolved = path.resolve()
+        _OPEN_IN_PROCESS[self._resolved] += 1
+
+    def _upgrade(self, path: Path) -> None:
+        """Bring the schema up to this healer's (or refuse a newer one), import legacy files."""
         self._db.row_factory = sqlite3.Row
+        self._refuse_newer_schema(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL survives any process crash; a power cut may lose the last commits, which
         # the idempotent workflow steps and a re-list of the API make good again.
@@ -293,17 +383,28 @@ class Store:
         found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(found["value"]) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{path}: state schema {found['value']} is newer than this healer understands "
-                f"({SCHEMA_VERSION}); upgrade healer"
-            )
         elif int(found["value"]) < SCHEMA_VERSION:
             self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
             log.info("state.schema_upgraded", path=str(path), was=int(found["value"]))
         self._import_legacy_blocks(path.parent / LEGACY_FILE)
-        self._resolved = path.resolve()
-        _OPEN_IN_PROCESS[self._resolved] += 1
+
+    def _refuse_newer_schema(self, path: Path) -> None:
+        """A database of a newer healer is refused before anything is written to it: an older
+        healer would ignore (and so lose) what it does not know."""
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        found = (
+            self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if has_meta
+            else None
+        )
+        if found is not None and int(found["value"]) > SCHEMA_VERSION:
+            raise StateError(
+                f"{path}: state schema {found['value']} is newer than this healer understands "
+                f"({SCHEMA_VERSION}); upgrade healer (or restore the backup taken before the "
+                'upgrade: docs/operations.md, "Upgrades"). healer did not start'
+            )
 
     def _import_legacy_blocks(self, legacy: Path) -> None:
         """Import the ``alert-blocks.json`` an older healer kept beside the database, once.
@@ -356,14 +457,38 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction, whole or not at all. A full disk, a read-only database or an
+        I/O error raises :class:`~healer.errors.StateUnwritable` (and opens an episode of
+        :attr:`writes`); any other error goes up as it is."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR): a ROLLBACK
+                # then fails and must not hide the error that matters.
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            problem = unwritable(exc, self.path)
+            if problem is None:
+                raise
+            self.writes.failed(problem)
+            raise problem from exc
+
+    def probe_write(self) -> None:
+        """Write a scratch row of ``PROBE_BYTES`` and remove it: raises ``StateUnwritable`` while
+        the database cannot take that much (healer.store.writable.keep_trying)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('write_probe', hex(randomblob(?)))",
+                (PROBE_BYTES // 2,),
+            )
+        with self._tx() as db:
+            db.execute("DELETE FROM meta WHERE key='write_probe'")
 
     # -- nodes ------------------------------------------------------------------------------
     def save_node(self, obs: NodeObservation, verdict: Verdict, now: float) -> None:
@@ -695,6 +820,24 @@ class Store:
         sql += " ORDER BY cluster, alert, fingerprint"
         rows = self._db.execute(sql, (cluster,) if cluster is not None else ()).fetchall()
         return [Block(*r) for r in rows]
+
+    # -- the webhook's replay cache (healer.sources.webhook): signatures seen, by wall time ---
+    def remember_signature(self, signature: str, *, now: float, expires_at: float) -> bool:
+        """Record a signed request's signature until ``expires_at`` (wall seconds). False when
+        it is already there and not yet expired (a replay); expired rows are pruned here."""
+        with self._tx() as db:
+            db.execute("DELETE FROM webhook_replays WHERE expires_at <= ?", (now,))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO webhook_replays VALUES (?,?)", (signature, expires_at)
+            )
+            return cur.rowcount > 0
+
+    def signatures(self, now: float) -> dict[str, float]:
+        """The signatures not yet expired at ``now``, with their expiry."""
+        rows = self._db.execute(
+            "SELECT signature, expires_at FROM webhook_replays WHERE expires_at > ?", (now,)
+        ).fetchall()
+        return {r["signature"]: float(r["expires_at"]) for r in rows}
 
     # -- meta: small facts the daemon publishes for the CLI (e.g. its status line) ---------
     def set_meta(self, key: str, value: Any) -> None:

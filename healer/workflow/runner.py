@@ -20,11 +20,17 @@ While the pool is a machine short (fenced, no replacement yet) a step is retried
 succeeds, with backoff capped at ``retry.maxDelay``: the pool is whole again soon after the cloud
 recovers, with no human action. Each failed attempt is journalled, which is what ``healer
 status`` shows.
+
+A journal write the state database does not take (a full disk, a read-only database:
+:class:`~healer.errors.StateUnwritable`) suspends the workflow where its journal says it is, as a
+crash would: a step whose "done" line was not written is not done, and runs again (it is safe to
+repeat) once the database takes writes (:mod:`healer.store.writable`). Nothing is failed for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -43,12 +49,19 @@ from healer.cloud.machines import (
     can_check_capacity,
 )
 from healer.config import ClusterConfig, HealerConfig
-from healer.errors import HealerError, PermanentError, TemporaryError
+from healer.errors import (
+    HealerError,
+    KubeUnavailable,
+    PermanentError,
+    StateUnwritable,
+    TemporaryError,
+)
 from healer.kube.records import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
 from healer.naming import owned_by, ownership_tags
 from healer.planner.planner import MANUAL
 from healer.store.recorder import Level, Recorder
 from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, SUCCEEDED, Store, WorkflowRecord
+from healer.store.writable import STATE_UNWRITABLE
 from healer.telemetry import metrics
 from healer.workflow import order
 from healer.workflow.drain import after_timeout, drain
@@ -130,6 +143,10 @@ class WorkflowRunner:
         self._join_poll = join_poll_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        # Workflows whose step waits for the Kubernetes API to answer again: since when.
+        self._waiting_for_api: dict[str, float] = {}
+        # Seconds of drainTimeout each workflow's drain step has spent in its tries so far.
+        self._drain_spent: dict[str, float] = {}
         # One object per step, each with one job; the order comes from the workflow's plan.
         self._step_fns: dict[str, Step] = {
             "cordon": self._step_cordon,
@@ -181,6 +198,11 @@ class WorkflowRunner:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def waiting_for_api(self, wf_id: str) -> bool:
+        """Whether ``wf_id``'s step is waiting for the Kubernetes API to answer again: paused,
+        not stuck (the stale-workflow job leaves it alone)."""
+        return wf_id in self._waiting_for_api
 
     def untracked(self) -> list[str]:
         """Ids of workflows the store says are running but no task of this runner is running:
@@ -243,24 +265,64 @@ class WorkflowRunner:
         with structlog.contextvars.bound_contextvars(
             cluster=wf.cluster, node=wf.node, pool=wf.pool, workflow=wf.id
         ):
-            try:
-                wf = await self._steps(wf)
-            except asyncio.CancelledError:
-                # The record on disk is the current one (its step, machine and replacement);
-                # the local ``wf`` is what this task started with.
-                wf = self._store.workflow(wf.id) or wf
-                if self._stopping:
-                    # A checkpoint line: the journal shows where the daemon stopped and where
-                    # the next one resumes. A synchronous write, so it is whole or absent.
+            while True:
+                try:
+                    wf = await self._attempt(wf)
+                    break
+                except StateUnwritable as exc:
+                    wf = await self._suspend_until_writable(wf, exc)
+            if self._on_finished is not None and wf.state != RUNNING:
+                await self._on_finished(wf)
+
+    async def _attempt(self, wf: WorkflowRecord) -> WorkflowRecord:
+        """Run the steps from where the journal says; a failure is recorded as the workflow's.
+        Raises :class:`StateUnwritable` when a write of the journal (or of the failure) fails."""
+        try:
+            return await self._steps(wf)
+        except asyncio.CancelledError:
+            # The record on disk is the current one (its step, machine and replacement);
+            # the local ``wf`` is what this task started with.
+            wf = self._store.workflow(wf.id) or wf
+            if self._stopping:
+                # A checkpoint line: the journal shows where the daemon stopped and where
+                # the next one resumes. A synchronous write, so it is whole or absent.
+                with contextlib.suppress(StateUnwritable):
                     self._store.journal(
                         wf.id, wf.step, "suspended", self._clock.now(), {"why": "daemon stopping"}
                     )
-                log.info("remediation.suspended", step=wf.step)
-                raise
-            except (HealerError, Exception) as exc:
-                wf = self._fail(wf, exc)  # _fail re-reads the saved record
-            if self._on_finished is not None and wf.state != RUNNING:
-                await self._on_finished(wf)
+            log.info("remediation.suspended", step=wf.step)
+            raise
+        except StateUnwritable:
+            raise
+        except (HealerError, Exception) as exc:
+            return self._fail(wf, exc)  # _fail re-reads the saved record
+
+    async def _suspend_until_writable(
+        self, wf: WorkflowRecord, exc: StateUnwritable
+    ) -> WorkflowRecord:
+        """The journal did not take a write: wait (no new step) until the state database takes
+        writes, then go on from the saved record, as after a crash. The "resumed" journal line
+        is the workflow's progress (the stale-workflow job counts from it)."""
+        saved = self._store.workflow(wf.id) or wf
+        log.warning(
+            "remediation.suspended",
+            step=saved.step,
+            reason=STATE_UNWRITABLE,
+            kind=exc.kind,
+            detail="the state database takes no writes; resuming at this step when it does",
+        )
+        while True:
+            await self._store.writes.wait_writable()
+            saved = self._store.workflow(wf.id) or saved
+            try:
+                self._store.journal(
+                    wf.id, saved.step, "resumed", self._clock.now(), {"why": "StateWritable"}
+                )
+            except StateUnwritable:
+                continue  # unwritable again already: wait for the next recovery
+            break
+        log.info("remediation.resumed", step=saved.step, reason="StateWritable")
+        return saved
 
     async def _steps(self, wf: WorkflowRecord) -> WorkflowRecord:
         cluster = self._config.cluster(wf.cluster)
@@ -280,15 +342,20 @@ class WorkflowRunner:
             self._store.journal(wf.id, step, "started", started, {"pool_short": short})
             log.info(f"remediation.{step}_started", pool_short=short)
             failpoints.hit(f"workflow.{step}.before")
-            detail, wf = await with_retries(
-                _bind(self._step_fns[step], wf, cluster),
-                policy=cluster.remediation.retry,
-                clock=self._clock,
-                what=step,
-                # A pool short of a machine is never left so: retried until the step succeeds.
-                forever=short,
-                on_retry=self._journal_retry(wf_id, step, short=short),
-            )
+            try:
+                detail, wf = await with_retries(
+                    _bind(self._step_fns[step], wf, cluster),
+                    policy=cluster.remediation.retry,
+                    clock=self._clock,
+                    what=step,
+                    # A pool short of a machine is never left so: retried until the step succeeds.
+                    forever=short,
+                    on_retry=self._journal_retry(wf_id, step, short=short),
+                    on_outage=self._journal_outage(wf_id, step),
+                )
+            finally:
+                self._waiting_for_api.pop(wf_id, None)
+                self._drain_spent.pop(wf_id, None)
             failpoints.hit(f"workflow.{step}.after")
             now = self._clock.now()
             lines_after = [*lines, {"step": step, "status": DONE, "detail": detail}]
@@ -335,6 +402,24 @@ class WorkflowRunner:
                 self._clock.now(),
                 {"attempt": attempt, "wait": round(wait, 2), "error": str(exc), POOL_SHORT: short},
             )
+
+        return journal
+
+    def _journal_outage(self, wf_id: str, step: str) -> Callable[[KubeUnavailable | None], None]:
+        """One journal line when ``step`` starts waiting for the Kubernetes API, one when a try
+        ends without it away again (the second is progress for the stale-workflow job)."""
+
+        def journal(exc: KubeUnavailable | None) -> None:
+            now = self._clock.now()
+            if exc is not None:
+                self._waiting_for_api[wf_id] = now
+                self._store.journal(
+                    wf_id, step, order.RETRYING, now, {"waiting_for": "KubeAPI", "error": str(exc)}
+                )
+            else:
+                since = self._waiting_for_api.pop(wf_id, now)
+                detail = {"why": "KubeReachable", "waited": round(now - since, 2)}
+                self._store.journal(wf_id, step, "resumed", now, detail)
 
         return journal
 
@@ -424,9 +509,20 @@ class WorkflowRunner:
 
     async def _step_drain(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
         policy = cluster.remediation_for(wf.pool)
-        report = await drain(
-            self._kube_for(wf), wf.node, clock=self._clock, timeout=policy.drain_timeout
-        )
+        # drainTimeout counts the time spent draining, not the waits between tries of the step:
+        # an API outage pauses it (no pod can leave meanwhile), and the time before and after
+        # it still counts, so a flapping API cannot stretch a drain without end.
+        spent = self._drain_spent.get(wf.id, 0.0)
+        began = self._clock.now()
+        try:
+            report = await drain(
+                self._kube_for(wf),
+                wf.node,
+                clock=self._clock,
+                timeout=max(0.0, policy.drain_timeout - spent),
+            )
+        finally:
+            self._drain_spent[wf.id] = spent + self._clock.now() - began
         if report.timed_out:
             # Whether the pods left may go with the node (healer.workflow.drain.after_timeout):
             # a workflow started for a node that was not UNHEALTHY carries the reason MANUAL.
