@@ -76,11 +76,46 @@ class MqttConfig(_Model):
 class WebhookConfig(_Model):
     """The alert webhook (Alertmanager v4 and the generic format); see docs/webhook.md."""
 
-    listen: ListenAddress = ("0.0.0.0", 9095)
+    listen: ListenAddress = Field(
+        ("127.0.0.1", 9095),
+        description="where the webhook listens: loopback unless you name another address",
+    )
     metrics_listen: ListenAddress | None = Field(
-        None,
+        ("127.0.0.1", 9096),
         alias="metricsListen",
-        description="serve /healthz and /metrics here instead of on the webhook listener",
+        description="/healthz and /metrics on their own listener (never on 'listen'); not "
+        "started when the top-level 'metrics' is set (that listener serves them) or when null",
+    )
+    header_timeout: Duration = Field(
+        10.0,
+        alias="headerTimeout",
+        gt=0,
+        le=300,
+        description="a connection must send a whole request head within this of connecting "
+        "or of its last response, or it is closed (slow senders, idle keep-alive)",
+    )
+    body_timeout: Duration = Field(
+        30.0,
+        alias="bodyTimeout",
+        gt=0,
+        le=600,
+        description="the whole body must arrive within this, or 408 and the connection closed",
+    )
+    max_connections: int = Field(
+        1000,
+        alias="maxConnections",
+        ge=1,
+        le=100_000,
+        description="open connections at most: at the cap the oldest that has sent no request "
+        "makes room, or the new one is closed at once (counted). Lowered at start to leave file "
+        "descriptors for the cluster and cloud clients (docs/webhook.md)",
+    )
+    max_requests_per_connection: int = Field(
+        100,
+        alias="maxRequestsPerConnection",
+        ge=1,
+        le=100_000,
+        description="a keep-alive connection is closed after this many requests",
     )
     token: SecretRef | None = Field(None, description="bearer token callers must present")
     hmac_secret: SecretRef | None = Field(

@@ -1,16 +1,19 @@
 """The alert webhook: an aiohttp server that turns alert notifications into :class:`NodeEvent`.
 
-Owns the HTTP side: listeners (TLS when given a certificate and key), authentication (bearer
-token and/or an HMAC-SHA256 signature with a timestamp and a replay cache), the body size limit,
-the ``/healthz`` and ``/metrics`` endpoints, and counting. What a body means is decided in
-:mod:`healer.sources.webhook_payload`.
+Owns the HTTP side: the listener (TLS when given a certificate and key; its connections capped
+and timed out by :mod:`healer.sources.webhook_conn`), authentication (bearer token and/or an
+HMAC-SHA256 signature with a timestamp and a replay cache kept in the state database, so a replay
+is refused after a restart too), the body size and time limits, and counting. What a body means
+is decided in :mod:`healer.sources.webhook_payload`. ``/healthz`` and ``/metrics`` are never
+served here: they have their own listener (:mod:`healer.telemetry.server`).
 
 A request is checked in this order, cheapest first, so an unauthenticated caller never gets the
 server to buffer a large body:
 
 1. ``Content-Length`` over ``maxBody`` -> 413 (nothing is read);
 2. bearer token (when configured) -> 401;
-3. the body is read, stopping with 413 as soon as it passes ``maxBody`` (chunked uploads too);
+3. the body is read, stopping with 413 as soon as it passes ``maxBody`` (chunked uploads too)
+   and with 408 when it is not all there within ``bodyTimeout``;
 4. HMAC signature (when configured) -> 401: ``X-Healer-Timestamp`` (Unix seconds) must be within
    ``maxSkew`` of now and ``X-Healer-Signature: sha256=<hex>`` must be
    ``HMAC-SHA256(secret, "<timestamp>." + body)``; a signature already seen within the skew
@@ -30,20 +33,22 @@ import contextlib
 import hashlib
 import hmac
 import math
+import resource
 import ssl
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from healer.clock import Clock
 from healer.config import WebhookConfig
-from healer.errors import ConfigError
+from healer.errors import ConfigError, StateUnwritable
 from healer.model import BlockChange, NodeEvent
+from healer.sources.webhook_conn import ConnectionGuard, connection_cap
 from healer.sources.webhook_payload import (
+    BODY_TIMEOUT,
     REPLAYED,
     SOURCE,
     TOO_LARGE,
@@ -54,7 +59,8 @@ from healer.sources.webhook_payload import (
     parse_alertmanager,
     parse_generic,
 )
-from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED, REGISTRY
+from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
+from healer.telemetry.server import serve_until_cancelled
 
 log = structlog.get_logger(__name__)
 
@@ -74,15 +80,36 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+class SignatureStore(Protocol):
+    """Where the replay cache outlives the process (the state database, healer.store)."""
+
+    def remember_signature(self, signature: str, *, now: float, expires_at: float) -> bool: ...
+
+    def signatures(self, now: float) -> dict[str, float]: ...
+
+
 class ReplayCache:
     """Signatures seen within the skew window. A signed request is valid for ``max_skew`` either
     side of its timestamp, so remembering each signature for ``2 * max_skew`` covers the whole
-    time it could be replayed; older ones fail the skew check anyway."""
+    time it could be replayed; older ones fail the skew check anyway.
 
-    def __init__(self, max_skew: float, *, limit: int = 100_000) -> None:
+    With a ``store`` every signature is also written there (with its expiry, in wall-clock
+    seconds like the signed timestamps) before the request is accepted, and the live ones are
+    loaded back at start: a replay after a restart is refused too."""
+
+    def __init__(
+        self,
+        max_skew: float,
+        *,
+        limit: int = 100_000,
+        store: SignatureStore | None = None,
+        now: float | None = None,
+    ) -> None:
         self._ttl = 2 * max_skew
         self._limit = limit
-        self._seen: dict[str, float] = {}  # signature -> forget after
+        self._store = store
+        # signature -> forget after
+        self._seen: dict[str, float] = {} if store is None or now is None else store.signatures(now)
 
     def seen(self, signature: str, now: float) -> bool:
         """True if ``signature`` was already used; records it otherwise."""
@@ -93,7 +120,12 @@ class ReplayCache:
         if len(self._seen) >= self._limit:
             # Full of live entries: refusing is safer than forgetting one (a replay would pass).
             return True
-        self._seen[signature] = now + self._ttl
+        expires = now + self._ttl
+        if self._store is not None and not self._store.remember_signature(
+            signature, now=now, expires_at=expires
+        ):
+            return True  # seen by an earlier process (or another daemon on this state)
+        self._seen[signature] = expires
         return False
 
     def _purge(self, now: float) -> None:
@@ -154,7 +186,8 @@ def check_bearer(header: str | None, token: str) -> bool:
 
 
 class WebhookServer:
-    """Serve the webhook (and, unless ``metricsListen`` is set, /healthz and /metrics).
+    """Serve the webhook on ``listen``: connections capped (``maxConnections``, lowered to fit
+    the open-file limit, see :func:`connection_cap`), headers and bodies timed out.
 
     ``run()`` serves until cancelled. ``app()`` gives the aiohttp application for tests.
     Like the events (``emit``), every blocking alert's change (firing or resolved) goes on the
@@ -172,7 +205,7 @@ class WebhookServer:
         emit: Emit,
         is_known_node: Callable[[str, str], bool] | None = None,
         on_block: OnBlock | None = None,
-        registry: CollectorRegistry = REGISTRY,
+        replay_store: SignatureStore | None = None,
     ) -> None:
         self._config = config
         self._known = frozenset(known_clusters)
@@ -180,74 +213,110 @@ class WebhookServer:
         self._emit = emit
         self._is_known_node = is_known_node
         self._on_block = on_block
-        self._registry = registry
-        self._replays = ReplayCache(config.max_skew)
+        self._replays = ReplayCache(config.max_skew, store=replay_store, now=clock.wall())
+        self.guard = ConnectionGuard(
+            cap=connection_cap(config.max_connections, _soft_nofile()),
+            header_timeout=config.header_timeout,
+            max_requests=config.max_requests_per_connection,
+            handshake_timeout=config.header_timeout,
+        )
         self._rules = AlertRules(
             node_labels=config.node_labels,
             cluster_label=config.cluster_label,
             conditions=dict(config.conditions),
             blocking_alerts=frozenset(config.blocking_alerts),
         )
-        self._runners: list[web.AppRunner] = []
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
         self.addresses: list[tuple[str, int]] = []
 
     # -- applications ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
         # aiohttp's own limit backs ours up; our streaming read answers 413 before it.
-        app = web.Application(client_max_size=self._config.max_body + 1)
+        app = web.Application(
+            client_max_size=self._config.max_body + 1, middlewares=[self._keepalive_limit]
+        )
         app.router.add_post("/v1/alertmanager", self._alertmanager)
         app.router.add_post("/v1/alertmanager/{cluster}", self._alertmanager)
         app.router.add_post("/v1/events", self._generic)
-        if self._config.metrics_listen is None:
-            self._add_ops_routes(app)
         return app
 
-    def metrics_app(self) -> web.Application:
-        app = web.Application()
-        self._add_ops_routes(app)
-        return app
-
-    def _add_ops_routes(self, app: web.Application) -> None:
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
+    @web.middleware
+    async def _keepalive_limit(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A connection is closed after ``maxRequestsPerConnection`` requests, and with an answer
+        for a path or method the webhook does not have (not one of its callers)."""
+        again = self.guard.request_started(request.transport)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = web.json_response({"error": exc.reason}, status=exc.status)
+            again = False
+        if not again:
+            resp.force_close()
+        return resp
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self._config
         ssl_ctx = self._ssl_context()
-        await self._serve(self.app(), cfg.listen, ssl_ctx)
-        if cfg.metrics_listen is not None:
-            await self._serve(self.metrics_app(), cfg.metrics_listen, None)
+        # aiohttp arms its keep-alive timer when a connection is made and after each response,
+        # and closes the connection if no whole request head has come by then: one setting
+        # bounds both slow headers (slowloris) and idle keep-alive connections.
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=cfg.header_timeout,
+            lingering_time=min(2.0, cfg.body_timeout),
+        )
+        await runner.setup()
+        self._runner = runner
+        loop = asyncio.get_running_loop()
+        host, port = cfg.listen
+        try:
+            self._server = await loop.create_server(
+                self.guard.factory(runner.server),  # type: ignore[arg-type]
+                host,
+                port,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=cfg.header_timeout if ssl_ctx is not None else None,
+                backlog=128,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            await self.stop()
+            raise OSError(
+                exc.errno, f"webhook.listen {host}:{port}: cannot listen: {exc.strerror}"
+            ) from exc
+        for sock in self._server.sockets:
+            name = sock.getsockname()
+            bound = (str(name[0]), int(name[1]))
+            self.addresses.append(bound)
+            log.info(
+                "webhook.listening",
+                host=bound[0],
+                port=bound[1],
+                tls=ssl_ctx is not None,
+                max_connections=self.guard.cap,
+            )
 
     async def stop(self) -> None:
-        runners, self._runners = self._runners, []
-        for runner in runners:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
             with contextlib.suppress(Exception):
-                await runner.cleanup()
+                await runner.cleanup()  # closes the open connections (aiohttp's shutdown)
+        self.guard.shed_log.flush()
         self.addresses = []
 
     async def run(self) -> NoReturn:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")  # pragma: no cover - wait() only ends by cancel
-        finally:
-            await self.stop()
-
-    async def _serve(
-        self, app: web.Application, listen: tuple[str, int], ssl_ctx: ssl.SSLContext | None
-    ) -> None:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, listen[0], listen[1], ssl_context=ssl_ctx)
-        await site.start()
-        for addr in runner.addresses:
-            bound = (str(addr[0]), int(addr[1]))
-            self.addresses.append(bound)
-            log.info("webhook.listening", host=bound[0], port=bound[1], tls=ssl_ctx is not None)
+        await serve_until_cancelled(self.start, self.stop)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cfg = self._config
@@ -264,14 +333,6 @@ class WebhookServer:
         return ctx
 
     # -- handlers ------------------------------------------------------------------------------
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(self._registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
 
     async def _alertmanager(self, request: web.Request) -> web.Response:
         path_cluster = request.match_info.get("cluster")
@@ -329,7 +390,16 @@ class WebhookServer:
             return self._refuse(
                 request, kind, Rejection(UNAUTHORIZED, "a valid bearer token is required")
             )
-        body = await _read_limited(request, cfg.max_body)
+        try:
+            async with asyncio.timeout(cfg.body_timeout):
+                body = await _read_limited(request, cfg.max_body)
+        except TimeoutError:
+            self.guard.shed_log.shed(BODY_TIMEOUT)
+            return self._refuse(
+                request,
+                kind,
+                Rejection(BODY_TIMEOUT, f"the body did not arrive within {cfg.body_timeout:g}s"),
+            )
         if body is None:
             return self._refuse(
                 request,
@@ -337,15 +407,25 @@ class WebhookServer:
                 Rejection(TOO_LARGE, f"body is over the limit of {cfg.max_body} bytes"),
             )
         if secret is not None:
-            bad = check_signature(
-                secret=secret,
-                timestamp=request.headers.get(TIMESTAMP_HEADER),
-                signature=request.headers.get(SIGNATURE_HEADER),
-                body=body,
-                now=self._clock.wall(),  # the sender signs with its wall clock
-                max_skew=cfg.max_skew,
-                replays=self._replays,
-            )
+            try:
+                bad = check_signature(
+                    secret=secret,
+                    timestamp=request.headers.get(TIMESTAMP_HEADER),
+                    signature=request.headers.get(SIGNATURE_HEADER),
+                    body=body,
+                    now=self._clock.wall(),  # the sender signs with its wall clock
+                    max_skew=cfg.max_skew,
+                    replays=self._replays,
+                )
+            except StateUnwritable as exc:  # a replay cannot be ruled out: the sender retries
+                log.error("webhook.replay_cache_unavailable", error=str(exc)[:_LOG_MAX])
+                return web.json_response(
+                    {
+                        "error": "replay_cache_unavailable",
+                        "message": "the server cannot record the signature; retry later",
+                    },
+                    status=503,
+                )
             if bad is not None:
                 return self._refuse(request, kind, bad)
         result = parse(body)
@@ -412,8 +492,9 @@ class WebhookServer:
             status=rejection.status,
             headers=headers,
         )
-        if rejection.reason == TOO_LARGE:
-            # The rest of the body was not read; do not let the client keep streaming it.
+        if rejection.reason in (TOO_LARGE, BODY_TIMEOUT, UNAUTHORIZED, REPLAYED):
+            # The rest of the body was not read, or the caller is not one of ours: the
+            # connection is not kept for another request.
             resp.force_close()
         return resp
 
@@ -430,6 +511,12 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
+
+
+def _soft_nofile() -> int | None:
+    """The soft open-file limit, None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _about(rejection: Rejection) -> dict[str, str]:

@@ -44,7 +44,8 @@ manage), ``bad_condition`` (the condition type is not a CamelCase name: map the 
 ``conditions``), ``condition_not_owned`` (the alert's condition type is not one the webhook
 owns: map the alert in ``conditions`` to a type of its own).
 
-The server adds ``unauthorized`` and ``replayed`` [401] (see :mod:`healer.sources.webhook`).
+The server adds ``unauthorized`` and ``replayed`` [401] and ``body_timeout`` [408] (see
+:mod:`healer.sources.webhook`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ ALERTMANAGER_VERSION: Final = "4"
 UNAUTHORIZED: Final = "unauthorized"
 REPLAYED: Final = "replayed"
 TOO_LARGE: Final = "too_large"
+BODY_TIMEOUT: Final = "body_timeout"
 BAD_JSON: Final = "bad_json"
 BAD_SCHEMA: Final = "bad_schema"
 UNSUPPORTED_VERSION: Final = "unsupported_version"
@@ -92,6 +94,7 @@ STATUS: Final[Mapping[str, int]] = {
     UNAUTHORIZED: 401,
     REPLAYED: 401,
     TOO_LARGE: 413,
+    BODY_TIMEOUT: 408,
     BAD_JSON: 400,
     BAD_SCHEMA: 422,
     UNSUPPORTED_VERSION: 422,

@@ -40,6 +40,27 @@ EVENTS_REJECTED: Final = Counter(
     ["source", "reason"],
     registry=REGISTRY,
 )
+EVENTS_DROPPED: Final = Counter(
+    "healer_events_dropped",
+    "Messages and events let go to keep memory bounded, by source and reason: superseded (a "
+    "heartbeat replaced by a newer one of the same node before it was handled), overflow (a "
+    "QoS 0 MQTT message that found the incoming queue full). A state change sent at QoS 1 is "
+    "never dropped (docs/mqtt.md).",
+    ["source", "reason"],
+    registry=REGISTRY,
+)
+WEBHOOK_CONNECTIONS: Final = Gauge(
+    "healer_webhook_connections",
+    "Connections open on the webhook listener (capped; see docs/webhook.md).",
+    registry=REGISTRY,
+)
+WEBHOOK_SHED: Final = Counter(
+    "healer_webhook_connections_shed",
+    "Webhook connections closed by the server to protect the daemon, by reason "
+    "(evicted, over_cap, header_timeout, body_timeout).",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 # -- the daemon: health, remediation, guards (label values: cluster names from the config,
 # health states, refusal reasons and step names; all bounded sets) ------------------------------
@@ -85,6 +106,18 @@ WORKFLOWS_IN_FLIGHT: Final = Gauge(
     "healer_workflows_in_flight",
     "Remediation workflows running now.",
     ["cluster"],
+    registry=REGISTRY,
+)
+STATE_WRITABLE: Final = Gauge(
+    "healer_state_writable",
+    "1 while the state database takes writes; 0 from a failed write (disk full, read-only, "
+    "I/O error) until a probe write works again: decisions are frozen meanwhile.",
+    registry=REGISTRY,
+)
+STATE_WRITE_FAILURES: Final = Counter(
+    "healer_state_write_failures",
+    "Writes to the state database that failed, by kind (DiskFull, ReadOnly, IOError).",
+    ["kind"],
     registry=REGISTRY,
 )
 STEP_SECONDS: Final = Histogram(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import structlog
 from aiohttp import web
@@ -12,6 +14,20 @@ from healer.model import Health
 from healer.telemetry import metrics
 
 log = structlog.get_logger("healer.telemetry")
+
+HEADER_TIMEOUT = 10.0
+
+
+async def serve_until_cancelled(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> NoReturn:
+    """Start a listener, serve until the task is cancelled, then stop it."""
+    await start()
+    try:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")  # pragma: no cover - wait() only ends by cancel
+    finally:
+        await stop()
 
 
 def set_node_gauges(cluster: str, healths: list[Health]) -> None:
@@ -24,13 +40,25 @@ class MetricsServer:
     """``GET /metrics`` (the daemon's registry) and ``GET /healthz`` on their own listener.
 
     ``health`` returns (healthy, text): /healthz answers 200 when healthy, 503 otherwise, with
-    the text as the body, so a load balancer or a human with curl sees why.
+    the text as the body, so a load balancer or a human with curl sees why. ``name`` is the
+    setting the address came from, for the error when it cannot be bound.
+
+    Only small, quick GETs are served: a connection that has not sent its request head within
+    ``HEADER_TIMEOUT`` (or is idle that long after a response) is closed.
     """
 
-    def __init__(self, *, host: str, port: int, health: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        health: Callable[[], tuple[bool, str]],
+        name: str = "metrics.listen",
+    ) -> None:
         self._host = host
         self._port = port
         self._health = health
+        self._name = name
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -38,7 +66,9 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=HEADER_TIMEOUT
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         try:
@@ -48,12 +78,16 @@ class MetricsServer:
             self._runner = None
             raise OSError(
                 exc.errno,
-                f"metrics.listen {self._host}:{self._port}: cannot listen: {exc.strerror}",
+                f"{self._name} {self._host}:{self._port}: cannot listen: {exc.strerror}",
             ) from exc
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("metrics.listening", host=self._host, port=self.port)
+        log.info("metrics.listening", host=self._host, port=self.port, setting=self._name)
+
+    async def run(self) -> NoReturn:
+        """Serve until cancelled."""
+        await serve_until_cancelled(self.start, self.stop)
 
     async def stop(self) -> None:
         if self._runner is not None:
