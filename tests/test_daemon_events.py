@@ -36,12 +36,13 @@ async def test_daemon_wires_webhook_mqtt_arbiter_and_heartbeats(
     tmp_path: Path,
     eventually: Eventually,
 ) -> None:
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     config = parse_config(
         {
             "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "clientId": "daemon-wiring"},
             "webhook": {
                 "listen": f"127.0.0.1:{port}",
+                "metricsListen": f"127.0.0.1:{ops_port}",
                 "allowUnauthenticated": True,
                 "blockingAlerts": ["KubeAPIDown"],
                 # The webhook sets only the conditions it is given (healer.config.provenance).
@@ -88,6 +89,14 @@ async def test_daemon_wires_webhook_mqtt_arbiter_and_heartbeats(
         async with aiohttp.ClientSession() as http, http.post(url, json=firing) as resp:
             assert resp.status == 200, await resp.text()
             assert (await resp.json())["accepted"] == 1
+        # /healthz (the daemon's own answer) and /metrics: on their own listener only.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{ops_port}/healthz") as resp:
+                assert resp.status == 200 and (await resp.text()).startswith("ok: ")
+            async with http.get(f"http://127.0.0.1:{ops_port}/metrics") as resp:
+                assert "healer_webhook_connections" in await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status in (404, 405)
 
         def disk_failing() -> bool:
             obs = daemon.tracker.observation(NodeKey("lab", "w-1"))  # type: ignore[union-attr]

@@ -355,6 +355,40 @@ async def test_embedded_broker_end_to_end() -> None:
     ]
 
 
+# -- against a broker that never acknowledges what healer publishes ------------------------
+
+
+async def test_publish_does_not_wait_for_the_brokers_puback() -> None:
+    # The arbiter answers from inside the consumer: an answer that waited for a PUBACK which
+    # never comes (the broker restarted unnoticed) held up every read for aiomqtt's 10 s.
+    published = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                kind = (await reader.readexactly(1))[0] >> 4
+                length, shift = 0, 0
+                while (byte := (await reader.readexactly(1))[0]) & 0x80:
+                    length, shift = length | (byte & 0x7F) << shift, shift + 7
+                body = await reader.readexactly(length | byte << shift)
+                if kind == 1:  # CONNECT: accepted, MQTT 5, no properties
+                    writer.write(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE: granted QoS 1 for its packet id
+                    writer.write(bytes([0x90, 4, body[0], body[1], 0, 1]))
+                elif kind == 3:  # PUBLISH: never acknowledged
+                    published.set()
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        harness = Harness(MqttConfig(host="127.0.0.1", port=port, client_id="no-puback"))
+        async with harness.running():
+            async with asyncio.timeout(2.0):
+                await harness.source.publish(f"{PREFIX}/prod/node-1/reboot-permit", b"{}")
+                await published.wait()
+
+
 # -- reconnection logic, in virtual time ---------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from healer.app.limits import raise_nofile_limit
 from healer.app.status import DaemonStatus
 from healer.app.tuning import Tuning
 from healer.app.wiring import Core, start_mqtt, start_webhook
@@ -24,7 +25,7 @@ from healer.cloud.metered import MeteredProvider
 from healer.cloud.registry import load_provider
 from healer.config import ClusterConfig, HealerConfig, load_config
 from healer.config.reload import field_paths, restart_required
-from healer.errors import ConfigError
+from healer.errors import ConfigError, StateUnwritable
 from healer.health.tracker import HealthTracker
 from healer.jobs.manual import RequestDesk
 from healer.jobs.periodic import PeriodicJobs
@@ -35,6 +36,7 @@ from healer.model import Health, NodeEvent, NodeKey
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.planner import Planner
 from healer.provisioning.userdata import UserDataBuilder
+from healer.sources.events import EventQueue
 from healer.sources.kube_watch import KubeWatchSource
 from healer.store.recorder import Recorder
 from healer.store.sqlite import (
@@ -43,12 +45,15 @@ from healer.store.sqlite import (
     Store,
     WorkflowRecord,
 )
+from healer.store.writable import keep_trying
 from healer.telemetry import metrics
 from healer.telemetry.server import MetricsServer
 from healer.workflow.runner import WorkflowRunner
 
 log = structlog.get_logger("healer.app")
 
+# State changes waiting for the tracker before the sources are held back; heartbeats are
+# coalesced per node on top of these (healer/sources/events.py).
 EVENT_QUEUE_SIZE = 10_000
 
 
@@ -82,7 +87,7 @@ class Daemon(DaemonStatus):
         self.runner: WorkflowRunner | None = None
         self.kube: dict[str, KubeClient] = {}
         self.providers: dict[str, Provider] = {}
-        self._events: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._events = EventQueue(limit=EVENT_QUEUE_SIZE)
         self.mqtt_source: Any = None
         # Blocking alerts (webhook.blockingAlerts): rows of the state store, loaded by run().
         self.blocks = AlertBlocks()
@@ -113,6 +118,9 @@ class Daemon(DaemonStatus):
             self._busy_since = time.monotonic()
             try:
                 await self.tracker.handle(event)
+            except StateUnwritable as exc:
+                # Logged and counted once per episode by the store; decisions are frozen.
+                log.debug("health.event_unsaved", cluster=event.cluster, node=event.node, error=exc)
             except Exception:
                 log.exception("health.event_failed", cluster=event.cluster, node=event.node)
             finally:
@@ -130,6 +138,15 @@ class Daemon(DaemonStatus):
             self._refresh_nodes(wf.cluster)
         await self.planner.on_workflow_finished(wf)
 
+    async def _state_writability(self, problem: StateUnwritable | None) -> None:
+        """The state database stopped taking writes, or takes them again (healer.store.writable):
+        decisions freeze, or the records it missed are written and the planner looks again."""
+        assert self.tracker is not None and self.planner is not None
+        if problem is None:
+            self.tracker.save_unsaved()
+            self.blocks.save_unsaved()
+        await self.planner.on_state_writability(problem)
+
     def _open_provider(self, cluster: ClusterConfig) -> Provider:
         provider = load_provider(
             cluster.provider.plugin,
@@ -141,9 +158,13 @@ class Daemon(DaemonStatus):
         return MeteredProvider(provider)
 
     async def run(self) -> None:
+        raise_nofile_limit()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint_clock(started=True)
         self.store = store = Store.open(self.state_dir)
+        # Its retry loop (keep_trying, below) ends any episode of a state database that takes no
+        # writes: from here on, audit rows wait for it rather than fail (healer.store.writable).
+        store.writes.retrying = True
         self.blocks = AlertBlocks(store=store)
         self._say_first_start(store)
         try:
@@ -245,6 +266,14 @@ class Daemon(DaemonStatus):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(), name="events")
                 tg.create_task(tracker.run(), name="tracker")
+                probes = keep_trying(
+                    store,
+                    self.clock,
+                    on_change=self._state_writability,
+                    first=self.tuning.state_probe_first,
+                    cap=self.tuning.state_probe_cap,
+                )
+                tg.create_task(probes, name="state-writes")
                 for cluster in self.config.clusters:
                     source = KubeWatchSource(
                         cluster=cluster.name,
@@ -266,7 +295,7 @@ class Daemon(DaemonStatus):
                     self.heartbeats = mqtt.heartbeats
                     self.reboot_arbiter = mqtt.arbiter
                 if self.config.webhook is not None:
-                    self.webhook = start_webhook(tg, core)
+                    self.webhook = start_webhook(tg, core, health=self.healthz)
                 resumed = await runner.resume_all()
                 scheduler.start()
                 if self.config.metrics is not None:

@@ -16,6 +16,7 @@ from healer.model import NodeEvent, Permit, RebootRequest
 from healer.planner.alert_blocks import AlertBlocks, block_handler
 from healer.planner.planner import Planner
 from healer.store.sqlite import Store
+from healer.telemetry.server import MetricsServer
 
 if TYPE_CHECKING:
     from healer.planner.reboots import RebootArbiter
@@ -121,8 +122,12 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
     return MqttParts(source=source, heartbeats=heartbeats, arbiter=arbiter)
 
 
-def start_webhook(tg: asyncio.TaskGroup, core: Core) -> WebhookServer:
-    """The alert webhook; the planner side applies the block changes it passes on."""
+def start_webhook(
+    tg: asyncio.TaskGroup, core: Core, *, health: Callable[[], tuple[bool, str]]
+) -> WebhookServer:
+    """The alert webhook; the planner side applies the block changes it passes on. Its replay
+    cache is kept in the state database. ``/healthz`` and ``/metrics`` get their own listener
+    (``webhook.metricsListen``) unless the daemon's ``metrics`` listener already serves them."""
     from healer.sources.webhook import WebhookServer
 
     webhook = core.config.webhook
@@ -140,6 +145,11 @@ def start_webhook(tg: asyncio.TaskGroup, core: Core) -> WebhookServer:
             ttl=webhook.block_ttl,
             consider=core.planner.consider,
         ),
+        replay_store=core.store,
     )
     tg.create_task(server.run(), name="webhook")
+    if webhook.metrics_listen is not None and core.config.metrics is None:
+        host, port = webhook.metrics_listen
+        ops = MetricsServer(host=host, port=port, health=health, name="webhook.metricsListen")
+        tg.create_task(ops.run(), name="webhook-ops")
     return server

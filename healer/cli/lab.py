@@ -22,5 +22,6 @@ def cmd_lab(args: argparse.Namespace) -> int:
             report=Path(args.report) if args.report else None,
             kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
             dry_run=args.dry_run,
+            reset=args.reset,
         )
     )

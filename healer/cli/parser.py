@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the scenario's JSON report here")
     p.add_argument("--kubeconfig", help="drive the simulated kubelets against this API server")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="start from a clean lab state: delete the state directory (lab-state/ unless "
+        "--state-dir says otherwise) first, saying what it held",
+    )
     p.set_defaults(func=Command("lab", "cmd_lab"))
 
     p = sub.add_parser("history", help="the audit log, optionally for one node with evidence")

@@ -28,7 +28,7 @@ from healer.kube.client import KubeClient
 from healer.kube.records import LeaseInfo, NodeInfo, WatchEvent
 from healer.kube.watch import WatchExpired
 from healer.model import EventKind, NodeEvent
-from healer.sources.reconnect import reconnect_forever
+from healer.sources.reconnect import first_failure, reconnect_forever
 
 log = structlog.get_logger(__name__)
 
@@ -330,7 +330,7 @@ class KubeWatchSource:
         for event in batch:
             await self._emit(event)
         self.synced.set()
-        await _first_failure(
+        await first_failure(
             self._follow(self._client.watch_nodes, nodes_rv, self._on_node_event),
             self._follow(self._client.watch_leases, leases_rv, self._on_lease_event),
         )
@@ -388,19 +388,3 @@ class KubeWatchSource:
 
 class _Permanent(TemporaryError):
     """A :class:`PermanentError` of the API, retried at the longest wait (``delay``)."""
-
-
-async def _first_failure(*coros: Awaitable[None]) -> None:
-    """Run the coroutines together until the first one raises; cancel the rest and re-raise it
-    (a bare exception, not an ExceptionGroup, so callers can catch by type)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        exc = task.exception()
-        if exc is not None:
-            raise exc

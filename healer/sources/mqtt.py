@@ -15,11 +15,20 @@ rejected). A crash or disconnect mid-handling leaves the message unacknowledged 
 redelivers it on the next connection, so downstream must tolerate a repeated event. Because the
 broker stops sending once its in-flight window (mosquitto: ``max_inflight_messages``, 20 by
 default) is full of unacknowledged messages, a slow ``emit`` also applies back-pressure.
+
+Memory stays bounded under any message rate (:class:`_Incoming`, the client's incoming queue):
+a heartbeat waiting there is replaced by a newer one on the same topic (the older one is
+acknowledged and counted as ``superseded``); past ``_INCOMING_LIMIT`` messages a QoS 0 message
+is dropped and counted as ``overflow`` (its sender chose at-most-once), while a QoS 1 one is
+always kept: those are bounded by the broker's in-flight window, which an MQTT 5 session sets
+to ``_RECEIVE_MAXIMUM`` (Receive Maximum) and 3.1.1 leaves to the broker (mosquitto:
+``max_inflight_messages``, 20 by default).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
@@ -28,7 +37,7 @@ from typing import Any, Final, NoReturn
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
-from aiomqtt.exceptions import MqttConnectError
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import RetryCallState
@@ -51,8 +60,8 @@ from healer.sources.mqtt_reboot import (
     control_channel,
     parse_reboot_request,
 )
-from healer.sources.reconnect import reconnect_forever
-from healer.telemetry.metrics import EVENTS_RECEIVED, EVENTS_REJECTED
+from healer.sources.reconnect import first_failure, reconnect_forever
+from healer.telemetry.metrics import EVENTS_DROPPED, EVENTS_RECEIVED, EVENTS_REJECTED
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +75,12 @@ _AUTH_REFUSED: Final = frozenset({4, 5, 0x86, 0x87})
 _KEEPALIVE: Final = 30
 _MAX_SESSION_EXPIRY: Final = 0xFFFFFFFF  # the MQTT 5 property is a four-byte integer
 _LOG_TOPIC_MAX: Final = 200  # topics are sender-controlled; keep log lines bounded
+# Messages waiting in the client before a QoS 0 one is dropped (each at most mqtt.maxPayload).
+_INCOMING_LIMIT: Final = 1000
+# QoS 1 messages an MQTT 5 broker may have in flight to us, unacknowledged (we acknowledge after
+# handling): well under _INCOMING_LIMIT, so those are never dropped.
+_RECEIVE_MAXIMUM: Final = 100
+_HEARTBEAT_TOPIC_END: Final = "/heartbeat"
 
 
 @dataclass(frozen=True)
@@ -235,15 +250,10 @@ class MqttSource:
                 # Consume while subscribing: on a resumed session the broker may send the
                 # queued messages first and (amqtt does) wait for their PUBACK before it reads
                 # our SUBSCRIBE, so waiting for SUBACK before handling anything would stall.
-                # In one group, a link that drops before SUBACK ends the subscribe at once
-                # instead of after aiomqtt's ten-second timeout.
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._subscribe(client))
-                        group.create_task(self._consume(client))
-                except ExceptionGroup as failed:
-                    # One connection ends for one reason; hand that to the retry loop to classify.
-                    raise failed.exceptions[0] from None
+                # Side by side, a link that drops before SUBACK ends the subscribe at once
+                # instead of after aiomqtt's ten-second timeout; the first failure ends the
+                # connection and goes to the retry loop to classify.
+                await first_failure(self._subscribe(client), self._consume(client))
         finally:
             self._client = None
             # aiomqtt leaves the socket open when CONNACK never arrives (its timeout); without
@@ -267,6 +277,7 @@ class MqttSource:
             # if the CONNECT also carries a Session Expiry Interval (MQTT 5 defaults it to 0).
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = min(int(cfg.session_expiry), _MAX_SESSION_EXPIRY)
+            props.ReceiveMaximum = _RECEIVE_MAXIMUM
             session = {
                 "protocol": aiomqtt.ProtocolVersion.V5,
                 "clean_start": False,
@@ -282,6 +293,8 @@ class MqttSource:
             identifier=cfg.client_id,
             tls_params=tls,
             keepalive=_KEEPALIVE,
+            queue_type=_Incoming,
+            max_queued_incoming_messages=_INCOMING_LIMIT,
             **session,
         )
         # Before connecting, so nothing the broker sends right after CONNACK is auto-acked.
@@ -300,11 +313,21 @@ class MqttSource:
         return topics
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
-        """Publish on the current connection; raises ``aiomqtt.MqttError`` when there is none."""
+        """Send on the current connection; raises ``aiomqtt.MqttError`` when there is none.
+
+        Returns once the message is handed to the connection, without waiting for the broker's
+        PUBACK. The arbiter answers from inside :meth:`_consume`, and aiomqtt's ``publish``
+        waits for that PUBACK even after the link is gone (its 10 s timeout, per answer): a
+        broker restarted while healer was busy stalled every read and the reconnect behind it,
+        and behind a long backlog each answer cost a round trip. Answers need no more: paho
+        resends within the connection, and an agent without an answer asks again.
+        """
         client = self._client
         if client is None or not self._state.connected:
             raise aiomqtt.MqttError(f"not connected to {self._broker}")
-        await client.publish(topic, payload, qos=qos)
+        info = _paho(client).publish(topic, payload, qos=qos)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise MqttCodeError(info.rc, f"could not publish to {self._broker}")
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in self.subscriptions():
@@ -336,8 +359,13 @@ class MqttSource:
         log.info("mqtt.subscribed", broker=self._broker, topic=topic, qos=code)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
+        incoming = _incoming(client)
         async for message in client.messages:
             await self._handle(client, message)
+            # Superseded while waiting: acknowledged only now, after the newer one was handled,
+            # so a crash in between has the broker send the newer one again (never neither).
+            for mid, qos in incoming.take_superseded():
+                _paho(client).ack(mid, qos)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -443,6 +471,58 @@ class MqttSource:
         self._state = state
         if self.on_state is not None:
             self.on_state(state)
+
+
+class _Incoming(asyncio.Queue[aiomqtt.Message]):
+    """The client's incoming queue (aiomqtt's ``queue_type``): FIFO, with a heartbeat waiting
+    replaced by a newer one on the same topic and QoS 0 messages dropped past the limit
+    (``max_queued_incoming_messages``); see the module docstring. The QoS 1 messages it let go
+    are kept, as (mid, qos), for the consumer to acknowledge (:meth:`take_superseded`)."""
+
+    def _init(self, maxsize: int) -> None:
+        self._limit = maxsize if maxsize > 0 else _INCOMING_LIMIT
+        # Insertion-ordered: topic -> a heartbeat, a number -> any other message. Named as
+        # asyncio.Queue's own store, which its empty() and qsize() read.
+        self._queue: dict[str | int, aiomqtt.Message] = {}
+        self._numbers = itertools.count()
+        self._superseded: list[tuple[int, int]] = []
+
+    def full(self) -> bool:
+        # Never refuse: aiomqtt would drop the message uncounted (and, at QoS 1, unacknowledged,
+        # holding an in-flight slot for ever). _put decides what to keep.
+        return False
+
+    def _put(self, item: aiomqtt.Message) -> None:
+        topic = item.topic.value
+        heartbeat = topic.endswith(_HEARTBEAT_TOPIC_END)
+        if heartbeat and (older := self._queue.pop(topic, None)) is not None:
+            _dropped("superseded")
+            if older.qos > 0:
+                self._superseded.append((older.mid, older.qos))
+        elif len(self._queue) >= self._limit and item.qos == 0:
+            _dropped("overflow")
+            return
+        # A replacing heartbeat goes to the end, as the newest message waiting.
+        self._queue[topic if heartbeat else next(self._numbers)] = item
+
+    def _get(self) -> aiomqtt.Message:
+        key = next(iter(self._queue))
+        return self._queue.pop(key)
+
+    def take_superseded(self) -> list[tuple[int, int]]:
+        taken, self._superseded = self._superseded, []
+        return taken
+
+
+def _incoming(client: aiomqtt.Client) -> _Incoming:
+    # aiomqtt builds its queue from ``queue_type`` and keeps it to itself.
+    queue = client._queue
+    assert isinstance(queue, _Incoming)
+    return queue
+
+
+def _dropped(reason: str) -> None:
+    EVENTS_DROPPED.labels(source=SOURCE, reason=reason).inc()
 
 
 def _paho(client: aiomqtt.Client) -> paho.Client:
