@@ -40,6 +40,10 @@ class Machine:
                 return str(cond["status"])
         return None
 
+    def state(self) -> KubeletState:
+        """Read afresh (a property mypy would keep narrowed from an earlier assert)."""
+        return self.kubelet.state
+
     def renewed_at(self) -> float | None:
         lease = self.fake.lease(self.kubelet.node)
         return parse_time(lease["spec"]["renewTime"]) if lease else None
@@ -99,6 +103,27 @@ async def test_registers_renews_and_heartbeats(machine: Machine, eventually: Eve
     await eventually(lambda: len(machine.channel("heartbeat")) == 4)
     assert machine.renewed_at() == start + 3
     assert machine.kubelet.state is KubeletState.RUNNING
+
+
+async def test_lease_is_owned_by_the_node_and_goes_with_it(
+    machine: Machine, eventually: Eventually
+) -> None:
+    """As a real kubelet's lease: the Node is its owner (apiVersion v1, kind Node, name, uid), so
+    the garbage collector deletes it once the Node is deleted."""
+    node, lease = machine.fake.node("w1"), machine.fake.lease("w1")
+    assert node is not None and lease is not None
+    owner = {"apiVersion": "v1", "kind": "Node", "name": "w1", "uid": node["metadata"]["uid"]}
+    assert lease["metadata"]["ownerReferences"] == [owner]
+    await tick(machine, eventually)  # renewals keep the owner
+    renewed = machine.fake.lease("w1")
+    assert renewed is not None and renewed["metadata"]["ownerReferences"] == [owner]
+
+    machine.kubelet.crash()  # the machine dies, then its Node is deleted
+    await machine.clock.settle()
+    machine.fake.delete_node("w1")
+    assert machine.fake.lease("w1") is not None  # the collector runs after the delete
+    await machine.clock.advance(machine.fake.monitor_period)
+    assert machine.fake.lease("w1") is None
 
 
 async def test_adopts_an_existing_node(
@@ -166,7 +191,7 @@ async def test_partition_and_heal(machine: Machine, eventually: Eventually) -> N
     await eventually(lambda: len(machine.channel("heartbeat")) == beats + 1)
     node = machine.fake.node("w1")
     assert node is not None and "taints" not in node["spec"]
-    assert machine.kubelet.state is KubeletState.RUNNING
+    assert machine.state() is KubeletState.RUNNING
 
 
 async def test_reboot_announces_goes_down_and_comes_back(
@@ -187,7 +212,7 @@ async def test_reboot_announces_goes_down_and_comes_back(
     assert machine.ready() == "True"
     assert machine.renewed_at() == machine.clock.now()
     assert machine.channel("upgrade") == []
-    assert machine.kubelet.state is KubeletState.RUNNING
+    assert machine.state() is KubeletState.RUNNING
 
 
 async def test_bad_upgrade_never_comes_back(machine: Machine, eventually: Eventually) -> None:

@@ -77,7 +77,11 @@ class KubeletApi(NodeApi):
 
     async def renew_lease(self, name: str, holder: str, duration_seconds: int) -> None:
         """Create or renew ``kube-node-lease/<name>`` with renewTime now. Updates carry the
-        resourceVersion read, so a concurrent writer makes us re-read rather than overwrite."""
+        resourceVersion read, so a concurrent writer makes us re-read rather than overwrite.
+
+        As the kubelet's ``SetNodeOwnerFunc`` does, a lease without an owner gets the Node as
+        its owner (looked up for its uid on every renewal until it exists), so the garbage
+        collector deletes the lease with its Node."""
         what = f'renew lease "{NODE_LEASE_NAMESPACE}/{name}"'
         for _ in range(3):
             renew = format_micro_time(self._clock.wall())  # read by other hosts
@@ -96,6 +100,7 @@ class KubeletApi(NodeApi):
                         "renewTime": renew,
                     },
                 }
+                await self._own_by_node(body, name)
                 answer = await self._call(
                     what, self._coordination.create_namespaced_lease, NODE_LEASE_NAMESPACE, body
                 )
@@ -105,6 +110,7 @@ class KubeletApi(NodeApi):
                 spec.update(
                     holderIdentity=holder, leaseDurationSeconds=duration_seconds, renewTime=renew
                 )
+                await self._own_by_node(body, name)
                 answer = await self._call(
                     what,
                     self._coordination.replace_namespaced_lease,
@@ -117,3 +123,15 @@ class KubeletApi(NodeApi):
             self._expect(what, answer)
             return
         raise TemporaryError(f"{what}: kept conflicting with concurrent writers")
+
+    async def _own_by_node(self, lease: Json, node: str) -> None:
+        """Make the Node the owner of a lease that has none (a Node not there yet: next time)."""
+        meta = lease.setdefault("metadata", {})
+        if meta.get("ownerReferences"):
+            return
+        current = await self._get_node_json(node)
+        if current is None:
+            return
+        meta["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Node", "name": node, "uid": current["metadata"]["uid"]}
+        ]

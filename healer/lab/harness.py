@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from healer.config import HealerConfig
 from healer.kube.client import KubeClient
 from healer.lab.apiserver.server import FakeApiServer
 from healer.lab.broker import EmbeddedBroker
-from healer.lab.kubelet import KubeletState, SimulatedKubelet
+from healer.lab.kubelet import SimulatedKubelet
 from healer.model import (
     LABEL_CLUSTER,
     LABEL_CONTROL_PLANE,
@@ -40,6 +41,8 @@ LAB_USER = "healer"
 # The lab's failure domains. Each pool's machines are spread over them as a multi-zone node
 # group would: a new machine goes to the zone holding the fewest running machines of its pool.
 LAB_ZONES = ("lab-a", "lab-b", "lab-c")
+# The Nodes the lab's cluster had when it last stopped (its API server keeps them in memory).
+NODES_FILE = "lab-nodes.json"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class LabHarness:
             await self.api.start()
             self.api.write_kubeconfig(self.kubeconfig)
         self.kube = await KubeClient.from_kubeconfig(self.kubeconfig)
+        await self._restore_nodes()
         if self._with_broker:
             self.broker = EmbeddedBroker()
             await self.broker.start()
@@ -150,6 +154,7 @@ class LabHarness:
         if self.kube is not None:
             await self.kube.close()
         if self.api is not None:
+            self._save_nodes(self.api)
             await self.api.stop()
 
     def daemon_config(self, config: HealerConfig) -> HealerConfig:
@@ -165,6 +170,53 @@ class LabHarness:
                 update["mqtt"] = config.mqtt.model_copy(update={"port": self.broker.port})
         return config.model_copy(update=update)
 
+    async def _restore_nodes(self) -> None:
+        """Give every machine of a saved lab state that is not running its Node back.
+
+        The lab's API server keeps its objects in memory, but the cluster it plays keeps them in
+        etcd: a machine that crashed before the lab quit still has its Node (if the Node was
+        there when the lab stopped: ``lab-nodes.json``), which nobody renews any more. Registered here without a kubelet, it turns ``Ready=Unknown`` after the lease
+        grace period, so the daemon sees the crash and heals it as it would have without the
+        restart. Running machines get their kubelets from the fleet, which register themselves.
+        A real API server (``--kubeconfig``) has kept its Nodes: nothing to restore there.
+        """
+        assert self.kube is not None
+        if self.api is None:
+            return
+        try:
+            kept: set[str] | None = set(json.loads(self._nodes_file.read_text()))
+        except FileNotFoundError:
+            kept = None  # the last lab did not stop cleanly: every machine's Node was there
+        for m in self.cloud.machines():
+            if m["tags"].get(TAG_CLUSTER) != self.cluster or m["state"] == "running":
+                continue
+            if kept is not None and m["name"] not in kept:
+                continue  # its Node was deleted before the lab quit (a remediation under way)
+            await self.kube.register_node(m["name"], self._labels(m))
+            log.info("lab.node_restored", node=m["name"], machine_state=m["state"])
+
+    @property
+    def _nodes_file(self) -> Path:
+        return self.state_dir / NODES_FILE
+
+    def _save_nodes(self, api: FakeApiServer) -> None:
+        """Remember which Nodes the cluster had when the lab stopped, for the next start."""
+        names = sorted(n["metadata"]["name"] for n in api.nodes())
+        tmp = self._nodes_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(names) + "\n")
+            tmp.replace(self._nodes_file)
+        except OSError as exc:  # the next start then restores every stopped machine's Node
+            log.warning("lab.nodes_not_saved", path=str(self._nodes_file), error=str(exc))
+
+    def running_machines(self) -> list[str]:
+        """This cluster's running machines: the nodes a started lab waits to see Ready."""
+        return [
+            m["name"]
+            for m in self.cloud.machines()
+            if m["state"] == "running" and m["tags"].get(TAG_CLUSTER) == self.cluster
+        ]
+
     # -- the fleet: a kubelet for every running lab machine ---------------------------------
     async def _fleet(self) -> None:
         while True:
@@ -175,31 +227,29 @@ class LabHarness:
             await self.clock.sleep(self.timings.fleet_poll)
 
     def _sync_fleet(self) -> None:
-        states = {m["name"]: m["state"] for m in self.cloud.machines(include_terminated=True)}
-        for name, kubelet in self.kubelets.items():
+        machines = [
+            m
+            for m in self.cloud.machines(include_terminated=True)
+            if m["tags"].get(TAG_CLUSTER) == self.cluster
+        ]
+        states = {m["name"]: (m["id"], m["state"]) for m in machines}
+        for name in list(self.kubelets):
             # A machine powered off or destroyed runs no kubelet: its processes die with it,
-            # even when it was only cut off from the network before.
-            off = states.get(name, "running") != "running"
-            if off and kubelet.state is not KubeletState.CRASHED:
-                kubelet.crash()
-        for m in self.cloud.machines():
-            tags = m["tags"]
-            if tags.get(TAG_CLUSTER) != self.cluster or m["id"] in self._seen_machines:
-                continue
-            if m["state"] != "running":
+            # even when it was only cut off from the network before. Should the machine run
+            # again, it boots a new one.
+            machine_id, state = states.get(name, ("", "terminated"))
+            if state != "running":
+                self._kubelet_gone(name, state)
+                self._seen_machines.discard(machine_id)
+        for m in machines:
+            if m["id"] in self._seen_machines or m["state"] != "running":
                 continue
             self._seen_machines.add(m["id"])
-            pool = tags.get(TAG_POOL, "")
-            zone = self._zone_for(pool)
-            self.zones[m["name"]] = zone
-            labels = {LABEL_POOL: pool, LABEL_CLUSTER: self.cluster, LABEL_ZONE: zone}
-            if self.pool_roles.get(pool) is Role.CONTROL_PLANE:
-                labels[LABEL_CONTROL_PLANE] = ""
             assert self.kube is not None
             kubelet = SimulatedKubelet(
                 client=self.kube,
                 node=m["name"],
-                labels=labels,
+                labels=self._labels(m),
                 clock=self.clock,
                 renew_interval=self.timings.renew_interval,
                 publish=self._publisher_for(m["name"]),
@@ -208,6 +258,25 @@ class LabHarness:
             self._kubelet_tasks[m["name"]] = asyncio.create_task(
                 self._boot(kubelet), name=f"kubelet-{m['name']}"
             )
+
+    def _kubelet_gone(self, node: str, machine_state: str) -> None:
+        """Its machine is off or destroyed: the kubelet says nothing more, and its task ends."""
+        kubelet = self.kubelets.pop(node)
+        kubelet.crash()
+        task = self._kubelet_tasks.pop(node, None)
+        if task is not None:
+            task.cancel()
+        log.info("lab.kubelet_gone", node=node, machine_state=machine_state)
+
+    def _labels(self, machine: dict[str, Any]) -> dict[str, str]:
+        """The labels its kubelet registers the machine's Node with; the zone is chosen once."""
+        pool = machine["tags"].get(TAG_POOL, "")
+        zone = self.zones.get(machine["name"]) or self._zone_for(pool)
+        self.zones[machine["name"]] = zone
+        labels = {LABEL_POOL: pool, LABEL_CLUSTER: self.cluster, LABEL_ZONE: zone}
+        if self.pool_roles.get(pool) is Role.CONTROL_PLANE:
+            labels[LABEL_CONTROL_PLANE] = ""
+        return labels
 
     def _zone_for(self, pool: str) -> str:
         running = {
@@ -285,7 +354,8 @@ class LabHarness:
         m = self.machine(node)
         if m is not None:
             self.cloud.power_off(m["id"])
-        self.kubelets[node].crash()
+        if node in self.kubelets:  # none when the machine is off already
+            self.kubelets[node].crash()
 
     def hang(self, node: str) -> None:
         """The machine hangs: the cloud says running, but nothing answers."""
@@ -301,12 +371,15 @@ class LabHarness:
         await self.kubelets[node].reboot(None, upgrade=True)
 
     def partition(self, nodes: list[str]) -> None:
+        """Cut these machines off; one that is off already has no kubelet to cut off."""
         for node in nodes:
-            self.kubelets[node].partition()
+            if node in self.kubelets:
+                self.kubelets[node].partition()
 
     def heal(self, nodes: list[str]) -> None:
         for node in nodes:
-            self.kubelets[node].heal()
+            if node in self.kubelets:
+                self.kubelets[node].heal()
 
     async def publish_as_agent(self, node: str, channel: str, payload: dict[str, Any]) -> None:
         """Publish ``payload`` on ``node``'s ``channel`` through the lab broker, with the agents'
@@ -340,8 +413,6 @@ class LabHarness:
         The simulated kubelets reboot without asking; a scenario that models agents that do
         asks here first and reboots only on a grant.
         """
-        import json
-
         import aiomqtt
 
         from healer.sources.mqtt_reboot import REBOOT_PERMIT, REBOOT_REQUEST, control_topic

@@ -10,25 +10,30 @@ import asyncio
 import contextlib
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
 
 from healer.app.daemon import Daemon
 from healer.app.tuning import Tuning
+from healer.cloud.machines import Provider
 from healer.cloud.registry import load_provider
-from healer.config import HealerConfig, load_config
-from healer.errors import ConfigError
+from healer.config import ClusterConfig, HealerConfig, load_config
+from healer.errors import ConfigError, StateError
 from healer.lab.harness import LabHarness, LabTimings
 from healer.lab.scenario_kit import Context, preserve_state
 from healer.lab.scenarios import SCENARIOS, STARTS_ITS_OWN_DAEMON, run_scenario
 from healer.lab.timeline import configure_timeline
+from healer.model import TAG_CLUSTER
 from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
-from healer.store.sqlite import Store
+from healer.store.sqlite import DB_NAME, Store
+from healer.store.statedir import LOCK_FILE, StateDirLock, claim
 
 log = structlog.get_logger("healer.lab")
 
@@ -57,6 +62,7 @@ async def run_lab(
     report: Path | None,
     kubeconfig: Path | None,
     dry_run: bool = False,
+    reset: bool = False,
 ) -> int:
     if scenario is not None and scenario not in SCENARIOS:
         print(
@@ -76,10 +82,29 @@ async def run_lab(
             state_dir = Path(temp.name)
         else:
             state_dir = DEFAULT_LAB_STATE
-    configure_timeline()
+    if reset and temp is None:
+        try:
+            # Never from under a running lab or daemon: that one holds the lock.
+            if (state_dir / LOCK_FILE).exists():
+                StateDirLock.acquire(state_dir).release()
+            print(reset_state(state_dir), flush=True)
+        except (OSError, ResetRefused, StateError) as exc:
+            print(f"healer lab: --reset: {exc}", file=sys.stderr)
+            return 2
+    # One daemon per state directory (healer.store.statedir), the lab's included.
     try:
-        return await _run(config, state_dir, scenario, report, kubeconfig, dry_run)
+        lock = claim(state_dir)
+    except StateError as exc:
+        print(f"healer lab: {exc}", file=sys.stderr)
+        return 2
+    configure_timeline()
+    lock.settle()
+    try:
+        return await _run(
+            config, state_dir, scenario, report, kubeconfig, dry_run, saved=temp is None
+        )
     finally:
+        lock.release()
         if temp is not None:
             temp.cleanup()
 
@@ -91,64 +116,175 @@ async def _run(
     report: Path | None,
     kubeconfig: Path | None,
     dry_run: bool,
+    *,
+    saved: bool,
 ) -> int:
+    """``saved``: the state directory is the user's (kept between runs), not a temporary one."""
+    started = False
+    try:
+        async with running_lab(
+            config, state_dir, scenario=scenario, kubeconfig=kubeconfig, dry_run=dry_run
+        ) as (harness, control, cluster):
+            started = True
+            if scenario is None:
+                await _interactive(harness, control)
+                print(
+                    f"lab state kept in {state_dir}/: the next `healer lab` goes on from it, "
+                    "`healer lab --reset` starts over",
+                    flush=True,
+                )
+                return 0
+            return await _scenario(harness, control, cluster, scenario, report, state_dir)
+    except Exception as exc:
+        if started:
+            raise
+        if not isinstance(exc, TimeoutError):
+            log.exception("lab.start_failed")
+        print(_cannot_start(exc, state_dir if saved else None), file=sys.stderr)
+        return 1
+
+
+async def _scenario(
+    harness: LabHarness,
+    control: LabDaemon,
+    cluster: ClusterConfig,
+    scenario: str,
+    report: Path | None,
+    state_dir: Path,
+) -> int:
+    preserved = preserve_state(state_dir) if scenario in STARTS_ITS_OWN_DAEMON else None
+    ctx = Context(
+        harness=harness,
+        store=Store.open(state_dir),
+        cluster=cluster,
+        control=control,
+        preserved_state=preserved,
+    )
+    try:
+        result = await run_scenario(scenario, ctx)
+    finally:
+        ctx.store.close()
+    text = json.dumps(result, indent=2, default=str)
+    if report is not None:
+        report.write_text(text + "\n")
+        log.info("lab.report_written", path=str(report), ok=result["ok"])
+    _summary(result)
+    return 0 if result["ok"] else 1
+
+
+@contextlib.asynccontextmanager
+async def running_lab(
+    config: HealerConfig,
+    state_dir: Path,
+    *,
+    scenario: str | None = None,
+    kubeconfig: Path | None = None,
+    dry_run: bool = False,
+    timings: LabTimings | None = None,
+) -> AsyncIterator[tuple[LabHarness, LabDaemon, ClusterConfig]]:
+    """The lab world and its daemon started on ``state_dir`` (fresh or saved) with every running
+    machine's node Ready; all stopped again on leaving, as quitting the lab does."""
     cluster = config.clusters[0]
     harness = LabHarness(
         state_dir=state_dir,
         cluster=cluster.name,
         pool_roles={p.name: p.role for p in cluster.pools},
-        timings=LabTimings(),
+        timings=timings or LabTimings(),
         kubeconfig=kubeconfig,
     )
-    await harness.start()
-    config = harness.daemon_config(config)
-    cluster = config.clusters[0]
-    provider = load_provider(
-        cluster.provider.plugin,
-        cluster=cluster.name,
-        options=cluster.provider.options,
-        credentials=cluster.provider.credentials,
-        state_dir=state_dir,
-    )
-    control = LabDaemon(config, state_dir=state_dir, dry_run=dry_run)
+    provider: Provider | None = None
+    control: LabDaemon | None = None
     try:
-        created = await ensure_pools(cluster, provider, user_data=render_user_data)
-        expected = sum(p.size for p in cluster.pools)
-        log.info(
-            "lab.cluster_ready_wait",
-            machines=expected,
-            created=len(created),
-            state_dir=str(state_dir),
+        await harness.start()
+        config = harness.daemon_config(config)
+        cluster = config.clusters[0]
+        provider = load_provider(
+            cluster.provider.plugin,
+            cluster=cluster.name,
+            options=cluster.provider.options,
+            credentials=cluster.provider.credentials,
+            state_dir=state_dir,
         )
-        if scenario not in STARTS_ITS_OWN_DAEMON:
-            await control.start()
-        await harness.wait_ready(expected, timeout=60.0)
-        log.info("lab.cluster_ready", nodes=expected)
-        if scenario is None:
-            await _interactive(harness, control)
-            return 0
-        preserved = preserve_state(state_dir) if scenario in STARTS_ITS_OWN_DAEMON else None
-        ctx = Context(
-            harness=harness,
-            store=Store.open(state_dir),
-            cluster=cluster,
-            control=control,
-            preserved_state=preserved,
-        )
-        try:
-            result = await run_scenario(scenario, ctx)
-        finally:
-            ctx.store.close()
-        text = json.dumps(result, indent=2, default=str)
-        if report is not None:
-            report.write_text(text + "\n")
-            log.info("lab.report_written", path=str(report), ok=result["ok"])
-        _summary(result)
-        return 0 if result["ok"] else 1
+        control = LabDaemon(config, state_dir=state_dir, dry_run=dry_run)
+        await start_cluster(harness, control, cluster, provider, scenario=scenario)
+        yield harness, control, cluster
     finally:
-        await control.stop()
-        await provider.close()
+        if control is not None:
+            await control.stop()
+        if provider is not None:
+            await provider.close()
         await harness.stop()
+
+
+async def start_cluster(
+    harness: LabHarness,
+    control: LabDaemon,
+    cluster: ClusterConfig,
+    provider: Provider,
+    *,
+    scenario: str | None = None,
+) -> None:
+    """Create the pools on a fresh lab cloud, start the daemon and wait for the running machines'
+    nodes to be Ready.
+
+    A saved lab state is the daemon's to heal, as a cluster after a restart of healer is: a
+    machine that crashed or was destroyed before the lab quit is not waited for, and no pool is
+    topped up here (a remediation left half-way creates its own replacement when it resumes;
+    anything else short is drift repair's).
+    """
+    saved = [m for m in harness.cloud.machines() if m["tags"].get(TAG_CLUSTER) == cluster.name]
+    created = [] if saved else await ensure_pools(cluster, provider, user_data=render_user_data)
+    running = harness.running_machines()
+    log.info(
+        "lab.cluster_ready_wait",
+        machines=len(running),
+        created=len(created),
+        saved=len(saved),
+        not_running=",".join(m["name"] for m in saved if m["state"] != "running"),
+        state_dir=str(harness.state_dir),
+    )
+    if scenario not in STARTS_ITS_OWN_DAEMON:
+        await control.start()
+    await harness.wait_ready(len(running), timeout=60.0)
+    log.info("lab.cluster_ready", nodes=len(running))
+
+
+class ResetRefused(Exception):
+    """``--reset`` on a directory that does not look like a lab state directory."""
+
+
+# What the lab and its daemon keep in a state directory; one of them marks a lab state.
+LAB_STATE_MARKS = ("lab-cloud.sqlite", "lab-kubeconfig.yaml", DB_NAME)
+
+
+def reset_state(state_dir: Path) -> str:
+    """Delete ``state_dir`` (a lab state directory) and say what went.
+
+    Refused for a directory holding none of the lab's files, so a mistyped ``--state-dir`` never
+    deletes anything else."""
+    if not state_dir.exists():
+        return f"healer lab: --reset: {state_dir} does not exist; nothing to delete"
+    entries = sorted(p.name for p in state_dir.iterdir())
+    if entries and not any(mark in entries for mark in LAB_STATE_MARKS):
+        raise ResetRefused(
+            f"{state_dir} holds none of the lab's files ({', '.join(LAB_STATE_MARKS)}); "
+            "not deleting it"
+        )
+    shutil.rmtree(state_dir)
+    listed = ", ".join(entries) if entries else "nothing (it was empty)"
+    return f"healer lab: --reset: deleted {state_dir}: {listed}"
+
+
+def _cannot_start(exc: BaseException, state_dir: Path | None) -> str:
+    """Why the lab did not start and, for a saved state, how to start from a clean one."""
+    why = f"healer lab: the lab did not start: {type(exc).__name__}: {exc}"
+    if state_dir is None:
+        return why
+    return (
+        f"{why}\n"
+        f"  The lab state saved in {state_dir}/ may be what stops it. To start from a clean one:\n"
+        f"    healer lab --reset --state-dir {state_dir}   (or: make clean, then make lab)"
+    )
 
 
 class LabDaemon:

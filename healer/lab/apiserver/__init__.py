@@ -4,7 +4,8 @@ It owns a small in-memory cluster (nodes, pods, PodDisruptionBudgets, node lease
 Secrets, RBAC roles and bindings), serves it over real HTTP with the real JSON shapes (objects,
 lists, ``Status`` errors, newline-delimited watch streams with resourceVersions and ``410
 Expired``), and plays the controllers healer depends on (node lifecycle, the kubelet's part of
-pod deletion, non-graceful node shutdown, pod garbage collection).
+pod deletion, non-graceful node shutdown, pod garbage collection, the garbage collector
+of owned objects).
 
 Tests and the lab use it over HTTP through the real client, and drive it directly through the
 state methods of :class:`~healer.lab.apiserver.server.FakeApiServer`. It never imports the
@@ -20,6 +21,7 @@ Modules, from the wire down:
 - ``verbs``: create, get, list, update, patch, delete with the apiserver's semantics;
 - ``eviction``: PodDisruptionBudget status and the eviction subresource;
 - ``lifecycle``: the node lifecycle controller, the kubelet's part of pod deletion, pod GC;
+- ``garbage``: the garbage collector: objects whose owners are gone, after the DELETE;
 - ``store``: objects, resourceVersions, history and compaction, watch fan-out;
 - ``objects``, ``taints``, ``selectors``, ``patches``: pure helpers on object dicts;
 - ``resources``, ``errors``: the resource table, paths, wire formats, ``Status`` errors.

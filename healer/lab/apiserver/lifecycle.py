@@ -8,8 +8,10 @@
 * kube-controller-manager's non-graceful node shutdown handling: on a node that is not Ready and
   carries ``node.kubernetes.io/out-of-service:NoExecute``, the taint manager deletes every pod
   that does not tolerate the taint and the pod garbage collector force-deletes the pods left
-  ``Terminating`` there (volumes are not modelled); pods bound to a deleted node are collected,
-  and so is the deleted node's lease.
+  ``Terminating`` there (volumes are not modelled); pods bound to a deleted node are collected.
+
+The kubelet's lease, owned by its Node, goes with it through the garbage collector
+(:mod:`healer.lab.apiserver.garbage`), after the DELETE, as in a real cluster.
 """
 
 from __future__ import annotations
@@ -167,9 +169,8 @@ def sync_node_taints(store: Store, clock: Clock, name: str) -> None:
 
 def remove_node(store: Store, name: str) -> Obj | None:
     removed = store.remove(BY_PLURAL["nodes"], "", name)
-    # The garbage collector deletes the kubelet's lease (it is owned by the Node), and the
-    # pod GC removes pods bound to a node that no longer exists.
-    store.remove(BY_PLURAL["leases"], NODE_LEASE_NAMESPACE, name)
+    # The pod GC removes pods bound to a node that no longer exists. The kubelet's lease is
+    # not touched here: the garbage collector deletes it later if the Node owns it.
     for pod in pods_on(store, name):
         store.remove(BY_PLURAL["pods"], pod["metadata"]["namespace"], pod["metadata"]["name"])
     return removed

@@ -76,12 +76,22 @@ def new_node(name: str, labels: dict[str, str] | None, *, ready: bool, now: floa
     }
 
 
-def new_lease(node: str, *, holder: str | None, renew: float) -> Obj:
-    """``kube-node-lease/<node>`` as the kubelet first creates it."""
+def node_owner(node: Obj) -> list[Obj]:
+    """The ``ownerReferences`` a kubelet puts on its lease: its Node, by name and uid."""
+    meta = node["metadata"]
+    return [{"apiVersion": "v1", "kind": "Node", "name": meta["name"], "uid": meta["uid"]}]
+
+
+def new_lease(node: str, *, holder: str | None, renew: float, owner: Obj | None = None) -> Obj:
+    """``kube-node-lease/<node>`` as the kubelet first creates it, owned by ``owner`` (its Node)
+    when that exists."""
+    meta: Obj = {"name": node, "namespace": NODE_LEASE_NAMESPACE}
+    if owner is not None:
+        meta["ownerReferences"] = node_owner(owner)
     return {
         "kind": "Lease",
         "apiVersion": "coordination.k8s.io/v1",
-        "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE},
+        "metadata": meta,
         "spec": {
             "holderIdentity": holder or node,
             "leaseDurationSeconds": 40,

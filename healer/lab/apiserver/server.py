@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from healer.clock import Clock, RealClock
-from healer.lab.apiserver import lifecycle, objects, routes, verbs
+from healer.lab.apiserver import garbage, lifecycle, objects, routes, verbs
 from healer.lab.apiserver.errors import ApiError, error_response
 from healer.lab.apiserver.objects import DEFAULT_POD_GRACE
 from healer.lab.apiserver.resources import (
@@ -239,14 +239,18 @@ class FakeApiServer:
     def set_lease(
         self, node: str, renew_time: float | None = None, holder: str | None = None
     ) -> Obj:
-        """Create or renew ``kube-node-lease/<node>`` as the kubelet would."""
+        """Create or renew ``kube-node-lease/<node>`` as the kubelet would: owned by its Node
+        once the Node exists."""
         res = BY_PLURAL["leases"]
         renew = self.clock.now() if renew_time is None else renew_time
         existing = self._store.get("leases", NODE_LEASE_NAMESPACE, node)
+        owner = self._store.get("nodes", "", node)
         if existing is None:
-            lease = objects.new_lease(node, holder=holder, renew=renew)
+            lease = objects.new_lease(node, holder=holder, renew=renew, owner=owner)
             return verbs.create(self._store, self.clock, res, NODE_LEASE_NAMESPACE, lease)
         lease = copy.deepcopy(existing)
+        if owner is not None and not lease["metadata"].get("ownerReferences"):
+            lease["metadata"]["ownerReferences"] = objects.node_owner(owner)
         lease["spec"]["renewTime"] = rfc3339_micro(renew)
         if holder is not None:
             lease["spec"]["holderIdentity"] = holder
@@ -309,8 +313,10 @@ class FakeApiServer:
         return self.requests[(verb.upper(), kind)]
 
     def check_nodes(self) -> None:
-        """One pass of the node lifecycle controller and pod garbage collector."""
+        """One pass of the node lifecycle controller, the pod garbage collector and the
+        garbage collector of owned objects."""
         lifecycle.check_nodes(self._store, self.clock, lease_grace=self.lease_grace)
+        garbage.collect_garbage(self._store)
 
     async def _monitor_loop(self) -> None:
         while True:

@@ -2,7 +2,8 @@
 strategies answer them: create (with defaults and validation), get and list (PDBs carry their
 computed status), update and patch (optimistic concurrency on resourceVersion, immutable and
 subresource-owned parts kept, RBAC ``roleRef`` immutable, a no-op write not bumping the
-version), delete (pods gracefully, nodes with their lease and pods)."""
+version), delete (pods gracefully, nodes with their pods; owned objects such as the node's
+lease go later, with the garbage collector)."""
 
 from __future__ import annotations
 
