@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean
+.PHONY: lab test lint faults bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,13 @@ test: $(STAMP) lint
 	@./.ci/system-deps
 	$(VENV)/bin/pytest
 
+# The fault-injection suite in full (docs/faults.md): 200 SIGKILLs, broker and API server
+# restarts, ... against real processes; `make test` runs its short version. Replay a random
+# run with HEALER_FAULTS_SEED=<the seed it printed>.
+faults: $(STAMP)
+	@./.ci/system-deps
+	HEALER_FAULTS_FULL=1 timeout 1800 $(VENV)/bin/pytest tests/faults -m faults -p no:cacheprovider -rA
+
 # Static checks, also part of `make test`: style, one-way layers, types.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -27,5 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# Everything `make` made, the lab's saved state (lab-state/) too; `healer lab --reset` deletes
+# only the lab state.
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache lab-state

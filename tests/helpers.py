@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +82,30 @@ async def lab_cloud_with_worker(state_dir: Path, name: str) -> LabProvider:
         )
     )
     return provider
+
+
+async def start_healer_run(
+    config: Path, state: Path, log: Path, *, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`healer run -c CONFIG --state-dir STATE` as a subprocess, its output appended to ``log``:
+    the test's environment without systemd's variables and failpoints, plus ``env``."""
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOTIFY_", "WATCHDOG_")) and k != "HEALER_FAILPOINTS"
+    }
+    full.update(env or {})
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "healer.cli",
+            "run",
+            "-c",
+            str(config),
+            "--state-dir",
+            str(state),
+            env=full,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )

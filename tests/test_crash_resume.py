@@ -8,9 +8,7 @@ The lab world (API server, cloud, kubelets) lives in this test process; the daem
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from healer.workflow.runner import STEPS
-from tests.helpers import fast_lab_config
+from tests.helpers import fast_lab_config, start_healer_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -62,23 +60,8 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[L
 async def spawn(
     config: Path, state: Path, log: Path, failpoint: str | None
 ) -> asyncio.subprocess.Process:
-    env = dict(os.environ)
-    env.pop("HEALER_FAILPOINTS", None)
-    if failpoint:
-        env["HEALER_FAILPOINTS"] = f"{failpoint}=kill"
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "healer.cli",
-        "run",
-        "-c",
-        str(config),
-        "--state-dir",
-        str(state),
-        env=env,
-        stdout=log.open("ab"),
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    env = {"HEALER_FAILPOINTS": f"{failpoint}=kill"} if failpoint else None
+    return await start_healer_run(config, state, log, env=env)
 
 
 async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

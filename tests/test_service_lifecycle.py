@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import signal
 import socket
 import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +33,7 @@ from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store, WorkflowRecord
 from healer.workflow.runner import STEPS
-from tests.helpers import fast_lab_config
+from tests.helpers import fast_lab_config, start_healer_run
 
 pytestmark = pytest.mark.slow
 
@@ -78,22 +76,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[LabHarness]:
 async def spawn(
     config: Path, state: Path, log: Path, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-    full.pop("HEALER_FAILPOINTS", None)
-    full.update(env or {})
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "healer.cli",
-        "run",
-        "-c",
-        str(config),
-        "--state-dir",
-        str(state),
-        env=full,
-        stdout=log.open("ab"),
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    return await start_healer_run(config, state, log, env=env)
 
 
 async def until(predicate: Callable[[], object], what: str, log: Path | None = None) -> None:

@@ -1,0 +1,1 @@
+"""The fault-injection suite: real processes on loopback, bounded (docs/faults.md)."""
