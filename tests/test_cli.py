@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ COMMANDS = [
     "run",
     "validate",
     "lab",
+    "simulate",
     "history",
     "status",
     "pause",
@@ -31,16 +33,23 @@ COMMANDS = [
     "plan",
     "apply",
     "destroy",
+    "rotate",
+    "completion",
+    "manpage",
 ]
 
 
-def imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def imported_modules(
+    *argv: str, cwd: Path | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "healer.cli", *argv],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HEALER_")},
     )
     # "import time: self [us] | cumulative | imported package", one line per module.
     modules = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ clusters:
         (
             MINIMAL.replace("provider: {plugin: lab}", "provider: {plugin: lab}\n    colour: blue"),
             "clusters[0].colour",
-            "Extra inputs",
+            "unknown key 'colour'",
         ),
         (
             MINIMAL + "      - {name: cp, role: control-plane, size: 2}\n",
@@ -67,12 +68,13 @@ def test_errors_name_the_file_and_field(tmp_path: Path, text: str, field: str, w
         load_config(path)
     message = str(err.value)
     assert message.startswith(str(path))
-    assert f"  {field}:" in message
+    # Each problem: "  FILE:LINE:COLUMN: FIELD: what is wrong" (the field's place in the file).
+    assert re.search(rf"^  {re.escape(str(path))}:\d+:\d+: {re.escape(field)}:", message, re.M)
     assert words in message
 
 
 def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 12: mapping values"):
+    with pytest.raises(ConfigError, match=r"healer.yaml:3:12: not valid YAML: mapping values"):
         load_config(write(tmp_path, "clusters:\n  - name: a\n    pools: : x\n"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def run_scenario(name: str, tmp_path: Path) -> tuple[dict[str, Any], str]:
         f"no report; exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     )
     return json.loads(report.read_text()), proc.stdout + proc.stderr
+
+
+def seconds(iso: str) -> float:
+    """A report's time (ISO 8601 UTC) as epoch seconds, for arithmetic."""
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def test_crash_is_replaced_promptly(tmp_path: Path) -> None:
@@ -78,7 +84,8 @@ def test_bad_upgrade_is_remediated_after_reboot_timeout(tmp_path: Path) -> None:
     [rem] = report["remediations"]
     assert rem["reason"] == "RebootTimeout"
     assert (
-        rem["started_at"] - report["injected"][0]["at"] >= report["thresholds"]["reboot_timeout_s"]
+        seconds(rem["started_at"]) - seconds(report["injected"][0]["at"])
+        >= report["thresholds"]["reboot_timeout_s"]
     )
 
 
@@ -123,6 +130,11 @@ async def test_simulated_kubelets_drive_an_external_api_server(tmp_path: Path) -
             str(tmp_path / "state"),
             "--kubeconfig",
             str(kubeconfig),
+            # An external server's node grace is not the lab's: say what this one's is.
+            "--node-grace",
+            "3",
+            "--node-monitor-period",
+            "0.25",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )

@@ -282,6 +282,7 @@ def test_a_healthy_node_without_a_terminal_or_yes_is_refused(
     from healer.cli.remediate import EXIT_NOT_CONFIRMED
 
     _store_with_a_healthy_node(tmp_path)
+    monkeypatch.setattr("healer.cli.remediate.is_claimed", lambda state_dir: True)  # a daemon
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
     rc = main(["remediate", "w-1", "--cluster", "lab", "--state-dir", str(tmp_path)])
     assert rc == EXIT_NOT_CONFIRMED == 5
@@ -303,6 +304,8 @@ def test_a_healthy_node_asks_on_a_terminal(
     from healer.cli.remediate import EXIT_NO_ANSWER, EXIT_NOT_CONFIRMED
 
     _store_with_a_healthy_node(tmp_path)
+    # As if a daemon held the state directory (without one, remediate stops before asking).
+    monkeypatch.setattr("healer.cli.remediate.is_claimed", lambda state_dir: True)
     prompts: list[str] = []
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda q: prompts.append(q) or typed)
@@ -514,6 +517,8 @@ def test_the_daemons_verdict_wins_over_a_stale_database(
     thread = threading.Thread(target=desk)
     thread.start()
     try:
+        # The desk plays the daemon; a real one would also hold the state directory.
+        monkeypatch.setattr("healer.cli.remediate.is_claimed", lambda state_dir: True)
         monkeypatch.setattr(sys.stdin, "isatty", lambda: tty)
         prompts: list[str] = []
         monkeypatch.setattr("builtins.input", lambda q: prompts.append(q) or typed)

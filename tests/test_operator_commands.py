@@ -232,19 +232,31 @@ async def test_remediate_through_the_guards_force_and_breaker_reset(lab: Lab) ->
     assert answer["outcome"]["result"] in ("drained", "succeeded")
     await wait_for(lambda: lab.workflow_state(second) == "succeeded", timeout=40)
 
+    # A name healer never saw is refused by the command, with the closest known names (exit 2),
+    # before anything is asked of the daemon.
     rc, out = await lab.healer("remediate", "no-such-node", "--cluster", "lab")
-    assert rc == 1 and "healer does not know node lab/no-such-node" in out
+    assert rc == 2 and "unknown node 'no-such-node' in cluster 'lab'" in out
     events = [e.event for e in lab.store.audit_log(event="operator.remediate")]
-    assert len(events) == 4  # refused, forced, started, unknown: each request is on record
+    assert len(events) == 3  # refused, forced, started: each request is on record
 
 
 # -- the request protocol, without a lab ---------------------------------------------------
 
 
-def test_remediate_without_a_daemon_times_out_and_cancels(tmp_path: Path) -> None:
-    Store.open(tmp_path).close()
+def test_remediate_unanswered_times_out_and_cancels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon holds the state directory but does not answer (stuck, or busy past
+    --timeout): the request is cancelled. (With no daemon at all, remediate fails at once:
+    tests/test_cli_names.py.)"""
     from healer.cli.main import main
+    from healer.model import Health, NodeObservation, Verdict
 
+    store = Store.open(tmp_path)
+    unhealthy = Verdict(Health.UNHEALTHY, "ReadyFalseTimeout", "Ready=False for 6s", None)
+    store.save_node(NodeObservation(cluster="lab", node="w-1", pool="w"), unhealthy, time.time())
+    store.close()
+    monkeypatch.setattr("healer.cli.remediate.is_claimed", lambda state_dir: True)
     started = time.monotonic()
     rc = main(
         ["remediate", "w-1", "--cluster", "lab", "--timeout", "0.3", "--state-dir", str(tmp_path)]

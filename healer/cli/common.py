@@ -7,7 +7,7 @@ import argparse
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from healer.errors import ConfigError
 
@@ -45,7 +45,7 @@ def state_dir_given(args: argparse.Namespace) -> Path | None:
 
 
 def config_path(args: argparse.Namespace) -> str:
-    return str(args.config or os.environ.get("HEALER_CONFIG") or DEFAULT_CONFIG)
+    return str(getattr(args, "config", None) or os.environ.get("HEALER_CONFIG") or DEFAULT_CONFIG)
 
 
 def as_state_owner(state_dir: Path) -> None:
@@ -65,18 +65,61 @@ def as_state_owner(state_dir: Path) -> None:
     os.setuid(st.st_uid)
 
 
+def optional_config(args: argparse.Namespace) -> tuple[HealerConfig | None, str | None]:
+    """The configuration for a command that can do without it: (config, None) when one is
+    readable; (None, why) when the default file is missing or unusable. A file named with
+    ``-c`` or HEALER_CONFIG must load: its error is raised (exit 2)."""
+    explicit = bool(getattr(args, "config", None) or os.environ.get("HEALER_CONFIG"))
+    path = config_path(args)
+    if not explicit and not Path(path).exists():
+        return None, f"no configuration at {path}"
+    from healer.config import load_config  # pydantic: only when there is a file to read
+
+    try:
+        return load_config(path), None
+    except ConfigError as exc:
+        if explicit:
+            raise
+        return None, str(exc)
+
+
 def open_store(args: argparse.Namespace) -> Store:
-    """The daemon's existing state database (a command that only reads refuses to create one)."""
+    """The daemon's existing state database (a command that only reads refuses to create one):
+    the configuration's PostgreSQL database when it has a ``state`` section, else the SQLite
+    file of the state directory."""
     from healer.store.sqlite import DB_NAME, Store
 
     state_dir = state_dir_for(args)
+    config, _ = optional_config(args)
+    if config is not None and config.state is not None:
+        from healer.store.backends import open_store as open_backend
+
+        return open_backend(state_dir, config.state)
     as_state_owner(state_dir)
-    if not (state_dir / DB_NAME).exists():
+    if not Store.has_state(state_dir):
         raise ConfigError(
             f"no healer state in {state_dir} (looked for {DB_NAME}); pass --state-dir or set "
             "HEALER_STATE_DIR to the daemon's state directory"
         )
     return Store.open(state_dir)
+
+
+def daemon_info(store: Store) -> dict[str, Any]:
+    """The running daemon as its last status round left it in the state database."""
+    info = store.get_meta("daemon")
+    if not isinstance(info, dict):
+        return {"running": False, "detail": "no daemon has run on this state directory"}
+    age = timeline(Path(store.path).parent) - float(info.get("updated_at", 0.0))
+    # Three missed status rounds: stopped or stuck, whatever the pid says.
+    fresh = age <= 3 * float(info.get("status_interval", 10.0)) + 5.0
+    alive = True
+    try:
+        os.kill(int(info.get("pid", 0)), 0)
+    except ProcessLookupError:
+        alive = False
+    except (PermissionError, ValueError, OverflowError):
+        pass  # another user's process (or no pid): the freshness decides
+    return info | {"running": fresh and alive, "seconds_since_update": round(age, 1)}
 
 
 def timeline(state_dir: Path) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from healer.cli.common import as_state_owner, state_dir_for, timeline, ts
+from healer.cli.names import known_names
 from healer.errors import ConfigError
 from healer.store.recorder import Recorder
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, BREAKER_KINDS, Store, pause_scope
@@ -25,6 +26,7 @@ def _set_paused(args: argparse.Namespace, *, paused: bool) -> int:
     state_dir = state_dir_for(args)
     as_state_owner(state_dir)
     store = Store.open(state_dir)
+    known_names(args, store).check(args.cluster, args.pool)
     scope = pause_scope(args.cluster, args.pool)
     now = timeline(state_dir)
     changed = store.set_paused(scope, paused, at=now, note=getattr(args, "note", "") or "")
@@ -46,6 +48,7 @@ def _set_paused(args: argparse.Namespace, *, paused: bool) -> int:
 def cmd_breaker(args: argparse.Namespace) -> int:
     as_state_owner(state_dir_for(args))
     store = Store.open(state_dir_for(args))
+    known_names(args, store).check(args.cluster)
     kinds = BREAKER_KINDS if args.kind == "all" else (args.kind,)
     label = {k: ("bad-upgrade breaker" if k == BREAKER_BAD_UPGRADE else "breaker") for k in kinds}
     shown_as = {
@@ -58,7 +61,9 @@ def cmd_breaker(args: argparse.Namespace) -> int:
                 if args.cluster in (None, c):
                     print(f"{c}: {shown_as[kind]} since {ts(at)}: {reason}")
                     shown += 1
-        if not shown:
+        if not shown and args.cluster is not None:
+            print(f"{args.cluster}: " + ", ".join(f"{label[k]} closed" for k in kinds))
+        elif not shown:
             print("no breaker is open")
         return 0
     from healer.jobs.manual import reset_breakers

@@ -7,10 +7,12 @@ import json
 from typing import Any
 
 from healer.cli.common import open_store, ts
+from healer.cli.names import check_node, known_names
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     store = open_store(args)
+    known_names(args, store).check(args.cluster)
     entries = store.audit_log(cluster=args.cluster, node=args.node, limit=args.limit)
     workflows = store.workflows(cluster=args.cluster, node=args.node) if args.node else []
     if args.json:
@@ -23,6 +25,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2, default=str))
         return 0
+    if not entries and args.node:
+        # A typo, or a node healer never heard of: say which nodes it knows of instead.
+        logged = {e.node for e in store.audit_log(cluster=args.cluster) if e.node}
+        check_node(store, args.cluster, args.node, also=logged)
     if not entries:
         print("no history" + (f" for node {args.node}" if args.node else ""))
         return 0

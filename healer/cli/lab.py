@@ -6,12 +6,15 @@ import argparse
 import asyncio
 from pathlib import Path
 
-# The lab's own config, beside the package in a source checkout.
-LAB_CONFIG = Path(__file__).resolve().parents[2] / "config" / "lab.yaml"
+from healer.share import shared
+
+# The lab's own config: package data (healer/share/config/lab.yaml), so a wheel has it too.
+LAB_CONFIG = shared("config", "lab.yaml")
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from healer.lab.main import run_lab
+    from healer.lab.node_monitor import given as given_node_monitor
 
     config_path = args.config or str(LAB_CONFIG)
     return asyncio.run(
@@ -21,6 +24,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             scenario=args.scenario,
             report=Path(args.report) if args.report else None,
             kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+            node_monitor=given_node_monitor(args.node_grace, args.node_monitor_period),
             dry_run=args.dry_run,
             reset=args.reset,
         )

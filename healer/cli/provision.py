@@ -19,10 +19,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from healer.jobs.rollout import run_rolls
     from healer.provisioning.commands import run_apply
 
     path = config_path(args)
-    return run_apply(args, config_path=path, state_dir=_provisioning_state_dir(args, path))
+    state_dir = _provisioning_state_dir(args, path)
+    # A roll that was stopped first finishes its replacements in flight, then the plan; then
+    # the machines whose pool's spec changed, through the remediation workflow.
+    code = run_rolls(args, config_path=path, state_dir=state_dir, resume_only=True)
+    if code == 0:
+        code = run_apply(args, config_path=path, state_dir=state_dir)
+    if code == 0:
+        code = run_rolls(args, config_path=path, state_dir=state_dir)
+    return code
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:

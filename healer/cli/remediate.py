@@ -8,17 +8,20 @@ import json
 import sys
 from typing import Any
 
-from healer.cli.common import open_store, state_dir_for
+from healer.cli import exits
+from healer.cli.common import daemon_info, open_store, state_dir_for
+from healer.cli.names import check_node, known_names
 from healer.clock import RealClock
 from healer.errors import ConfigError
 from healer.jobs.manual import describe, follow_workflow, request_remediation
 from healer.planner.planner import CONFIRMATION_REQUIRED
 from healer.store.sqlite import Store
+from healer.store.statedir import is_claimed
 
-EXIT_REFUSED = 1
-EXIT_NO_ANSWER = 3
-EXIT_STOPPED = 4  # the remediation started and then stopped or failed (e.g. DrainBlockedByPdb)
-EXIT_NOT_CONFIRMED = 5  # a node that is not unhealthy, and no confirmation (prompt or --yes)
+EXIT_REFUSED = exits.FAILED
+EXIT_NO_ANSWER = exits.NO_ANSWER
+EXIT_STOPPED = exits.STOPPED  # started, then stopped or failed (e.g. DrainBlockedByPdb)
+EXIT_NOT_CONFIRMED = exits.NOT_CONFIRMED  # a node not unhealthy, and no confirmation
 
 
 def _confirm(question: str) -> bool:
@@ -42,6 +45,7 @@ def _node_health(store: Store, cluster: str, node: str) -> tuple[str, str] | Non
 
 def cmd_remediate(args: argparse.Namespace) -> int:
     store = open_store(args)
+    known_names(args, store).check(args.cluster)
     cluster = args.cluster
     if cluster is None:
         clusters = sorted({n.observation.cluster for n in store.nodes()})
@@ -51,6 +55,21 @@ def cmd_remediate(args: argparse.Namespace) -> int:
                 + (f": healer knows nodes of {', '.join(clusters)}" if clusters else "")
             )
         cluster = clusters[0]
+    check_node(store, cluster, args.node)
+    state_dir = state_dir_for(args)
+    if is_claimed(state_dir) is False and not daemon_info(store)["running"]:
+        # Nothing would pick the request up: say so now rather than after --timeout. (A daemon
+        # holds the state directory's lock; one run in-process by a test at least reports.)
+        message = (
+            f"no healer daemon is running on {state_dir}, so nothing would act on the request; "
+            "start it (systemctl start healer), or pass --state-dir with the running daemon's "
+            "state directory; nothing was done"
+        )
+        print(f"healer: {message}", file=sys.stderr)
+        if args.json:
+            answer = {"result": "no_daemon", "message": message}
+            print(json.dumps(answer | {"cluster": cluster, "node": args.node}, indent=2))
+        return EXIT_NO_ANSWER
     what = f"{cluster}/{args.node}"
     pdbs = (
         "PodDisruptionBudgets are overridden after drainTimeout (--force)"
@@ -86,7 +105,7 @@ def cmd_remediate(args: argparse.Namespace) -> int:
         how = " with --force (the guards are skipped)" if args.force else " through the guards"
         print(f"asking the running daemon to remediate {what}{how}...", flush=True)
 
-    timeline = RealClock.resume(state_dir_for(args))
+    timeline = RealClock.resume(state_dir)
 
     def ask() -> dict[str, Any]:
         return request_remediation(

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from healer.cli.common import config_path, state_dir_for, state_dir_given
+from healer.errors import ConfigError
 
 if TYPE_CHECKING:
+    from healer.config import HealerConfig
     from healer.store.statedir import StateDirLock
 
 log = structlog.get_logger("healer.cli")
@@ -70,9 +72,18 @@ def _run(args: argparse.Namespace, lock: StateDirLock | None) -> int:
     for warning in config_warnings(config):
         log.warning("config.warning", detail=warning)
     state_dir = state_dir_for(args, config)
+    if getattr(args, "replicas", False) and config.state is None:
+        from healer.errors import ConfigError
+
+        raise ConfigError(
+            f"{path}: healer run --replicas needs a shared PostgreSQL state (state: {{url: "
+            "postgresql://...}); without it each daemon has its own SQLite file and would act "
+            "on the same clusters. See docs/state-backends.md"
+        )
     with lock if lock is not None else claim(state_dir) as held:
         held.settle()
         check_state(state_dir)
+        preflight(config, path)
         from healer.app.daemon import Daemon
         from healer.jobs.systemd import Notifier
 
@@ -84,8 +95,28 @@ def _run(args: argparse.Namespace, lock: StateDirLock | None) -> int:
             dry_run=args.dry_run,
             notifier=notifier,
             config_path=path,
+            replica=getattr(args, "replica_id", None),
         )
         return run_until_signalled(daemon.run(), on_stop=notifier.stopping, on_reload=daemon.reload)
+
+
+def preflight(config: HealerConfig, path: Path) -> None:
+    """What would otherwise fail only once the daemon runs, and less clearly: an unknown plugin
+    (the same problem, and exit status, as ``healer validate``), the lab's own configuration
+    given to ``run`` (it has no kubeconfig: the lab fills in its own API server's). A
+    kubeconfig that cannot serve is named when the daemon connects
+    (:func:`healer.kube.connection.kubeconfig_problem`), after its state is open."""
+    from healer.cli.validate import plugin_problems
+    from healer.share import shared
+
+    problems = plugin_problems(config, str(path))
+    if path.resolve() == shared("config", "lab.yaml").resolve():
+        problems.append(
+            f"{path} is the lab's configuration (no kubeconfig: the lab fills in its own): run "
+            f"it with `healer lab`, which starts the API server and the machines it needs"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def run_until_signalled(

@@ -6,31 +6,26 @@ from __future__ import annotations
 import argparse
 import sys
 
+from healer.cli import exits
 from healer.cli.common import config_path
 from healer.config import ClusterConfig, HealerConfig, load_config
+from healer.suggest import did_you_mean
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from healer.cloud.registry import available_plugins
     from healer.config.warnings import config_warnings
     from healer.provisioning.userdata import check_references
 
     path = config_path(args)
     config = load_config(path)
-    plugins = available_plugins()
-    problems = [
-        f"{path}: clusters[{i}].provider.plugin: unknown plugin {c.provider.plugin!r} "
-        f"(available: {', '.join(plugins) or 'none'})"
-        for i, c in enumerate(config.clusters)
-        if c.provider.plugin not in plugins
-    ]
+    problems = plugin_problems(config, path)
     # What `healer apply` would need from each provider and cannot get (docs/provisioning.md).
     problems += [f"{path}: {p}" for p in _infra_problems(config)]
     # Files and secrets the machines' configuration refers to (docs/security.md).
     problems += [p for c in config.clusters for p in check_references(c, where=f"{path}: ")]
     if problems:
         print("\n".join(problems), file=sys.stderr)
-        return 1
+        return exits.USAGE  # as `healer run` exits on the same problems
     print(f"{path}: OK")
     for c in config.clusters:
         pools = ", ".join(f"{p.name} ({p.role}, {p.size})" for p in c.pools)
@@ -41,6 +36,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def plugin_problems(config: HealerConfig, path: str) -> list[str]:
+    """The clusters whose provider plugin is not installed (`validate` and `run` alike)."""
+    from healer.cloud.registry import available_plugins
+    from healer.config.loader import place
+
+    plugins = available_plugins()
+    return [
+        f"{place(path, ('clusters', i, 'provider', 'plugin'))}: clusters[{i}].provider.plugin: "
+        f"unknown plugin {c.provider.plugin!r} "
+        f"(available: {', '.join(plugins) or 'none'}){did_you_mean(c.provider.plugin, plugins, list_known=False)}"
+        for i, c in enumerate(config.clusters)
+        if c.provider.plugin not in plugins
+    ]
 
 
 def _infra_problems(config: HealerConfig) -> list[str]:

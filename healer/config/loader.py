@@ -1,21 +1,111 @@
-"""Loading the YAML file: validation errors that name the file and the field path; relative
-paths resolved against the file.
+"""Loading the YAML file: every validation error names the file, the line and the column (the
+YAML node the field came from) and the field path; an unknown key gets the closest known ones
+("did you mean"); a key given twice in one mapping is an error at its second line (PyYAML would
+keep the last silently); relative paths resolved against the file.
 """
 
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import (
-    ValidationError,
-)
+from pydantic import BaseModel, ValidationError
 
 from healer.config.model import ClusterConfig, HealerConfig
 from healer.errors import ConfigError
+from healer.suggest import did_you_mean
+
+# A field path -> where its YAML node starts: (line, column), both from 1.
+Marks = dict[tuple[str | int, ...], tuple[int, int]]
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys given beside it override the merged ones
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the constructor below says what is wrong
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first.start_mark.line + 1}, column "
+                    f"{first.start_mark.column + 1}); a key may appear once in a mapping",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _marks(node: yaml.Node, path: tuple[str | int, ...] = (), out: Marks | None = None) -> Marks:
+    """Where each field of the document starts: a mapping entry at its key, a list item at
+    itself."""
+    out = {} if out is None else out
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value
+                out[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                _marks(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _marks(item, (*path, i), out)
+    return out
+
+
+def _where(loc: tuple[Any, ...], marks: Marks) -> tuple[int, int] | None:
+    """The deepest node of the document along pydantic's error location (which also holds
+    entries of its own, such as validator names, that no node has): a missing field is reported
+    at the mapping that lacks it."""
+    path: tuple[str | int, ...] = ()
+    for part in loc:
+        if (*path, part) in marks:
+            path = (*path, part)
+    return marks.get(path)
+
+
+def _model_fields(annotation: Any) -> list[type[BaseModel]]:
+    """The config models a field's annotation can hold (through Optional, unions, tuples,
+    lists and dict values)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_fields(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if origin in (typing.Union, types.UnionType, tuple, list, dict, frozenset, set):
+        return [m for arg in typing.get_args(annotation) for m in _model_fields(arg)]
+    return []
+
+
+def _keys_at(loc: tuple[Any, ...]) -> set[str]:
+    """The keys the configuration takes where pydantic found the unknown key ``loc[-1]``."""
+    models: list[type[BaseModel]] = [HealerConfig]
+    for part in loc[:-1]:
+        if not isinstance(part, str):
+            continue  # a list index: the same models
+        found = [
+            m
+            for model in models
+            for name, info in model.model_fields.items()
+            if part in (name, info.alias)
+            for m in _model_fields(info.annotation)
+        ]
+        if found:
+            models = found
+    return {info.alias or name for m in models for name, info in m.model_fields.items()}
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -30,7 +120,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
+def format_validation_error(source: str, exc: ValidationError, marks: Marks | None = None) -> str:
     errors = exc.errors()
     # A failing item also makes pydantic report its container as too short; that is noise.
     failing = [tuple(e["loc"]) for e in errors if e["type"] != "too_short"]
@@ -41,21 +131,29 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         or not any(loc[: len(e["loc"])] == tuple(e["loc"]) for loc in failing)
     ]
     lines = [f"{source}: invalid configuration ({len(errors)} problem(s))"]
+    problems: list[tuple[tuple[int, int], str]] = []
     for err in errors:
+        loc = tuple(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {_field_path(tuple(err['loc']))}: {msg}")
+        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            msg = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], _keys_at(loc))}"
+        at = _where(loc, marks) if marks else None
+        where = f"{source}:{at[0]}:{at[1]}: " if at else ""
+        problems.append((at or (0, 0), f"  {where}{_field_path(loc)}: {msg}"))
+    # In the order of the file, as an editor walks it.
+    lines += [line for _, line in sorted(problems, key=lambda p: p[0])]
     return "\n".join(lines)
 
 
 def parse_config(
-    data: Any, *, source: str = "<config>", base_dir: Path | None = None
+    data: Any, *, source: str = "<config>", base_dir: Path | None = None, marks: Marks | None = None
 ) -> HealerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with a 'clusters' list")
     try:
         cfg = HealerConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        raise ConfigError(format_validation_error(source, exc, marks)) from None
     if base_dir is not None:
         cfg = _resolve_paths(cfg, base_dir)
     return cfg
@@ -97,12 +195,12 @@ def load_config(path: str | Path) -> HealerConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data, marks = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     except ValueError as exc:
         # PyYAML turns a number into an int before any field sees it; Python refuses one of
         # thousands of digits (int_max_str_digits). No field takes a number that long.
@@ -111,4 +209,27 @@ def load_config(path: str | Path) -> HealerConfig:
         raise ConfigError(
             f"{path}: a number in the file is too long to be any value{size}"
         ) from None
-    return parse_config(data, source=str(path), base_dir=path.parent.resolve())
+    return parse_config(data, source=str(path), base_dir=path.parent.resolve(), marks=marks)
+
+
+def place(path: str | Path, loc: tuple[str | int, ...]) -> str:
+    """``FILE:LINE:COLUMN`` of the field at ``loc`` in a configuration file that loads (for the
+    problems found after loading, such as an unknown plugin); ``FILE`` alone if it cannot say."""
+    try:
+        _, marks = _load_yaml(Path(path).read_text())
+    except (OSError, yaml.YAMLError, ValueError):
+        return str(path)
+    at = _where(loc, marks)
+    return f"{path}:{at[0]}:{at[1]}" if at else str(path)
+
+
+def _load_yaml(text: str) -> tuple[Any, Marks]:
+    """The document and where each of its fields starts (one parse: the node tree is kept)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        return loader.construct_document(node), _marks(node)
+    finally:
+        loader.dispose()

@@ -22,7 +22,8 @@ from healer.config import HealerConfig
 RESTART_ONLY = ("state_dir", "dry_run", "log_format", "mqtt", "webhook", "metrics")
 RESTART_ONLY_PER_CLUSTER = ("kubeconfig", "context", "provider")
 
-_ERROR_LINE = re.compile(r"^\s+(?P<path>[^:\s][^:]*): ")
+# "  FIELD: message", or with the place in the file first: "  FILE:LINE:COLUMN: FIELD: message".
+_ERROR_LINE = re.compile(r"^\s+(?:\S+:\d+:\d+: )?(?P<path>[^:\s][^:]*): ")
 
 
 def _alias(model: type[BaseModel], field: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import yaml
 from kubernetes_asyncio.client import (
     ApiClient,
     Configuration,
@@ -24,6 +25,7 @@ from kubernetes_asyncio.config import ConfigException, load_incluster_config, lo
 
 from healer.clock import Clock, RealClock
 from healer.errors import ConfigError, KubeUnavailable, PermanentError
+from healer.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,15 @@ async def load_configuration(path: Path | None, context: str | None = None) -> C
     rules: ``$KUBECONFIG``, else ``~/.kube/config``, else the in-cluster service account."""
     config = Configuration()
     where = str(path) if path is not None else _default_kubeconfig()
+    if where is not None and os.pathsep not in where:  # several files: the client merges them
+        problem = kubeconfig_problem(Path(where), context)
+        if problem is not None:
+            unset = (
+                ""
+                if path is not None
+                else " (the cluster names none: $KUBECONFIG, else ~/.kube/config)"
+            )
+            raise ConfigError(f"kubeconfig {where}{unset}: {problem}")
     try:
         if where is None:
             where = "in-cluster service account"
@@ -64,6 +75,31 @@ async def load_configuration(path: Path | None, context: str | None = None) -> C
     except (ConfigException, OSError, ValueError) as exc:
         raise ConfigError(f"kubeconfig {where}: {exc}") from exc
     return config
+
+
+def kubeconfig_problem(path: Path, context: str | None) -> str | None:
+    """Why the kubeconfig a cluster would use cannot serve, or None: it is missing, not a
+    kubeconfig, or names no (such) context: said before the client library would say it less
+    clearly ("Expected key current-context", with a log line of its own)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    except yaml.YAMLError:
+        return "not valid YAML"
+    if not isinstance(data, dict) or not isinstance(data.get("contexts") or [], list):
+        return "not a kubeconfig (no list of contexts)"
+    names = [str(c.get("name")) for c in data.get("contexts") or [] if isinstance(c, dict)]
+    wanted = context or data.get("current-context")
+    if not wanted:
+        return (
+            "no current-context: set one (kubectl config use-context) or name one in the "
+            f"cluster's context field (contexts: "
+            f"{', '.join(names) or 'none'})"
+        )
+    if wanted not in names:
+        return f"no context {wanted!r}{did_you_mean(str(wanted), names)}"
+    return None
 
 
 class Connection:

@@ -1,6 +1,10 @@
 """The lab's JSON report: every remediation with its timings, every refusal with its reason, and
 the invariants that must hold whatever happened (no orphaned machines, no double deletions,
 the cloud holding exactly the machines the pools ask for).
+
+Scenarios work in epoch seconds; :func:`with_iso_times` turns every absolute time of the finished
+report into ISO 8601 UTC (``2026-12-02T04:29:21.205Z``, fixed width, so they still compare in
+order) as the report is written. Durations (``..._s``) stay seconds.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from healer.config import ClusterConfig
+from healer.lab.timeline import shown
 from healer.model import TAG_CLUSTER
 from healer.store.sqlite import Store
 
@@ -82,3 +87,13 @@ def invariants(
         "double_deletions": double,
         "ok": not orphaned and not double and len(live) == expected,
     }
+
+
+def with_iso_times(value: Any, key: str = "") -> Any:
+    """``value`` (a report, or any part of one) with each absolute time under a time key
+    (``at``, ``since``, ``until``, ``..._at``) in ISO 8601 UTC."""
+    if isinstance(value, dict):
+        return {k: with_iso_times(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [with_iso_times(v, key) for v in value]
+    return shown(key, value)

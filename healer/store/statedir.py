@@ -127,6 +127,36 @@ class StateDirLock:
         self.release()
 
 
+def is_claimed(state_dir: Path, *, locks: Path = Path("/proc/locks")) -> bool | None:
+    """Whether a daemon (or the lab) holds ``state_dir`` now, seen without touching the lock:
+    taking it, even shared and for an instant, could refuse a daemon starting at that moment.
+    Linux lists every flock in /proc/locks by device and inode. None: cannot tell."""
+    try:
+        st = (state_dir / LOCK_FILE).stat()
+    except FileNotFoundError:
+        return False  # no daemon ever ran here
+    except OSError:
+        return None
+    try:
+        table = locks.read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131075 0 EOF" (device major:minor in hex)
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[5].count(":") != 2:
+            continue
+        major, minor, inode = fields[5].split(":")
+        with contextlib.suppress(ValueError):
+            if (int(major, 16), int(minor, 16), int(inode)) == (
+                os.major(st.st_dev),
+                os.minor(st.st_dev),
+                st.st_ino,
+            ):
+                return True
+    return False
+
+
 def _holder(fd: int, *, wait: float) -> int | None:
     """The pid in the lock file; the holder may be between taking the lock and writing it."""
     deadline = time.monotonic() + wait

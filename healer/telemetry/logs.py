@@ -7,10 +7,17 @@ Context (cluster, pool, node, workflow) is bound through contextvars by the code
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
+
+
+def use_color(stream: TextIO) -> bool:
+    """Colours only on a terminal, and never when NO_COLOR is set to anything non-empty
+    (https://no-color.org; ``healer --no-color`` sets it)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 def configure(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
@@ -20,7 +27,7 @@ def configure(fmt: Literal["auto", "json", "console"] = "auto", level: str = "IN
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=use_color(sys.stderr))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
