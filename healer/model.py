@@ -89,6 +89,91 @@ class NodeEvent:
             out["detail"] = self.detail
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """The whole event, JSON-able: what the state database records of the events the
+        tracker consumed, and a line of ``healer simulate``'s history files (docs/simulate.md)."""
+        out: dict[str, Any] = {
+            "cluster": self.cluster,
+            "node": self.node,
+            "kind": str(self.kind),
+            "at": self.at,
+            "source": self.source,
+        }
+        for name in ("condition", "status", "since", "labels"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
+        if self.conditions is not None:
+            out["conditions"] = {k: [s, t] for k, (s, t) in self.conditions.items()}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeEvent:
+        """The event :meth:`to_json` wrote. Raises ``ValueError`` naming the field that is
+        missing or malformed."""
+        try:
+            kind = EventKind(data["kind"])
+        except KeyError:
+            raise ValueError("missing field 'kind'") from None
+        except ValueError:
+            known = ", ".join(k.value for k in EventKind)
+            raise ValueError(f"kind {data['kind']!r} is not one of: {known}") from None
+        text = {name: data.get(name) for name in ("cluster", "node", "source")}
+        for name in ("cluster", "node"):
+            if not isinstance(text[name], str):
+                raise ValueError(f"field {name!r} must be a string")
+        if kind is EventKind.CONDITION and not (
+            isinstance(data.get("condition"), str) and data.get("status") in _STATUSES
+        ):
+            raise ValueError(
+                "a condition event needs 'condition' (a string) and 'status' (True, False or "
+                "Unknown)"
+            )
+        labels = data.get("labels")
+        if labels is not None and not (
+            isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+        ):
+            raise ValueError("field 'labels' must map strings to strings")
+        conditions: dict[str, tuple[str, float]] | None = None
+        if data.get("conditions") is not None:
+            raw = data["conditions"]
+            if not isinstance(raw, dict):
+                raise ValueError("field 'conditions' must map a condition to [status, since]")
+            conditions = {}
+            for ctype, pair in raw.items():
+                if not (isinstance(pair, list | tuple) and len(pair) == 2) or pair[0] not in (
+                    _STATUSES
+                ):
+                    raise ValueError(f"conditions.{ctype} must be [status, since]")
+                conditions[str(ctype)] = (pair[0], _seconds(pair[1], f"conditions.{ctype}"))
+        since = data.get("since")
+        detail = data.get("detail") or {}
+        if not isinstance(detail, dict):
+            raise ValueError("field 'detail' must be an object")
+        return cls(
+            cluster=text["cluster"],  # type: ignore[arg-type]
+            node=text["node"],  # type: ignore[arg-type]
+            kind=kind,
+            at=_seconds(data.get("at"), "at"),
+            source=str(text["source"] or "history"),
+            condition=data.get("condition"),
+            status=data.get("status"),
+            since=None if since is None else _seconds(since, "since"),
+            labels=dict(labels) if labels is not None else None,
+            conditions=conditions,
+            detail=dict(detail),
+        )
+
+
+_STATUSES = ("True", "False", "Unknown")
+
+
+def _seconds(value: object, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"field {field_name!r} must be a number of seconds (epoch)")
+    return float(value)
+
 
 @dataclass(frozen=True)
 class ConditionObs:

@@ -150,3 +150,11 @@ def test_automatic_reboot_is_unset_by_default() -> None:
     assert upgrades.automatic_reboot is None
     assert not upgrades.reboots_unarbitrated(agent=False)
     assert upgrades.reboots_through_agent(agent=True)
+
+
+def test_a_single_control_plane_machine_is_warned_about() -> None:
+    doc = config(mqtt=None)
+    doc["clusters"][0]["pools"][0]["size"] = 1
+    [warning] = config_warnings(parse_config(doc))
+    assert "control-plane pool cp has size 1" in warning
+    assert "SingleControlPlane" in warning

@@ -660,6 +660,7 @@ def test_guard_order_is_the_documented_one() -> None:
         guards.already_remediating,
         guards.single_control_plane,
         guards.control_plane_in_flight,
+        guards.etcd_quorum,
         guards.would_break_quorum,
         guards.too_many_unhealthy_in_pool,
         guards.too_many_unhealthy_in_zone,

@@ -1,57 +1,41 @@
-"""``healer status``: the daemon, pools with their configured sizes, nodes, workflows in flight,
-pauses, breakers, blocking alerts and spare capacity, as text or JSON."""
+"""``healer status``: the daemon, each cluster's owner (replicas on PostgreSQL), pools with their
+configured sizes, nodes, workflows in flight, pauses, breakers, blocking alerts and spare
+capacity, as text or JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from healer.cli.common import config_path, open_store, state_dir_for, timeline, ts
-from healer.config import load_config
-from healer.errors import ConfigError
+from healer.cli.common import (
+    config_path,
+    daemon_info,
+    open_store,
+    optional_config,
+    state_dir_for,
+    timeline,
+    ts,
+)
+from healer.cli.names import names_in
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, NodeRow, Store
 
-
-def _daemon_info(store: Store) -> dict[str, Any]:
-    """The running daemon as its last status round left it in the state database."""
-    info = store.get_meta("daemon")
-    if not isinstance(info, dict):
-        return {"running": False, "detail": "no daemon has run on this state directory"}
-    age = timeline(Path(store.path).parent) - float(info.get("updated_at", 0.0))
-    # Three missed status rounds: stopped or stuck, whatever the pid says.
-    fresh = age <= 3 * float(info.get("status_interval", 10.0)) + 5.0
-    alive = True
-    try:
-        os.kill(int(info.get("pid", 0)), 0)
-    except ProcessLookupError:
-        alive = False
-    except (PermissionError, ValueError, OverflowError):
-        pass  # another user's process (or no pid): the freshness decides
-    return info | {"running": fresh and alive, "seconds_since_update": round(age, 1)}
+if TYPE_CHECKING:
+    from healer.config import HealerConfig  # loaded only when a configuration is read
 
 
-def _pools(args: argparse.Namespace, nodes: list[NodeRow]) -> list[dict[str, Any]]:
+def _pools(
+    args: argparse.Namespace, config: HealerConfig | None, nodes: list[NodeRow]
+) -> list[dict[str, Any]]:
     """Pools with their desired size (from the config, when one is readable) and node health."""
     desired: dict[tuple[str, str], int] = {}
-    explicit = bool(args.config or os.environ.get("HEALER_CONFIG"))
-    path = config_path(args)
-    if explicit or Path(path).exists():
-        try:
-            config = load_config(path)
-        except ConfigError as exc:
-            if explicit:
-                raise
-            # The default file is optional here: say why the sizes are missing, and go on.
-            print(f"note: configured pool sizes not shown: {exc}", file=sys.stderr)
-        else:
-            for c in config.clusters:
-                if args.cluster in (None, c.name):
-                    for pool in c.pools:
-                        desired[(c.name, pool.name)] = pool.size
+    if config is not None:
+        for c in config.clusters:
+            if args.cluster in (None, c.name):
+                for pool in c.pools:
+                    desired[(c.name, pool.name)] = pool.size
     out: dict[tuple[str, str], dict[str, Any]] = {
         key: {"cluster": key[0], "pool": key[1], "size": size, "nodes": 0, "health": {}}
         for key, size in desired.items()
@@ -71,15 +55,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     from healer.workflow.capacity import capacity_lines, capacity_report
 
     store = open_store(args)
+    config, problem = optional_config(args)
+    if problem is not None and Path(config_path(args)).exists():
+        # The default file is optional here: say why the sizes are missing, and go on.
+        print(f"note: configured pool sizes not shown: {problem}", file=sys.stderr)
+    names_in(config, store).check(args.cluster)
     nodes = store.nodes(args.cluster)
     running = store.workflows(cluster=args.cluster, state="running")
     pauses = store.pauses()
     breakers = store.breakers()
     bad_upgrade = store.breakers(kind=BREAKER_BAD_UPGRADE)
-    daemon = _daemon_info(store)
-    pools = _pools(args, nodes)
+    daemon = daemon_info(store)
+    pools = _pools(args, config, nodes)
     capacity = capacity_report(store, pools, cluster=args.cluster)
     blocking = _blocking_alerts(args, store)
+    reboot_rows = _reboots(args, store)
+    from healer.cli.etcd_status import etcd_lines, etcd_views
+
+    etcd = etcd_views(state_dir_for(args, config), config, args.cluster)
+    owners = _owners(args, config, store)
     if args.json:
         print(
             json.dumps(
@@ -114,7 +108,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "breakers": {c: r for c, (r, _) in breakers.items()},
                     "bad_upgrade_breakers": {c: r for c, (r, _) in bad_upgrade.items()},
                     "blocking_alerts": blocking,
+                    "reboots": reboot_rows,
                     "capacity": capacity,
+                    "etcd": {c: v.to_json() for c, v in etcd.items()},
+                    # None: SQLite, one daemon owns every cluster (docs/state-backends.md)
+                    "owners": owners,
                 },
                 indent=2,
             )
@@ -137,6 +135,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
     if capacity:
         print()
+    for line in etcd_lines(etcd):
+        print(line)
+    if etcd:
+        print()
+    if owners is not None:
+        print(f"{'CLUSTER':<10} {'OWNER':<32} {'EPOCH':>5}  LEASE")
+        for row in owners:
+            left = row["expires_in"]
+            lease = "-" if left is None else (f"{left:.0f}s left" if left > 0 else "expired")
+            print(
+                f"{row['cluster']:<10} {row['owner'] or 'NONE':<32} {row['epoch'] or '-':>5}"
+                f"  {lease}"
+            )
+        print()
     print(f"{'CLUSTER':<10} {'NODE':<32} {'POOL':<16} {'HEALTH':<10} REASON")
     for n in nodes:
         o = n.observation
@@ -156,7 +168,49 @@ def cmd_status(args: argparse.Namespace) -> int:
         "blocking alerts: "
         + ("; ".join(f"{c}: {', '.join(names)}" for c, names in blocking.items()) or "none")
     )
+    for line in _reboot_lines(reboot_rows):
+        print(line)
     return 0
+
+
+def _reboots(args: argparse.Namespace, store: Store) -> dict[str, list[dict[str, Any]]]:
+    """Reboot grants, reboots in progress and the nodes that wait, with every blocker."""
+    from healer.planner.reboot_status import reboot_view
+
+    view = reboot_view(store, now=timeline(state_dir_for(args)), cluster=args.cluster)
+    return {
+        "grants": [g.to_json() for g in view.grants],
+        "waiting": [w.to_json() for w in view.waiting],
+    }
+
+
+def _reboot_lines(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    grants, waiting = rows["grants"], rows["waiting"]
+    lines = [f"reboots: {len(grants)} granted or in progress, {len(waiting)} waiting"]
+    for g in grants:
+        lines.append(
+            f"  {g['cluster']}/{g['node']} ({g['pool'] or '-'}): {g['state']}, granted "
+            f"{ts(g['granted_at'])}, holds until {ts(g['expires_at'])}"
+        )
+    for w in waiting:
+        lines.append(
+            f"  {w['cluster']}/{w['node']} ({w['pool'] or '-'}) waits since {ts(w['since'])}:"
+        )
+        lines.extend(f"    {b['reason']}: {b['message']}" for b in w["blockers"])
+    return lines
+
+
+def _owners(
+    args: argparse.Namespace, config: HealerConfig | None, store: Store
+) -> list[dict[str, Any]] | None:
+    """Each cluster's owner among the replicas (PostgreSQL); None on SQLite (one daemon)."""
+    from healer.store.leases import owners_report
+
+    names = [c.name for c in config.clusters] if config is not None else []
+    rows = owners_report(store, names)
+    if rows is None or args.cluster is None:
+        return rows
+    return [row for row in rows if row["cluster"] == args.cluster]
 
 
 def _blocking_alerts(args: argparse.Namespace, store: Store) -> dict[str, list[str]]:

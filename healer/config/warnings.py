@@ -17,6 +17,13 @@ def config_warnings(config: HealerConfig) -> list[str]:
     for c in config.clusters:
         agent = c.agent is not None
         where = f"cluster {c.name}"
+        cp = c.control_plane_pool()
+        if cp is not None and cp.size == 1:
+            out.append(
+                f"{where}: control-plane pool {cp.name} has size 1: one etcd member, so healer "
+                "never replaces it (SingleControlPlane: losing it loses the cluster's state, a "
+                "human restores it from a backup); use 3 for a control plane healer can repair"
+            )
         if c.upgrades.reboots_unarbitrated(agent=agent):
             out.append(
                 f"{where}: upgrades.automaticReboot is true and there is no node agent (no "

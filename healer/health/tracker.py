@@ -74,6 +74,8 @@ class HealthTracker:
         # Nodes whose record (or its removal) the state database did not take: saved again
         # when it takes writes (save_unsaved).
         self._unsaved: set[NodeKey] = set()
+        # Nodes with an event kept for replay in this process (_keep).
+        self._kept: set[NodeKey] = set()
         for row in store.nodes():
             obs = row.observation
             if config.cluster(obs.cluster) is None:
@@ -138,9 +140,11 @@ class HealthTracker:
             )
             return
         if event.kind is EventKind.LIST_STARTED:
+            self._keep(event)
             self._listing[event.cluster] = set()
             return
         if event.kind is EventKind.SYNCED:
+            self._keep(event)
             await self._list_folded(event)
             return
         key = event.key
@@ -184,6 +188,10 @@ class HealthTracker:
         if first:
             obs = self._first_sight(obs, in_list=listed is not None)
         self._obs[key] = obs
+        if event.kind is not EventKind.HEARTBEAT and (
+            key not in self._kept or _folded(obs) != _folded(previous)
+        ):
+            self._keep(event)
         if listed is not None:
             if first:
                 listed.add(key)
@@ -240,6 +248,18 @@ class HealthTracker:
                 await self._on_change(obs, verdict, previous)
         if self._on_synced is not None:
             await self._on_synced(cluster)
+
+    def _keep(self, event: NodeEvent) -> None:
+        """Record ``event`` for replay (``healer simulate --history``): the list markers, each
+        node's first event in this process, then only what changed its observation (no
+        heartbeats: they move nothing a decision reads). A history that cannot be written now
+        is lost, not retried: nothing is decided by it."""
+        try:
+            self._store.record_event(event)
+        except StateUnwritable:
+            return  # logged and counted once per episode by the store
+        if event.node:
+            self._kept.add(event.key)
 
     def forget(self, key: NodeKey) -> None:
         """Drop a node that is gone for good (its workflow finished)."""
@@ -336,3 +356,8 @@ class HealthTracker:
                         # Whatever failed to write downstream (logged and counted once per
                         # episode by the store) must not end the re-evaluations of every node.
                         log.debug("health.unsaved", node=key.node, cluster=key.cluster, error=exc)
+
+
+def _folded(obs: NodeObservation | None) -> NodeObservation | None:
+    """``obs`` without its evidence: what tells whether an event changed anything."""
+    return None if obs is None else obs.with_(recent=(), last_heartbeat=None)

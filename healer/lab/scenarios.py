@@ -18,8 +18,10 @@ from healer.lab.scenarios_adopt import SCENARIOS_ADOPT, STARTS_ITS_OWN_DAEMON_AD
 from healer.lab.scenarios_breaker import SCENARIOS_BREAKER
 from healer.lab.scenarios_capacity import SCENARIOS_CAPACITY
 from healer.lab.scenarios_clock import SCENARIOS_CLOCK
+from healer.lab.scenarios_etcd import SCENARIOS_ETCD
 from healer.lab.scenarios_node import SCENARIOS_NODE
 from healer.lab.scenarios_provenance import SCENARIOS_PROVENANCE
+from healer.lab.scenarios_reboot import SCENARIOS_REBOOT
 from healer.lab.scenarios_zone import SCENARIOS_ZONE
 
 SCENARIOS: dict[str, Scenario] = {
@@ -30,6 +32,8 @@ SCENARIOS: dict[str, Scenario] = {
     **SCENARIOS_ZONE,
     **SCENARIOS_BREAKER,
     **SCENARIOS_CLOCK,
+    **SCENARIOS_ETCD,
+    **SCENARIOS_REBOOT,
 }
 
 # Scenarios that start the daemon themselves (``await ctx.control.start()``), after setting up

@@ -30,10 +30,17 @@ the configurable limits:
 ``SingleControlPlane`` (scope ``pool:<c>/<p>``)
     The control plane has one member; replacing it would take the cluster down, so a human decides.
 ``ControlPlaneInFlight`` (scope ``pool:<c>/<p>``)
-    Another control-plane node is being remediated; etcd membership changes one at a time.
+    Another control-plane node is being remediated; etcd membership changes one at a time (the
+    refusal quotes etcd's numbers where healer reads etcd).
+``EtcdUnreachable``, ``EtcdMembershipChanging``, ``EtcdWouldLoseQuorum`` (scope ``pool:<c>/<p>``)
+    Only for clusters whose etcd healer reads (``etcd.mode``): etcd's own member list and
+    health judge quorum (:mod:`healer.planner.etcd_quorum`). etcd cannot be reached (the refusal
+    quotes the Node view's numbers, but healer does not guess from them); its membership is not
+    the pool's size (a change under way: one at a time); or without the candidate's member the
+    healthy members left would not be a quorum.
 ``WouldBreakQuorum`` (scope ``pool:<c>/<p>``)
     Without the candidate, the healthy control-plane members would not be a majority of the
-    membership.
+    membership, counted from the Node view (where healer reads etcd, etcd judges instead).
 ``TooManyUnhealthyInPool`` (scope ``pool:<c>/<p>``)
     More nodes of the pool are out of service (unhealthy, pending, rebooting, granted a reboot or
     being remediated) than the pool's ``maxUnhealthy`` allows: the problem is probably not the
@@ -88,6 +95,7 @@ from dataclasses import dataclass, field
 from healer.config import BreakerPolicy, ClusterConfig
 from healer.model import LABEL_ZONE, Health, NodeObservation, Role, Verdict
 from healer.planner.disruption import Budget, cluster_budget, pool_budget, zone_budget
+from healer.planner.etcd_quorum import EtcdView, start_refusal
 
 BREAKER_OPEN = "BreakerOpen"
 BAD_UPGRADE_BREAKER_OPEN = "BadUpgradeBreakerOpen"
@@ -167,6 +175,9 @@ class ClusterSnapshot:
     blocking_alerts: tuple[str, ...] = ()
     # why the bad-upgrade breaker is open (from reboot_failure_trip_reason()), or None
     bad_upgrade_breaker: str | None = None
+    # etcd's membership and health (clusters with etcd.mode other than off), read by the
+    # planner just before it asks the guards; None when it was not read or could not be.
+    etcd: EtcdView | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +305,23 @@ def single_control_plane(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) 
     )
 
 
+def etcd_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
+    """etcd judges quorum where healer reads it; unreachable means no, never a guess."""
+    if c.role is not Role.CONTROL_PLANE or not cfg.etcd.enabled:
+        return None
+    cp = [n for n in _nodes(c, s) if n.role is Role.CONTROL_PLANE and n.health is not Health.GONE]
+    healthy = sum(1 for n in cp if n.health is Health.HEALTHY and n.node != c.node)
+    node_view = f"{healthy} of {_cp_members(c, s, cfg)} control-plane Nodes besides {c.node} healthy"
+    decision = start_refusal(
+        s.etcd, node=c.node, pool_size=_cp_members(c, s, cfg), node_view=node_view
+    )
+    if decision is None:
+        return None
+    return Refusal(
+        decision.reason, f"cluster {s.cluster}: {decision.message}", _cp_scope(c, s, cfg)
+    )
+
+
 def control_plane_in_flight(
     c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
 ) -> Refusal | None:
@@ -306,10 +334,11 @@ def control_plane_in_flight(
     )
     if not busy:
         return None
+    etcd = f" (etcd: {s.etcd.describe()})" if s.etcd is not None else ""
     return Refusal(
         CONTROL_PLANE_IN_FLIGHT,
-        f"control-plane node {s.cluster}/{busy[0]} is being remediated; control-plane members "
-        f"are replaced one at a time; not remediating {_node(s, c)}",
+        f"control-plane node {s.cluster}/{busy[0]} is being remediated{etcd}; control-plane "
+        f"members are replaced one at a time; not remediating {_node(s, c)}",
         _cp_scope(c, s, cfg),
     )
 
@@ -322,8 +351,8 @@ def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) ->
     etcd yet, and a PENDING one already shows a bad condition. Counting any of them would let
     healer take out a member while quorum rests on a node that is not serving.
     """
-    if c.role is not Role.CONTROL_PLANE:
-        return None
+    if c.role is not Role.CONTROL_PLANE or (cfg.etcd.enabled and s.etcd is not None):
+        return None  # where healer reads etcd, etcd judges (etcd_quorum, just before)
     members = _cp_members(c, s, cfg)
     quorum = members // 2 + 1
     voters = sum(
@@ -429,6 +458,7 @@ GUARDS: tuple[Guard, ...] = (
     already_remediating,
     single_control_plane,
     control_plane_in_flight,
+    etcd_quorum,
     would_break_quorum,
     too_many_unhealthy_in_pool,
     too_many_unhealthy_in_zone,

@@ -14,9 +14,11 @@ start; :mod:`healer.store.writable`). Both thaw by themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Protocol
 
 import structlog
 
@@ -24,9 +26,10 @@ from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.errors import StateUnwritable
 from healer.health.tracker import HealthTracker
-from healer.model import Health, NodeKey, NodeObservation, Verdict
+from healer.model import Health, NodeKey, NodeObservation, Role, Verdict
 from healer.naming import machine_name
 from healer.planner.alert_blocks import AlertBlocks
+from healer.planner.etcd_quorum import EtcdView
 from healer.planner.guards import (
     REBOOT_TIMEOUT,
     TOO_MANY_UNHEALTHY_IN_CLUSTER,
@@ -76,6 +79,12 @@ _STORM_REASONS = frozenset(
 StartWorkflow = Callable[[WorkflowRecord], Awaitable[None]]
 
 
+class EtcdReader(Protocol):
+    """One cluster's etcd as the guards read it (:class:`healer.etcd.EtcdClient`)."""
+
+    async def view(self) -> EtcdView: ...
+
+
 class Planner:
     def __init__(
         self,
@@ -87,8 +96,12 @@ class Planner:
         start: StartWorkflow,
         dry_run: bool = False,
         blocks: AlertBlocks | None = None,
+        workflow_ids: Callable[[], str] | None = None,
     ) -> None:
         self._config = config
+        # New workflow ids (the replacement's name is made from it): random, but the same on
+        # every run in `healer simulate`.
+        self._new_id = workflow_ids or (lambda: uuid.uuid4().hex[:12])
         self._store = store
         self._record = Recorder(store, clock=clock, log=log).record
         self._clock = clock
@@ -104,6 +117,46 @@ class Planner:
         # The nodes of a cluster that hold a reboot grant (the arbiter's, when there is one):
         # they count as out of service in the guards, like the rebooting ones.
         self._reboot_grants: Callable[[str], Collection[str]] | None = None
+        # etcd per cluster (etcd.mode other than off): the guards judge quorum by it.
+        self._etcd: Mapping[str, EtcdReader] = {}
+        self._owns: Callable[[str], bool] = lambda cluster: True
+
+    def watch_ownership(self, owns: Callable[[str], bool]) -> None:
+        """Decide only for the clusters this replica owns (healer run --replicas): another
+        replica's are its to decide."""
+        self._owns = owns
+
+    def owns(self, cluster: str) -> bool:
+        """Whether this daemon decides for ``cluster`` (always, but with --replicas)."""
+        return self._owns(cluster)
+
+    def watch_etcd(self, readers: Mapping[str, EtcdReader]) -> None:
+        """Let the guards read etcd's members and health (``healer.etcd``) per cluster."""
+        self._etcd = readers
+
+    async def _with_etcd(
+        self, cluster: ClusterConfig, snapshot: ClusterSnapshot, *, node: str | None = None
+    ) -> ClusterSnapshot:
+        """``snapshot`` with etcd's view, read now when a control-plane candidate is up for a
+        decision (``node``, or any unhealthy one); an unreadable etcd is a view with its error."""
+        if not cluster.etcd.enabled:
+            return snapshot
+        wanted = any(
+            n.role is Role.CONTROL_PLANE
+            and (n.node == node if node is not None else n.health is Health.UNHEALTHY)
+            for n in snapshot.nodes
+        )
+        if not wanted:
+            return snapshot
+        reader = self._etcd.get(cluster.name)
+        if reader is None:
+            view = EtcdView(error="healer has no etcd client for this cluster")
+        else:
+            try:
+                view = await asyncio.wait_for(reader.view(), timeout=3 * cluster.etcd.timeout)
+            except TimeoutError:
+                view = EtcdView(error=f"no answer within {3 * cluster.etcd.timeout:.0f}s")
+        return dataclasses.replace(snapshot, etcd=view)
 
     def watch_reboot_grants(self, grants: Callable[[str], Collection[str]]) -> None:
         """Let the guards see the reboot arbiter's grants (``RebootArbiter.granted_nodes``)."""
@@ -258,11 +311,13 @@ class Planner:
             return
         if self.frozen_reason(cluster_name) is not None:
             return
+        if not self._owns(cluster_name):
+            return
         if not self._synced(cluster_name):
             return
         lock = self._locks.setdefault(cluster_name, asyncio.Lock())
         async with lock:
-            snapshot = self.snapshot(cluster)
+            snapshot = await self._with_etcd(cluster, self.snapshot(cluster))
             candidates = sorted(
                 (n for n in snapshot.nodes if n.health is Health.UNHEALTHY and not n.remediating),
                 # Workers before control plane; then by name for a stable order.
@@ -285,7 +340,7 @@ class Planner:
                     await self._launch(cluster, candidate)
                 except StateUnwritable:
                     return  # nothing started; frozen now, until the database takes writes
-                snapshot = self.snapshot(cluster)
+                snapshot = dataclasses.replace(self.snapshot(cluster), etcd=snapshot.etcd)
 
     def _synced(self, cluster_name: str) -> bool:
         """The informer barrier: nothing is decided for a cluster until its node list has been
@@ -370,7 +425,7 @@ class Planner:
         verdict = self._tracker.verdict(key)
         obs = self._tracker.observation(key)
         now = self._clock.now()
-        wf_id = uuid.uuid4().hex[:12]
+        wf_id = self._new_id()
         pool = node.pool or ""
         wf = WorkflowRecord(
             id=wf_id,
@@ -455,7 +510,7 @@ class Planner:
                 f"cluster:{cluster_name}",
             )
         async with self._locks.setdefault(cluster_name, asyncio.Lock()):
-            snapshot = self.snapshot(cluster)
+            snapshot = await self._with_etcd(cluster, self.snapshot(cluster), node=node)
             status = next((n for n in snapshot.nodes if n.node == node), None)
             if status is None:
                 raise KeyError(f"healer does not know node {cluster_name}/{node}")

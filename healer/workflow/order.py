@@ -52,7 +52,22 @@ SURGE_STEPS = (
     "delete_node",
     "destroy_machine",
 )
-ALL_STEPS = tuple(dict.fromkeys((*REPLACE_STEPS, *SURGE_STEPS)))
+# A control-plane machine of a cluster whose etcd healer reads (``etcd.mode``): its member is
+# removed before the machine is fenced, and the membership checked whole after the join
+# (healer.workflow.etcd_steps).
+CONTROL_PLANE_STEPS = (
+    "cordon",
+    "drain",
+    "etcd_remove_member",
+    "fence",
+    "release",
+    "delete_node",
+    "destroy_machine",
+    "create_machine",
+    "wait_for_join",
+    "etcd_verify",
+)
+ALL_STEPS = tuple(dict.fromkeys((*REPLACE_STEPS, *SURGE_STEPS, *CONTROL_PLANE_STEPS)))
 DONE = "done"
 
 # Journal vocabulary (workflow_steps.status) this module reads.
@@ -86,7 +101,13 @@ class Plan:
 
 
 def choose_plan(
-    *, strategy: str, role: str, node_ready: bool, can_preflight: bool, provider: str = ""
+    *,
+    strategy: str,
+    role: str,
+    node_ready: bool,
+    can_preflight: bool,
+    provider: str = "",
+    etcd: bool = False,
 ) -> Plan:
     """The order for one replacement, decided once when it starts.
 
@@ -94,8 +115,17 @@ def choose_plan(
     Ready (its pods serve, and a drain can move them onto the replacement). A node that is not
     Ready serves nothing and its pods cannot be drained: fencing it first frees them soonest.
     Control-plane nodes keep the replace order: adding an etcd member before removing the failed
-    one raises the quorum while a member is already lost (3 of 4 instead of 2 of 3).
+    one raises the quorum while a member is already lost (3 of 4 instead of 2 of 3). With
+    ``etcd`` (the cluster's etcd is read) they also remove and re-check the etcd member.
     """
+    if etcd and role == "control-plane":
+        return Plan(
+            REPLACE,
+            CONTROL_PLANE_STEPS,
+            CONTROL_PLANE_REPLACES,
+            "control-plane nodes are replaced in the replace order, their etcd member removed "
+            "first and the membership checked whole after the join",
+        )
     if strategy != SURGE:
         return Plan(REPLACE, REPLACE_STEPS, STRATEGY_REPLACE, "remediation.strategy is replace")
     if role == "control-plane":

@@ -22,6 +22,7 @@ policies; tests run it in virtual time rather than turning the waits off.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -53,6 +54,7 @@ async def with_retries(
     forever: bool = False,
     on_retry: OnRetry | None = None,
     on_outage: OnOutage | None = None,
+    rng: random.Random | None = None,
 ) -> T:
     """``fn()``, retried on :class:`TemporaryError`; ``on_retry`` is told of every retry that
     spends an attempt (the runner journals it, which is what ``healer status`` shows), and
@@ -110,6 +112,7 @@ async def with_retries(
         first=policy.initial_delay,
         cap=policy.max_delay,
         jitter=JITTER,
+        rng=rng,  # seeded by `healer simulate`, so that its runs repeat exactly
         attempts=None if forever else policy.attempts,
         free=(KubeUnavailable,),
         before_sleep=before_sleep,
