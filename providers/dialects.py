@@ -72,6 +72,11 @@ class Dialect(abc.ABC):
     def create_kwargs(self, *, tags: Mapping[str, str], user_data: str) -> dict[str, Any]:
         """Keyword arguments for ``create_node`` carrying the tags and the user data."""
 
+    def create_node(self, driver: NodeDriver, **kwargs: Any) -> Node:
+        """``driver.create_node(**kwargs)``; a dialect whose cloud needs a request parameter
+        libcloud has no argument for adds it here."""
+        return driver.create_node(**kwargs)
+
     def tags_of(self, node: Node) -> dict[str, str]:
         raw = (node.extra or {}).get("tags") or {}
         return {str(k): str(v) for k, v in dict(raw).items()}

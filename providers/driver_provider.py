@@ -267,8 +267,8 @@ class DriverProvider:
         kwargs.update(request.extra)
         kwargs.update(self._dialect.create_kwargs(tags=request.tags, user_data=request.user_data))
         try:
-            node = driver.create_node(
-                name=request.name, size=size, image=image, location=location, **kwargs
+            node = self._dialect.create_node(
+                driver, name=request.name, size=size, image=image, location=location, **kwargs
             )
         except Exception:
             # The catalogue may be stale (an image was withdrawn): look it up afresh next time.

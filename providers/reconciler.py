@@ -36,14 +36,19 @@ from healer.cloud.diff import Change, Diff
 from healer.cloud.machines import Machine, MachineRequest, tags_match
 from healer.cloud.resources import (
     TAG_RESOURCE,
+    TAG_TIER,
     Capabilities,
     Firewall,
     FirewallSpec,
     Kind,
     LoadBalancer,
     LoadBalancerSpec,
+    NatGateway,
+    NatSpec,
     Network,
     NetworkSpec,
+    RouteTable,
+    RouteTableSpec,
     Subnet,
     SubnetSpec,
 )
@@ -52,7 +57,7 @@ from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 
 log = structlog.get_logger("providers")
 T = TypeVar("T")
-R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
+R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer, NatGateway, RouteTable)
 Lister = Callable[[NodeDriver, Mapping[str, str]], list[R]]
 
 
@@ -61,7 +66,7 @@ class _Ensure(Generic[R]):
     """How to bring one resource to its spec: find it, judge it (its diff in
     :mod:`healer.cloud.diff`), make it; what an update changes the diff itself says."""
 
-    spec: NetworkSpec | SubnetSpec | FirewallSpec | LoadBalancerSpec
+    spec: NetworkSpec | SubnetSpec | FirewallSpec | LoadBalancerSpec | NatSpec | RouteTableSpec
     lister: Lister[R]
     rule: Callable[[R | None], Diff]
     create: Callable[[NodeDriver], R]
@@ -155,7 +160,8 @@ class InfraBackend(abc.ABC):
     def update_load_balancer(
         self, driver: NodeDriver, lb: LoadBalancer, spec: LoadBalancerSpec
     ) -> None:
-        """Bring the health check and the allowed sources to ``spec``."""
+        """Bring the health check, the allowed sources and (where reported) the subnets it spans
+        to ``spec``."""
 
     @abc.abstractmethod
     def change_members(
@@ -170,6 +176,31 @@ class InfraBackend(abc.ABC):
         """Release connections of the backend's own (called once the workers are done)."""
         return None
 
+    # NAT gateways and route tables: only a backend whose capabilities set ``nat`` has them.
+    def list_nat_gateways(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[NatGateway]:
+        return []
+
+    def create_nat_gateway(self, driver: NodeDriver, spec: NatSpec, network: Network) -> NatGateway:
+        raise PermanentError(f"{self.capabilities.provider} builds no NAT gateways")
+
+    def delete_nat_gateway(self, driver: NodeDriver, nat: NatGateway, /) -> bool:
+        return False
+
+    def list_route_tables(self, driver: NodeDriver, tags: Mapping[str, str]) -> list[RouteTable]:
+        return []
+
+    def create_route_table(
+        self, driver: NodeDriver, spec: RouteTableSpec, network: Network
+    ) -> RouteTable:
+        raise PermanentError(f"{self.capabilities.provider} builds no route tables")
+
+    def set_routes(self, driver: NodeDriver, table: RouteTable, spec: RouteTableSpec) -> None:
+        """Bring ``table``'s default route and subnet associations to ``spec``."""
+        raise PermanentError(f"{self.capabilities.provider} builds no route tables")
+
+    def delete_route_table(self, driver: NodeDriver, table: RouteTable, /) -> bool:
+        return False
+
     # machines
     @abc.abstractmethod
     def placement_kwargs(
@@ -183,6 +214,21 @@ def new_firewall(rid: str, spec: FirewallSpec, network: Network) -> Firewall:
     return Firewall(
         id=rid, name=spec.name, network_id=network.id, permissions=frozenset(), tags=dict(spec.tags)
     )
+
+
+def _subnet_for(subnets: Sequence[Subnet], location: str | None) -> Subnet | None:
+    """The subnet of ``location`` (a zone, or the region of a zone where subnets are regional);
+    without a location, the first by name when there is one subnet or the cluster began with
+    one (``<cluster>-subnet``, which sorts first)."""
+    ordered = sorted(subnets, key=lambda s: s.name)
+    if location is None:
+        return ordered[0]
+    for subnet in ordered:
+        if subnet.location is None or location == subnet.location:
+            return subnet
+        if location.startswith(f"{subnet.location}-"):  # a zone of the subnet's region
+            return subnet
+    return None
 
 
 def _cluster_tags(
@@ -266,6 +312,30 @@ class DriverInfra:
         make = partial(self.backend.create_load_balancer, spec=spec, network=network, subnet=subnet)
         return await self._ensure("load-balancer", _Ensure(spec, lister, rule, make))
 
+    async def list_nat_gateways(self, tags: Mapping[str, str]) -> list[NatGateway]:
+        return await self._list("nat-gateway", self.backend.list_nat_gateways, tags)
+
+    async def list_route_tables(self, tags: Mapping[str, str]) -> list[RouteTable]:
+        return await self._list("route-table", self.backend.list_route_tables, tags)
+
+    async def ensure_nat_gateway(self, spec: NatSpec, network: Network) -> NatGateway:
+        rule = rules.nat_diff
+        make = partial(self.backend.create_nat_gateway, spec=spec, network=network)
+        lister = self.backend.list_nat_gateways
+        return await self._ensure("nat-gateway", _Ensure(spec, lister, partial(rule, spec), make))
+
+    async def ensure_route_table(self, spec: RouteTableSpec, network: Network) -> RouteTable:
+        rule = partial(rules.route_table_diff, spec)
+        make = partial(self.backend.create_route_table, spec=spec, network=network)
+        lister = self.backend.list_route_tables
+        return await self._ensure("route-table", _Ensure(spec, lister, rule, make))
+
+    async def delete_nat_gateway(self, nat: NatGateway) -> bool:
+        return await self._delete("nat-gateway", nat, self.backend.delete_nat_gateway)
+
+    async def delete_route_table(self, table: RouteTable) -> bool:
+        return await self._delete("route-table", table, self.backend.delete_route_table)
+
     async def delete_network(self, network: Network) -> bool:
         return await self._delete("network", network, self.backend.delete_network)
 
@@ -321,8 +391,8 @@ class DriverInfra:
     def _update(
         self,
         driver: NodeDriver,
-        found: Network | Subnet | Firewall | LoadBalancer,
-        spec: NetworkSpec | SubnetSpec | FirewallSpec | LoadBalancerSpec,
+        found: Network | Subnet | Firewall | LoadBalancer | NatGateway | RouteTable,
+        spec: NetworkSpec | SubnetSpec | FirewallSpec | LoadBalancerSpec | NatSpec | RouteTableSpec,
         diff: Diff,
     ) -> None:
         """Make the changes ``diff`` names, through the backend's primitive for each."""
@@ -334,9 +404,13 @@ class DriverInfra:
         if (diff.add or diff.remove) and isinstance(found, Firewall):
             assert isinstance(spec, FirewallSpec)
             backend.change_permissions(driver, found, spec, diff)
-        if (diff.health_check or diff.allowed_sources) and isinstance(found, LoadBalancer):
+        lb_changed = diff.health_check or diff.allowed_sources or diff.subnets
+        if lb_changed and isinstance(found, LoadBalancer):
             assert isinstance(spec, LoadBalancerSpec)
             backend.update_load_balancer(driver, found, spec)
+        if diff.routes and isinstance(found, RouteTable):
+            assert isinstance(spec, RouteTableSpec)
+            backend.set_routes(driver, found, spec)
 
     async def _delete(
         self, kind: Kind, resource: R, deleter: Callable[[NodeDriver, R], bool]
@@ -376,18 +450,24 @@ class DriverInfra:
 
     # -- machine placement (called by DriverProvider in its worker threads) ----------------------
 
-    def find_placement(self, driver: NodeDriver) -> Placement | None:
-        """The cluster's network, subnet and firewalls, when healer built them; else ``None``."""
-        subnets = self.backend.list_subnets(driver, _cluster_tags(self.cluster, "subnet"))
+    def find_placement(self, driver: NodeDriver, location: str | None = None) -> Placement | None:
+        """The cluster's network, private subnet (the one of ``location``'s zone or region, the
+        first when there is no location) and firewalls, when healer built them; else ``None``."""
+        subnets = [
+            s
+            for s in self.backend.list_subnets(driver, _cluster_tags(self.cluster, "subnet"))
+            if s.tags.get(TAG_TIER) != "public"
+        ]
         if not subnets:
             return None
-        if len(subnets) > 1:
-            names = ", ".join(sorted(s.name for s in subnets))
+        subnet = _subnet_for(subnets, location)
+        if subnet is None:
+            names = ", ".join(f"{s.name} ({s.location})" for s in subnets)
             raise PermanentError(
-                f"provider {self.name}: cluster {self.cluster} has {len(subnets)} subnets "
-                f"({names}); healer places machines in exactly one"
+                f"provider {self.name}: cluster {self.cluster} has no private subnet for "
+                f"location {location} (it has {names}); add the zone to a pool and run "
+                "`healer apply`"
             )
-        subnet = subnets[0]
         networks = [
             n
             for n in self.backend.list_networks(driver, _cluster_tags(self.cluster, "network"))
@@ -406,7 +486,7 @@ class DriverInfra:
         return Placement(network=networks[0], subnet=subnet, firewalls=firewalls)
 
     def placement_kwargs(self, driver: NodeDriver, request: MachineRequest) -> dict[str, Any]:
-        placement = self.find_placement(driver)
+        placement = self.find_placement(driver, request.location)
         if placement is None:
             return {}
         return self.backend.placement_kwargs(driver, placement, request)

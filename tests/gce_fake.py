@@ -2,8 +2,10 @@
 
 It answers from a small in-memory store seeded with libcloud's own recorded GCE responses
 (``libcloud/test/compute/fixtures/gce``: the zone, region, machine type and disk type of
-``us-central1-a``), and keeps what the driver creates (networks, subnetworks, firewalls, health
-checks, target pools, forwarding rules, instances) the way the API does: an insert answers with a
+``us-central1-a``, copied under the names of three zones of one region), and keeps what the
+driver and healer's raw requests create (networks, subnetworks, firewalls, health checks, target
+pools, backend services, instance groups and their members, routers with Cloud NAT, forwarding
+rules, instances) the way the API does: an insert answers with a
 finished operation, a get of a missing resource is a 404 ``notFound``, aggregated lists group by
 zone or region, and deleting a network that still has subnetworks (or a subnetwork with
 instances) is refused with ``resourceInUseByAnotherResource``.
@@ -35,6 +37,7 @@ from providers.libcloud_generic import LibcloudProvider
 
 PROJECT = "healer-test"
 ZONE = "us-central1-a"
+ZONES = (ZONE, "us-central1-b", "us-central1-c")
 REGION = "us-central1"
 API = "https://www.googleapis.com/compute/v1/projects/"
 BASE = f"{API}{PROJECT}/"
@@ -50,6 +53,10 @@ _KINDS = {
     "httpHealthChecks": "compute#httpHealthCheck",
     "targetPools": "compute#targetPool",
     "forwardingRules": "compute#forwardingRule",
+    "healthChecks": "compute#healthCheck",
+    "backendServices": "compute#backendService",
+    "instanceGroups": "compute#instanceGroup",
+    "routers": "compute#router",
     "instances": "compute#instance",
     "images": "compute#image",
 }
@@ -68,24 +75,45 @@ class GceCall:
 
 
 class GceFake:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        region: str = REGION,
+        zones: tuple[str, ...] = ZONES,
+        machine_types: tuple[str, ...] = ("n1-standard-1",),
+    ) -> None:
         self.store: dict[str, dict[str, Any]] = {}
         self.calls: list[GceCall] = []
         self._ids = itertools.count(1000)
         self._ips = itertools.count(10)
-        zone = _fixture("zones_us-central1-a.json")
-        zone.pop("maintenanceWindows", None)
-        region = _fixture("regions_us-central1.json")
-        region["zones"] = [f"{BASE}zones/{ZONE}"]
-        self.store[f"zones/{ZONE}"] = zone
-        self.store[f"regions/{REGION}"] = region
-        self.store[f"zones/{ZONE}/machineTypes/n1-standard-1"] = _fixture(
-            "zones_us-central1-a_machineTypes_n1-standard-1.json"
+        # The recorded region, zone, machine type and disk type of us-central1(-a), renamed.
+        recorded = _fixture("regions_us-central1.json")
+        recorded.update(
+            name=region,
+            selfLink=f"{BASE}regions/{region}",
+            zones=[f"{BASE}zones/{z}" for z in zones],
         )
-        disk_type = _fixture("zones_us-central1-a_diskTypes_pd_standard.json")
-        disk_type["selfLink"] = f"{BASE}zones/{ZONE}/diskTypes/pd-standard"
-        disk_type["zone"] = f"{BASE}zones/{ZONE}"
-        self.store[f"zones/{ZONE}/diskTypes/pd-standard"] = disk_type
+        self.store[f"regions/{region}"] = recorded
+        for n, name in enumerate(zones):
+            zone = _fixture("zones_us-central1-a.json")
+            zone.pop("maintenanceWindows", None)
+            zone.update(
+                name=name,
+                id=str(2000 + n),
+                selfLink=f"{BASE}zones/{name}",
+                region=f"{BASE}regions/{region}",
+            )
+            self.store[f"zones/{name}"] = zone
+            for kind in machine_types:
+                machine_type = _fixture("zones_us-central1-a_machineTypes_n1-standard-1.json")
+                machine_type.update(
+                    name=kind, zone=name, selfLink=f"{BASE}zones/{name}/machineTypes/{kind}"
+                )
+                self.store[f"zones/{name}/machineTypes/{kind}"] = machine_type
+            disk_type = _fixture("zones_us-central1-a_diskTypes_pd_standard.json")
+            disk_type["selfLink"] = f"{BASE}zones/{name}/diskTypes/pd-standard"
+            disk_type["zone"] = f"{BASE}zones/{name}"
+            self.store[f"zones/{name}/diskTypes/pd-standard"] = disk_type
         image = _fixture("global_images.json")["items"][0]
         image.update(name="debian-12", id="7000", selfLink=f"{BASE}global/images/debian-12")
         self.store["global/images/debian-12"] = image
@@ -127,13 +155,7 @@ class GceFake:
             if path in self.store:
                 return 200, self.store[path]
             if path in ("zones", "regions"):
-                return 200, {
-                    "items": [
-                        v
-                        for k, v in self.store.items()
-                        if k == f"{path}/{ZONE}" or k == f"{path}/{REGION}"
-                    ]
-                }
+                return 200, {"items": self._collection(path)}
             if _is_collection(segs):
                 return 200, {"items": self._collection(path)}
             raise _ApiError(404, "notFound", f"The resource '{path}' was not found")
@@ -154,6 +176,8 @@ class GceFake:
             self._get(path)
             self._check_unused(path)
             del self.store[path]
+            for group in self.items("instanceGroups"):  # GCE drops a deleted instance from them
+                group["instances"] = [i for i in group["instances"] if i != f"{BASE}{path}"]
             return 200, self._operation("delete", path)
         raise _ApiError(400, "badRequest", f"{method} not supported by the fake")
 
@@ -209,8 +233,24 @@ class GceFake:
             resource["instances"] = [i for i in resource.get("instances") or []]
             resource["healthChecks"] = list(resource.get("healthChecks") or [])
         if kind == "forwardingRules":
-            resource["IPAddress"] = f"198.51.100.{next(self._ips)}"
-            self._get(resource["target"].removeprefix(BASE))
+            if resource.get("loadBalancingScheme") == "INTERNAL":
+                subnet = self._get(resource["subnetwork"].removeprefix(BASE))
+                hosts = list(ipaddress.ip_network(subnet["ipCidrRange"]).hosts())
+                resource["IPAddress"] = str(hosts[250])
+            else:
+                resource["IPAddress"] = f"198.51.100.{next(self._ips)}"
+            self._get((resource.get("target") or resource["backendService"]).removeprefix(BASE))
+        if kind == "backendServices":
+            resource["fingerprint"] = "bs-fp-1"
+            for url in resource.get("healthChecks") or []:
+                self._get(url.removeprefix(BASE))
+        if kind == "instanceGroups":
+            resource["instances"] = []
+        if kind == "routers":
+            self._get(resource["network"].removeprefix(BASE))
+            for nat in resource.get("nats") or []:
+                for sub in nat.get("subnetworks") or []:
+                    self._get(sub["name"].removeprefix(BASE))
         if kind == "instances":
             resource = self._instance(resource, segs[1])
         self.store[path] = resource
@@ -270,6 +310,20 @@ class GceFake:
     def _action(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         target, _, verb = path.rpartition("/")
         resource = self._get(target)
+        if verb == "listInstances":  # instance groups: answers with the list, not an operation
+            return {"items": [{"instance": i, "status": "RUNNING"} for i in resource["instances"]]}
+        if verb in ("addInstances", "removeInstances"):
+            zone = target.split("/")[1]
+            urls = [i["instance"] for i in body["instances"]]
+            for url in urls:
+                instance = self._get(url.removeprefix(BASE))
+                if not instance["zone"].endswith(f"/zones/{zone}"):
+                    raise _ApiError(400, "invalid", f"{url} is not in zone {zone}")
+            if verb == "addInstances":
+                resource["instances"] += [u for u in urls if u not in resource["instances"]]
+            else:
+                resource["instances"] = [i for i in resource["instances"] if i not in urls]
+            return self._operation(verb, target)
         if verb == "addInstance":
             for item in body["instances"]:
                 self._get(item["instance"].removeprefix(BASE))
@@ -286,7 +340,9 @@ class GceFake:
         link = f"{BASE}{path}"
         users = []
         for key, value in self.store.items():
-            refs = [value.get("network"), value.get("target")]
+            refs = [value.get("network"), value.get("target"), value.get("backendService")]
+            refs += [b.get("group") for b in value.get("backends") or []]
+            refs += [s.get("name") for n in value.get("nats") or [] for s in n["subnetworks"]]
             refs += [n.get("subnetwork") for n in value.get("networkInterfaces") or []]
             refs += list(value.get("healthChecks") or [])
             if link in refs:

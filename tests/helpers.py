@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from healer.cloud.machines import MachineRequest
 from healer.config import HealerConfig, parse_config
+from healer.model import Role
 from healer.naming import ownership_tags
+from healer.store.sqlite import RUNNING, Store, WorkflowRecord
+from healer.workflow.runner import STEPS
 from providers.lab.plugin import LabProvider
 
 
@@ -67,6 +71,30 @@ def fast_lab_config(
     }
     cluster.update(cluster_changes)
     return {"logFormat": "json", "clusters": [cluster]}
+
+
+def running_workflow(
+    store: Store, node: str, replacement: str, *, wf_id: str = "wf0123456789"
+) -> WorkflowRecord:
+    """A workflow of cluster ``lab``, pool ``workers``, at its first step, saved in ``store``:
+    what the planner hands the runner for a dead worker."""
+    now = time.time()
+    wf = WorkflowRecord(
+        id=wf_id,
+        cluster="lab",
+        pool="workers",
+        node=node,
+        role=Role.WORKER,
+        state=RUNNING,
+        step=STEPS[0],
+        reason="ReadyUnknownTimeout",
+        evidence={},
+        replacement_name=replacement,
+        started_at=now,
+        updated_at=now,
+    )
+    store.create_workflow(wf)
+    return wf
 
 
 async def lab_cloud_with_worker(state_dir: Path, name: str) -> LabProvider:

@@ -114,17 +114,21 @@ class Ec2Emulator:
         self.host, self.port = str(host), int(port)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
-        self.client = boto3.client(
-            "ec2",
-            region_name=REGION,
-            endpoint_url=self.url,
-            aws_access_key_id="AKIDBACKDOOR",
-            aws_secret_access_key="backdoor",
-        )
+        self.client = self.boto("ec2")
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def boto(self, service: str, region: str = REGION) -> Any:
+        """A boto3 client of ``service`` (``ec2``, ``elb``) in ``region``: the back door."""
+        return boto3.client(
+            service,
+            region_name=region,
+            endpoint_url=self.url,
+            aws_access_key_id="AKIDBACKDOOR",
+            aws_secret_access_key="backdoor",
+        )
 
     def reset(self) -> None:
         reset = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
@@ -156,6 +160,18 @@ AWS_KEY_ID = "AKIDHEALERTEST"
 AWS_SECRET = "healer-test-secret-value"
 
 
+def ec2_options(emulator: Ec2Emulator, region: str = REGION) -> dict[str, Any]:
+    """The ``libcloud`` plugin's options for libcloud's EC2 driver against ``emulator``."""
+    return {
+        "driver": "ec2",
+        # moto routes a request by the service named in its SigV4 signature.
+        "args": {"region": region, "signature_version": "4"},
+        "host": emulator.host,
+        "port": emulator.port,
+        "secure": False,
+    }
+
+
 def ec2_provider(
     emulator: Ec2Emulator, *, cluster: str, state_dir: Path, **options: Any
 ) -> LibcloudProvider:
@@ -167,15 +183,7 @@ def ec2_provider(
     (state_dir / "aws-secret").write_text(AWS_SECRET + "\n")
     return LibcloudProvider(
         cluster=cluster,
-        options={
-            "driver": "ec2",
-            # moto routes a request by the service named in its SigV4 signature.
-            "args": {"region": REGION, "signature_version": "4"},
-            "host": emulator.host,
-            "port": emulator.port,
-            "secure": False,
-            **options,
-        },
+        options={**ec2_options(emulator), **options},
         credentials={
             "key": SecretRef(file=state_dir / "aws-key"),
             "secret": SecretRef(file=state_dir / "aws-secret"),

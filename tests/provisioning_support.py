@@ -3,6 +3,8 @@ the real ``cloud-init schema`` and ``sshd`` checks, and a fake node agent as the
 
 from __future__ import annotations
 
+import base64
+import gzip
 import os
 import shutil
 import subprocess
@@ -35,6 +37,24 @@ def cluster(**extra: Any) -> ClusterConfig:
 def kube_cluster(**extra: Any) -> ClusterConfig:
     k8s = {"controlPlaneEndpoint": "10.0.0.10"} | extra.pop("kubernetes", {})
     return cluster(kubernetes=k8s, **extra)
+
+
+def files(doc: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
+    """path -> (decoded content, permissions) from a cloud-config's write_files."""
+    out: dict[str, tuple[bytes, str]] = {}
+    for entry in doc["write_files"]:
+        content = entry["content"]
+        encoding = entry.get("encoding")
+        if encoding == "gz+b64":
+            raw = gzip.decompress(base64.b64decode(content))
+        elif encoding == "b64":
+            raw = base64.b64decode(content)
+        else:
+            assert encoding is None, encoding
+            raw = content.encode()
+        assert entry["path"] not in out, f"{entry['path']} written twice"
+        out[entry["path"]] = (raw, entry["permissions"])
+    return out
 
 
 def require_program(path: str, package: str) -> str:

@@ -16,7 +16,9 @@ from healer.cloud.diff import (
     firewall_diff,
     load_balancer_diff,
     member_changes,
+    nat_diff,
     network_diff,
+    route_table_diff,
     subnet_diff,
 )
 from healer.model import TAG_POOL
@@ -56,6 +58,27 @@ LB = r.LoadBalancer(
     tags=LB_SPEC.tags,
 )
 OTHER_NET = dataclasses.replace(NET, id="n-2")
+NAT_SPEC = r.NatSpec(
+    name="c-nat-a", network="c-net", subnet="c-public-a", location="zone-a", tags=TAGS
+)
+NAT = r.NatGateway(
+    id="nat-1", name="c-nat-a", network_id="n-1", subnet="c-public-a", location="zone-a", tags=TAGS
+)
+RT_SPEC = r.RouteTableSpec(
+    name="c-private-a",
+    network="c-net",
+    subnets=("c-subnet",),
+    default_route="nat:c-nat-a",
+    tags=TAGS,
+)
+RT = r.RouteTable(
+    id="rtb-1",
+    name="c-private-a",
+    network_id="n-1",
+    subnets=("c-subnet",),
+    default_route="nat:c-nat-a",
+    tags=TAGS,
+)
 WEB = r.Permission("tcp", 443, 443, "0.0.0.0/0")
 
 
@@ -126,6 +149,53 @@ CASES: list[tuple[str, Diff, Change, str, dict[str, Any]]] = [
         "public addresses for machines created from now on",
         {"public_ips": True},
     ),
+    (
+        "a public subnet says what it is for",
+        subnet_diff(_with(SUB_SPEC, tags={**TAGS, r.TAG_TIER: "public"}), None, NET),
+        Change.CREATE,
+        "NAT gateways and the load balancer only, no machines",
+        {},
+    ),
+    # NAT gateway
+    ("nat missing", nat_diff(NAT_SPEC, None), Change.CREATE, "through subnet c-public-a", {}),
+    ("nat as configured", nat_diff(NAT_SPEC, NAT), Change.NONE, "", {}),
+    (
+        "nat in another subnet",
+        nat_diff(_with(NAT_SPEC, subnet="c-public-b", location="zone-b"), NAT),
+        Change.CONFLICT,
+        "cannot move",
+        {},
+    ),
+    # route table
+    (
+        "route table missing",
+        route_table_diff(RT_SPEC, None),
+        Change.CREATE,
+        "0.0.0.0/0 -> NAT gateway c-nat-a for c-subnet",
+        {},
+    ),
+    ("route table as configured", route_table_diff(RT_SPEC, RT), Change.NONE, "", {}),
+    (
+        "a private subnet routed to the internet gateway",
+        route_table_diff(RT_SPEC, _with(RT, default_route=r.INTERNET)),
+        Change.UPDATE,
+        "0.0.0.0/0 -> internet gateway -> 0.0.0.0/0 -> NAT gateway c-nat-a",
+        {"routes": True},
+    ),
+    (
+        "a subnet not associated (it would use the main table)",
+        route_table_diff(RT_SPEC, _with(RT, subnets=())),
+        Change.UPDATE,
+        "subnets - -> c-subnet",
+        {"routes": True},
+    ),
+    (
+        "no way out wanted, a route there",
+        route_table_diff(_with(RT_SPEC, default_route=None), RT),
+        Change.UPDATE,
+        "-> no route out",
+        {"routes": True},
+    ),
     # firewall
     ("firewall missing", firewall_diff(FW_SPEC, None, NET), Change.CREATE, "tcp/22", {}),
     ("firewall as configured", firewall_diff(FW_SPEC, FW, NET), Change.NONE, "", {}),
@@ -166,6 +236,23 @@ CASES: list[tuple[str, Diff, Change, str, dict[str, Any]]] = [
         Change.UPDATE,
         "health check",
         {"health_check": True, "allowed_sources": False},
+    ),
+    (
+        "lb in other subnets (an ELB from before the public subnets)",
+        load_balancer_diff(
+            _with(LB_SPEC, subnet="c-public-a", subnets=("c-public-a", "c-public-b")),
+            _with(LB, subnets=("c-subnet",)),
+        ),
+        Change.UPDATE,
+        "subnets c-subnet -> c-public-a, c-public-b",
+        {"subnets": True, "health_check": False},
+    ),
+    (
+        "lb subnets not reported: not compared",
+        load_balancer_diff(_with(LB_SPEC, subnets=("c-public-a",)), LB),
+        Change.NONE,
+        "",
+        {},
     ),
     (
         "lb clients changed",

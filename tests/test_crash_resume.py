@@ -20,6 +20,7 @@ import yaml
 from healer.cloud.registry import load_provider
 from healer.config import load_config
 from healer.lab.harness import LabHarness, LabTimings
+from healer.lab.node_monitor import NodeMonitor
 from healer.lab.report import invariants
 from healer.model import Role
 from healer.provisioning.pools import ensure_pools
@@ -27,6 +28,7 @@ from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from healer.workflow.runner import STEPS
 from tests.helpers import fast_lab_config, start_healer_run
+from tests.realkube import RealKube
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -46,6 +48,13 @@ def write_config(path: Path, kubeconfig: Path) -> Path:
 async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[LabHarness, Path]]:
     state = tmp_path_factory.mktemp("crash-lab")
     harness = LabHarness(state_dir=state, pool_roles=POOLS, timings=TIMINGS, with_broker=False)
+    yield await _started(harness)
+    await harness.stop()
+
+
+async def _started(harness: LabHarness) -> tuple[LabHarness, Path]:
+    """The harness started, its pools created and four nodes Ready; with its config file."""
+    state = harness.state_dir
     await harness.start()
     config_path = write_config(state / "healer.yaml", harness.kubeconfig)
     cluster = load_config(config_path).clusters[0]
@@ -53,8 +62,7 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[L
     await ensure_pools(cluster, provider, user_data=render_user_data)
     await provider.close()
     await harness.wait_ready(4)
-    yield harness, config_path
-    await harness.stop()
+    return harness, config_path
 
 
 async def spawn(
@@ -77,7 +85,47 @@ async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[n
 async def test_sigkill_at_each_step_then_resume(
     lab: tuple[LabHarness, Path], step: str, when: str
 ) -> None:
-    harness, config = lab
+    await _kill_and_resume(*lab, step, when)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def real_lab(
+    tmp_path_factory: pytest.TempPathFactory, realkube_session: RealKube
+) -> AsyncIterator[tuple[LabHarness, Path]]:
+    """The same lab, its kubelets on the real API server of tests/realkube.py."""
+    state = tmp_path_factory.mktemp("crash-lab-real")
+    monitor = NodeMonitor(
+        realkube_session.node_grace,
+        realkube_session.monitor_period,
+        "tests/realkube.py",
+        late_by=2 * realkube_session.monitor_period,
+    )
+    harness = LabHarness(
+        state_dir=state,
+        pool_roles=POOLS,
+        timings=TIMINGS,
+        with_broker=False,
+        kubeconfig=realkube_session.kubeconfig,
+        node_monitor=monitor,
+    )
+    try:
+        yield await _started(harness)
+    finally:
+        await harness.stop()
+        await asyncio.to_thread(realkube_session.wipe)
+
+
+# The real server's node grace makes each case ~15 s: the steps either side of the Node's
+# deletion, where the real server's answers (eviction, Terminating pods, the Lease's garbage
+# collection) matter most.
+@pytest.mark.parametrize(("step", "when"), [("drain", "after"), ("delete_node", "before")])
+async def test_sigkill_then_resume_on_the_real_server(
+    real_lab: tuple[LabHarness, Path], step: str, when: str
+) -> None:
+    await _kill_and_resume(*real_lab, step, when)
+
+
+async def _kill_and_resume(harness: LabHarness, config: Path, step: str, when: str) -> None:
     state = harness.state_dir
     log = state / f"daemon-{step}-{when}.log"
     await harness.wait_ready(4)

@@ -21,7 +21,7 @@ import structlog
 
 from healer.cloud.machines import Provider
 from healer.cloud.registry import load_provider
-from healer.cloud.resources import InfraProvider, infra_of
+from healer.cloud.resources import InfraProvider, egress_of, infra_of
 from healer.config import ClusterConfig, parse_config
 from healer.errors import PermanentError
 from healer.provisioning.apply import capabilities_of, observe
@@ -83,10 +83,7 @@ async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         key = request.getfixturevalue("gce_key")
         provider = gce_provider(cluster=CLUSTER, state_dir=tmp_path, private_key=key)
         network = {"cidr": "10.40.0.0/16", "subnetCidr": "10.40.1.0/24", "location": GCE_ZONE}
-        check = {"protocol": "http", "port": 80, "path": "/healthz"}
-        config = _config(
-            "libcloud", {"driver": "gce"}, network=network, loadBalancer={"healthCheck": check}
-        )
+        config = _config("libcloud", {"driver": "gce"}, network=network)
     infra = infra_of(provider)
     assert infra is not None
     desired = desired_state(config, capabilities_of(provider))
@@ -101,10 +98,15 @@ async def _ensure_all(cloud: Cloud, desired: Desired | None = None) -> list[str]
     d = desired or cloud.desired
     assert d.network and d.subnet and d.firewall and d.load_balancer
     net = await cloud.infra.ensure_network(d.network)
-    sub = await cloud.infra.ensure_subnet(d.subnet, net)
+    subs = {s.name: await cloud.infra.ensure_subnet(s, net) for s in d.subnets}
+    egress = egress_of(cloud.provider)
+    made = [net.id, *(s.id for s in subs.values())]
+    if egress is not None:
+        made += [(await egress.ensure_nat_gateway(n, net)).id for n in d.nat_gateways]
+        made += [(await egress.ensure_route_table(t, net)).id for t in d.route_tables]
     fw = await cloud.infra.ensure_firewall(d.firewall, net)
-    lb = await cloud.infra.ensure_load_balancer(d.load_balancer, net, sub)
-    return [net.id, sub.id, fw.id, lb.id]
+    lb = await cloud.infra.ensure_load_balancer(d.load_balancer, net, subs[d.load_balancer.subnet])
+    return [*made, fw.id, lb.id]
 
 
 async def _infra_plan(cloud: Cloud, desired: Desired) -> list[Action]:
@@ -114,8 +116,13 @@ async def _infra_plan(cloud: Cloud, desired: Desired) -> list[Action]:
 
 async def test_after_ensure_the_plan_has_nothing_to_do(cloud: Cloud) -> None:
     before = await _infra_plan(cloud, cloud.desired)
+    egress = {
+        "libcloud/ec2": ("nat-gateway", "route-table"),  # a NAT per zone, explicit routes
+        "libcloud/gce": ("nat-gateway",),  # Cloud NAT; GCE has no route tables to manage
+    }.get(cloud.infra.capabilities().provider, ())
     assert {(a.change, a.kind) for a in before} == {
-        (Change.CREATE, kind) for kind in ("network", "subnet", "firewall", "load-balancer")
+        (Change.CREATE, kind)
+        for kind in ("network", "subnet", *egress, "firewall", "load-balancer")
     }
 
     made = await _ensure_all(cloud)

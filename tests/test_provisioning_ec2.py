@@ -9,24 +9,26 @@ health check, machines are private, and the user data travels with RunInstances.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
 import pytest
 import structlog
 
+from healer.cli.main import main
 from healer.cloud.resources import TAG_RESOURCE
 from healer.config import ClusterConfig, parse_config
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 from healer.provisioning.apply import Inventory, apply, destroy, make_plan, plan_destroy
 from healer.provisioning.userdata import render_user_data
 from providers.libcloud_generic import LibcloudProvider
-from tests.moto_ec2 import REGION, Ec2Emulator, WireRequest, ec2_provider
+from tests.example_configs import pointed_at
+from tests.moto_ec2 import Ec2Emulator, WireRequest, ec2_options
 
 ADMIN = "203.0.113.0/24"
 SUBNET = "10.30.1.0/24"
+PUBLIC = "10.30.255.192/26"
 ZONE = "us-east-1a"
 MUTATING = (
     "Create",
@@ -71,23 +73,33 @@ def _quiet() -> Iterator[None]:
 
 
 @pytest.fixture
-async def provider(ec2: Ec2Emulator, tmp_path: Path) -> AsyncIterator[LibcloudProvider]:
-    ec2.register_image("debian-12")
-    p = ec2_provider(ec2, cluster="prod", state_dir=tmp_path)
-    try:
-        yield p
-    finally:
-        await p.close()
+def provider(ec2_prod: LibcloudProvider) -> LibcloudProvider:
+    return ec2_prod  # tests/plugins/ec2.py
 
 
 def _elb(ec2: Ec2Emulator) -> Any:
-    return boto3.client(
-        "elb",
-        region_name=REGION,
-        endpoint_url=ec2.url,
-        aws_access_key_id="AKIDBACKDOOR",
-        aws_secret_access_key="backdoor",
+    return ec2.boto("elb")
+
+
+async def _one_machine_applied(
+    provider: LibcloudProvider, tmp_path: Path
+) -> tuple[ClusterConfig, Inventory]:
+    cluster = _config(
+        pools=[{"name": "cp", "role": "control-plane", "size": 1, "machine": {"size": "t3.micro"}}]
     )
+    inventory = Inventory(tmp_path, "prod")
+    await apply(cluster, provider, user_data=_user_data, inventory=inventory)
+    return cluster, inventory
+
+
+def _running(client: Any, **filters: Any) -> list[dict[str, Any]]:
+    """The running instances EC2 holds (read through boto3, not through healer)."""
+    return [
+        i
+        for r in client.describe_instances(**filters)["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] == "running"
+    ]
 
 
 def _permissions(request: WireRequest) -> set[tuple[str, str | None, str | None, str]]:
@@ -132,9 +144,15 @@ async def test_apply_sends_private_networking_tight_rules_and_an_api_load_balanc
         TAG_CLUSTER: "prod",
         TAG_RESOURCE: "network",
     }
-    (subnet,) = ec2.calls("CreateSubnet")
-    assert (subnet.params["CidrBlock"], subnet.params["AvailabilityZone"]) == (SUBNET, ZONE)
+    subnets = {s.params["CidrBlock"]: s.params for s in ec2.calls("CreateSubnet")}
+    # The machines' private subnet, and a public /26 at the top of the VPC for NAT and ELB only.
+    assert {c: (p["AvailabilityZone"], _tags(p)["Name"]) for c, p in subnets.items()} == {
+        SUBNET: (ZONE, "prod-subnet"),
+        PUBLIC: (ZONE, f"prod-public-{ZONE}"),
+    }
     assert ec2.calls("ModifySubnetAttribute") == []  # MapPublicIpOnLaunch stays false
+    (nat,) = ec2.calls("CreateNatGateway")
+    assert _tags(nat.params)["Name"] == f"prod-nat-{ZONE}"
 
     groups = {g.params["GroupName"]: g for g in ec2.calls("CreateSecurityGroup")}
     assert set(groups) == {"prod-nodes", "prod-api-lb"}
@@ -175,10 +193,13 @@ async def test_apply_sends_private_networking_tight_rules_and_an_api_load_balanc
         "TCP",
         "6443",
     )
-    subnet_id = ec2.client.describe_subnets(Filters=[{"Name": "cidr-block", "Values": [SUBNET]}])[
-        "Subnets"
-    ][0]["SubnetId"]
-    assert p["Subnets.member.1"] == subnet_id
+    subnet_id, public_id = (
+        ec2.client.describe_subnets(Filters=[{"Name": "cidr-block", "Values": [cidr]}])["Subnets"][
+            0
+        ]["SubnetId"]
+        for cidr in (SUBNET, PUBLIC)
+    )
+    assert p["Subnets.member.1"] == public_id and "Subnets.member.2" not in p
     assert p["SecurityGroups.member.1"] == ids["prod-api-lb"]
     assert "Scheme" not in p  # internet-facing: the admins reach the API through it
     assert _tags(p, "Tags.member")[TAG_POOL] == "cp"
@@ -200,12 +221,7 @@ async def test_apply_sends_private_networking_tight_rules_and_an_api_load_balanc
         sent = base64.b64decode(rp["UserData"]).decode()
         assert sent == _user_data(cluster, tags[TAG_POOL], tags["Name"])
 
-    instances = [
-        i
-        for r in ec2.client.describe_instances()["Reservations"]
-        for i in r["Instances"]
-        if i["State"]["Name"] == "running"
-    ]
+    instances = _running(ec2.client)
     assert len(instances) == 5
     assert all("PublicIpAddress" not in i for i in instances)
     cp_ids = sorted(m.id for m in result.created if m.tags[TAG_POOL] == "cp")
@@ -244,11 +260,7 @@ async def test_an_internal_lb_and_public_addresses_when_asked_for(
 async def test_a_rule_opened_by_hand_is_taken_back_by_apply(
     provider: LibcloudProvider, ec2: Ec2Emulator, tmp_path: Path
 ) -> None:
-    cluster = _config(
-        pools=[{"name": "cp", "role": "control-plane", "size": 1, "machine": {"size": "t3.micro"}}]
-    )
-    inventory = Inventory(tmp_path, "prod")
-    await apply(cluster, provider, user_data=_user_data, inventory=inventory)
+    cluster, inventory = await _one_machine_applied(provider, tmp_path)
     (group,) = ec2.client.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["prod-nodes"]}]
     )["SecurityGroups"]
@@ -283,15 +295,255 @@ async def test_destroy_removes_every_healer_resource_of_the_cluster(
     theirs = ec2.client.create_vpc(CidrBlock="10.50.0.0/16")["Vpc"]["VpcId"]
 
     the_plan = await plan_destroy("prod", provider)
-    assert len(the_plan.actions) == 9
+    # LB, 5 machines, firewall, 2 route tables, NAT gateway, 2 subnets, network.
+    assert len(the_plan.actions) == 13
     done = await destroy("prod", provider, the_plan=the_plan)
-    assert len(done) == 9
+    assert len(done) == 13
 
     tagged = [{"Name": f"tag:{TAG_CLUSTER}", "Values": ["prod"]}]
     assert ec2.client.describe_vpcs(Filters=tagged)["Vpcs"] == []
     assert ec2.client.describe_subnets(Filters=tagged)["Subnets"] == []
     assert ec2.client.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
     assert ec2.client.describe_internet_gateways(Filters=tagged)["InternetGateways"] == []
+    assert ec2.client.describe_route_tables(Filters=tagged)["RouteTables"] == []
+    nats = ec2.client.describe_nat_gateways(Filter=tagged)["NatGateways"]
+    assert {n["State"] for n in nats} <= {"deleted"}
+    assert ec2.client.describe_addresses(Filters=tagged)["Addresses"] == []  # EIP released
     assert _elb(ec2).describe_load_balancers()["LoadBalancerDescriptions"] == []
     assert [v["VpcId"] for v in ec2.client.describe_vpcs(VpcIds=[theirs])["Vpcs"]] == [theirs]
     assert (await plan_destroy("prod", provider)).actions == ()
+
+
+ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
+
+
+def _three_zones() -> ClusterConfig:
+    return _config(
+        network={"cidr": "10.30.0.0/16", "subnetCidr": SUBNET},
+        pools=[
+            {
+                "name": "cp",
+                "role": "control-plane",
+                "size": 3,
+                "machine": {"size": "t3.micro", "zones": list(ZONES)},
+            },
+            {"name": "workers", "size": 4, "machine": {"size": "t3.micro", "zones": ZONES[:2]}},
+        ],
+    )
+
+
+async def test_plan_lists_per_zone_private_subnets_nat_route_tables_and_the_lb(
+    provider: LibcloudProvider, tmp_path: Path
+) -> None:
+    _, _, the_plan = await make_plan(_three_zones(), provider, inventory=Inventory(tmp_path, "p"))
+    made = {(a.kind, a.name) for a in the_plan.actions if a.change == "+" and a.name}
+    private = {"prod-subnet", "prod-subnet-us-east-1b", "prod-subnet-us-east-1c"}
+    assert {n for k, n in made if k == "subnet"} == private | {f"prod-public-{z}" for z in ZONES}
+    assert {n for k, n in made if k == "nat-gateway"} == {f"prod-nat-{z}" for z in ZONES}
+    assert {n for k, n in made if k == "route-table"} == {
+        "prod-public",
+        *(f"prod-private-{z}" for z in ZONES),
+    }
+    assert ("load-balancer", "prod-api") in made
+    lines = "\n".join(the_plan.lines())
+    assert (
+        "+ route-table prod-private-us-east-1b: 0.0.0.0/0 -> NAT gateway prod-nat-us-east-1b"
+        in lines
+    )
+
+
+async def test_after_apply_no_instance_is_public_and_no_private_subnet_routes_to_the_igw(
+    provider: LibcloudProvider, ec2: Ec2Emulator, tmp_path: Path
+) -> None:
+    cluster = _three_zones()
+    inventory = Inventory(tmp_path, "prod")
+    result = await apply(cluster, provider, user_data=_user_data, inventory=inventory)
+    assert len(result.created) == 7
+    c = ec2.client
+    tagged = [{"Name": f"tag:{TAG_CLUSTER}", "Values": ["prod"]}]
+    subnets = {s["SubnetId"]: s for s in c.describe_subnets(Filters=tagged)["Subnets"]}
+    tier = {
+        sid: {t["Key"]: t["Value"] for t in s.get("Tags", [])}.get("healer.io/tier", "private")
+        for sid, s in subnets.items()
+    }
+    private = {sid for sid, t in tier.items() if t == "private"}
+    public = {sid for sid, t in tier.items() if t == "public"}
+    assert sorted(subnets[s]["AvailabilityZone"] for s in private) == list(ZONES)
+    assert sorted(subnets[s]["AvailabilityZone"] for s in public) == list(ZONES)
+    assert not any(subnets[s]["MapPublicIpOnLaunch"] for s in subnets)
+
+    # What EC2 holds: every route table of the VPC, the main one included.
+    vpc_id = next(iter(subnets.values()))["VpcId"]
+    tables = c.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])[
+        "RouteTables"
+    ]
+    explicit = {a["SubnetId"]: t for t in tables for a in t["Associations"] if a.get("SubnetId")}
+    nats = {
+        n["NatGatewayId"]: n
+        for n in c.describe_nat_gateways(Filter=tagged)["NatGateways"]
+        if n["State"] != "deleted"
+    }
+    assert sorted(subnets[n["SubnetId"]]["AvailabilityZone"] for n in nats.values()) == list(ZONES)
+    assert all(n["SubnetId"] in public for n in nats.values())
+    assert all(n["NatGatewayAddresses"][0].get("PublicIp") for n in nats.values())
+
+    def default_route(table: dict[str, Any]) -> dict[str, Any]:
+        (route,) = [r for r in table["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
+        return route
+
+    for sid in private:
+        # Explicitly associated (never the main table), 0.0.0.0/0 to its own zone's NAT.
+        table = explicit[sid]
+        assert not any(r.get("GatewayId", "").startswith("igw-") for r in table["Routes"])
+        nat = nats[default_route(table)["NatGatewayId"]]
+        assert subnets[nat["SubnetId"]]["AvailabilityZone"] == subnets[sid]["AvailabilityZone"]
+    for sid in public:
+        assert default_route(explicit[sid])["GatewayId"].startswith("igw-")
+    (main,) = [t for t in tables if any(a.get("Main") for a in t["Associations"])]
+    assert not any(r.get("GatewayId", "").startswith("igw-") for r in main["Routes"])
+
+    instances = _running(c, Filters=tagged)
+    assert len(instances) == 7
+    assert all("PublicIpAddress" not in i for i in instances)
+    assert all(i["SubnetId"] in private for i in instances)
+    zone_of = {
+        {t["Key"]: t["Value"] for t in i["Tags"]}["Name"]: i["Placement"]["AvailabilityZone"]
+        for i in instances
+    }
+    for pool in cluster.pools:
+        # Each machine in the subnet of its zone, the zone its node label names.
+        for i in instances:
+            tags = {t["Key"]: t["Value"] for t in i["Tags"]}
+            if tags[TAG_POOL] == pool.name:
+                assert subnets[i["SubnetId"]]["AvailabilityZone"] == pool.zone_for(tags["Name"])
+    cp_zones = sorted(z for n, z in zone_of.items() if n.startswith("prod-cp-"))
+    assert cp_zones == list(ZONES)  # the control plane over the three zones
+    worker_zones = sorted(z for n, z in zone_of.items() if n.startswith("prod-workers-"))
+    assert worker_zones == [ZONES[0], ZONES[0], ZONES[1], ZONES[1]]
+
+    (lb,) = _elb(ec2).describe_load_balancers()["LoadBalancerDescriptions"]
+    assert sorted(lb["Subnets"]) == sorted(public)
+
+    # Read back, it is all as configured.
+    ec2.wire.requests.clear()
+    again = await apply(cluster, provider, user_data=_user_data, inventory=inventory)
+    assert again.plan.actions == ()
+    assert [r.action for r in ec2.wire.requests if str(r.action).startswith(MUTATING)] == []
+
+
+async def test_a_private_subnet_put_on_the_igw_by_hand_is_routed_back_to_its_nat(
+    provider: LibcloudProvider, ec2: Ec2Emulator, tmp_path: Path
+) -> None:
+    cluster, inventory = await _one_machine_applied(provider, tmp_path)
+    c = ec2.client
+    tagged = [{"Name": "tag:Name", "Values": [f"prod-private-{ZONE}"]}]
+    (table,) = c.describe_route_tables(Filters=tagged)["RouteTables"]
+    (igw,) = c.describe_internet_gateways(
+        Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": ["prod"]}]
+    )["InternetGateways"]
+    c.replace_route(
+        RouteTableId=table["RouteTableId"],
+        DestinationCidrBlock="0.0.0.0/0",
+        GatewayId=igw["InternetGatewayId"],
+    )
+
+    _, _, drift = await make_plan(cluster, provider, inventory=inventory)
+    assert [str(a) for a in drift.actions] == [
+        f"~ route-table prod-private-{ZONE}: 0.0.0.0/0 -> internet gateway -> "
+        f"0.0.0.0/0 -> NAT gateway prod-nat-{ZONE}"
+    ]
+    await apply(cluster, provider, user_data=_user_data, inventory=inventory)
+    (table,) = c.describe_route_tables(Filters=tagged)["RouteTables"]
+    (route,) = [r for r in table["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
+    assert route.get("NatGatewayId", "").startswith("nat-") and "GatewayId" not in route
+
+
+def test_the_ec2_example_plans_and_applies_with_private_machines_only(
+    ec2: Ec2Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`healer plan` and `healer apply` on config/provision-ec2.yaml, its provider pointed at
+    moto (the same region, eu-west-1), then EC2's state read back."""
+    region = "eu-west-1"
+    client = ec2.boto("ec2", region)
+    client.register_image(Name="debian-12", RootDeviceName="/dev/sda1", Architecture="x86_64")
+    options = ec2_options(ec2, region)
+    secrets = {"key": "AKIDHEALERTEST\n", "secret": "healer-test-secret-value\n"}
+    args = pointed_at("provision-ec2.yaml", tmp_path, options=options, secrets=secrets)
+
+    assert main(["plan", *args]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        "+ subnet prod-subnet: 10.20.1.0/24 in eu-west-1a",
+        "+ subnet prod-subnet-eu-west-1b: 10.20.2.0/24 in eu-west-1b",
+        "+ subnet prod-subnet-eu-west-1c: 10.20.3.0/24 in eu-west-1c",
+        "+ subnet prod-public-eu-west-1a: 10.20.255.192/26 in eu-west-1a",
+        "+ nat-gateway prod-nat-eu-west-1b: egress to the internet in eu-west-1b",
+        "+ route-table prod-private-eu-west-1c: 0.0.0.0/0 -> NAT gateway prod-nat-eu-west-1c "
+        "for prod-subnet-eu-west-1c",
+        "+ route-table prod-public: 0.0.0.0/0 -> internet gateway for prod-public-eu-west-1a, "
+        "prod-public-eu-west-1b, prod-public-eu-west-1c",
+        "+ load-balancer prod-api: public tcp/6443 -> 6443 on the members of pool "
+        "control-plane, in prod-public-eu-west-1a, prod-public-eu-west-1b, prod-public-eu-west-1c",
+    ):
+        assert line in out, out
+
+    assert main(["apply", *args, "--yes"]) == 0
+    tagged = [{"Name": f"tag:{TAG_CLUSTER}", "Values": ["prod"]}]
+    instances = _running(client, Filters=tagged)
+    assert len(instances) == 7 and all("PublicIpAddress" not in i for i in instances)
+    subnets = client.describe_subnets(Filters=tagged)["Subnets"]
+    private = {
+        s["SubnetId"]
+        for s in subnets
+        if not any(t["Key"] == "healer.io/tier" for t in s.get("Tags", []))
+    }
+    assert {i["SubnetId"] for i in instances} <= private and len(private) == 3
+    tables = client.describe_route_tables()["RouteTables"]
+    for table in tables:
+        routes_to_igw = any(r.get("GatewayId", "").startswith("igw-") for r in table["Routes"])
+        associated = {a.get("SubnetId") for a in table["Associations"]}
+        main_table = any(a.get("Main") for a in table["Associations"])
+        if routes_to_igw:
+            assert not associated & private and not main_table
+    assert main(["plan", *args, "--detailed-exitcode"]) == 0  # nothing left to do
+
+
+async def test_destroy_releases_the_elastic_ip_of_a_nat_gateway_deleted_by_hand(
+    provider: LibcloudProvider, ec2: Ec2Emulator, tmp_path: Path
+) -> None:
+    await _one_machine_applied(provider, tmp_path)
+    tagged = [{"Name": f"tag:{TAG_CLUSTER}", "Values": ["prod"]}]
+    (nat,) = ec2.client.describe_nat_gateways(Filter=tagged)["NatGateways"]
+    ec2.client.delete_nat_gateway(NatGatewayId=nat["NatGatewayId"])
+    assert len(ec2.client.describe_addresses(Filters=tagged)["Addresses"]) == 1
+
+    await destroy("prod", provider, the_plan=await plan_destroy("prod", provider))
+    assert ec2.client.describe_addresses(Filters=tagged)["Addresses"] == []
+    assert ec2.client.describe_vpcs(Filters=tagged)["Vpcs"] == []
+
+
+async def test_an_elb_left_in_a_private_subnet_moves_to_the_public_one_keeping_its_name(
+    provider: LibcloudProvider, ec2: Ec2Emulator, tmp_path: Path
+) -> None:
+    """As an ELB made before healer had public subnets: in the machines' subnet, which no longer
+    routes to the internet gateway."""
+    cluster, inventory = await _one_machine_applied(provider, tmp_path)
+    elb = _elb(ec2)
+    (before,) = elb.describe_load_balancers()["LoadBalancerDescriptions"]
+    ids = {
+        cidr: ec2.client.describe_subnets(Filters=[{"Name": "cidr-block", "Values": [cidr]}])[
+            "Subnets"
+        ][0]["SubnetId"]
+        for cidr in (SUBNET, PUBLIC)
+    }
+    elb.attach_load_balancer_to_subnets(LoadBalancerName="prod-api", Subnets=[ids[SUBNET]])
+    elb.detach_load_balancer_from_subnets(LoadBalancerName="prod-api", Subnets=[ids[PUBLIC]])
+
+    _, _, drift = await make_plan(cluster, provider, inventory=inventory)
+    assert [str(a) for a in drift.actions] == [
+        f"~ load-balancer prod-api: subnets prod-subnet -> prod-public-{ZONE}"
+    ]
+    await apply(cluster, provider, user_data=_user_data, inventory=inventory)
+    (after,) = elb.describe_load_balancers()["LoadBalancerDescriptions"]
+    assert after["Subnets"] == [ids[PUBLIC]]
+    assert after["DNSName"] == before["DNSName"]  # the cluster's API address is kept

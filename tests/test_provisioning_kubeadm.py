@@ -136,7 +136,11 @@ def test_encryption_configuration(tmp_path: Path, provider: str) -> None:
     c = kube_cluster(kubernetes={"encryption": {"provider": provider}})
     state = ClusterState(tmp_path, "prod")
     _, files = _docs(KubeadmBuilder(state, c), "cp", "cp-1")
-    enc = yaml.safe_load(files[ENCRYPTION_CONFIG])
+    assert ENCRYPTION_CONFIG not in files  # never in user data: the key push delivers it
+    node = KubeadmBuilder(state, c).machine(c.pools[0], "cp-1")
+    pushed = {f.path: f for f in node.keys}
+    assert pushed[ENCRYPTION_CONFIG].mode == "0600" and pushed[ENCRYPTION_CONFIG].secret
+    enc = yaml.safe_load(pushed[ENCRYPTION_CONFIG].content)
     assert enc["apiVersion"] == "apiserver.config.k8s.io/v1"
     assert enc["kind"] == "EncryptionConfiguration"
     (resource,) = enc["resources"]

@@ -99,7 +99,7 @@ def _changes(out: str) -> list[str]:
 def test_apply_builds_network_firewall_lb_and_pools_and_a_second_apply_changes_nothing(
     lab: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _run(lab, "apply") == 0
+    assert _run(lab, "apply", "--yes") == 0
     first = capsys.readouterr().out
     assert len(_changes(first)) == 9  # network, subnet, firewall, LB, 3 + 2 machines
 
@@ -138,7 +138,7 @@ def test_apply_builds_network_firewall_lb_and_pools_and_a_second_apply_changes_n
 
     created = len(driver.ex_created_log())
     rows = _infra_rows(lab)
-    assert _run(lab, "apply") == 0
+    assert _run(lab, "apply", "--yes") == 0
     second = capsys.readouterr().out
     assert _changes(second) == [] and "no changes" in second
     assert len(driver.ex_created_log()) == created
@@ -154,7 +154,7 @@ def _infra_rows(lab: dict[str, Any]) -> list[tuple[Any, ...]]:
 def test_plan_after_a_machine_is_destroyed_by_hand_shows_exactly_that_machine(
     lab: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _run(lab, "apply") == 0
+    assert _run(lab, "apply", "--yes") == 0
     driver = _driver(lab)
     victim = next(m for m in _live(driver, "demo") if m["tags"]["healer.io/pool"] == "workers")
     node = driver.ex_get_node(victim["id"])
@@ -166,7 +166,7 @@ def test_plan_after_a_machine_is_destroyed_by_hand_shows_exactly_that_machine(
     assert line.startswith("+ machine in pool workers")
     assert f"replaces {victim['name']}, which is gone" in line
 
-    assert _run(lab, "apply") == 0
+    assert _run(lab, "apply", "--yes") == 0
     assert len(_live(driver, "demo")) == 5
     capsys.readouterr()
     assert _run(lab, "plan", "--detailed-exitcode") == 0
@@ -176,7 +176,7 @@ def test_a_replacement_made_outside_apply_is_placed_and_joins_the_lb(
     lab: dict[str, Any],
 ) -> None:
     """The daemon replaces machines through Provider.create_machine, not apply."""
-    assert _run(lab, "apply") == 0
+    assert _run(lab, "apply", "--yes") == 0
 
     async def replace_one() -> tuple[Any, Any]:
         provider = LabProvider(cluster="demo", options={}, credentials={}, state_dir=lab["state"])
@@ -226,7 +226,7 @@ def test_destroy_asks_first_and_deletes_only_that_clusters_resources(
     )
     state = tmp_path / "state"
     common = ["-c", str(config), "--state-dir", str(state)]
-    assert main(["apply", *common]) == 0
+    assert main(["apply", *common, "--yes"]) == 0
     driver = LabNodeDriver(key=state / DB_FILENAME)
     beta_before = sorted(m["id"] for m in _live(driver, "beta"))
 
@@ -280,7 +280,7 @@ def test_destroy_asks_first_and_deletes_only_that_clusters_resources(
 def test_apply_refuses_a_conflict_before_changing_anything(
     lab: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _run(lab, "apply") == 0
+    assert _run(lab, "apply", "--yes") == 0
     doc = yaml.safe_load(lab["config"].read_text())
     doc["clusters"][0]["network"] = {"cidr": "10.99.0.0/16", "subnetCidr": "10.99.1.0/24"}
     doc["clusters"][0]["pools"][1]["size"] = 4
@@ -289,7 +289,7 @@ def test_apply_refuses_a_conflict_before_changing_anything(
     created = len(driver.ex_created_log())
     capsys.readouterr()
 
-    assert _run(lab, "apply") == 1
+    assert _run(lab, "apply", "--yes") == 1
     err = capsys.readouterr().err
     assert "apply refused, nothing was changed" in err
     assert "! network demo-net: is 10.20.0.0/16 in the cloud, 10.99.0.0/16 in the config" in err
@@ -320,17 +320,18 @@ def test_validate_says_what_a_provider_lacks_and_where_the_alternative_is(
         "provider": {"plugin": "libcloud", "options": {"driver": "gce"}},
         "network": {"cidr": "10.20.0.0/16", "subnetCidr": SUBNET, "location": "us-central1-a"},
     }
+    gce["pools"][1] = {**gce["pools"][1], "machine": {"location": "europe-west1-b"}}
     config = tmp_path / "healer.yaml"
     config.write_text(yaml.safe_dump({"clusters": [openstack, gce]}))
 
-    assert main(["validate", "-c", str(config)]) == 1
+    assert main(["validate", "-c", str(config)]) == 2  # a configuration to fix (exit table)
     err = capsys.readouterr().err
     assert "provider libcloud/openstack cannot build private networks and subnets" in err
     assert "docs/provisioning.md" in err
-    assert "loadBalancer.healthCheck.protocol https is not available on libcloud/gce" in err
+    assert "pool workers is in europe-west1-b, outside the subnet's region us-central1" in err
 
     del openstack["network"]
-    gce["loadBalancer"] = {"healthCheck": {"protocol": "http", "port": 80, "path": "/healthz"}}
+    gce["pools"][1]["machine"] = {"location": "us-central1-b"}
     config.write_text(yaml.safe_dump({"clusters": [openstack, gce]}))
     assert main(["validate", "-c", str(config)]) == 0
     out = capsys.readouterr().out
@@ -338,4 +339,4 @@ def test_validate_says_what_a_provider_lacks_and_where_the_alternative_is(
         "provider libcloud/openstack cannot build private networks and subnets, firewalls, "
         "load balancers; the on-premises alternative is in docs/provisioning.md" in out
     )
-    assert "note: load balancer: a regional target pool" in out
+    assert "note: load balancer: a backend-service passthrough Network Load Balancer" in out

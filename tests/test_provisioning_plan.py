@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from healer.cloud.machines import Machine, MachineState
 from healer.cloud.registry import capabilities_for
@@ -14,8 +16,10 @@ from healer.cloud.resources import (
     Capabilities,
     Firewall,
     LoadBalancer,
+    NatGateway,
     Network,
     Permission,
+    RouteTable,
     Subnet,
 )
 from healer.config import ClusterConfig, parse_config
@@ -137,33 +141,46 @@ def test_no_network_block_means_machines_only() -> None:
             "cannot build private networks and subnets",
         ),
         (
-            GCE,
+            Capabilities.builds_all("x", health_check_protocols=frozenset({"http"})),
             {"network": {"cidr": "10.20.0.0/16", "subnetCidr": SUBNET, "location": "us-east1"}},
             "healthCheck.protocol https is not available",
         ),
         (
-            GCE,
+            Capabilities.builds_all("x", lb_internal=False),
             {
                 "network": {"cidr": "10.20.0.0/16", "subnetCidr": SUBNET, "location": "us-east1"},
-                "loadBalancer": {"internal": True, "healthCheck": {"protocol": "http"}},
+                "loadBalancer": {"internal": True},
             },
             "cannot build an internal load balancer",
         ),
         (EC2, {"network": {"cidr": "10.20.0.0/16", "subnetCidr": SUBNET}}, "network.location"),
         (
-            EC2,
+            GCE,
             {
-                "network": {"cidr": "10.20.0.0/16", "subnetCidr": SUBNET, "location": "eu-west-1a"},
+                "network": {"cidr": "10.20.0.0/16", "subnetCidr": SUBNET, "location": "us-east1"},
                 "pools": [
                     {
                         "name": "cp",
                         "role": "control-plane",
                         "size": 1,
-                        "machine": {"location": "eu-west-1b"},
+                        "machine": {"location": "europe-west1-b"},
                     },
                 ],
             },
-            "pool cp is in eu-west-1b, outside the subnet's zone eu-west-1a",
+            "pool cp is in europe-west1-b, outside the subnet's region us-east1",
+        ),
+        (
+            EC2,
+            {"network": {"cidr": "10.20.0.0/24", "subnetCidr": "10.20.0.0/24", "location": "a-1a"}},
+            "overlaps another of the cluster's subnets",
+        ),
+        (
+            EC2,
+            {
+                "network": {"cidr": "10.20.0.0/23", "subnetCidr": "10.20.1.0/24"},
+                "pools": [{"name": "w", "size": 2, "machine": {"zones": ["a-1a", "a-1b"]}}],
+            },
+            "does not fit in network.cidr 10.20.0.0/23",
         ),
     ],
 )
@@ -347,3 +364,214 @@ def test_destroy_deletes_the_lb_first_and_the_network_last() -> None:
     assert kinds[0] == "load-balancer" and kinds[-2:] == ["subnet", "network"]
     assert kinds.count("machine") == 5
     assert all(a.change is Change.DELETE for a in p.actions)
+
+
+# -- zones, NAT and route tables -----------------------------------------------------------------
+
+THREE = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+
+
+def _spread(lb: dict[str, Any] | None = None, **network: Any) -> ClusterConfig:
+    return cluster(
+        network={"cidr": "10.20.0.0/16", "subnetCidr": SUBNET, **network},
+        loadBalancer=lb or {},
+        pools=[
+            {"name": "cp", "role": "control-plane", "size": 3, "machine": {"zones": THREE}},
+            {"name": "workers", "size": 2, "machine": {"zones": THREE[1:]}},
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("network", "lb", "subnets", "nats", "tables"),
+    [
+        (  # the default: private subnets per zone, NAT per zone in a public /26
+            {},
+            {},
+            {
+                "prod-subnet": ("10.20.1.0/24", "eu-west-1a", False),
+                "prod-subnet-eu-west-1b": ("10.20.2.0/24", "eu-west-1b", False),
+                "prod-subnet-eu-west-1c": ("10.20.3.0/24", "eu-west-1c", False),
+                "prod-public-eu-west-1a": ("10.20.255.192/26", "eu-west-1a", True),
+                "prod-public-eu-west-1b": ("10.20.255.128/26", "eu-west-1b", True),
+                "prod-public-eu-west-1c": ("10.20.255.64/26", "eu-west-1c", True),
+            },
+            {f"prod-nat-{z}": f"prod-public-{z}" for z in THREE},
+            {
+                "prod-private-eu-west-1a": (("prod-subnet",), "nat:prod-nat-eu-west-1a"),
+                "prod-private-eu-west-1b": (("prod-subnet-eu-west-1b",), "nat:prod-nat-eu-west-1b"),
+                "prod-private-eu-west-1c": (("prod-subnet-eu-west-1c",), "nat:prod-nat-eu-west-1c"),
+                "prod-public": (tuple(f"prod-public-{z}" for z in THREE), "internet"),
+            },
+        ),
+        (  # no NAT and an internal LB: no public subnet, no way out
+            {"nat": False},
+            {"internal": True},
+            {
+                "prod-subnet": ("10.20.1.0/24", "eu-west-1a", False),
+                "prod-subnet-eu-west-1b": ("10.20.2.0/24", "eu-west-1b", False),
+                "prod-subnet-eu-west-1c": ("10.20.3.0/24", "eu-west-1c", False),
+            },
+            {},
+            {
+                "prod-private-eu-west-1a": (("prod-subnet",), None),
+                "prod-private-eu-west-1b": (("prod-subnet-eu-west-1b",), None),
+                "prod-private-eu-west-1c": (("prod-subnet-eu-west-1c",), None),
+            },
+        ),
+        (  # public addresses: the machines' subnets route to the internet gateway, no NAT
+            {"publicIps": True},
+            {},
+            {
+                "prod-subnet": ("10.20.1.0/24", "eu-west-1a", False),
+                "prod-subnet-eu-west-1b": ("10.20.2.0/24", "eu-west-1b", False),
+                "prod-subnet-eu-west-1c": ("10.20.3.0/24", "eu-west-1c", False),
+            },
+            {},
+            {
+                "prod-public": (
+                    ("prod-subnet", "prod-subnet-eu-west-1b", "prod-subnet-eu-west-1c"),
+                    "internet",
+                )
+            },
+        ),
+    ],
+)
+def test_ec2_builds_a_private_subnet_per_zone_and_never_routes_one_to_the_igw(
+    network: dict[str, Any],
+    lb: dict[str, Any],
+    subnets: dict[str, tuple[str, str, bool]],
+    nats: dict[str, str],
+    tables: dict[str, tuple[tuple[str, ...], str | None]],
+) -> None:
+    d = desired_state(_spread(lb, **network), EC2)
+    assert d.problems == ()
+    got = {
+        s.name: (s.cidr, s.location, s.tags.get("healer.io/tier") == "public") for s in d.subnets
+    }
+    assert got == subnets
+    assert {n.name: n.subnet for n in d.nat_gateways} == nats
+    assert {t.name: (t.subnets, t.default_route) for t in d.route_tables} == tables
+    private = {n for n, (_, _, public) in subnets.items() if not public}
+    for table in d.route_tables:
+        if set(table.subnets) & private and not network.get("publicIps"):
+            assert table.default_route != "internet"
+    assert d.load_balancer is not None
+    public = [n for n, (_, _, p) in subnets.items() if p]
+    assert list(d.load_balancer.subnets) == (public or sorted(private))
+
+
+def test_gce_has_one_regional_subnet_and_cloud_nat_for_it() -> None:
+    zones = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+    c = cluster(
+        network={"cidr": "10.20.0.0/16", "subnetCidr": SUBNET},
+        pools=[{"name": "cp", "role": "control-plane", "size": 3, "machine": {"zones": zones}}],
+    )
+    d = desired_state(c, GCE)
+    assert d.problems == ()
+    assert [(s.name, s.location) for s in d.subnets] == [("prod-subnet", "europe-west1")]
+    assert [(n.name, n.subnet, n.location) for n in d.nat_gateways] == [
+        ("prod-nat", "prod-subnet", "europe-west1")
+    ]
+    assert d.route_tables == ()
+    public = cluster(network={**c.network.model_dump(by_alias=True), "publicIps": True})  # type: ignore[union-attr]
+    assert desired_state(public, GCE).nat_gateways == ()
+
+
+def test_the_firewall_admits_every_private_subnet_and_no_public_one() -> None:
+    d = desired_state(_spread(), EC2)
+    assert d.firewall is not None
+    (intra,) = [r for r in d.firewall.rules if r.name == "intra-subnet"]
+    assert intra.sources == ("10.20.1.0/24", "10.20.2.0/24", "10.20.3.0/24")
+
+
+def test_new_machines_fill_the_least_used_zone_and_carry_its_label() -> None:
+    from healer.provisioning.kubeadm.documents import kubelet_labels
+    from healer.provisioning.pools import next_name
+
+    c = _spread()
+    pool = c.pools[0]
+    names: list[str] = []
+    for _ in range(6):
+        names.append(next_name("prod", pool, names))
+    assert sorted(pool.zone_for(n) or "" for n in names) == sorted(THREE * 2)
+    # A zone that lost its machines is refilled first.
+    survivors = [n for n in names if pool.zone_for(n) != "eu-west-1b"]
+    assert pool.zone_for(next_name("prod", pool, survivors)) == "eu-west-1b"
+    for name in names:
+        labels = kubelet_labels(c, pool, name).split(",")
+        assert f"topology.kubernetes.io/zone={pool.zone_for(name)}" in labels
+    one_zone = cluster(pools=[{"name": "w", "size": 1, "machine": {"location": "lab-a"}}])
+    assert one_zone.pools[0].zone_for("anything") == "lab-a"
+    assert "topology.kubernetes.io/zone" not in kubelet_labels(cluster(), cluster().pools[0], "x")
+
+
+@pytest.mark.parametrize(
+    ("machine", "error"),
+    [
+        ({"location": "a", "zones": ["a", "b"]}, "either location or zones"),
+        ({"zones": ["a", "a"]}, "lists a zone twice"),
+    ],
+)
+def test_zones_are_checked(machine: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        cluster(pools=[{"name": "w", "size": 1, "machine": machine}])
+
+
+def test_plan_lists_egress_and_shows_a_route_to_the_igw_as_drift() -> None:
+    d = desired_state(_spread(), EC2)
+    assert d.network is not None
+    fresh = plan(d, Actual())
+    kinds = [a.kind for a in fresh.actions]
+    assert kinds.count("subnet") == 6 and kinds.count("nat-gateway") == 3
+    assert kinds.count("route-table") == 4 and kinds.count("load-balancer") == 1
+    net = Network("vpc-1", d.network.name, d.network.cidr, d.network.tags, internet_gateway=True)
+    subnets = tuple(
+        Subnet(f"s-{s.name}", s.name, "vpc-1", s.cidr, s.location, s.tags) for s in d.subnets
+    )
+    nats = tuple(
+        NatGateway(f"n-{n.name}", n.name, "vpc-1", n.subnet, n.location, n.tags)
+        for n in d.nat_gateways
+    )
+    tables = tuple(
+        RouteTable(
+            f"r-{t.name}",
+            t.name,
+            "vpc-1",
+            tuple(sorted(t.subnets)),
+            "internet" if t.name == "prod-private-eu-west-1b" else t.default_route,
+            t.tags,
+        )
+        for t in d.route_tables
+    )
+    actual = Actual(networks=(net,), subnets=subnets, nat_gateways=nats, route_tables=tables)
+    drift = [str(a) for a in plan(d, actual).actions if a.kind in ("route-table", "subnet")]
+    assert drift == [
+        "~ route-table prod-private-eu-west-1b: 0.0.0.0/0 -> internet gateway -> "
+        "0.0.0.0/0 -> NAT gateway prod-nat-eu-west-1b"
+    ]
+    gone = [a.kind for a in destroy_plan("prod", actual).actions]
+    assert gone == ["route-table"] * 4 + ["nat-gateway"] * 3 + ["subnet"] * 6 + ["network"]
+
+
+def test_the_kubeadm_join_document_labels_the_node_with_its_machines_zone(tmp_path: Path) -> None:
+    from healer.provisioning.keystore import ClusterState
+    from healer.provisioning.kubeadm.machine import KUBEADM_CONFIG, KubeadmBuilder
+    from tests.provisioning_support import kube_cluster
+
+    c = kube_cluster(
+        pools=[
+            {"name": "cp", "role": "control-plane", "size": 1},
+            {"name": "workers", "size": 3, "machine": {"zones": THREE}},
+        ]
+    )
+    builder = KubeadmBuilder(ClusterState(tmp_path, "prod"), c)
+    workers = c.pools[1]
+    for name in ("prod-workers-0a1b2c3d", "prod-workers-4e5f6a7b", "prod-workers-8c9d0e1f"):
+        node = builder.machine(workers, name)
+        (content,) = [f.content for f in node.files if f.path == KUBEADM_CONFIG]
+        (join,) = [d for d in yaml.safe_load_all(content) if d["kind"] == "JoinConfiguration"]
+        raw = join["nodeRegistration"]["kubeletExtraArgs"]
+        args = {a["name"]: a["value"] for a in raw} if isinstance(raw, list) else raw
+        labels = dict(pair.split("=", 1) for pair in args["node-labels"].split(","))
+        assert labels["topology.kubernetes.io/zone"] == workers.zone_for(name)

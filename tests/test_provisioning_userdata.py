@@ -3,7 +3,6 @@ drop-in passes the real ``sshd -t``, and no secret reaches the logs."""
 
 from __future__ import annotations
 
-import base64
 import gzip
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import yaml
 from healer.config import ClusterConfig
 from healer.errors import ConfigError
 from healer.provisioning.keystore import ClusterState, read_private
+from healer.provisioning.kubeadm.documents import ENCRYPTION_DIR
 from healer.provisioning.kubeadm.machine import BOOTSTRAP_SCRIPT, KUBEADM_CONFIG
 from healer.provisioning.sshkeys import ensure_ssh_key
 from healer.provisioning.userdata import (
@@ -35,6 +35,7 @@ from tests.provisioning_support import (
     cloud_init_schema,
     cluster,
     fake_agent,
+    files,
     kube_cluster,
     sshd,
 )
@@ -50,24 +51,6 @@ def parse(text: str) -> dict[str, Any]:
     doc = yaml.safe_load(text)
     assert isinstance(doc, dict)
     return doc
-
-
-def files(doc: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
-    """path -> (decoded content, permissions) from write_files."""
-    out: dict[str, tuple[bytes, str]] = {}
-    for entry in doc["write_files"]:
-        content = entry["content"]
-        encoding = entry.get("encoding")
-        if encoding == "gz+b64":
-            raw = gzip.decompress(base64.b64decode(content))
-        elif encoding == "b64":
-            raw = base64.b64decode(content)
-        else:
-            assert encoding is None, encoding
-            raw = content.encode()
-        assert entry["path"] not in out, f"{entry['path']} written twice"
-        out[entry["path"]] = (raw, entry["permissions"])
-    return out
 
 
 @pytest.fixture
@@ -399,17 +382,21 @@ def test_kubeadm_init_once_then_join_for_everyone_else(tmp_path: Path) -> None:
     assert kubeadm_docs("cp", "prod-cp-1-replacement")[0]["kind"] == "JoinConfiguration"
 
 
-def test_control_plane_gets_the_cas_and_workers_get_no_private_keys(tmp_path: Path) -> None:
+def test_no_machine_gets_a_private_key_in_its_user_data(tmp_path: Path) -> None:
+    """The CAs, the service-account key and the encryption configuration go by the key push
+    (tests/test_provisioning_secrets.py); the control plane's user data waits for them."""
     builder = UserDataBuilder(tmp_path, discover_agent=False)
     c = kube_cluster()
     cp = files(parse(builder(c, "cp", "cp-1")))
     worker = files(parse(builder(c, "workers", "w-1")))
     pki = tmp_path / "clusters" / "prod" / "pki"
-    assert cp["/etc/kubernetes/pki/ca.key"] == (read_private(pki / "ca.key"), "0600")
-    assert cp["/etc/kubernetes/pki/ca.crt"][1] == "0644"
-    assert cp["/etc/kubernetes/encryption/config.yaml"][1] == "0600"
-    assert not [p for p in worker if p.startswith("/etc/kubernetes/")]
-    assert not any(b"PRIVATE KEY" in content for content, _ in worker.values())
+    assert read_private(pki / "ca.key") is not None  # the CA exists, in healer's state only
+    for written in (cp, worker):
+        assert not [p for p in written if p.startswith(("/etc/kubernetes/pki", ENCRYPTION_DIR))]
+        assert not any(b"PRIVATE KEY" in content for content, _ in written.values())
+    cp_env = cp["/etc/healer/kubeadm/bootstrap.env"][0].decode()
+    assert "KEYS_READY=/etc/healer/kubeadm/keys-ready" in cp_env and "KEY_WAIT=1800" in cp_env
+    assert "KEYS_READY" not in worker["/etc/healer/kubeadm/bootstrap.env"][0].decode()
 
 
 def test_bootstrap_script_is_valid_bash_and_never_puts_secrets_on_a_command_line(

@@ -17,12 +17,14 @@ import pytest
 from healer.clock import RealClock
 from healer.kube.client import KubeClient
 from healer.lab.apiserver.server import FakeApiServer
-from healer.model import Role
 from healer.provisioning.userdata import render_user_data
-from healer.store.sqlite import RUNNING, Store, WorkflowRecord
+from healer.store.sqlite import Store, WorkflowRecord
 from healer.workflow.runner import STEPS, WorkflowRunner
 from providers.lab.plugin import LabProvider
-from tests.helpers import lab_cloud_with_worker, lab_like_config
+from tests.helpers import lab_cloud_with_worker, lab_like_config, running_workflow
+
+# Every test here runs on both state backends (tests/plugins/store.py).
+pytestmark = pytest.mark.usefixtures("state_backend")
 
 OLD = "lab-workers-old00001"
 
@@ -42,7 +44,7 @@ class World:
         self.api, self.kube, self.provider, self.store = api, kube, provider, store
         self.finished: list[WorkflowRecord] = []
 
-    def runner(self, cfg: Any) -> WorkflowRunner:
+    def runner(self, cfg: Any, **extra: Any) -> WorkflowRunner:
         async def on_finished(wf: WorkflowRecord) -> None:
             self.finished.append(wf)
 
@@ -55,26 +57,11 @@ class World:
             user_data=render_user_data,
             on_finished=on_finished,
             join_poll_interval=0.05,
+            **extra,
         )
 
     def workflow(self, node: str = OLD) -> WorkflowRecord:
-        now = time.time()
-        wf = WorkflowRecord(
-            id="wf0123456789",
-            cluster="lab",
-            pool="workers",
-            node=node,
-            role=Role.WORKER,
-            state=RUNNING,
-            step=STEPS[0],
-            reason="ReadyUnknownTimeout",
-            evidence={},
-            replacement_name="lab-workers-wf012345",
-            started_at=now,
-            updated_at=now,
-        )
-        self.store.create_workflow(wf)
-        return wf
+        return running_workflow(self.store, node, "lab-workers-wf012345")
 
     async def kubelet_for_replacements(self) -> None:
         """Plays the replacement's kubelet: once its machine exists, its Node turns up Ready."""
@@ -192,3 +179,29 @@ async def test_a_machine_without_healer_tags_is_never_destroyed(
     assert "refusing to fence or destroy" in (final.error or "")
     assert world.api.node(OLD) is not None  # its Node is kept too
     assert driver.ex_get_node(old.id).state.value == "running"
+
+
+async def test_the_replacement_gets_its_keys_before_the_join_is_waited_for(world: World) -> None:
+    """The runner's key hook (healer.provisioning.keydelivery in the daemon) sees the new machine
+    and its provider before wait_for_join polls; its answer is journalled."""
+    seen: list[tuple[str, str, str, bool]] = []
+
+    async def deliver_keys(cluster: Any, pool: str, machine: Any, provider: Any) -> bool:
+        node_there = world.api.node(machine.name) is not None
+        seen.append((cluster.name, pool, machine.name, node_there))
+        return True
+
+    runner = world.runner(config(), deliver_keys=deliver_keys)
+    wf = world.workflow()
+    await runner.start(wf)
+    async with asyncio.timeout(15):
+        await runner.wait_idle()
+    final = world.store.workflow(wf.id)
+    assert final is not None and final.state == "succeeded", final
+    assert len(seen) == 1 and seen[0][:3] == ("lab", "workers", "lab-workers-wf012345")
+    join = next(
+        s
+        for s in world.store.steps(wf.id)
+        if s["step"] == "wait_for_join" and s["status"] == "done"
+    )
+    assert join["detail"]["keys_pushed"] is True

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from healer.app.limits import raise_nofile_limit
+from healer.app.replicas import Replicas
 from healer.app.status import DaemonStatus
 from healer.app.tuning import Tuning
 from healer.app.wiring import Core, start_mqtt, start_webhook
@@ -26,15 +27,21 @@ from healer.cloud.registry import load_provider
 from healer.config import ClusterConfig, HealerConfig, load_config
 from healer.config.reload import field_paths, restart_required
 from healer.errors import ConfigError, StateUnwritable
+from healer.etcd import EtcdClient
 from healer.health.tracker import HealthTracker
 from healer.jobs.manual import RequestDesk
+from healer.jobs.ownership import Ownership
 from healer.jobs.periodic import PeriodicJobs
+from healer.jobs.prometheus import PrometheusPoll
 from healer.jobs.scheduler import JobScheduler
 from healer.jobs.systemd import Notifier, Supervisor
 from healer.kube.client import KubeClient
 from healer.model import Health, NodeEvent, NodeKey
 from healer.planner.alert_blocks import AlertBlocks
 from healer.planner.planner import Planner
+from healer.planner.pulled_alerts import PulledAlerts
+from healer.provisioning.etcd_access import etcd_client
+from healer.provisioning.keydelivery import KeyDelivery
 from healer.provisioning.userdata import UserDataBuilder
 from healer.sources.events import EventQueue
 from healer.sources.kube_watch import KubeWatchSource
@@ -48,6 +55,7 @@ from healer.store.sqlite import (
 from healer.store.writable import keep_trying
 from healer.telemetry import metrics
 from healer.telemetry.server import MetricsServer
+from healer.workflow.etcd_steps import EtcdOps
 from healer.workflow.runner import WorkflowRunner
 
 log = structlog.get_logger("healer.app")
@@ -71,6 +79,8 @@ class Daemon(DaemonStatus):
         on_ready: Callable[[], Awaitable[None]] | None = None,
         notifier: Notifier | None = None,
         config_path: Path | None = None,
+        etcd: Mapping[str, EtcdOps] | None = None,
+        replica: str | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -86,14 +96,26 @@ class Daemon(DaemonStatus):
         self.planner: Planner | None = None
         self.runner: WorkflowRunner | None = None
         self.kube: dict[str, KubeClient] = {}
+        # etcd per cluster whose etcd.mode is not off (healer.provisioning.etcd_access), or
+        # as given (the lab's fake etcd, when it has no etcd binary).
+        self.etcd: dict[str, EtcdOps] = dict(etcd or {})
+        self._etcd_clients: list[EtcdClient] = []
+        # healer run --replicas (healer.app.replicas): this replica's name (None: host-pid) and,
+        # on PostgreSQL, its fence and ownership job.
+        self.replica = replica
+        self.replicas: Replicas | None = None
+        self.ownership: Ownership | None = None
         self.providers: dict[str, Provider] = {}
         self._events = EventQueue(limit=EVENT_QUEUE_SIZE)
         self.mqtt_source: Any = None
         # Blocking alerts (webhook.blockingAlerts): rows of the state store, loaded by run().
         self.blocks = AlertBlocks()
+        self.pulled = PulledAlerts()
+        self.prometheus: PrometheusPoll | None = None
         self.webhook: Any = None
         self.heartbeats: Any = None
         self.reboot_arbiter: Any = None
+        self.reboots: Any = None  # healer.workflow.reboot.RebootWorkflows
         self.scheduler: JobScheduler | None = None
         self.jobs: PeriodicJobs | None = None
         self.requests: RequestDesk | None = None
@@ -173,8 +195,16 @@ class Daemon(DaemonStatus):
                 self.kube[cluster.name] = await KubeClient.from_kubeconfig(
                     cluster.kubeconfig, cluster.context, clock=self.clock
                 )
+                if cluster.name not in self.etcd:
+                    etcd = etcd_client(self.state_dir, cluster, kube=self.kube[cluster.name])
+                    if etcd is not None:
+                        self.etcd[cluster.name] = etcd
+                        self._etcd_clients.append(etcd)
             await self._run_parts(store)
         finally:
+            for etcd in self._etcd_clients:
+                with contextlib.suppress(Exception):
+                    await etcd.close()
             for client in self.kube.values():
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -205,6 +235,9 @@ class Daemon(DaemonStatus):
             on_change=on_change,
             on_synced=on_synced,
         )
+        self.replicas = replicas = Replicas.build(
+            store, self.config, self.clock, replica=self.replica
+        )
         self.runner = runner = WorkflowRunner(
             config=self.config,
             store=store,
@@ -214,6 +247,9 @@ class Daemon(DaemonStatus):
             user_data=user_data,
             on_finished=self._workflow_finished,
             join_poll_interval=self.tuning.join_poll_interval,
+            etcd=self.etcd,
+            deliver_keys=KeyDelivery(self.state_dir, clock=self.clock).deliver_to,
+            fence=replicas.fence if replicas is not None else None,
         )
         self.planner = planner = Planner(
             config=self.config,
@@ -224,6 +260,7 @@ class Daemon(DaemonStatus):
             dry_run=self.dry_run,
             blocks=self.blocks,
         )
+        planner.watch_etcd(self.etcd)
         planner_box.append(planner)
         self.scheduler = scheduler = JobScheduler()
         self.jobs = PeriodicJobs(
@@ -244,6 +281,9 @@ class Daemon(DaemonStatus):
         # What no event announces: the CLI's pauses, resets and requests in the shared database.
         scheduler.every("recheck", self.tuning.recheck_interval, planner.recheck)
         scheduler.every("operator-requests", self.tuning.request_poll, self.requests.serve_pending)
+        # reboots.prometheus: blocking alerts pulled for the reboot arbiter
+        self.prometheus = PrometheusPoll(config=self.config, clock=self.clock, pulled=self.pulled)
+        self.prometheus.register(scheduler)
         self.supervisor = Supervisor(
             self,
             self.notifier,
@@ -287,15 +327,32 @@ class Daemon(DaemonStatus):
                     self.kube_sources[cluster.name] = source
                     tg.create_task(source.run(), name=f"kube-watch-{cluster.name}")
                 core = Core(
-                    self.config, self.clock, self.emit, tracker, store, planner, self.blocks
+                    self.config,
+                    self.clock,
+                    self.emit,
+                    tracker,
+                    store,
+                    planner,
+                    self.blocks,
+                    kube=self.kube,
+                    pulled=self.pulled,
                 )
                 if self.config.mqtt is not None:
                     mqtt = start_mqtt(tg, core)
                     self.mqtt_source = mqtt.source
                     self.heartbeats = mqtt.heartbeats
                     self.reboot_arbiter = mqtt.arbiter
+                    self.reboots = mqtt.reboots
                 if self.config.webhook is not None:
                     self.webhook = start_webhook(tg, core, health=self.healthz)
+                if replicas is not None:
+                    self.ownership = replicas.start(
+                        clusters=lambda: [c.name for c in self.config.clusters],
+                        runner=runner,
+                        planner=planner,
+                        scheduler=scheduler,
+                    )
+                    await self.ownership.run_once()  # the first leases, before resuming
                 resumed = await runner.resume_all()
                 scheduler.start()
                 if self.config.metrics is not None:
@@ -317,7 +374,11 @@ class Daemon(DaemonStatus):
             scheduler.shutdown()
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
+            if self.reboots is not None:
+                await self.reboots.stop()
             await runner.stop()
+            if self.ownership is not None:
+                await self.ownership.release_all()
 
     def _say_first_start(self, store: Store) -> None:
         """No state, an empty or a foreign database: say so (log and audit), decide nothing."""
@@ -383,9 +444,12 @@ class Daemon(DaemonStatus):
         thresholds and new pools use ``config`` from here on.
         """
         self.config = config
-        for part in (self.tracker, self.planner, self.runner, self.jobs, self.reboot_arbiter):
+        parts = (self.tracker, self.planner, self.runner, self.jobs)
+        for part in (*parts, self.reboot_arbiter, self.reboots):
             if part is not None:
                 part.reconfigure(config)
+        if self.prometheus is not None:
+            self.prometheus.reconfigure(config, self.scheduler)
         for cluster in config.clusters:
             self._refresh_nodes(cluster.name)
 

@@ -14,8 +14,11 @@ The rules:
 - firewall: one in another network is a conflict; permissions are brought to the spec (set
   differences);
 - load balancer: another port, target port or scheme (internal/public) is a conflict; the
-  health check and the allowed sources are updated;
-- load-balancer members: machine ids added and removed (:func:`member_changes`).
+  health check, the allowed sources and the subnets it spans (where the provider reports them)
+  are updated;
+- load-balancer members: machine ids added and removed (:func:`member_changes`);
+- NAT gateway: another subnet or location is a conflict (it cannot move);
+- route table: its default route and its subnet associations are brought to the spec.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ __all__ = [
     "firewall_diff",
     "load_balancer_diff",
     "member_changes",
+    "nat_diff",
     "network_diff",
+    "route_table_diff",
     "subnet_diff",
 ]
 
@@ -65,6 +70,8 @@ class Diff:
     remove: frozenset[res.Permission] = frozenset()  # firewall
     health_check: bool = False  # load balancer: the health check differs
     allowed_sources: bool = False  # load balancer: the allowed sources differ
+    routes: bool = False  # route table: its default route or associations differ
+    subnets: bool = False  # load balancer: the subnets it spans differ
 
     def __str__(self) -> str:
         where = f" ({self.resource_id})" if self.resource_id else ""
@@ -119,6 +126,8 @@ def subnet_diff(
     """``network`` is the cluster's network as found (``None`` when it is yet to be made)."""
     where = f" in {spec.location}" if spec.location else ""
     addressing = "public addresses" if spec.public_ips else "private addresses only"
+    if spec.tags.get(res.TAG_TIER) == "public":
+        addressing = "public tier: NAT gateways and the load balancer only, no machines"
     if found is None:
         return Diff(
             Change.CREATE,
@@ -182,8 +191,9 @@ def load_balancer_diff(spec: res.LoadBalancerSpec, found: res.LoadBalancer | Non
             Change.CREATE,
             "load-balancer",
             spec.name,
-            f"{kind} tcp/{spec.port} -> {spec.target_port} on the members of pool {pool}; "
-            f"health check {spec.health_check}; clients {sources}",
+            f"{kind} tcp/{spec.port} -> {spec.target_port} on the members of pool {pool}, in "
+            f"{', '.join(spec.subnets or (spec.subnet,))}; health check {spec.health_check}; "
+            f"clients {sources}",
         )
     if (found.port, found.target_port, found.internal) != (
         spec.port,
@@ -204,6 +214,10 @@ def load_balancer_diff(spec: res.LoadBalancerSpec, found: res.LoadBalancer | Non
     have, want = tuple(sorted(found.allowed_sources)), tuple(sorted(spec.allowed_sources))
     if have != want:
         changes.append(f"clients {', '.join(have) or '-'} -> {', '.join(want) or '-'}")
+    spans = tuple(sorted(spec.subnets or (spec.subnet,)))
+    moved = bool(found.subnets) and found.subnets != spans
+    if moved:
+        changes.append(f"subnets {', '.join(found.subnets)} -> {', '.join(spans)}")
     if not changes:
         return _none("load-balancer", found)
     return _update(
@@ -212,7 +226,52 @@ def load_balancer_diff(spec: res.LoadBalancerSpec, found: res.LoadBalancer | Non
         "; ".join(changes),
         health_check=health,
         allowed_sources=have != want,
+        subnets=moved,
     )
+
+
+def nat_diff(spec: res.NatSpec, found: res.NatGateway | None) -> Diff:
+    where = f" in {spec.location}" if spec.location else ""
+    if found is None:
+        return Diff(
+            Change.CREATE,
+            "nat-gateway",
+            spec.name,
+            f"egress to the internet{where} through subnet {spec.subnet}",
+        )
+    if found.subnet != spec.subnet or (spec.location and found.location != spec.location):
+        return _conflict(
+            "nat-gateway",
+            found,
+            f"is in subnet {found.subnet} ({found.location or '?'}) in the cloud, the config "
+            f"wants {spec.subnet}{where}; a NAT gateway cannot move (destroy, then apply)",
+        )
+    return _none("nat-gateway", found)
+
+
+def _route(target: str | None) -> str:
+    if target is None:
+        return "no route out"
+    if target.startswith(res.NAT_ROUTE):
+        return f"0.0.0.0/0 -> NAT gateway {target[len(res.NAT_ROUTE) :]}"
+    return "0.0.0.0/0 -> internet gateway"
+
+
+def route_table_diff(spec: res.RouteTableSpec, found: res.RouteTable | None) -> Diff:
+    subnets = ", ".join(spec.subnets)
+    if found is None:
+        return Diff(
+            Change.CREATE, "route-table", spec.name, f"{_route(spec.default_route)} for {subnets}"
+        )
+    changes = []
+    if found.default_route != spec.default_route:
+        changes.append(f"{_route(found.default_route)} -> {_route(spec.default_route)}")
+    if tuple(sorted(found.subnets)) != tuple(sorted(spec.subnets)):
+        have = ", ".join(sorted(found.subnets)) or "-"
+        changes.append(f"subnets {have} -> {', '.join(sorted(spec.subnets))}")
+    if not changes:
+        return _none("route-table", found)
+    return _update("route-table", found, "; ".join(changes), routes=True)
 
 
 def member_changes(current: Iterable[str], wanted: Iterable[str]) -> tuple[list[str], list[str]]:

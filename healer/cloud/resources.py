@@ -1,4 +1,5 @@
-"""The infrastructure boundary: private networks, subnets, firewalls and load balancers.
+"""The infrastructure boundary: private networks, subnets, NAT gateways, route tables, firewalls
+and load balancers.
 
 This module owns the records that cross the plugin boundary for cluster infrastructure (the
 ``*Spec`` records say what healer wants, the others what the cloud reported), the
@@ -11,9 +12,12 @@ Vocabulary shared by every implementation:
 - A firewall is a set of :class:`Permission` (protocol, port range, one source). A source is a
   CIDR or ``lb:<name>``: "traffic that comes through the load balancer ``<name>``". A provider
   whose load balancer is a proxy (EC2's ELB, the lab) admits the LB's own security group; one
-  whose LB passes client packets through unchanged (GCE target pools) cannot, and says so with
-  ``Capabilities.lb_passthrough`` so the desired state admits the API clients and the cloud's
-  health checkers by address instead.
+  whose LB passes client packets through unchanged (GCE's Network Load Balancer) cannot, and
+  says so with ``Capabilities.lb_passthrough`` so the desired state admits the API clients and
+  the cloud's health checkers by address instead.
+- Egress: private machines reach the internet through NAT (:class:`NatSpec`); where the cloud
+  routes by explicit tables (EC2), every subnet healer makes is associated with a
+  :class:`RouteTableSpec` of its own, so none relies on the network's main table.
 - Every resource carries healer's ownership tags; ``TAG_RESOURCE`` says which kind of
   resource it is, so a cluster's security group for its LB is never mistaken for its node
   firewall.
@@ -36,7 +40,10 @@ LB_SOURCE = "lb:"
 GROUP_SOURCE = "group:"
 DOCS = "docs/provisioning.md"
 
-Kind = Literal["network", "subnet", "firewall", "load-balancer"]
+Kind = Literal["network", "subnet", "firewall", "load-balancer", "nat-gateway", "route-table"]
+TAG_TIER = "healer.io/tier"  # "public" on the subnets that hold only NAT gateways and the LB
+INTERNET = "internet"  # a route table's default route to the network's internet gateway
+NAT_ROUTE = "nat:"  # ... or to the NAT gateway named after the prefix
 PROTOCOLS = ("tcp", "udp", "icmp", "all")
 
 
@@ -48,7 +55,7 @@ class Capabilities:
     supports_networks: bool = False
     supports_firewalls: bool = False
     supports_load_balancers: bool = False
-    # The LB forwards the client's own packets (GCE target pools): the node firewall must admit
+    # The LB forwards the client's own packets (GCE's NLB): the node firewall must admit
     # API clients and the cloud's health checkers by address; it cannot name the LB as a source.
     lb_passthrough: bool = False
     lb_internal: bool = True  # can build an LB without a public address
@@ -56,6 +63,10 @@ class Capabilities:
     health_check_sources: tuple[str, ...] = ()  # CIDRs the cloud's health checkers come from
     subnet_scope: Literal["zone", "region"] = "zone"
     subnet_location_required: bool = True  # the cloud has no default zone or region for it
+    # Egress for private machines: "zone" = a NAT gateway per zone in a public subnet, reached
+    # through explicit route tables (EC2); "region" = one managed NAT per region serving the
+    # private subnetwork, the network's own routes unchanged (GCE Cloud NAT); "" = none.
+    nat: Literal["zone", "region", ""] = ""
     notes: tuple[str, ...] = ()
     docs: str = DOCS
 
@@ -188,6 +199,30 @@ class SubnetSpec:
 
 
 @dataclass(frozen=True)
+class NatSpec:
+    """Egress to the internet for machines without a public address."""
+
+    name: str
+    network: str
+    subnet: str  # "zone" NAT: the public subnet it sits in; "region" NAT: the subnet it serves
+    location: str | None  # its zone ("zone" NAT) or region ("region" NAT)
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RouteTableSpec:
+    """A route table associated explicitly with ``subnets`` (names), so that none of them relies
+    on the network's main table. ``default_route`` is :data:`INTERNET`, ``nat:<NAT name>`` or
+    ``None`` (no way out)."""
+
+    name: str
+    network: str
+    subnets: tuple[str, ...]
+    default_route: str | None
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class FirewallSpec:
     name: str
     network: str
@@ -232,6 +267,8 @@ class LoadBalancerSpec:
     allowed_sources: tuple[str, ...]  # CIDRs that may use it (enforced by proxying LBs)
     internal: bool
     tags: Mapping[str, str]  # TAG_POOL names the pool whose machines are its members
+    # Every subnet (name) it spans, one per zone, ``subnet`` first; empty: ``subnet`` alone.
+    subnets: tuple[str, ...] = ()
 
 
 # -- what the cloud reported ------------------------------------------------------------------------
@@ -260,6 +297,29 @@ class Subnet:
 
 
 @dataclass(frozen=True)
+class NatGateway:
+    id: str
+    name: str
+    network_id: str
+    subnet: str  # the subnet's name (see NatSpec.subnet)
+    location: str | None
+    tags: Mapping[str, str]
+    address: str | None = None  # its public address
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    id: str
+    name: str
+    network_id: str
+    subnets: tuple[str, ...]  # names of the subnets associated with it, sorted
+    default_route: str | None  # as in RouteTableSpec
+    tags: Mapping[str, str]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Firewall:
     id: str
     name: str
@@ -282,6 +342,9 @@ class LoadBalancer:
     members: tuple[str, ...]  # machine ids, sorted
     tags: Mapping[str, str]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Names of the subnets it spans, sorted, where the provider places LBs in subnets and says
+    # so (EC2); empty: not reported, and not compared.
+    subnets: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -328,6 +391,32 @@ class InfraProvider(Protocol):
         ...
 
     async def delete_load_balancer(self, lb: LoadBalancer) -> bool: ...
+
+
+@runtime_checkable
+class EgressProvider(Protocol):
+    """NAT gateways and route tables: a provider whose ``Capabilities.nat`` is set has them
+    (the same conventions as :class:`InfraProvider`)."""
+
+    async def list_nat_gateways(self, tags: Mapping[str, str]) -> list[NatGateway]: ...
+
+    async def ensure_nat_gateway(self, spec: NatSpec, network: Network) -> NatGateway: ...
+
+    async def delete_nat_gateway(self, nat: NatGateway) -> bool: ...
+
+    async def list_route_tables(self, tags: Mapping[str, str]) -> list[RouteTable]: ...
+
+    async def ensure_route_table(self, spec: RouteTableSpec, network: Network) -> RouteTable: ...
+
+    async def delete_route_table(self, table: RouteTable) -> bool: ...
+
+
+def egress_of(provider: Provider) -> EgressProvider | None:
+    """The provider's NAT and route-table operations, or ``None`` when it has none."""
+    infra = infra_of(provider)
+    if infra is None or not infra.capabilities().nat or not isinstance(infra, EgressProvider):
+        return None
+    return infra
 
 
 def infra_of(provider: Provider) -> InfraProvider | None:

@@ -34,6 +34,24 @@ class SshConfig(_Model):
     )
     public_key: str | None = Field(None, alias="publicKey")
     public_key_file: Path | None = Field(None, alias="publicKeyFile")
+    private_key_file: Path | None = Field(
+        None,
+        alias="privateKeyFile",
+        description="the private key of a configured publicKey/publicKeyFile, for the key "
+        "push to control-plane machines; default: the key healer generated (or ssh-agent)",
+    )
+    address: Literal["private", "public"] = Field(
+        "private",
+        description="which address of a machine healer connects to for the key push",
+    )
+    proxy_jump: str | None = Field(
+        None,
+        alias="proxyJump",
+        pattern=r"^[A-Za-z0-9_.@:\[\]-]+(,[A-Za-z0-9_.@:\[\]-]+)*$",
+        description="bastion(s) to reach private machines through, as ssh -J takes them "
+        "([user@]host[:port], comma-separated)",
+    )
+    port: int = Field(22, ge=1, le=65535)
 
     @field_validator("public_key")
     @classmethod
@@ -52,9 +70,18 @@ class SshConfig(_Model):
 
 
 class UpgradesConfig(_Model):
-    """Unattended security upgrades on every machine (the distribution's security origins)."""
+    """Unattended security upgrades on every machine: the Debian-Security origins only."""
 
     enabled: bool = True
+    origins: tuple[str, ...] = Field(
+        (
+            "origin=Debian,codename=${distro_codename}-security,label=Debian-Security",
+            "origin=Debian,codename=${distro_codename},label=Debian-Security",
+        ),
+        min_length=1,
+        description="unattended-upgrades Origins-Pattern entries; default: Debian's security "
+        "archive only (the distribution default also takes every point-release update)",
+    )
     automatic_reboot: bool | None = Field(
         None,
         alias="automaticReboot",
@@ -62,6 +89,15 @@ class UpgradesConfig(_Model):
         "when healer's arbiter permits (never on the machine's own); true: also without the "
         "agent, by unattended-upgrades at 02:00, unarbitrated (validate warns); false: never",
     )
+
+    @field_validator("origins")
+    @classmethod
+    def _origin_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            # Each entry becomes one quoted apt.conf list item.
+            if not origin.strip() or any(c in origin for c in '";{}\n\\'):
+                raise ValueError(f"{origin!r} is not an Origins-Pattern entry")
+        return value
 
     def reboots_unarbitrated(self, *, agent: bool) -> bool:
         """Whether machines reboot on their own, at unattended-upgrades' time and not when
@@ -98,6 +134,23 @@ class AuditConfig(_Model):
     max_size_mb: int = Field(100, alias="maxSizeMb", ge=1)
 
 
+class CniConfig(_Model):
+    """The pod network installed by the first control-plane machine: a manifest fetched over
+    HTTPS, applied only when its sha256 matches. Default: Calico, version pinned; its IPv4 pool
+    is set to ``kubernetes.podSubnet``."""
+
+    install: bool = True
+    manifest_url: str = Field(
+        "https://raw.githubusercontent.com/projectcalico/calico/v3.32.1/manifests/calico.yaml",
+        alias="manifestUrl",
+        pattern=r"^https://[^\s'\"$`\\]+$",
+    )
+    sha256: str = Field(
+        "a1df919d9721cf667accdc3e72848911b0cb25cfab7d2478ad0c996302c95744",
+        pattern=r"^[0-9a-f]{64}$",
+    )
+
+
 class KubernetesConfig(_Model):
     """How healer bootstraps Kubernetes on its machines with kubeadm."""
 
@@ -116,6 +169,14 @@ class KubernetesConfig(_Model):
     audit: AuditConfig = AuditConfig()
     bootstrap_token: SecretRef | None = Field(None, alias="bootstrapToken")
     bootstrap_token_ttl: Duration = Field(86400.0, alias="bootstrapTokenTtl", gt=0)
+    cni: CniConfig = CniConfig()
+    key_wait: Duration = Field(
+        1800.0,
+        alias="keyWait",
+        gt=0,
+        description="how long a control-plane machine waits for healer to push its keys "
+        "before its bootstrap gives up",
+    )
 
     @field_validator("version")
     @classmethod

@@ -5,6 +5,7 @@ docs/provisioning.md).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from healer.config.health import (
     HealthPolicy,
     RemediationPolicy,
 )
+from healer.config.rollout import RolloutPolicy
 from healer.config.types import (
     Cidr,
     Duration,
@@ -32,7 +34,21 @@ class MachineSpec(_Model):
     size: str = "small"
     image: str = "debian-12"
     location: str | None = None
+    zones: tuple[str, ...] = Field(
+        (),
+        description="spread the pool over these zones (instead of one 'location'); each "
+        "machine gets one, the least used first, and its node the label "
+        "topology.kubernetes.io/zone",
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> MachineSpec:
+        if self.zones and self.location is not None:
+            raise ValueError("set either location or zones, not both")
+        if len(set(self.zones)) != len(self.zones):
+            raise ValueError(f"zones lists a zone twice: {list(self.zones)}")
+        return self
 
 
 class PoolConfig(_Model):
@@ -43,6 +59,23 @@ class PoolConfig(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     health: HealthPolicy = HealthPolicy()
     remediation: RemediationPolicy = RemediationPolicy()
+    rollout: RolloutPolicy = RolloutPolicy()
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        """The zones the pool's machines go to (empty: wherever the provider puts them)."""
+        spec = self.machine
+        return spec.zones or ((spec.location,) if spec.location else ())
+
+    def zone_for(self, name: str) -> str | None:
+        """The zone of the machine called ``name``: a pure function of the name, so the machine
+        and its node's zone label agree wherever either is made (see
+        :func:`healer.provisioning.pools.next_name`, which picks names to balance the zones)."""
+        zones = self.zones
+        if len(zones) <= 1:
+            return zones[0] if zones else None
+        digest = hashlib.sha256(name.encode()).digest()
+        return zones[int.from_bytes(digest[:4], "big") % len(zones)]
 
 
 class ProviderConfig(_Model):
@@ -52,17 +85,26 @@ class ProviderConfig(_Model):
 
 
 class NetworkConfig(_Model):
-    """The cluster's private network and its one subnet (provisioning; docs/provisioning.md)."""
+    """The cluster's private network: private subnets per zone, NAT egress (docs/provisioning.md)."""
 
     cidr: Cidr
-    subnet_cidr: Cidr = Field(alias="subnetCidr")
+    subnet_cidr: Cidr = Field(
+        alias="subnetCidr",
+        description="the first zone's private subnet; each further zone takes the next block of "
+        "the same size, and public subnets take /26 blocks from the top of cidr",
+    )
     location: str | None = Field(
         None,
-        description="the subnet's zone (EC2, lab) or region (GCE); default: the control-plane "
-        "pool's location",
+        description="the first subnet's zone (EC2, lab) or region (GCE); default: the "
+        "control-plane pool's first zone",
     )
     public_ips: bool = Field(
         False, alias="publicIps", description="give every machine a public address as well"
+    )
+    nat: bool = Field(
+        True,
+        description="egress to the internet for private machines (packages, updates): a NAT "
+        "gateway per zone on EC2, Cloud NAT on GCE",
     )
 
     @model_validator(mode="after")

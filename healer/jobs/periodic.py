@@ -24,7 +24,6 @@ it directly in virtual time; APScheduler only decides *when* they run.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from healer.jobs.stale import StaleWorkflows
 from healer.jobs.windows import MaintenanceWindows
 from healer.kube.client import KubeClient
 from healer.planner.planner import Planner
+from healer.provisioning.keydelivery import KeyDelivery
 from healer.provisioning.pools import UserData
 from healer.store.recorder import Recorder
 from healer.store.sqlite import Store
@@ -82,7 +82,13 @@ class PeriodicJobs:
             recorder=Recorder(store, clock=clock, log=log),
             dry_run=dry_run or config.dry_run,
         )
-        self.pools = PoolJobs(ctx, providers=providers, kube=kube, user_data=user_data)
+        self.pools = PoolJobs(
+            ctx,
+            providers=providers,
+            kube=kube,
+            user_data=user_data,
+            keys=KeyDelivery(state_dir, clock=clock) if state_dir is not None else None,
+        )
         self.orphans = OrphanSweep(ctx, tracker=tracker, providers=providers)
         self.policy = ClusterPolicyJob(ctx, kube=kube, state_dir=state_dir)
         self.windows = MaintenanceWindows(ctx)
@@ -137,4 +143,10 @@ class PeriodicJobs:
             "orphans": self.orphans.sweep,
             "policy": self.policy.reconcile,
         }[kind]
-        return functools.partial(per_cluster, cluster)
+
+        async def body() -> None:
+            # Another replica's cluster is its to look after (healer run --replicas).
+            if self.ctx.planner.owns(cluster):
+                await per_cluster(cluster)
+
+        return body

@@ -12,6 +12,7 @@ back by the cooldown -- and never past the guards' stop switches.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from healer.jobs.context import JobContext, owned
 from healer.kube.client import KubeClient
 from healer.model import TAG_POOL
 from healer.planner.planner import FAILED_COOLDOWN
+from healer.provisioning.keydelivery import KeyDelivery, KeyDeliveryError
 from healer.provisioning.pools import UserData, ensure_pools
 from healer.store.sqlite import FAILED, RUNNING, WorkflowRecord
 from healer.telemetry import metrics
@@ -82,11 +84,13 @@ class PoolJobs:
         providers: Mapping[str, Provider],
         kube: Mapping[str, KubeClient],
         user_data: UserData,
+        keys: KeyDelivery | None = None,
     ) -> None:
         self._ctx = ctx
         self._providers = providers
         self.kube = kube
         self._user_data = user_data
+        self._keys = keys
         self._census: dict[str, list[PoolCensus]] = {}
         self._mismatch: dict[tuple[str, str], bool] = {}
         self._drift_skip: dict[tuple[str, str], str] = {}
@@ -202,6 +206,11 @@ class PoolJobs:
                 machine=machine.name,
                 machine_id=machine.id,
             )
+        if self._keys is not None and created:
+            # New control-plane machines wait for their keys (never in their user data). A
+            # failure is logged (provisioning.keys_undelivered); `healer apply` pushes again.
+            with contextlib.suppress(KeyDeliveryError):
+                await self._keys.deliver_pending(subset, provider)
         return created
 
     def _skip_drift(self, cluster: str, pool: PoolCensus, reason: str) -> None:

@@ -31,11 +31,21 @@ import structlog
 
 from healer.clock import Clock, RealClock
 from healer.cloud.machines import Machine, Provider
-from healer.cloud.resources import Capabilities, InfraProvider, LoadBalancer, infra_of, no_infra
+from healer.cloud.resources import (
+    Capabilities,
+    EgressProvider,
+    InfraProvider,
+    LoadBalancer,
+    NatGateway,
+    egress_of,
+    infra_of,
+    no_infra,
+)
 from healer.config import ClusterConfig
 from healer.errors import ConfigError, HealerError, PermanentError
 from healer.model import TAG_CLUSTER, TAG_MANAGED, TAG_POOL
 from healer.provisioning.desired import Desired, desired_state
+from healer.provisioning.keydelivery import KeyDelivery
 from healer.provisioning.plan import Action, Actual, Change, Plan, destroy_plan, plan
 from healer.provisioning.pools import UserData, ensure_pools
 
@@ -91,12 +101,15 @@ async def observe(cluster: str, provider: Provider, *, pools: Sequence[str] = ()
     infra = infra_of(provider)
     if infra is None:
         return Actual(machines=frozen)
+    egress = egress_of(provider)
     return Actual(
         networks=tuple(await infra.list_networks(owned)),
         subnets=tuple(await infra.list_subnets(owned)),
         firewalls=tuple(await infra.list_firewalls(owned)),
         load_balancers=tuple(await infra.list_load_balancers(owned)),
         machines=frozen,
+        nat_gateways=tuple(await egress.list_nat_gateways(owned)) if egress else (),
+        route_tables=tuple(await egress.list_route_tables(owned)) if egress else (),
     )
 
 
@@ -113,6 +126,7 @@ class ApplyResult:
     plan: Plan
     created: tuple[Machine, ...]
     load_balancer: LoadBalancer | None
+    keys_delivered: tuple[str, ...] = ()  # control-plane machines that got their keys
 
 
 async def apply(
@@ -123,9 +137,11 @@ async def apply(
     inventory: Inventory,
     on_plan: Callable[[Plan], None] | None = None,
     on_load_balancer: Callable[[LoadBalancer], None] | None = None,
+    keys: KeyDelivery | None = None,
 ) -> ApplyResult:
     """Bring ``cluster`` to its config. Raises ``PermanentError`` on a conflict, before any
-    change."""
+    change. With ``keys``, every control-plane machine still waiting for its keys (new, or left
+    behind by an earlier run) gets them pushed last (:mod:`healer.provisioning.keydelivery`)."""
     desired, _actual, the_plan = await make_plan(cluster, provider, inventory=inventory)
     if on_plan is not None:
         on_plan(the_plan)
@@ -149,6 +165,7 @@ async def apply(
                 {TAG_MANAGED: "true", TAG_CLUSTER: cluster.name, TAG_POOL: desired.control_plane}
             )
             lb = await infra.set_load_balancer_members(lb, members)
+    delivered = await keys.deliver_pending(cluster, provider) if keys is not None else []
     after = await observe(cluster.name, provider, pools=[p.name for p in cluster.pools])
     inventory.save({p.name: after.machines.get(p.name, ()) for p in cluster.pools})
     if lb is None and desired.load_balancer is not None:
@@ -159,7 +176,9 @@ async def apply(
         actions=len(the_plan.actions),
         machines_created=len(created),
     )
-    return ApplyResult(plan=the_plan, created=tuple(created), load_balancer=lb)
+    return ApplyResult(
+        plan=the_plan, created=tuple(created), load_balancer=lb, keys_delivered=tuple(delivered)
+    )
 
 
 async def _ensure_infra(
@@ -172,11 +191,18 @@ async def _ensure_infra(
         raise PermanentError(f"provider {provider.name} cannot build networks")
     assert desired.subnet is not None and desired.firewall is not None
     network = await infra.ensure_network(desired.network)
-    subnet = await infra.ensure_subnet(desired.subnet, network)
+    subnets = {s.name: await infra.ensure_subnet(s, network) for s in desired.subnets}
+    egress = egress_of(provider)
+    if egress is not None:  # NAT gateways before the routes to them
+        for nat in desired.nat_gateways:
+            await egress.ensure_nat_gateway(nat, network)
+        for table in desired.route_tables:
+            await egress.ensure_route_table(table, network)
     await infra.ensure_firewall(desired.firewall, network)
     lb = None
     if desired.load_balancer is not None:
-        lb = await infra.ensure_load_balancer(desired.load_balancer, network, subnet)
+        home = subnets[desired.load_balancer.subnet]
+        lb = await infra.ensure_load_balancer(desired.load_balancer, network, home)
     for action in the_plan.actions:
         if action.change is not Change.DELETE:
             continue
@@ -248,6 +274,8 @@ async def _delete_one(
         for fw in await infra.list_firewalls(owned):
             if fw.id == action.resource_id:
                 return await infra.delete_firewall(fw)
+    elif action.kind in ("nat-gateway", "route-table"):
+        return await _delete_egress(action, egress_of(provider), owned)
     elif action.kind == "subnet":
         for sub in await infra.list_subnets(owned):
             if sub.id == action.resource_id:
@@ -256,6 +284,23 @@ async def _delete_one(
         for net in await infra.list_networks(owned):
             if net.id == action.resource_id:
                 return await infra.delete_network(net)
+    return False
+
+
+async def _delete_egress(
+    action: Action, egress: EgressProvider | None, owned: Mapping[str, str]
+) -> bool:
+    if egress is None:
+        return False
+    if action.kind == "nat-gateway":
+        # Not listed any more while the cloud finishes deleting it (EC2); the provider still
+        # finds it by id, to release what it held (its Elastic IP) on a retry.
+        listed = [n for n in await egress.list_nat_gateways(owned) if n.id == action.resource_id]
+        gone = NatGateway(str(action.resource_id), action.name, "", "", None, dict(owned))
+        return await egress.delete_nat_gateway(listed[0] if listed else gone)
+    for table in await egress.list_route_tables(owned):
+        if table.id == action.resource_id:
+            return await egress.delete_route_table(table)
     return False
 
 

@@ -3,9 +3,12 @@
 :func:`plan` compares :class:`~healer.provisioning.desired.Desired` with what the cloud reported
 (:class:`Actual`) and returns one :class:`Action` per change, each a line a person can read:
 
-- ``+`` create: a missing network, subnet, firewall, load balancer or machine;
+- ``+`` create: a missing network, subnet, NAT gateway, route table, firewall, load balancer
+  or machine;
 - ``~`` update: firewall permissions, a load balancer's health check, allowed sources or members,
-  a subnet's public addressing, a missing internet gateway;
+  a subnet's public addressing, a missing internet gateway, a route table's default route or
+  subnet associations; a machine whose pool's spec changed:
+  a rolling replacement (:mod:`healer.provisioning.rolling`);
 - ``-`` delete: a firewall or load balancer of the cluster that the config no longer wants;
 - ``!`` conflict: a difference that cannot be changed in place (a network's range). ``apply``
   refuses to start while there is one.
@@ -33,10 +36,14 @@ from healer.cloud.machines import Machine
 from healer.cloud.resources import (
     Firewall,
     LoadBalancer,
+    NatGateway,
     Network,
+    RouteTable,
     Subnet,
 )
+from healer.config.rollout import TAG_SPEC, rollout_limits, spec_fingerprint
 from healer.provisioning.desired import Desired
+from healer.provisioning.rolling import outdated_machines
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class Actual:
     firewalls: tuple[Firewall, ...] = ()
     load_balancers: tuple[LoadBalancer, ...] = ()
     machines: Mapping[str, tuple[Machine, ...]] = field(default_factory=dict)  # by pool tag
+    nat_gateways: tuple[NatGateway, ...] = ()
+    route_tables: tuple[RouteTable, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ class Plan:
         return out
 
 
-R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
+R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer, NatGateway, RouteTable)
 
 
 def _one(items: Sequence[R], name: str) -> list[R]:
@@ -119,6 +128,7 @@ def plan(
         actions.extend(_infra_actions(desired, actual, notes))
 
     actions.extend(_machine_actions(desired, actual, known, notes))
+    actions.extend(_roll_actions(desired, actual, notes))
     actions.extend(_member_actions(desired, actual))
     return Plan(cluster=desired.cluster, actions=tuple(actions), notes=tuple(notes))
 
@@ -148,9 +158,15 @@ def _infra_actions(desired: Desired, actual: Actual, notes: list[str]) -> list[A
                 f"network {other_net.name} ({other_net.id}) is not in the config; left alone"
             )
 
-    out += _action(rules.subnet_diff(sub_spec, _found(actual.subnets, sub_spec.name), network))
+    for spec in desired.subnets:
+        out += _action(rules.subnet_diff(spec, _found(actual.subnets, spec.name), network))
+    for nat in desired.nat_gateways:
+        out += _action(rules.nat_diff(nat, _found(actual.nat_gateways, nat.name)))
+    for table in desired.route_tables:
+        out += _action(rules.route_table_diff(table, _found(actual.route_tables, table.name)))
+    subnet_names = {s.name for s in desired.subnets}
     for other_sub in actual.subnets:
-        if other_sub.name != sub_spec.name:
+        if other_sub.name not in subnet_names:
             notes.append(
                 f"subnet {other_sub.name} ({other_sub.id}) is not in the config; left alone"
             )
@@ -202,7 +218,7 @@ def _machine_actions(
         names = {m.name for m in have}
         gone = [n for n in known.get(pool.name, ()) if n not in names]
         spec = pool.machine
-        where = f" in {spec.location}" if spec.location else ""
+        where = f" in {', '.join(pool.zones)}" if pool.zones else ""
         joins = (
             f"; joins load balancer {lb.name}"
             if lb is not None and pool.name == desired.control_plane
@@ -234,6 +250,53 @@ def _machine_actions(
             notes.append(
                 f"{len(machines)} machine(s) of pool {pool_name!r}, which the config does not "
                 f"have: {', '.join(sorted(m.name for m in machines))}"
+            )
+    return out
+
+
+def _roll_actions(desired: Desired, actual: Actual, notes: list[str]) -> list[Action]:
+    """A rolling replacement for each machine whose spec tag is not its pool's
+    (:mod:`healer.provisioning.rolling`); ``apply`` carries them out through the remediation
+    workflow."""
+    out: list[Action] = []
+    for pool in desired.pools:
+        found = outdated_machines(spec_fingerprint(pool), actual.machines.get(pool.name, ()))
+        if found.untagged:
+            names = ", ".join(m.name for m in found.untagged)
+            notes.append(
+                f"pool {pool.name}: {names} carry no {TAG_SPEC} tag (made before rolling "
+                "updates, or not by healer), so healer cannot tell what they were made from and "
+                "does not roll them; `healer remediate NODE --yes` replaces one"
+            )
+        if not found.outdated:
+            continue
+        limits = rollout_limits(pool)
+        spec = pool.machine
+        if limits.max_unavailable == 0 and limits.max_surge == 0:
+            out.append(
+                Action(
+                    Change.CONFLICT,
+                    "machine",
+                    "",
+                    f"pool {pool.name} needs a rolling replacement, but its machines are "
+                    "replaced in place (control plane) and rollout.maxUnavailable is 0: set it "
+                    "to at least 1",
+                    pool=pool.name,
+                )
+            )
+            continue
+        for machine, had in found.outdated:
+            out.append(
+                Action(
+                    Change.UPDATE,
+                    "machine",
+                    machine.name,
+                    f"rolling replacement in pool {pool.name}: spec {had} -> "
+                    f"{found.fingerprint} ({spec.size}, {spec.image}); maxSurge "
+                    f"{limits.max_surge}, maxUnavailable {limits.max_unavailable}",
+                    pool=pool.name,
+                    resource_id=machine.id,
+                )
             )
     return out
 
@@ -284,6 +347,14 @@ def destroy_plan(cluster: str, actual: Actual) -> Plan:
             )
     for fw in actual.firewalls:
         actions.append(Action(Change.DELETE, "firewall", fw.name, fw.id, resource_id=fw.id))
+    for table in actual.route_tables:
+        actions.append(
+            Action(Change.DELETE, "route-table", table.name, table.id, resource_id=table.id)
+        )
+    for nat in actual.nat_gateways:
+        actions.append(
+            Action(Change.DELETE, "nat-gateway", nat.name, nat.id, resource_id=nat.id)
+        )
     for sub in actual.subnets:
         actions.append(
             Action(Change.DELETE, "subnet", sub.name, f"{sub.cidr} ({sub.id})", resource_id=sub.id)

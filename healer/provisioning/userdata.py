@@ -8,8 +8,8 @@ Every machine of a cluster, the first ones and every replacement, gets its user 
   cluster's key (:mod:`healer.provisioning.sshkeys`); keys from the cloud's metadata are not
   imported; sshd hardened by the drop-in ``/etc/ssh/sshd_config.d/10-healer.conf`` (public key
   only, no passwords, no keyboard-interactive, no root login);
-* unattended security upgrades, with reboots when an upgrade needs one timed by healer through
-  the node agent (the agent asks, healer's arbiter permits one reboot per pool at a time, only
+* unattended security upgrades (the Debian-Security origins only, ``upgrades.origins``), with
+  reboots when an upgrade needs one timed by healer through the node agent (the agent asks, healer's arbiter permits one reboot per pool at a time, only
   while the pool is whole, within the disruption budget and inside maintenance windows). Without
   the agent a machine never reboots on its own (``Automatic-Reboot "false"``: the update waits in
   /var/run/reboot-required) unless ``upgrades.automaticReboot: true`` says so explicitly; then
@@ -20,9 +20,11 @@ Every machine of a cluster, the first ones and every replacement, gets its user 
 * kubeadm init or join (:mod:`healer.provisioning.kubeadm`) when the cluster has a
   ``kubernetes`` section.
 
-Secrets (the bootstrap token, CA keys, the encryption key, the broker password) are in the
-rendered text because the machine needs them, in files only root can read; they are never
-logged. Keep the user data away from logs: it is a secret as a whole.
+No key material is in the user data: a control-plane machine's CA keys, service-account key and
+encryption key are pushed over SSH (:mod:`healer.provisioning.keydelivery`) and its bootstrap
+script waits for them. The bootstrap token and, with the node agent, the broker password are in
+the rendered text because the machine needs them at first boot, in files only root can read;
+they are never logged. Keep the user data away from logs.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ import structlog
 import yaml
 
 from healer.agent import bundle
-from healer.config import ClusterConfig, PoolConfig
+from healer.config import ClusterConfig, PoolConfig, UpgradesConfig
 from healer.errors import ConfigError
-from healer.model import LABEL_CLUSTER, LABEL_POOL
+from healer.model import LABEL_CLUSTER, LABEL_POOL, LABEL_ZONE
 from healer.provisioning.keystore import ClusterState
 from healer.provisioning.kubeadm.documents import audit_policy
 from healer.provisioning.kubeadm.endpoint import parse_endpoint
@@ -49,6 +51,7 @@ from healer.provisioning.kubeadm.machine import KubeadmBuilder
 from healer.provisioning.kubeadm.tokens import check_bootstrap_token
 from healer.provisioning.machinefiles import MachineFile
 from healer.provisioning.sshkeys import ensure_ssh_key
+from healer.share import shared
 
 log = structlog.get_logger("healer.provisioning")
 
@@ -61,9 +64,8 @@ AGENT_SCRIPT_DEFAULT = "/usr/local/lib/healer/healer_agent.py"
 # agent it is larger than that; gzipped (cloud-init unpacks gzip by itself) it fits.
 USER_DATA_LIMIT = 16384
 
-_REPO = Path(__file__).resolve().parents[2]
-_AGENT_PACKAGE = _REPO / "healer" / "agent"
-_AGENT_UNITS = _REPO / "systemd"
+_AGENT_PACKAGE = Path(__file__).resolve().parents[1] / "agent"
+_AGENT_UNITS = shared("systemd")  # package data: in the wheel too (healer/share)
 _UNIT_SUFFIXES = (".service", ".timer", ".path", ".socket")
 
 
@@ -89,16 +91,29 @@ def sshd_dropin(user: str) -> str:
 APT_PERIODIC = 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
 
 
-def unattended_upgrades_conf(*, automatic_reboot: bool | None, agent_reboots: bool) -> str:
-    """healer's settings on top of the distribution's ``50unattended-upgrades``, whose default
-    origins are the security updates. When the node agent is there it does the reboot, at the
-    time healer permits; unattended-upgrades only leaves /var/run/reboot-required behind. Without
-    the agent, unattended-upgrades reboots the machine itself only on an explicit
-    ``automatic_reboot=True`` (``upgrades.automaticReboot: true``); unset means "only when
-    arbitrated", and without the agent nothing arbitrates."""
+def unattended_upgrades_conf(
+    *,
+    automatic_reboot: bool | None,
+    agent_reboots: bool,
+    origins: tuple[str, ...] = UpgradesConfig().origins,
+) -> str:
+    """healer's settings on top of the distribution's ``50unattended-upgrades``. Debian's default
+    origins include ``label=Debian`` (every point-release update, not only security fixes); apt
+    lists add up across files, so healer clears the list (``#clear``) and names only ``origins``
+    (``upgrades.origins``; default: the Debian-Security archive). When the node agent is there it
+    does the reboot, at the time healer permits; unattended-upgrades only leaves
+    /var/run/reboot-required behind. Without the agent, unattended-upgrades reboots the machine
+    itself only on an explicit ``automatic_reboot=True`` (``upgrades.automaticReboot: true``);
+    unset means "only when arbitrated", and without the agent nothing arbitrates."""
     own_reboot = automatic_reboot is True and not agent_reboots
     lines = [
         "// Written by healer.",
+        "// Security updates only: the distribution's list (which includes label=Debian) goes.",
+        "#clear Unattended-Upgrade::Origins-Pattern;",
+        "#clear Unattended-Upgrade::Allowed-Origins;",
+        "Unattended-Upgrade::Origins-Pattern {",
+        *(f'  "{origin}";' for origin in origins),
+        "};",
         f'Unattended-Upgrade::Automatic-Reboot "{"true" if own_reboot else "false"}";',
     ]
     if own_reboot:
@@ -220,12 +235,16 @@ class UserDataBuilder:
         if pool is None:
             raise ConfigError(f"cluster {cluster.name}: no pool named {pool_name!r}")
         state = ClusterState(self._state_dir, cluster.name) if self._state_dir else None
+        labels = f"{LABEL_CLUSTER}={cluster.name},{LABEL_POOL}={pool.name}"
+        zone = pool.zone_for(name)
+        if zone:
+            labels += f",{LABEL_ZONE}={zone}"
         files: list[MachineFile] = [
             MachineFile(
                 "/etc/healer/node.env",
                 (
                     f"HEALER_CLUSTER={cluster.name}\nHEALER_POOL={pool.name}\nHEALER_NODE={name}\n"
-                    f"HEALER_NODE_LABELS={LABEL_CLUSTER}={cluster.name},{LABEL_POOL}={pool.name}\n"
+                    f"HEALER_NODE_LABELS={labels}\n"
                 ).encode(),
             ),
             MachineFile(SSHD_DROPIN, sshd_dropin(cluster.ssh.user).encode()),
@@ -262,6 +281,7 @@ class UserDataBuilder:
                     unattended_upgrades_conf(
                         automatic_reboot=cluster.upgrades.automatic_reboot,
                         agent_reboots=agent is not None,
+                        origins=cluster.upgrades.origins,
                     ).encode(),
                 ),
             ]

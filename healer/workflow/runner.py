@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -49,6 +50,7 @@ from healer.cloud.machines import (
     can_check_capacity,
 )
 from healer.config import ClusterConfig, HealerConfig
+from healer.config.rollout import spec_tags
 from healer.errors import (
     HealerError,
     KubeUnavailable,
@@ -59,12 +61,14 @@ from healer.errors import (
 from healer.kube.records import OUT_OF_SERVICE_VALUE, TAINT_OUT_OF_SERVICE, Taint
 from healer.naming import owned_by, ownership_tags
 from healer.planner.planner import MANUAL
+from healer.store.leases import Fence, Fenced, OwnEverything
 from healer.store.recorder import Level, Recorder
 from healer.store.sqlite import FAILED, POOL_SHORT, RUNNING, SUCCEEDED, Store, WorkflowRecord
 from healer.store.writable import STATE_UNWRITABLE
 from healer.telemetry import metrics
 from healer.workflow import order
 from healer.workflow.drain import after_timeout, drain
+from healer.workflow.etcd_steps import EtcdOps, RemoveMember, VerifyMembership
 from healer.workflow.order import ALL_STEPS, DONE, REPLACE_STEPS, SURGE_STEPS, Plan
 from healer.workflow.ports import NodeOps
 from healer.workflow.retry import with_retries
@@ -74,6 +78,9 @@ T = TypeVar("T")
 
 _CONTEXT_KEYS = frozenset({"cluster", "pool", "node", "workflow"})
 STEPS = REPLACE_STEPS  # the default order
+# The reason of a rolling replacement (`healer apply`, healer.jobs.rollout): like a manual one,
+# its node was not unhealthy, so its drain never overrides a PodDisruptionBudget.
+ROLLOUT = "Rollout"
 __all__ = ["DONE", "STEPS", "SURGE_STEPS", "StaleWorkflow", "Step", "StepResult", "WorkflowRunner"]
 
 # What a step hands back: the detail for its journal line, and the (possibly updated) workflow.
@@ -89,6 +96,9 @@ class Step(Protocol):
 
 
 UserDataFor = Callable[[ClusterConfig, str, str], str]  # (cluster, pool, machine name) -> user data
+# (cluster, pool, new machine, its provider) -> whether keys were pushed: a control-plane
+# machine's CA keys and encryption key, never in its user data (healer.provisioning.keydelivery).
+DeliverKeys = Callable[[ClusterConfig, str, Machine, Provider], Awaitable[bool]]
 Finished = Callable[[WorkflowRecord], Awaitable[None]]
 
 
@@ -131,8 +141,17 @@ class WorkflowRunner:
         user_data: UserDataFor,
         on_finished: Finished | None = None,
         join_poll_interval: float = 2.0,
+        etcd: Mapping[str, EtcdOps] | None = None,
+        rng: random.Random | None = None,
+        deliver_keys: DeliverKeys | None = None,
+        fence: Fence | None = None,
     ) -> None:
+        # Which clusters this daemon owns, and the guard of each destructive provider call
+        # (healer run --replicas, healer.store.leases); one daemon owns them all.
+        self._fence: Fence = fence or OwnEverything()
         self._config = config
+        self._deliver_keys = deliver_keys
+        self._rng = rng  # the retries' jitter (healer.workflow.retry); None: unseeded
         self._store = store
         self._recorder = Recorder(store, clock=clock, log=log)
         self._clock = clock
@@ -141,6 +160,7 @@ class WorkflowRunner:
         self._user_data = user_data
         self._on_finished = on_finished
         self._join_poll = join_poll_interval
+        self._etcd: Mapping[str, EtcdOps] = etcd or {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         # Workflows whose step waits for the Kubernetes API to answer again: since when.
@@ -158,6 +178,11 @@ class WorkflowRunner:
             "destroy_machine": self._step_destroy_machine,
             "create_machine": self._step_create_machine,
             "wait_for_join": self._step_wait_for_join,
+            # Control-plane machines of clusters whose etcd healer reads (etcd_steps.py).
+            "etcd_remove_member": RemoveMember(etcd=self._etcd, store=store, clock=clock),
+            "etcd_verify": VerifyMembership(
+                etcd=self._etcd, store=store, clock=clock, poll_interval=join_poll_interval
+            ),
         }
         missing = set(ALL_STEPS) - self._step_fns.keys()
         assert not missing, f"steps in healer.workflow.order without a Step: {sorted(missing)}"
@@ -174,9 +199,14 @@ class WorkflowRunner:
             return
         self._tasks[wf.id] = asyncio.create_task(self._run(wf), name=f"workflow-{wf.id}")
 
-    async def resume_all(self) -> int:
-        """Pick up every workflow a previous process left running."""
-        pending = self._store.workflows(state=RUNNING)
+    async def resume_all(self, cluster: str | None = None) -> int:
+        """Pick up every workflow a previous process (or, for a cluster this replica just
+        took over, another replica) left running, of the clusters this daemon owns."""
+        pending = [
+            wf
+            for wf in self._store.workflows(state=RUNNING)
+            if (cluster is None or wf.cluster == cluster) and self._fence.owns(wf.cluster)
+        ]
         for wf in pending:
             self._audit(
                 wf,
@@ -187,6 +217,19 @@ class WorkflowRunner:
             )
             await self.start(wf)
         return len(pending)
+
+    async def abandon(self, cluster: str) -> int:
+        """Stop working ``cluster`` (another replica owns it now): cancel its workflows without
+        a write; their journal says where the new owner resumes them."""
+        tasks = [
+            task
+            for wf_id, task in self._tasks.items()
+            if not task.done() and (wf := self._store.workflow(wf_id)) and wf.cluster == cluster
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
 
     async def wait_idle(self) -> None:
         while tasks := [t for t in self._tasks.values() if not t.done()]:
@@ -210,7 +253,8 @@ class WorkflowRunner:
         return [
             wf.id
             for wf in self._store.workflows(state=RUNNING)
-            if (task := self._tasks.get(wf.id)) is None or task.done()
+            if self._fence.owns(wf.cluster)
+            and ((task := self._tasks.get(wf.id)) is None or task.done())
         ]
 
     async def expire(self, wf_id: str, reason: str) -> WorkflowRecord | None:
@@ -286,7 +330,7 @@ class WorkflowRunner:
             if self._stopping:
                 # A checkpoint line: the journal shows where the daemon stopped and where
                 # the next one resumes. A synchronous write, so it is whole or absent.
-                with contextlib.suppress(StateUnwritable):
+                with contextlib.suppress(StateUnwritable, Fenced):
                     self._store.journal(
                         wf.id, wf.step, "suspended", self._clock.now(), {"why": "daemon stopping"}
                     )
@@ -294,8 +338,19 @@ class WorkflowRunner:
             raise
         except StateUnwritable:
             raise
+        except Fenced as exc:
+            return self._abandoned(wf, exc)
         except (HealerError, Exception) as exc:
-            return self._fail(wf, exc)  # _fail re-reads the saved record
+            try:
+                return self._fail(wf, exc)  # _fail re-reads the saved record
+            except Fenced as fenced:  # the failure is no longer ours to record either
+                return self._abandoned(wf, fenced)
+
+    def _abandoned(self, wf: WorkflowRecord, exc: Fenced) -> WorkflowRecord:
+        """Another replica owns the cluster now: nothing more is written or done here (the
+        fence logged ``ownership.fenced``); the new owner resumes from the journal."""
+        log.warning("remediation.abandoned", step=wf.step, reason="Fenced", error=str(exc))
+        return wf
 
     async def _suspend_until_writable(
         self, wf: WorkflowRecord, exc: StateUnwritable
@@ -352,6 +407,7 @@ class WorkflowRunner:
                     forever=short,
                     on_retry=self._journal_retry(wf_id, step, short=short),
                     on_outage=self._journal_outage(wf_id, step),
+                    rng=self._rng,
                 )
             finally:
                 self._waiting_for_api.pop(wf_id, None)
@@ -435,7 +491,8 @@ class WorkflowRunner:
             # not done (fence, release) run next, so its machine is still fenced first.
             plan = Plan(order.REPLACE, STEPS, "Resumed", "resumed from before step plans")
         else:
-            strategy = cluster.remediation_for(wf.pool).strategy
+            # A rolling replacement (healer apply) says which order its budget allows.
+            strategy = wf.evidence.get("strategy") or cluster.remediation_for(wf.pool).strategy
             node_ready = False
             if strategy == order.SURGE:
                 info = await with_retries(
@@ -452,6 +509,7 @@ class WorkflowRunner:
                 node_ready=node_ready,
                 can_preflight=can_check_capacity(provider),
                 provider=provider.name,
+                etcd=cluster.etcd.enabled and wf.cluster in self._etcd,
             )
         self._store.journal(
             wf.id, order.PLAN_STEP, order.PLAN_DECIDED, self._clock.now(), plan.to_json()
@@ -530,7 +588,7 @@ class WorkflowRunner:
                 report,
                 node=wf.node,
                 timeout=policy.drain_timeout,
-                unhealthy_at_start=None if wf.reason == MANUAL else wf.reason,
+                unhealthy_at_start=None if wf.reason in (MANUAL, ROLLOUT) else wf.reason,
                 forced=wf.forced,
             )
             self._audit(
@@ -604,10 +662,12 @@ class WorkflowRunner:
         machine = _machine_from_json(wf.machine)
         if isinstance(provider, PowerControl):
             how = "powered_off"
-            changed = await provider.power_off_machine(machine)
+            with self._fence.guard(wf.cluster, what="power_off_machine"):
+                changed = await provider.power_off_machine(machine)
         else:
             how = "destroyed"
-            changed = await provider.destroy_machine(machine)
+            with self._fence.guard(wf.cluster, what="destroy_machine"):
+                changed = await provider.destroy_machine(machine)
         wf = wf.with_(machine={**wf.machine, "fenced": how})
         return {"machine": machine.id, "fenced": how, "changed": changed}, wf
 
@@ -648,7 +708,8 @@ class WorkflowRunner:
                 "destroyed": False,
                 "note": "destroyed by fence",
             }, wf
-        destroyed = await self._provider_for(wf).destroy_machine(_machine_from_json(wf.machine))
+        with self._fence.guard(wf.cluster, what="destroy_machine"):
+            destroyed = await self._provider_for(wf).destroy_machine(_machine_from_json(wf.machine))
         return {"machine": wf.machine["id"], "destroyed": destroyed}, wf
 
     def _request(self, wf: WorkflowRecord, cluster: ClusterConfig) -> MachineRequest:
@@ -659,14 +720,15 @@ class WorkflowRunner:
             name=wf.replacement_name,
             size=pool.machine.size,
             image=pool.machine.image,
-            location=pool.machine.location,
-            tags=ownership_tags(wf.cluster, pool.name, wf.id),
+            location=pool.zone_for(wf.replacement_name),
+            tags={**ownership_tags(wf.cluster, pool.name, wf.id), **spec_tags(pool)},
             user_data=self._user_data(cluster, pool.name, wf.replacement_name),
             extra=pool.machine.extra,
         )
 
     async def _step_create_machine(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
-        machine = await self._provider_for(wf).create_machine(self._request(wf, cluster))
+        with self._fence.guard(wf.cluster, what="create_machine"):
+            machine = await self._provider_for(wf).create_machine(self._request(wf, cluster))
         replacement = _machine_json(machine) | {"requested_at": self._clock.now()}
         if wf.replacement is not None:  # resumed: keep the first request time for the timeout
             replacement["requested_at"] = wf.replacement.get(
@@ -679,6 +741,12 @@ class WorkflowRunner:
         timeout = cluster.health_for(wf.pool).node_startup_timeout
         since = (wf.replacement or {}).get("requested_at") or wf.updated_at
         kube = self._kube_for(wf)
+        keys_pushed = False
+        if self._deliver_keys is not None and wf.replacement is not None and wf.pool:
+            # A control-plane replacement waits for its keys before kubeadm joins.
+            keys_pushed = await self._deliver_keys(
+                cluster, wf.pool, _machine_from_json(wf.replacement), self._provider_for(wf)
+            )
 
         async def joined() -> bool:
             info = await kube.get_node(wf.replacement_name)
@@ -690,10 +758,13 @@ class WorkflowRunner:
                 f"replacement {wf.replacement_name} did not become a Ready node within "
                 f"{timeout:.0f}s (nodeStartupTimeout)"
             )
-        return {
+        detail: dict[str, Any] = {
             "node": wf.replacement_name,
             "joined_after": round(self._clock.now() - since, 3),
-        }, wf
+        }
+        if keys_pushed:
+            detail["keys_pushed"] = True
+        return detail, wf
 
     async def _poll(
         self, check: Callable[[], Awaitable[T]], *, until: Callable[[T], bool], deadline: float

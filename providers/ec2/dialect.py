@@ -17,6 +17,14 @@ from healer.errors import PermanentError
 from providers.dialects import Dialect, http_status, normalise_state
 
 EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
+# Every instance: IMDSv2 only (a session token from a PUT, which SSRF through a GET cannot get)
+# and a hop limit of 1, so the token's PUT answer never reaches a container behind the node's
+# network namespace: pods cannot read the instance's metadata, user data or role credentials.
+METADATA_OPTIONS = {
+    "MetadataOptions.HttpTokens": "required",
+    "MetadataOptions.HttpPutResponseHopLimit": "1",
+    "MetadataOptions.HttpEndpoint": "enabled",
+}
 
 
 class Ec2Dialect(Dialect):
@@ -53,6 +61,28 @@ class Ec2Dialect(Dialect):
                     f"user data is {len(data)} bytes even gzipped; EC2 accepts {EC2_USER_DATA_LIMIT}"
                 )
         return {"ex_metadata": dict(tags), "ex_userdata": data}
+
+    def create_node(self, driver: NodeDriver, **kwargs: Any) -> Node:
+        """``RunInstances`` with :data:`METADATA_OPTIONS`: libcloud's EC2 driver has no argument
+        for them, so they are added to that one request on the way out. A driver serves one call
+        at a time (the plugin's pool), so the wrapped ``request`` is seen by this call only."""
+        connection: Any = driver.connection
+        own = "request" in vars(connection)
+        original = connection.request
+
+        def request(action: str, params: dict[str, Any] | None = None, *a: Any, **kw: Any) -> Any:
+            if params is not None and params.get("Action") == "RunInstances":
+                params = {**params, **METADATA_OPTIONS}
+            return original(action, params, *a, **kw)
+
+        connection.request = request
+        try:
+            return driver.create_node(**kwargs)
+        finally:
+            if own:
+                connection.request = original
+            else:
+                del connection.request
 
     def state_of(self, node: Node) -> MachineState:
         # libcloud maps "shutting-down" to UNKNOWN; for healer it is already gone, and treating

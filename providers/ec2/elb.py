@@ -18,6 +18,7 @@ from libcloud.loadbalancer.drivers.elb import ElasticLBDriver
 
 from healer.cloud.machines import tags_match
 from healer.cloud.resources import (
+    TAG_RESOURCE,
     HealthCheck,
     LoadBalancer,
     LoadBalancerSpec,
@@ -27,14 +28,14 @@ from healer.cloud.resources import (
     lb_source,
 )
 from healer.errors import PermanentError
-from healer.model import TAG_CLUSTER
+from healer.model import TAG_CLUSTER, TAG_MANAGED
 from providers.ec2.api import ec2_of, findall, text_of
 from providers.ec2.security_groups import (
     TAG_LB,
-    SecurityGroups,
     ip_permissions,
     permissions_of,
 )
+from providers.ec2.vpc import Vpcs
 
 
 class Ec2ElbDriver(ElasticLBDriver):
@@ -67,7 +68,7 @@ class Ec2ElbDriver(ElasticLBDriver):
         )
 
 
-class ClassicElbs(SecurityGroups):
+class ClassicElbs(Vpcs):  # the subnets it spans are looked up by name
     def _describe_elbs(self) -> list[Element]:
         out: list[Element] = []
         marker: str | None = None
@@ -176,7 +177,19 @@ class ClassicElbs(SecurityGroups):
                 "subnets": subnets,
                 "vpc_id": text_of(element, "VPCId", ELB_NS),
             },
+            subnets=tuple(sorted(self._names_of_subnets(driver, tags, subnets))),
         )
+
+    def _subnet_ids(self, driver: NodeDriver, cluster: str) -> dict[str, str]:
+        """The cluster's subnets: name -> id."""
+        owned = {TAG_MANAGED: "true", TAG_CLUSTER: cluster, TAG_RESOURCE: "subnet"}
+        return {s.name: s.id for s in self.list_subnets(driver, owned)}
+
+    def _names_of_subnets(
+        self, driver: NodeDriver, tags: Mapping[str, str], ids: Sequence[str]
+    ) -> list[str]:
+        names = {v: k for k, v in self._subnet_ids(driver, tags.get(TAG_CLUSTER, "")).items()}
+        return [names.get(i, i) for i in ids]
 
     def create_load_balancer(
         self, driver: NodeDriver, spec: LoadBalancerSpec, network: Network, subnet: Subnet
@@ -190,9 +203,10 @@ class ClassicElbs(SecurityGroups):
             "Listeners.member.1.LoadBalancerPort": str(spec.port),
             "Listeners.member.1.InstanceProtocol": "TCP",
             "Listeners.member.1.InstancePort": str(spec.target_port),
-            "Subnets.member.1": subnet.id,
             "SecurityGroups.member.1": group_id,
         }
+        for n, subnet_id in enumerate(self._lb_subnets(driver, spec, subnet), start=1):
+            params[f"Subnets.member.{n}"] = subnet_id
         if spec.internal:
             params["Scheme"] = "internal"
         for n, (key, value) in enumerate(spec.tags.items(), start=1):
@@ -204,6 +218,16 @@ class ClassicElbs(SecurityGroups):
         if not found:
             raise PermanentError(f"ELB does not list the new load balancer {spec.name}")
         return found[0]
+
+    def _lb_subnets(self, driver: NodeDriver, spec: LoadBalancerSpec, subnet: Subnet) -> list[str]:
+        """Ids of the subnets the ELB spans: one per zone (``spec.subnets``), ``subnet`` first."""
+        if len(spec.subnets) <= 1:
+            return [subnet.id]
+        by_name = self._subnet_ids(driver, spec.tags[TAG_CLUSTER])
+        missing = [n for n in spec.subnets if n not in by_name]
+        if missing:
+            raise PermanentError(f"load balancer {spec.name}: no subnet {', '.join(missing)}")
+        return [by_name[n] for n in spec.subnets]
 
     def _configure_health_check(self, name: str, check: HealthCheck) -> None:
         self._elb_call(
@@ -257,6 +281,30 @@ class ClassicElbs(SecurityGroups):
             params["SecurityGroups.member.1"] = group_id
             self._elb_call(params)
         self._set_lb_clients(driver, group_id, spec)
+        wanted = sorted(spec.subnets or (spec.subnet,))
+        if lb.subnets and list(lb.subnets) != wanted:
+            self._move(driver, lb, spec, wanted)
+
+    def _move(
+        self, driver: NodeDriver, lb: LoadBalancer, spec: LoadBalancerSpec, wanted: list[str]
+    ) -> None:
+        """Span ``wanted`` instead of ``lb.subnets``, keeping the ELB (and so its DNS name, the
+        cluster's API address): the new subnets first, then the old ones off (an ELB always
+        needs one)."""
+        by_name = self._subnet_ids(driver, spec.tags[TAG_CLUSTER])
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise PermanentError(f"load balancer {lb.name}: no subnet {', '.join(missing)}")
+        base = {"LoadBalancerName": lb.name}
+        add = [by_name[n] for n in wanted if n not in lb.subnets]
+        drop = [by_name.get(n, n) for n in lb.subnets if n not in wanted]
+        for action, ids in (
+            ("AttachLoadBalancerToSubnets", add),
+            ("DetachLoadBalancerFromSubnets", drop),
+        ):
+            if ids:
+                members = {f"Subnets.member.{n}": i for n, i in enumerate(ids, start=1)}
+                self._elb_call({"Action": action, **base, **members})
 
     def change_members(
         self, driver: NodeDriver, lb: LoadBalancer, *, add: Sequence[str], remove: Sequence[str]

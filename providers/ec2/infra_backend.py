@@ -1,7 +1,8 @@
 """EC2 infrastructure through libcloud: the backend healer's reconciler drives.
 
-What gets built for a cluster (names from :mod:`healer.provisioning.desired`): a VPC and a
-subnet (:mod:`providers.ec2.vpc`), security groups (:mod:`providers.ec2.security_groups`) and a
+What gets built for a cluster (names from :mod:`healer.provisioning.desired`): a VPC and its
+subnets (:mod:`providers.ec2.vpc`), NAT gateways and route tables (:mod:`providers.ec2.egress`),
+security groups (:mod:`providers.ec2.security_groups`) and a
 classic ELB (:mod:`providers.ec2.elb`); this module puts them together and places machines.
 """
 
@@ -16,14 +17,14 @@ from libcloud.compute.drivers.ec2 import EC2NetworkSubnet
 from healer.cloud.machines import MachineRequest
 from healer.cloud.resources import Capabilities
 from providers.ec2 import CAPABILITIES
+from providers.ec2.egress import Egress
 from providers.ec2.elb import ClassicElbs, Ec2ElbDriver
-from providers.ec2.vpc import Vpcs
 from providers.reconciler import InfraBackend, Placement
 
 _Subnet: Callable[..., Any] = EC2NetworkSubnet
 
 
-class Ec2InfraBackend(Vpcs, ClassicElbs, InfraBackend):
+class Ec2InfraBackend(Egress, ClassicElbs, InfraBackend):
     capabilities: Capabilities = CAPABILITIES
 
     # -- machines ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""EC2 networks: a VPC with, when a public LB or public addresses need one, an internet gateway
-attached and a default route in the VPC's main route table; and one subnet in one availability
-zone, where ``MapPublicIpOnLaunch`` stays false unless ``network.publicIps`` is set, so machines
-have private addresses only.
+"""EC2 networks: a VPC with, when a public LB, public addresses or NAT gateways need one, an
+internet gateway attached (routes to it are in explicit route tables, :mod:`providers.ec2.egress`;
+the VPC's main route table is left without one); and subnets, one per availability zone and tier,
+where ``MapPublicIpOnLaunch`` stays false unless ``network.publicIps`` is set, so machines have
+private addresses only.
 """
 
 from __future__ import annotations
@@ -77,12 +78,6 @@ class Vpcs(SecurityGroups):
             answer.findall(fixxpath(xpath="internetGateway", namespace=NAMESPACE))[0]
         )
         ec2.ex_attach_internet_gateway(gateway, VpcRef(network.id))
-        tables = ec2.ex_list_route_tables(
-            filters={"vpc-id": network.id, "association.main": "true"}
-        )
-        if not tables:
-            raise PermanentError(f"VPC {network.id} has no main route table")
-        ec2.ex_create_route(tables[0], "0.0.0.0/0", internet_gateway=gateway)
 
     def delete_network(self, driver: NodeDriver, network: Network) -> bool:
         ec2 = ec2_of(driver)

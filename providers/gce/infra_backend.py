@@ -1,21 +1,24 @@
-"""GCE infrastructure through libcloud: a custom-mode VPC network, a subnetwork, firewall rules and
-a target-pool load balancer.
+"""GCE infrastructure through libcloud: a custom-mode VPC network, a subnetwork, Cloud NAT,
+firewall rules and a passthrough load balancer.
 
 What gets built for a cluster (names from :mod:`healer.provisioning.desired`):
 
 - the network is a custom-mode network (no automatic subnetworks); GCE gives it a route to the
   internet gateway itself, used only by machines with an external address;
-- the subnet is a regional subnetwork with Private Google Access; machines get no external
-  address unless ``network.publicIps`` is set;
+- the subnet is a regional subnetwork with Private Google Access; machines, in any zone of its
+  region, get no external address unless ``network.publicIps`` is set;
+- the NAT gateway is a Cloud Router with Cloud NAT for that subnetwork
+  (:mod:`providers.gce.cloud_nat`): the private machines' only way out;
 - the firewall is a set of GCE firewall rules, one per protocol and port range, named
   ``<firewall>-<protocol>[-<ports>]`` and applied to instances carrying the network tag
   ``<firewall>`` (every healer machine of the cluster gets it). GCE denies all other ingress;
-- the load balancer is a legacy HTTP health check, a target pool and a regional TCP forwarding
-  rule (libcloud's GCE load-balancer driver builds the same pieces). It passes client packets
-  through unchanged, so 6443 on the nodes admits the API clients and Google's health-check ranges
-  by address, and it only takes HTTP health checks (see docs/provisioning.md).
+- the load balancer is a regional health check (HTTPS :6443/readyz by default), instance groups
+  per zone, a backend service and a forwarding rule, external or internal
+  (:mod:`providers.gce.lb`). It passes client packets through unchanged, so 6443 on the nodes
+  admits the API clients and Google's health-check ranges by address.
 
-Networks, subnetworks, firewall rules, target pools and legacy health checks have no labels, so
+Networks, subnetworks, firewall rules, routers, health checks and backend services have no
+labels, so
 healer's tags are written as JSON into each resource's ``description`` (``healer:{...}``) and read
 back from there. Resource names are unique in a project (per region for regional ones), so names
 serve as ids here.
@@ -23,14 +26,12 @@ serve as ids here.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from libcloud.common.google import ResourceNotFoundError
-from libcloud.compute.base import Node, NodeDriver
+from libcloud.compute.base import NodeDriver
 
 from healer.cloud.diff import Diff
 from healer.cloud.machines import MachineRequest, tags_match
@@ -38,9 +39,7 @@ from healer.cloud.resources import (
     Capabilities,
     Firewall,
     FirewallSpec,
-    HealthCheck,
     LoadBalancer,
-    LoadBalancerSpec,
     Network,
     NetworkSpec,
     Permission,
@@ -49,43 +48,12 @@ from healer.cloud.resources import (
 )
 from healer.errors import PermanentError
 from providers.gce import CAPABILITIES
+from providers.gce.api import describe, described, gce_of, meta_of
+from providers.gce.cloud_nat import CloudNat
+from providers.gce.lb import BackendServiceLbs
 from providers.reconciler import InfraBackend, Placement, new_firewall
 
 R = TypeVar("R", Network, Subnet, Firewall, LoadBalancer)
-
-_MARK = "healer:"
-
-
-def describe(tags: Mapping[str, str], **more: Any) -> str:
-    """A description carrying healer's tags (and ``more``) as JSON."""
-    return _MARK + json.dumps({"tags": dict(tags), **more}, sort_keys=True)
-
-
-def meta_of(description: str | None) -> dict[str, Any] | None:
-    """The JSON healer wrote into a description; ``None`` for anyone else's resource."""
-    if not description or not description.startswith(_MARK):
-        return None
-    try:
-        data = json.loads(description[len(_MARK) :])
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("tags"), dict) else None
-
-
-def described(items: Iterable[Any], tags: Mapping[str, str]) -> list[tuple[Any, dict[str, Any]]]:
-    """The resources among ``items`` healer described (see :func:`describe`) with ``tags``,
-    each with what its description holds."""
-    out = []
-    for item in items:
-        meta = meta_of(item.extra.get("description"))
-        if meta is not None and tags_match(meta["tags"], tags):
-            out.append((item, meta))
-    return out
-
-
-def _gce(driver: NodeDriver) -> Any:
-    # The GCE driver's ex_* methods are not on the NodeDriver base class.
-    return driver
 
 
 def _rule_suffix(protocol: str, low: int | None, high: int | None) -> str:
@@ -116,7 +84,7 @@ def _permissions_of(rule: Any) -> list[Permission]:
     return out
 
 
-class GceInfraBackend(InfraBackend):
+class GceInfraBackend(CloudNat, BackendServiceLbs, InfraBackend):
     capabilities: Capabilities = CAPABILITIES
 
     # -- networks ------------------------------------------------------------------------------
@@ -131,13 +99,13 @@ class GceInfraBackend(InfraBackend):
                 internet_gateway=True,  # every GCE network routes to the internet gateway
                 extra={"selfLink": net.extra.get("selfLink"), "mode": net.extra.get("mode")},
             )
-            for net, meta in described(_gce(driver).ex_list_networks(), tags)
+            for net, meta in described(gce_of(driver).ex_list_networks(), tags)
         ]
 
     def create_network(self, driver: NodeDriver, spec: NetworkSpec) -> Network:
         # GCE custom networks have no range of their own; the config's is kept in the
         # description so that a plan can compare it.
-        _gce(driver).ex_create_network(
+        gce_of(driver).ex_create_network(
             spec.name, None, description=describe(spec.tags, cidr=spec.cidr), mode="custom"
         )
         return self._one(self.list_networks(driver, spec.tags), spec.name)
@@ -146,7 +114,7 @@ class GceInfraBackend(InfraBackend):
         return None  # a GCE network always has its default route to the internet gateway
 
     def delete_network(self, driver: NodeDriver, network: Network) -> bool:
-        gce = _gce(driver)
+        gce = gce_of(driver)
         try:
             found = gce.ex_get_network(network.name)
         except ResourceNotFoundError:
@@ -167,11 +135,11 @@ class GceInfraBackend(InfraBackend):
                 public_ips=bool(meta.get("public_ips", False)),
                 extra={"selfLink": sub.extra.get("selfLink")},
             )
-            for sub, meta in described(_gce(driver).ex_list_subnetworks(region="all"), tags)
+            for sub, meta in described(gce_of(driver).ex_list_subnetworks(region="all"), tags)
         ]
 
     def create_subnet(self, driver: NodeDriver, spec: SubnetSpec, network: Network) -> Subnet:
-        _gce(driver).ex_create_subnetwork(
+        gce_of(driver).ex_create_subnetwork(
             spec.name,
             cidr=spec.cidr,
             network=network.name,
@@ -182,7 +150,7 @@ class GceInfraBackend(InfraBackend):
         return self._one(self.list_subnets(driver, spec.tags), spec.name)
 
     def set_subnet_public_ips(self, driver: NodeDriver, subnet: Subnet, public: bool) -> None:
-        gce = _gce(driver)
+        gce = gce_of(driver)
         request = f"/regions/{subnet.location}/subnetworks/{subnet.name}"
         current = gce.connection.request(request, method="GET").object
         gce.connection.async_request(
@@ -195,7 +163,7 @@ class GceInfraBackend(InfraBackend):
         )
 
     def delete_subnet(self, driver: NodeDriver, subnet: Subnet) -> bool:
-        gce = _gce(driver)
+        gce = gce_of(driver)
         try:
             gce.ex_get_subnetwork(subnet.name, region=subnet.location)
         except ResourceNotFoundError:
@@ -207,7 +175,7 @@ class GceInfraBackend(InfraBackend):
     def _rules(self, driver: NodeDriver, tags: Mapping[str, str]) -> dict[str, list[Any]]:
         """healer's GCE firewall rules carrying ``tags``, by the healer firewall they make up."""
         groups: dict[str, list[Any]] = defaultdict(list)
-        for rule in _gce(driver).ex_list_firewalls():
+        for rule in gce_of(driver).ex_list_firewalls():
             meta = meta_of(rule.extra.get("description"))
             if meta is None or not tags_match(meta["tags"], tags) or "firewall" not in meta:
                 continue
@@ -241,7 +209,7 @@ class GceInfraBackend(InfraBackend):
         self, driver: NodeDriver, firewall: Firewall, spec: FirewallSpec, diff: Diff
     ) -> None:
         add, remove = diff.add, diff.remove
-        gce = _gce(driver)
+        gce = gce_of(driver)
         wanted = (firewall.permissions - remove) | add
         for perm in wanted:
             if ":" in perm.source:
@@ -290,150 +258,8 @@ class GceInfraBackend(InfraBackend):
     def delete_firewall(self, driver: NodeDriver, firewall: Firewall) -> bool:
         rules = self._rules(driver, firewall.tags).get(firewall.name, [])
         for rule in rules:
-            _gce(driver).ex_destroy_firewall(rule)
+            gce_of(driver).ex_destroy_firewall(rule)
         return bool(rules)
-
-    # -- load balancers ------------------------------------------------------------------------
-
-    def list_load_balancers(
-        self, driver: NodeDriver, tags: Mapping[str, str]
-    ) -> list[LoadBalancer]:
-        out = []
-        for rule in _gce(driver).ex_list_forwarding_rules(region="all"):
-            meta = meta_of(rule.extra.get("description"))
-            if meta is None or not tags_match(meta["tags"], tags):
-                continue
-            pool = rule.targetpool
-            low, _, _high = str(rule.extra.get("portRange") or "0").partition("-")
-            health = None
-            checks = list(getattr(pool, "healthchecks", None) or [])
-            if checks:
-                hc = checks[0]
-                health = HealthCheck(
-                    protocol="http",
-                    port=int(hc.port),
-                    path=str(hc.path),
-                    interval=int(hc.interval),
-                    timeout=int(hc.timeout),
-                    healthy_threshold=int(hc.healthy_threshold),
-                    unhealthy_threshold=int(hc.unhealthy_threshold),
-                )
-            members = sorted(
-                str(n.id) if isinstance(n, Node) else str(n)
-                for n in (getattr(pool, "nodes", None) or [])
-            )
-            out.append(
-                LoadBalancer(
-                    id=rule.name,
-                    name=rule.name,
-                    address=rule.address,
-                    port=int(low),
-                    target_port=int(low),  # pass-through: the same port on the members
-                    health_check=health,
-                    allowed_sources=(),
-                    internal=False,
-                    members=tuple(members),
-                    tags=meta["tags"],
-                    extra={
-                        "region": rule.region.name if rule.region is not None else None,
-                        "target_pool": getattr(pool, "name", None),
-                        "health_checks": [c.name for c in checks],
-                    },
-                )
-            )
-        return out
-
-    def create_load_balancer(
-        self,
-        driver: NodeDriver,
-        spec: LoadBalancerSpec,
-        network: Network,
-        subnet: Subnet,
-    ) -> LoadBalancer:
-        gce = _gce(driver)
-        if spec.port != spec.target_port:
-            raise PermanentError(
-                f"load balancer {spec.name}: a GCE target pool forwards to the same port; "
-                f"loadBalancer.port must be {spec.target_port}"
-            )
-        region = subnet.location
-        check = spec.health_check
-        hc_name = f"{spec.name}-hc"
-        try:
-            hc = gce.ex_get_healthcheck(hc_name)  # left by an interrupted create
-        except ResourceNotFoundError:
-            hc = gce.ex_create_healthcheck(
-                hc_name,
-                path=check.path or "/",
-                port=check.port,
-                interval=check.interval,
-                timeout=check.timeout,
-                unhealthy_threshold=check.unhealthy_threshold,
-                healthy_threshold=check.healthy_threshold,
-                description=describe(spec.tags, load_balancer=spec.name),
-            )
-        try:
-            pool = gce.ex_get_targetpool(spec.name, region=region)
-        except ResourceNotFoundError:
-            pool = gce.ex_create_targetpool(spec.name, region=region, healthchecks=[hc])
-        gce.ex_create_forwarding_rule(
-            spec.name,
-            target=pool,
-            region=region,
-            protocol="tcp",
-            port_range=f"{spec.port}-{spec.port}",
-            description=describe(spec.tags),
-        )
-        return self._one(self.list_load_balancers(driver, spec.tags), spec.name)
-
-    def update_load_balancer(
-        self, driver: NodeDriver, lb: LoadBalancer, spec: LoadBalancerSpec
-    ) -> None:
-        gce = _gce(driver)
-        if lb.health_check == spec.health_check:
-            return
-        for name in lb.extra.get("health_checks", []):
-            hc = gce.ex_get_healthcheck(name)
-            check = spec.health_check
-            hc.path, hc.port = check.path or "/", check.port
-            hc.interval, hc.timeout = check.interval, check.timeout
-            hc.healthy_threshold = check.healthy_threshold
-            hc.unhealthy_threshold = check.unhealthy_threshold
-            gce.ex_update_healthcheck(hc)
-
-    def change_members(
-        self, driver: NodeDriver, lb: LoadBalancer, *, add: Sequence[str], remove: Sequence[str]
-    ) -> None:
-        gce = _gce(driver)
-        pool = gce.ex_get_targetpool(lb.extra["target_pool"], region=lb.extra["region"])
-        nodes = {str(n.id): n for n in gce.list_nodes(ex_zone="all")} if add or remove else {}
-        for machine_id in add:
-            node = nodes.get(machine_id)
-            if node is None:
-                raise PermanentError(f"load balancer {lb.name}: no instance with id {machine_id}")
-            gce.ex_targetpool_add_node(pool, node)
-        for member in remove:
-            # A member that is no instance any more is listed by its URL; remove it by that.
-            gce.ex_targetpool_remove_node(pool, nodes.get(member, member))
-
-    def delete_load_balancer(self, driver: NodeDriver, lb: LoadBalancer) -> bool:
-        gce = _gce(driver)
-        existed = False
-        region = lb.extra.get("region")
-        try:
-            rule = gce.ex_get_forwarding_rule(lb.name, region=region)
-        except ResourceNotFoundError:
-            rule = None
-        if rule is not None:
-            gce.ex_destroy_forwarding_rule(rule)
-            existed = True
-        # Already gone is fine: a retried delete, or an interrupted create that never made them.
-        with contextlib.suppress(ResourceNotFoundError):
-            gce.ex_destroy_targetpool(gce.ex_get_targetpool(lb.name, region=region))
-        for name in lb.extra.get("health_checks") or [f"{lb.name}-hc"]:
-            with contextlib.suppress(ResourceNotFoundError):
-                gce.ex_destroy_healthcheck(gce.ex_get_healthcheck(name))
-        return existed
 
     # -- machines ------------------------------------------------------------------------------
 

@@ -301,6 +301,10 @@ class LabInfraBackend(InfraBackend):
             raise _http_error(400, f"lab cloud: subnet {subnet.id} is not in {network.id}")
         hosts = ipaddress.ip_network(subnet.cidr).hosts()
         private = str(next(hosts))  # the first reserved host address
+        # An LB spans the subnets of every zone (spec.subnets), as an ELB is enabled per zone.
+        owned = {k: v for k, v in subnet.tags.items() if k != res.TAG_TIER}
+        by_name = {s.name: s.id for s in self.list_subnets(driver, owned)}
+        spans = [subnet.id, *(by_name[n] for n in spec.subnets if n in by_name)]
         rid = self._insert(
             driver,
             "load-balancer",
@@ -309,6 +313,7 @@ class LabInfraBackend(InfraBackend):
             {
                 "network_id": network.id,
                 "subnet_id": subnet.id,
+                "subnet_ids": sorted(set(spans)),
                 "address": private,
                 "port": spec.port,
                 "target_port": spec.target_port,
@@ -353,11 +358,12 @@ class LabInfraBackend(InfraBackend):
                 ).fetchone()
                 if node is None or node["state"] == NodeState.TERMINATED.value:
                     raise _http_error(400, f"lab cloud: no live machine {node_id!r}")
-                if node["subnet_id"] != spec["subnet_id"]:
+                spans = spec.get("subnet_ids", [spec["subnet_id"]])
+                if node["subnet_id"] not in spans:
                     raise _http_error(
                         400,
-                        f"lab cloud: machine {node_id} is not in the load balancer's subnet "
-                        f"{spec['subnet_id']}",
+                        f"lab cloud: machine {node_id} is not in the load balancer's subnets "
+                        f"{', '.join(spans)}",
                     )
             members = (set(spec["members"]) - set(remove)) | set(add)
             spec["members"] = sorted(members)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.moto_ec2 import Ec2Emulator
+from providers.libcloud_generic import LibcloudProvider
+from tests.moto_ec2 import Ec2Emulator, ec2_provider
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +33,15 @@ def ec2(ec2_server: Ec2Emulator) -> Ec2Emulator:
     """The emulator, emptied: no instances, no images, no recorded requests."""
     ec2_server.reset()
     return ec2_server
+
+
+@pytest.fixture
+async def ec2_prod(ec2: Ec2Emulator, tmp_path: Path) -> AsyncIterator[LibcloudProvider]:
+    """The generic plugin for cluster ``prod`` on the emptied emulator, with an AMI named
+    ``debian-12`` (the pools' default image)."""
+    ec2.register_image("debian-12")
+    p = ec2_provider(ec2, cluster="prod", state_dir=tmp_path)
+    try:
+        yield p
+    finally:
+        await p.close()

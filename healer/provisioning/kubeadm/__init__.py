@@ -14,13 +14,17 @@ What it decides:
   re-written), an optional audit policy, and Pod Security Admission defaults when the cluster
   configures ``podSecurity``.
 * The bootstrap token (from the config by reference, or generated) and the encryption key are
-  kept 0600 in the state dir. They reach the machine only inside its user data, in files readable
-  by root only; the bootstrap script deletes the kubeadm file with the token once the node has
-  joined, and never passes a secret on a command line.
+  kept 0600 in the state dir. The token reaches the machine inside its user data, in a file
+  readable by root only; the bootstrap script deletes it once the node has joined, and never
+  passes a secret on a command line.
 * The control-plane machines receive healer's CAs (:mod:`healer.provisioning.pki`), so kubeadm
-  signs every machine's certificates with the same CA. No ``certificateKey`` is needed: it exists
-  for kubeadm's own certificate upload, which expires after two hours and would leave later
-  replacements unable to join.
+  signs every machine's certificates with the same CA, and the EncryptionConfiguration: both by
+  the SSH key push (:mod:`healer.provisioning.keydelivery`), never in user data; the bootstrap
+  script waits for them. No ``certificateKey`` is needed: it exists for kubeadm's own certificate
+  upload, which expires after two hours and would leave later replacements unable to join.
+* The first control-plane machine applies the pod network after ``kubeadm init``: a pinned
+  manifest (``kubernetes.cni``, Calico by default), applied only when its sha256 matches, with
+  Calico's IPv4 pool set to ``networking.podSubnet``.
 
 Which machine runs ``kubeadm init`` is recorded once, in ``kubeadm/init-node``: the first
 control-plane machine rendered for the cluster. Every other machine, including a replacement of

@@ -10,17 +10,21 @@ when the cluster configures ``podSecurity``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import yaml
 
 from healer.config import ClusterConfig, KubernetesConfig, PodSecurityConfig, PoolConfig
 from healer.errors import ConfigError
-from healer.model import LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE
+from healer.model import LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE, LABEL_ZONE
 from healer.provisioning.keystore import SecretValue
 from healer.provisioning.kubeadm.endpoint import API_PORT, ApiEndpoint
-from healer.provisioning.kubeadm.tokens import BOOTSTRAP_TOKEN_GROUP, KubeadmSecrets
+from healer.provisioning.kubeadm.tokens import (
+    BOOTSTRAP_TOKEN_GROUP,
+    ENCRYPTION_KEY_NAME,
+    KubeadmSecrets,
+)
 from healer.provisioning.pki import ApiSans
 
 ENCRYPTION_DIR = "/etc/kubernetes/encryption"
@@ -30,7 +34,6 @@ AUDIT_POLICY = f"{AUDIT_DIR}/policy.yaml"
 AUDIT_LOG_DIR = "/var/log/kubernetes/audit"
 ADMISSION_DIR = "/etc/kubernetes/admission"
 ADMISSION_CONFIG = f"{ADMISSION_DIR}/config.yaml"
-ENCRYPTION_KEY_NAME = "healer-key-1"
 
 # Kubelets may only set node labels outside these namespaces (NodeRestriction); a refused
 # --node-labels entry stops the kubelet from starting at all.
@@ -59,8 +62,17 @@ def _args(version: str, values: dict[str, str]) -> Any:
     return dict(values)
 
 
-def encryption_configuration(provider: str, key: SecretValue) -> dict[str, Any]:
-    """Secrets encrypted with ``key``; ``identity`` last reads Secrets written before."""
+def encryption_configuration(
+    provider: str,
+    key: SecretValue,
+    *,
+    name: str = ENCRYPTION_KEY_NAME,
+    more: Sequence[tuple[str, SecretValue]] = (),
+) -> dict[str, Any]:
+    """Secrets encrypted with ``key`` (called ``name``), readable with the ``more`` keys too (a
+    rotation: healer.provisioning.rotation); ``identity`` last reads Secrets written before."""
+    keys = [{"name": name, "secret": key.reveal()}]
+    keys += [{"name": n, "secret": k.reveal()} for n, k in more]
     return {
         "apiVersion": "apiserver.config.k8s.io/v1",
         "kind": "EncryptionConfiguration",
@@ -68,7 +80,7 @@ def encryption_configuration(provider: str, key: SecretValue) -> dict[str, Any]:
             {
                 "resources": ["secrets"],
                 "providers": [
-                    {provider: {"keys": [{"name": ENCRYPTION_KEY_NAME, "secret": key.reveal()}]}},
+                    {provider: {"keys": keys}},
                     {"identity": {}},
                 ],
             }
@@ -220,10 +232,14 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def kubelet_labels(cluster: ClusterConfig, pool: PoolConfig) -> str:
-    """``--node-labels`` for the kubelet: healer's identity labels and the pool's labels the
-    kubelet is allowed to set on itself (the rest would stop it from starting)."""
+def kubelet_labels(cluster: ClusterConfig, pool: PoolConfig, name: str = "") -> str:
+    """``--node-labels`` for the kubelet: healer's identity labels, the zone of machine ``name``
+    (:meth:`PoolConfig.zone_for`, where it was created; the zone guards read it) and the pool's
+    labels the kubelet is allowed to set on itself (the rest would stop it from starting)."""
     labels = {LABEL_CLUSTER: cluster.name, LABEL_POOL: pool.name, LABEL_ROLE: str(pool.role)}
+    zone = pool.zone_for(name)
+    if zone:
+        labels[LABEL_ZONE] = zone
     for key, value in pool.labels.items():
         prefix = key.split("/", 1)[0] if "/" in key else ""
         restricted = any(

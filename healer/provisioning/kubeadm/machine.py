@@ -1,10 +1,14 @@
-"""What one machine needs to become a node: the kubeadm documents, the control plane's CAs,
-encryption, audit and admission files, the kernel settings, and the bootstrap script
-(``bootstrap.sh``, package data) that runs ``kubeadm init`` or ``kubeadm join``.
+"""What one machine needs to become a node: the kubeadm documents, the audit and admission
+files, the kernel settings and the bootstrap script (``bootstrap.sh``, package data) that runs
+``kubeadm init`` or ``kubeadm join`` (its user data), and, for a control-plane machine, its keys:
+the cluster's CAs with their private keys, the service-account key and the EncryptionConfiguration
+(:attr:`NodeBootstrap.keys`).
 
-The bootstrap token and the encryption key reach the machine only inside its user data, in files
-readable by root only; the bootstrap script deletes the kubeadm file with the token once the node
-has joined, and never passes a secret on a command line.
+The keys are never in user data (the cloud's metadata service serves it to anything on the
+machine that can reach it): :mod:`healer.provisioning.keydelivery` pushes them over SSH once the
+machine is up, and the bootstrap script waits for them before kubeadm runs. The only secret in
+user data is the bootstrap token, in a root-only file the script deletes once the node joined
+(a worker needs nothing else; its CA is pinned by ``caCertHashes``).
 """
 
 from __future__ import annotations
@@ -34,13 +38,20 @@ from healer.provisioning.kubeadm.documents import (
     kubelet_labels,
 )
 from healer.provisioning.kubeadm.endpoint import ApiEndpoint, resolve_endpoint
-from healer.provisioning.kubeadm.tokens import KubeadmSecrets, ensure_secrets
+from healer.provisioning.kubeadm.tokens import (
+    KubeadmSecrets,
+    encryption_key_name,
+    ensure_secrets,
+)
 from healer.provisioning.machinefiles import MachineFile
 from healer.provisioning.pki import ApiSans, ClusterPki, api_server_sans
 
 log = structlog.get_logger("healer.provisioning")
 
 KUBEADM_CONFIG = "/etc/healer/kubeadm/kubeadm.yaml"
+# Written last by the key push: the files it delivered, one path a line. The bootstrap script of
+# a control-plane machine waits for it (``kubernetes.keyWait``) before it runs kubeadm.
+KEYS_READY = "/etc/healer/kubeadm/keys-ready"
 BOOTSTRAP_ENV = "/etc/healer/kubeadm/bootstrap.env"
 BOOTSTRAP_SCRIPT = "/usr/local/sbin/healer-bootstrap"
 PKI_DIR = "/etc/kubernetes/pki"
@@ -86,8 +97,9 @@ class NodeBootstrap:
     """What one machine needs to become a node: files and the command that runs kubeadm."""
 
     mode: str  # "init" | "join"
-    files: tuple[MachineFile, ...]
+    files: tuple[MachineFile, ...]  # user data: nothing here may be a private key
     command: tuple[str, ...]
+    keys: tuple[MachineFile, ...] = ()  # pushed over SSH, never in user data; KEYS_READY last
 
 
 class KubeadmBuilder:
@@ -116,7 +128,7 @@ class KubeadmBuilder:
         endpoint = resolve_endpoint(state, k8s)
         secrets_ = ensure_secrets(state, k8s)
         pki = ClusterPki(state)
-        labels = kubelet_labels(cluster, pool)
+        labels = kubelet_labels(cluster, pool, name)
         control_plane = pool.role is Role.CONTROL_PLANE
         files: list[MachineFile] = [
             MachineFile("/etc/modules-load.d/healer-kubernetes.conf", _MODULES.encode()),
@@ -144,8 +156,10 @@ class KubeadmBuilder:
         files.append(
             MachineFile(KUBEADM_CONFIG, dump_documents(docs).encode(), mode="0600", secret=True)
         )
+        keys: list[MachineFile] = []
         if control_plane:
-            files += self._control_plane_files(pki, secrets_)
+            files += self._control_plane_files()
+            keys = self.key_files(pki, secrets_)
         mode = "init" if init else "join"
         env = (
             f"KUBERNETES_VERSION={k8s.version}\n"
@@ -154,6 +168,14 @@ class KubeadmBuilder:
             f"INSTALL_PACKAGES={'true' if k8s.install_packages else 'false'}\n"
             f"JOIN_ATTEMPTS={JOIN_ATTEMPTS}\n"
         )
+        if keys:
+            env += f"KEYS_READY={KEYS_READY}\nKEY_WAIT={int(k8s.key_wait)}\n"
+        if init and k8s.cni.install:
+            env += (
+                f"CNI_MANIFEST_URL={k8s.cni.manifest_url}\n"
+                f"CNI_MANIFEST_SHA256={k8s.cni.sha256}\n"
+                f"POD_SUBNET={k8s.pod_subnet}\n"
+            )
         files.append(MachineFile(BOOTSTRAP_ENV, env.encode(), mode="0600"))
         log.debug(
             "kubeadm.machine_rendered",
@@ -164,9 +186,14 @@ class KubeadmBuilder:
             endpoint=endpoint.address,
             token_id=secrets_.token_id,
         )
-        return NodeBootstrap(mode=mode, files=tuple(files), command=(BOOTSTRAP_SCRIPT,))
+        return NodeBootstrap(
+            mode=mode, files=tuple(files), command=(BOOTSTRAP_SCRIPT,), keys=tuple(keys)
+        )
 
-    def _control_plane_files(self, pki: ClusterPki, secrets_: KubeadmSecrets) -> list[MachineFile]:
+    def key_files(self, pki: ClusterPki, secrets_: KubeadmSecrets) -> list[MachineFile]:
+        """A control-plane machine's keys, for the push: the CAs (certificates and private
+        keys, where kubeadm looks for them), the service-account key pair, the
+        EncryptionConfiguration, and last the :data:`KEYS_READY` list of them."""
         k8s = self._k8s
         files = [
             MachineFile(
@@ -177,7 +204,11 @@ class KubeadmBuilder:
             )
             for f in pki.control_plane_files()
         ]
-        enc = encryption_configuration(k8s.encryption.provider, secrets_.encryption_key)
+        enc = encryption_configuration(
+            k8s.encryption.provider,
+            secrets_.encryption_key,
+            name=encryption_key_name(self._state),
+        )
         files.append(
             MachineFile(
                 ENCRYPTION_CONFIG,
@@ -186,6 +217,12 @@ class KubeadmBuilder:
                 secret=True,
             )
         )
+        listing = "".join(f"{f.path}\n" for f in files).encode()
+        return [*files, MachineFile(KEYS_READY, listing, mode="0600")]
+
+    def _control_plane_files(self) -> list[MachineFile]:
+        k8s = self._k8s
+        files: list[MachineFile] = []
         if k8s.audit.enabled:
             policy = yaml.safe_dump(audit_policy(k8s), sort_keys=False)
             files.append(MachineFile(AUDIT_POLICY, policy.encode(), mode="0600"))

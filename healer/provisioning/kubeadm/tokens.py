@@ -59,6 +59,21 @@ def check_encryption_key(value: str, where: Path) -> str:
     return value
 
 
+ENCRYPTION_KEY_NAME = "healer-key-1"  # the cluster's first key, until a rotation
+KEY_NAME_FILE = ("secrets", "encryption-key-name")
+
+
+def encryption_key_name(state: ClusterState) -> str:
+    """The name of the cluster's encryption key in its EncryptionConfiguration (each Secret's
+    stored prefix names it): ``healer-key-1`` until `healer rotate encryption-key` made another
+    (healer.provisioning.rotation)."""
+    try:
+        name = state.path(*KEY_NAME_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ENCRYPTION_KEY_NAME
+    return name or ENCRYPTION_KEY_NAME
+
+
 def ensure_secrets(state: ClusterState, k8s: KubernetesConfig) -> KubeadmSecrets:
     """The cluster's bootstrap token and encryption key: loaded, or generated once (0600)."""
     if k8s.bootstrap_token is not None:
