@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test lint faults bench clean
+.PHONY: lab test lint faults bench clean realkube-lab
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,13 @@ test: $(STAMP) lint
 faults: $(STAMP)
 	@./.ci/system-deps
 	HEALER_FAULTS_FULL=1 timeout 1800 $(VENV)/bin/pytest tests/faults -m faults -p no:cacheprovider -rA
+
+# The lab's node scenarios (crash, hang, partition, provider-outage) against a real
+# kube-apiserver + kube-controller-manager + etcd (tests/realkube.py; binaries from
+# $HEALER_KUBE_ASSETS or ../shared/kube-assets, docs/testing.md). A few minutes.
+realkube-lab: $(STAMP)
+	@./.ci/system-deps
+	HEALER_REALKUBE_LAB=1 timeout 1800 $(VENV)/bin/pytest tests/test_realkube_lab.py -p no:cacheprovider -rA
 
 # Static checks, also part of `make test`: style, one-way layers, types.
 lint: $(STAMP)

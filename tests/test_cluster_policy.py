@@ -3,6 +3,7 @@ reconcile loop against the fake API server over HTTP, with drift put back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -212,7 +213,7 @@ def test_plan_rbac_table() -> None:
     assert actions[2].reason == "rules drifted"
 
 
-# ====================================================================== HTTP: the fake API server
+# ============================================= HTTP: the fake API server and the real one
 
 
 @pytest.fixture
@@ -231,8 +232,20 @@ def policy_cluster() -> ClusterConfig:
     )
 
 
-def _labels(fake_api: FakeApiServer, ns: str) -> dict[str, str]:
-    obj = fake_api.namespace(ns)
+@pytest.fixture(params=["fake", "real"])
+def cluster_api(
+    request: pytest.FixtureRequest, fake_api: FakeApiServer, kube: KubeClient
+) -> Iterator[tuple[Any, KubeClient]]:
+    """The reconcile tests run on the fake API server and on the real one (tests/realkube.py):
+    the server's namespace methods (add_namespace, namespace) and a client on it."""
+    if request.param == "fake":
+        yield fake_api, kube
+        return
+    yield request.getfixturevalue("realkube"), request.getfixturevalue("real_kube_client")
+
+
+def _labels(api: Any, ns: str) -> dict[str, str]:
+    obj = api.namespace(ns)
     assert obj is not None
     return {
         k: v for k, v in obj["metadata"].get("labels", {}).items() if k.startswith("pod-security")
@@ -240,14 +253,15 @@ def _labels(fake_api: FakeApiServer, ns: str) -> dict[str, str]:
 
 
 async def test_pod_security_labels_applied_and_drift_put_back(
-    fake_api: FakeApiServer, kube: KubeClient, policy_cluster: ClusterConfig
+    cluster_api: tuple[Any, KubeClient], policy_cluster: ClusterConfig
 ) -> None:
-    fake_api.add_namespace("payments", {"team": "money"})
-    fake_api.add_namespace("apps")
+    api, kube = cluster_api
+    api.add_namespace("payments", {"team": "money"})
+    api.add_namespace("apps")
     changes = await reconcile_cluster_policy(policy_cluster.model_copy(update={"rbac": None}), kube)
     assert any(c.startswith("namespace payments:") for c in changes)
-    assert _labels(fake_api, "payments")[E] == "restricted"
-    assert _labels(fake_api, "apps") == {
+    assert _labels(api, "payments")[E] == "restricted"
+    assert _labels(api, "apps") == {
         E: "baseline",
         A: "restricted",
         W: "restricted",
@@ -255,40 +269,42 @@ async def test_pod_security_labels_applied_and_drift_put_back(
         f"{A}-version": "latest",
         f"{W}-version": "latest",
     }
-    assert _labels(fake_api, "kube-system") == {}  # exempt: untouched
-    assert fake_api.namespace("payments")["metadata"]["labels"]["team"] == "money"  # type: ignore[index]
+    assert _labels(api, "kube-system") == {}  # exempt: untouched
+    assert api.namespace("payments")["metadata"]["labels"]["team"] == "money"  # type: ignore[index]
 
     no_rbac = policy_cluster.model_copy(update={"rbac": None})
     assert await reconcile_cluster_policy(no_rbac, kube) == []  # idempotent
 
     # Someone relaxes a namespace by hand, and labels another one.
     await kube.patch_namespace_labels("apps", {E: "privileged", f"{W}-version": None})
-    fake_api.add_namespace("default", {A: "privileged"})
+    api.add_namespace("default", {A: "privileged"})
     changes = await reconcile_cluster_policy(no_rbac, kube)
     assert sorted(changes) == [
         f"namespace apps: {E}=baseline (was privileged), {W}-version=latest",
         f"namespace default: {A}=restricted (was privileged)",
     ]
-    assert _labels(fake_api, "apps")[E] == "baseline"
-    assert _labels(fake_api, "default")[A] == "restricted"
+    assert _labels(api, "apps")[E] == "baseline"
+    assert _labels(api, "default")[A] == "restricted"
     assert await reconcile_cluster_policy(no_rbac, kube) == []
 
 
 async def test_dry_run_reports_without_touching(
-    fake_api: FakeApiServer, kube: KubeClient, policy_cluster: ClusterConfig
+    cluster_api: tuple[Any, KubeClient], policy_cluster: ClusterConfig
 ) -> None:
-    fake_api.add_namespace("apps")
+    api, kube = cluster_api
+    api.add_namespace("apps")
     planned = await reconcile_cluster_policy(policy_cluster, kube, dry_run=True)
     assert "ClusterRole node-viewer: created" in planned
     assert any(p.startswith("namespace apps:") for p in planned)
-    assert _labels(fake_api, "apps") == {}
+    assert _labels(api, "apps") == {}
     assert await kube.get_rbac("ClusterRole", "node-viewer") is None
 
 
 async def test_rbac_created_edited_by_hand_put_back_and_removed_from_config(
-    fake_api: FakeApiServer, kube: KubeClient, policy_cluster: ClusterConfig
+    cluster_api: tuple[Any, KubeClient], policy_cluster: ClusterConfig
 ) -> None:
-    fake_api.add_namespace("apps")
+    api, kube = cluster_api
+    api.add_namespace("apps")
     rbac_only = policy_cluster.model_copy(update={"pod_security": None})
     changes = await reconcile_cluster_policy(rbac_only, kube)
     assert sorted(changes) == [
@@ -346,9 +362,10 @@ async def test_rbac_created_edited_by_hand_put_back_and_removed_from_config(
 
 
 async def test_roleref_change_recreates_the_binding(
-    fake_api: FakeApiServer, kube: KubeClient, policy_cluster: ClusterConfig
+    cluster_api: tuple[Any, KubeClient], policy_cluster: ClusterConfig
 ) -> None:
-    fake_api.add_namespace("apps")
+    api, kube = cluster_api
+    api.add_namespace("apps")
     rbac_only = policy_cluster.model_copy(update={"pod_security": None})
     await reconcile_cluster_policy(rbac_only, kube)
     binding = await kube.get_rbac("ClusterRoleBinding", "ops-view")
@@ -378,9 +395,10 @@ async def test_roleref_change_recreates_the_binding(
 
 
 async def test_an_object_healer_does_not_own_is_left_alone(
-    fake_api: FakeApiServer, kube: KubeClient, policy_cluster: ClusterConfig
+    cluster_api: tuple[Any, KubeClient], policy_cluster: ClusterConfig
 ) -> None:
-    fake_api.add_namespace("apps")
+    api, kube = cluster_api
+    api.add_namespace("apps")
     theirs = {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}
     await kube.create_rbac("ClusterRole", "node-viewer", None, {"team": "platform"}, theirs)
     rbac_only = policy_cluster.model_copy(update={"pod_security": None})

@@ -467,11 +467,16 @@ async def test_deleting_a_node_collects_its_pods_and_then_its_lease(
     ]
     fake_api.add_pod("a", "p", "n1")
     assert fake_api.delete_node("n1")
-    assert fake_api.pods_on("n1") == []
     # The lease is the garbage collector's: it goes on its next pass, not with the delete.
     assert fake_api.lease("n1") is not None
     fake_api.check_nodes()
     assert fake_api.lease("n1") is None
+    # The pods are PodGC's: they stay until the node has been gone for its quarantine
+    # (40 s in kube-controller-manager), as on a real server (tests/conformance).
+    assert [p["metadata"]["name"] for p in fake_api.pods_on("n1")] == ["p"]
+    fake_api.podgc_quarantine = 0.0
+    fake_api.check_nodes()
+    assert fake_api.pods_on("n1") == []
     assert not fake_api.delete_node("n1")
 
 
@@ -563,9 +568,13 @@ async def test_node_without_lease_renewal_turns_unknown_and_tainted(
     fake = fake_api_virtual
     fake.add_node("n1")
     fake.set_lease("n1")
+    # A healthy second node: with every node down the controller taints nothing.
+    fake.add_node("n2")
     await virtual_clock.advance(30)
     fake.set_lease("n1")  # renewed at +30: good until +70
+    fake.set_lease("n2")
     await virtual_clock.advance(35)
+    fake.set_lease("n2")
     node = fake.node("n1")
     assert node is not None
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
@@ -592,7 +601,10 @@ async def test_ready_again_removes_unreachable_taint(
 ) -> None:
     fake = fake_api_virtual
     fake.add_node("n1")
-    await virtual_clock.advance(45)
+    fake.add_node("n2")  # healthy: with every node down the controller taints nothing
+    await virtual_clock.advance(30)
+    fake.set_lease("n2")
+    await virtual_clock.advance(15)
     node = fake.node("n1")
     assert node is not None and TAINT_UNREACHABLE in {t["key"] for t in node["spec"]["taints"]}
     patch = {

@@ -218,11 +218,14 @@ async def test_unrenewed_lease_turns_node_unknown(
     await kube_virtual.register_node("n1", {})
     await kube_virtual.set_node_ready("n1", "True", "KubeletReady", "ok")
     await kube_virtual.renew_lease("n1", "n1", 40)
+    fake_api_virtual.add_node("n2")  # healthy: with every node down nothing is tainted
     await virtual_clock.advance(30)
     await kube_virtual.renew_lease("n1", "n1", 40)
+    fake_api_virtual.set_lease("n2")
     await virtual_clock.advance(30)
     node = await kube_virtual.get_node("n1")
     assert node is not None and node.ready == "True"
+    fake_api_virtual.set_lease("n2")
     await virtual_clock.advance(15)  # 45 s since the last renewal > 40 s grace
     node = await kube_virtual.get_node("n1")
     assert node is not None

@@ -75,6 +75,24 @@ class KubeletApi(NodeApi):
         self._expect(what, answer)
         return True
 
+    async def set_pod_running(self, namespace: str, name: str) -> bool:
+        """Report a pod's containers started, as its kubelet does: phase Running, Ready and
+        ContainersReady True. False if the pod is gone."""
+        now = format_time(self._clock.wall())
+        conditions = [
+            {"type": kind, "status": "True", "lastTransitionTime": now}
+            for kind in ("Initialized", "ContainersReady", "Ready", "PodScheduled")
+        ]
+        patch = {"status": {"phase": "Running", "startTime": now, "conditions": conditions}}
+        what = f'set pod "{namespace}/{name}" Running'
+        answer = await self._call(
+            what, self._core.patch_namespaced_pod_status, name, namespace, patch
+        )
+        if answer.status == 404:
+            return False
+        self._expect(what, answer)
+        return True
+
     async def renew_lease(self, name: str, holder: str, duration_seconds: int) -> None:
         """Create or renew ``kube-node-lease/<name>`` with renewTime now. Updates carry the
         resourceVersion read, so a concurrent writer makes us re-read rather than overwrite.

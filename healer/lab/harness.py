@@ -16,13 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import yaml
 
 from healer.clock import Clock, RealClock
-from healer.config import HealerConfig
+from healer.config import EtcdConfig, HealerConfig
 from healer.kube.client import KubeClient
+from healer.lab.apiserver.encryption import key_names
 from healer.lab.apiserver.server import FakeApiServer
 from healer.lab.broker import EmbeddedBroker
+from healer.lab.etcd import FakeLabEtcd, LabEtcd, etcd_binary
 from healer.lab.kubelet import SimulatedKubelet
+from healer.lab.node_monitor import NodeMonitor
+from healer.lab.node_monitor import discover as discover_node_monitor
 from healer.model import (
     LABEL_CLUSTER,
     LABEL_CONTROL_PLANE,
@@ -32,6 +37,8 @@ from healer.model import (
     TAG_POOL,
     Role,
 )
+from healer.provisioning.keydelivery import LAB_MACHINES
+from healer.provisioning.kubeadm.documents import ENCRYPTION_CONFIG
 from healer.sources.mqtt_publish import MqttPublisher
 from providers.lab.driver import LabNodeDriver
 
@@ -55,6 +62,7 @@ class LabTimings:
     boot_delay: float = 1.0  # machine created -> kubelet registers
     reboot_downtime: float = 5.0  # a reboot that comes back
     fleet_poll: float = 0.2
+    podgc_quarantine: float = 3.0  # a deleted node's pods -> force-deleted (production: 40s)
 
 
 class LabCloud:
@@ -92,6 +100,7 @@ class LabHarness:
         kubeconfig: Path | None = None,
         with_broker: bool = True,
         clock: Clock | None = None,
+        node_monitor: NodeMonitor | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.cluster = cluster
@@ -111,18 +120,40 @@ class LabHarness:
         self.zones: dict[str, str] = {}  # node -> its topology.kubernetes.io/zone
         self._fleet_task: asyncio.Task[None] | None = None
         self.kubeconfig: Path = kubeconfig or state_dir / "lab-kubeconfig.yaml"
+        # The cluster's node lifecycle timing, which scenarios judge detection by: the lab's
+        # own, or (--kubeconfig) the real cluster's, read or given (healer.lab.node_monitor).
+        self._given_node_monitor = node_monitor
+        self.node_monitor = NodeMonitor(
+            self.timings.lease_grace,
+            self.timings.monitor_period,
+            "lab",
+            late_by=self.timings.monitor_period,
+        )
+        # The control plane's etcd: real members (etcd-server) or, without it, a fake.
+        self.etcd: LabEtcd | FakeLabEtcd | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._external_kubeconfig is None:
             self.api = FakeApiServer(
-                lease_grace=self.timings.lease_grace, monitor_period=self.timings.monitor_period
+                lease_grace=self.timings.lease_grace,
+                monitor_period=self.timings.monitor_period,
+                podgc_quarantine=self.timings.podgc_quarantine,
             )
             await self.api.start()
             self.api.write_kubeconfig(self.kubeconfig)
         self.kube = await KubeClient.from_kubeconfig(self.kubeconfig)
+        if self._external_kubeconfig is not None:
+            self.node_monitor = await discover_node_monitor(self.kube, self._given_node_monitor)
         await self._restore_nodes()
+        if Role.CONTROL_PLANE in self.pool_roles.values():
+            binary = etcd_binary()
+            self.etcd = (
+                LabEtcd(binary=binary, state_dir=self.state_dir, cluster=self.cluster, pool_size=3)
+                if binary is not None
+                else FakeLabEtcd(cluster=self.cluster)
+            )
         if self._with_broker:
             self.broker = EmbeddedBroker()
             await self.broker.start()
@@ -153,6 +184,8 @@ class LabHarness:
             await self.broker.stop()
         if self.kube is not None:
             await self.kube.close()
+        if self.etcd is not None:
+            await self.etcd.stop()
         if self.api is not None:
             self._save_nodes(self.api)
             await self.api.stop()
@@ -162,6 +195,13 @@ class LabHarness:
         clusters = tuple(
             c.model_copy(update={"kubeconfig": self.kubeconfig}) for c in config.clusters
         )
+        if self.etcd is not None:
+            # The daemon reaches the members directly (loopback) with a client certificate it
+            # mints from the lab cluster's etcd CA, as it would from the one `healer apply` made.
+            # (The fake is handed to it instead: etcd_for_daemon.)
+            seeds = self.etcd.seeds() if isinstance(self.etcd, LabEtcd) else ["https://fake:2379"]
+            etcd = {"etcd": EtcdConfig(mode="direct", endpoints=tuple(seeds))}
+            clusters = tuple(c.model_copy(update=etcd) for c in clusters)
         update: dict[str, Any] = {"clusters": clusters}
         if config.mqtt is not None:
             if self.broker is None:
@@ -169,6 +209,13 @@ class LabHarness:
             else:
                 update["mqtt"] = config.mqtt.model_copy(update={"port": self.broker.port})
         return config.model_copy(update=update)
+
+    def etcd_for_daemon(self) -> dict[str, FakeLabEtcd] | None:
+        """The fake etcd, handed to the daemon as its cluster's etcd (no binary: nothing to
+        connect to); None when the daemon connects to the real members itself."""
+        if isinstance(self.etcd, FakeLabEtcd):
+            return {self.cluster: self.etcd}
+        return None
 
     async def _restore_nodes(self) -> None:
         """Give every machine of a saved lab state that is not running its Node back.
@@ -233,6 +280,15 @@ class LabHarness:
             if m["tags"].get(TAG_CLUSTER) == self.cluster
         ]
         states = {m["name"]: (m["id"], m["state"]) for m in machines}
+        self._sync_encryption(machines)
+        if self.etcd is not None:
+            self.etcd.sync(
+                [
+                    (m["name"], m["state"])
+                    for m in machines
+                    if self.pool_roles.get(m["tags"].get(TAG_POOL, "")) is Role.CONTROL_PLANE
+                ]
+            )
         for name in list(self.kubelets):
             # A machine powered off or destroyed runs no kubelet: its processes die with it,
             # even when it was only cut off from the network before. Should the machine run
@@ -258,6 +314,25 @@ class LabHarness:
             self._kubelet_tasks[m["name"]] = asyncio.create_task(
                 self._boot(kubelet), name=f"kubelet-{m['name']}"
             )
+
+    def _sync_encryption(self, machines: list[dict[str, Any]]) -> None:
+        """Each running control-plane machine's API server reads the EncryptionConfiguration
+        healer put on it (as with --encryption-provider-config-automatic-reload)."""
+        if self.api is None:
+            return
+        for m in machines:
+            if self.pool_roles.get(m["tags"].get(TAG_POOL, "")) is not Role.CONTROL_PLANE:
+                continue
+            path = self.state_dir / LAB_MACHINES / m["name"] / ENCRYPTION_CONFIG.lstrip("/")
+            if m["state"] != "running":
+                self.api.encryption.forget(m["name"])
+                continue
+            try:
+                keys = key_names(yaml.safe_load(path.read_text()))
+            except (OSError, yaml.YAMLError):
+                continue  # not there (yet): the machine's API server has not started
+            if keys:
+                self.api.encryption.configure(m["name"], keys)
 
     def _kubelet_gone(self, node: str, machine_state: str) -> None:
         """Its machine is off or destroyed: the kubelet says nothing more, and its task ends."""

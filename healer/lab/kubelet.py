@@ -1,7 +1,9 @@
 """A simulated kubelet (plus the machine's node agent) for the lab.
 
-It owns playing one machine as the cluster sees it: registering its Node, renewing its Lease,
-posting Ready=True, and publishing the node agent's messages (heartbeat, reboot, upgrade). It
+It owns playing one machine as the cluster sees it: registering its Node, renewing its Lease
+(owned by the Node, so the garbage collector deletes it with the Node), posting Ready=True,
+running the pods bound to it (a Pending pod is reported Running and Ready; a pod being deleted
+is confirmed gone, as a kubelet does once its containers stopped), and publishing the node agent's messages (heartbeat, reboot, upgrade). It
 talks to the API only through :class:`healer.kube.client.KubeClient`'s public methods, so the same
 kubelet can drive the fake API server or a real one.
 
@@ -162,9 +164,22 @@ class SimulatedKubelet:
             ):
                 # A real kubelet only registers at start-up; its node was deleted under it.
                 self._log.warning("kubelet.node_missing")
+            else:
+                await self._sync_pods()
         except HealerError as exc:
             self._log.warning("kubelet.api_error", error=str(exc), error_type=type(exc).__name__)
         await self._publish("heartbeat", {"v": 1})
+
+    async def _sync_pods(self) -> None:
+        """Run what is bound to this node: start Pending pods, finish deleted ones."""
+        for pod in await self._client.pods_on_node(self.node):
+            if pod.deleting:
+                # Containers stopped: the kubelet's final delete (grace 0) removes the object.
+                await self._client.delete_pod(pod.namespace, pod.name, 0)
+                self._log.info("kubelet.pod_stopped", pod=f"{pod.namespace}/{pod.name}")
+            elif pod.phase == "Pending":
+                await self._client.set_pod_running(pod.namespace, pod.name)
+                self._log.info("kubelet.pod_started", pod=f"{pod.namespace}/{pod.name}")
 
     async def _publish(self, channel: str, payload: dict[str, Any]) -> None:
         if self._publish_fn is None or self._partitioned or self._crashed:

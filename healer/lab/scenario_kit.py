@@ -134,7 +134,9 @@ class Context:
             math.inf,
         )
         return {
-            "lease_grace_s": self.harness.timings.lease_grace,
+            "lease_grace_s": self.harness.node_monitor.grace,
+            # How late after the grace the cluster may notice (its controller's period).
+            "detection_slack_s": self.harness.node_monitor.late_by,
             "ready_unknown_timeout_s": unknown,
             "reboot_timeout_s": health.reboot_timeout,
             "node_startup_timeout_s": health.node_startup_timeout,

@@ -22,7 +22,12 @@ OUTAGE_SECONDS = 10.0
 
 
 async def _single_node_replaced(
-    ctx: Context, inject: Callable[[str], Any], failure: str, expected_detection: float
+    ctx: Context,
+    inject: Callable[[str], Any],
+    failure: str,
+    expected_detection: float,
+    *,
+    slack: float = 0.0,
 ) -> dict[str, Any]:
     target = ctx.harness.pool_nodes(TARGET_POOL)[0]
     injected_at = time.time()
@@ -30,7 +35,11 @@ async def _single_node_replaced(
     result = inject(target)
     if asyncio.iscoroutine(result):
         await result
-    await until(lambda: replaced(ctx, target), timeout=SETTLE_TIMEOUT, what=f"{target} replaced")
+    await until(
+        lambda: replaced(ctx, target),
+        timeout=SETTLE_TIMEOUT + expected_detection,  # a real cluster's grace may be long
+        what=f"{target} replaced",
+    )
     rems = [
         r for r in remediations(ctx.store, ctx.cluster.name, injected_at) if r["node"] == target
     ]
@@ -38,7 +47,12 @@ async def _single_node_replaced(
     for r in rems:
         r["failure_injected_at"] = injected_at
         r["expected_start_at"] = injected_at + expected_detection
-        r["start_delay_s"] = round(r["started_at"] - r["expected_start_at"], 3)
+        # From the unhealthy verdict to the remediation: never negative. How the start compares
+        # with the estimate is signed (the lease the verdict counts from was renewed up to a
+        # renewal interval before the failure, so it may come a little early).
+        detected = r["detected_at"] if r["detected_at"] is not None else r["expected_start_at"]
+        r["start_delay_s"] = round(max(0.0, r["started_at"] - detected), 3)
+        r["start_vs_estimate_s"] = round(r["started_at"] - r["expected_start_at"], 3)
         r["replacement_ready"] = r["replacement"] in ready
     old = ctx.harness.machine(target)
     expectations = {
@@ -46,7 +60,10 @@ async def _single_node_replaced(
         "succeeded": bool(rems) and rems[-1]["result"] == "succeeded",
         "replacement_ready": bool(rems) and rems[-1]["replacement_ready"],
         "old_machine_gone": old is None,
-        "started_within_1s_of_threshold": bool(rems) and abs(rems[0]["start_delay_s"]) <= 1.0,
+        # Within 1 s of the estimate, plus however late the cluster's node controller may
+        # notice (its period: the lab's is short, a real cluster's seconds).
+        "started_within_1s_of_threshold": bool(rems)
+        and -1.0 <= rems[0]["start_vs_estimate_s"] <= 1.0 + slack,
     }
     return {
         "injected": [{"node": target, "failure": failure, "at": injected_at}],
@@ -59,14 +76,22 @@ async def _single_node_replaced(
 async def scenario_crash(ctx: Context) -> dict[str, Any]:
     t = ctx.thresholds
     return await _single_node_replaced(
-        ctx, ctx.harness.crash, "crash", t["lease_grace_s"] + t["ready_unknown_timeout_s"]
+        ctx,
+        ctx.harness.crash,
+        "crash",
+        t["lease_grace_s"] + t["ready_unknown_timeout_s"],
+        slack=t["detection_slack_s"],
     )
 
 
 async def scenario_hang(ctx: Context) -> dict[str, Any]:
     t = ctx.thresholds
     return await _single_node_replaced(
-        ctx, ctx.harness.hang, "hang", t["lease_grace_s"] + t["ready_unknown_timeout_s"]
+        ctx,
+        ctx.harness.hang,
+        "hang",
+        t["lease_grace_s"] + t["ready_unknown_timeout_s"],
+        slack=t["detection_slack_s"],
     )
 
 
@@ -84,6 +109,7 @@ async def scenario_provider_outage(ctx: Context) -> dict[str, Any]:
         ctx.harness.crash,
         "crash during a provider outage",
         t["lease_grace_s"] + t["ready_unknown_timeout_s"],
+        slack=t["detection_slack_s"],
     )
     out["provider_outage_s"] = OUTAGE_SECONDS
     return out
@@ -117,7 +143,7 @@ async def scenario_partition(ctx: Context) -> dict[str, Any]:
     log.info("lab.injected", failure="partition", nodes=",".join(cut))
     ctx.harness.partition(cut)
     t = ctx.thresholds
-    horizon = t["lease_grace_s"] + t["ready_unknown_timeout_s"] + 4.0
+    horizon = t["lease_grace_s"] + t["detection_slack_s"] + t["ready_unknown_timeout_s"] + 4.0
     await asyncio.sleep(horizon)
     refused = refusals(ctx.store, ctx.cluster.name, injected_at)
     log.info("lab.healing_partition", nodes=",".join(cut))

@@ -82,7 +82,7 @@ async def scenario_forged_ready(ctx: Context) -> dict[str, Any]:
 
     await until(both_rejected, timeout=15.0, what="forged messages rejected")
     # Watch past every condition timeout: an accepted Ready=False would have fired by then.
-    await asyncio.sleep(_longest_timeout(ctx) + ctx.harness.timings.lease_grace + MARGIN)
+    await asyncio.sleep(_longest_timeout(ctx) + ctx.harness.node_monitor.grace + MARGIN)
     rejected = rejected_not_owned() - before
     rems = remediations(ctx.store, ctx.cluster.name, injected_at)
     views = {node: _node_view(ctx, node) for node in (target, other)}
@@ -186,7 +186,7 @@ async def scenario_corroborate(ctx: Context) -> dict[str, Any]:
 
     beating = asyncio.create_task(agent(), name="lab-agent")
     try:
-        horizon = _longest_timeout(ctx) + ctx.harness.timings.lease_grace + MARGIN
+        horizon = _longest_timeout(ctx) + ctx.harness.node_monitor.grace + MARGIN
         await asyncio.sleep(horizon)
         held = daemon.tracker.verdict(key) if daemon.tracker is not None else None
         rems_while_held = remediations(ctx.store, ctx.cluster.name, injected_at)

@@ -9,6 +9,7 @@ import math
 from healer.clock import Clock
 from healer.lab.apiserver.errors import ApiError, not_found, status_object
 from healer.lab.apiserver.lifecycle import delete_pod, node_ready
+from healer.lab.apiserver.objects import find_condition
 from healer.lab.apiserver.resources import BY_PLURAL, Obj
 from healer.lab.apiserver.selectors import selector_matches
 from healer.lab.apiserver.store import Store
@@ -22,9 +23,12 @@ def _scaled(value: int | str, total: int) -> int:
 
 
 def _pod_healthy(store: Store, pod: Obj) -> bool:
+    """Healthy as the disruption controller counts it: not being deleted and Ready (a Running
+    pod whose kubelet reports it not Ready is not healthy)."""
     if pod["metadata"].get("deletionTimestamp"):
         return False
-    if pod.get("status", {}).get("phase") != "Running":
+    ready = find_condition(pod, "Ready")
+    if ready is None or ready.get("status") != "True":
         return False
     # Pods on a node that is not Ready get Ready=False from the node controller.
     return node_ready(store, pod.get("spec", {}).get("nodeName"))

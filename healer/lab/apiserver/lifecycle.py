@@ -8,7 +8,14 @@
 * kube-controller-manager's non-graceful node shutdown handling: on a node that is not Ready and
   carries ``node.kubernetes.io/out-of-service:NoExecute``, the taint manager deletes every pod
   that does not tolerate the taint and the pod garbage collector force-deletes the pods left
-  ``Terminating`` there (volumes are not modelled); pods bound to a deleted node are collected.
+  ``Terminating`` there (volumes are not modelled);
+* the pod garbage collector's orphan pass: pods bound to a Node that no longer exists are
+  force-deleted once the node has been gone for ``podgc_quarantine`` (40 s in the real
+  controller, not configurable there), not at the DELETE;
+* the node lifecycle controller's zone disruption states: per zone (the
+  ``topology.kubernetes.io/region``/``zone`` labels), no ``unreachable`` taint is added while a
+  zone of this small a cluster is in partial disruption, and with every node of every zone not
+  Ready ("master disruption") the controller taints nothing and lifts the taints it added.
 
 The kubelet's lease, owned by its Node, goes with it through the garbage collector
 (:mod:`healer.lab.apiserver.garbage`), after the DELETE, as in a real cluster.
@@ -56,8 +63,25 @@ def node_ready(store: Store, name: str | None) -> bool:
     return cond is not None and cond.get("status") == "True"
 
 
-def check_nodes(store: Store, clock: Clock, *, lease_grace: float) -> None:
-    """One pass of the node lifecycle controller and pod garbage collector."""
+# Zone states of the node lifecycle controller (its defaults: --unhealthy-zone-threshold 0.55,
+# --large-cluster-size-threshold 50; below that size a partially disrupted zone evicts nothing).
+UNHEALTHY_ZONE_THRESHOLD = 0.55
+LARGE_CLUSTER_SIZE = 50
+ZONE_NORMAL = "Normal"
+ZONE_PARTIAL = "PartialDisruption"
+ZONE_FULL = "FullDisruption"
+
+
+def check_nodes(
+    store: Store,
+    clock: Clock,
+    *,
+    lease_grace: float,
+    podgc_quarantine: float,
+    orphaned_since: dict[str, float],
+) -> None:
+    """One pass of the node lifecycle controller and pod garbage collector. ``orphaned_since``
+    is the PodGC's memory across passes: when each missing node was first seen missing."""
     now = clock.now()
     for (_, name), node in list(store.objects["nodes"].items()):
         ready = find_condition(node, "Ready")
@@ -66,14 +90,92 @@ def check_nodes(store: Store, clock: Clock, *, lease_grace: float) -> None:
         if now - _last_probe(store, name, node) <= lease_grace:
             continue
         _mark_unknown(store, node, now)
+    _taint_by_zone_state(store, now)
     for (_, name), node in list(store.objects["nodes"].items()):
         if has_taint(node, TAINT_OUT_OF_SERVICE, "NoExecute") and not node_ready(store, name):
             _release_out_of_service(store, clock, name)
+    _collect_orphans(store, now, podgc_quarantine, orphaned_since)
+
+
+def _collect_orphans(
+    store: Store, now: float, quarantine: float, orphaned_since: dict[str, float]
+) -> None:
+    """PodGC's ``gcOrphaned``: a pod bound to a missing node goes (force-deleted) once the node
+    has been missing for ``quarantine`` seconds; a node registered again in between keeps its
+    pods."""
     live = {name for (_, name) in store.objects["nodes"]}
-    for (ns, pname), pod in list(store.objects["pods"].items()):
-        bound = pod.get("spec", {}).get("nodeName")
-        if bound and bound not in live:
-            store.remove(BY_PLURAL["pods"], ns, pname)
+    bound = {p.get("spec", {}).get("nodeName") for p in store.objects["pods"].values()} - {None, ""}
+    for node in list(orphaned_since):
+        if node in live or node not in bound:
+            del orphaned_since[node]
+    for node in bound - live:
+        since = orphaned_since.setdefault(str(node), now)
+        if now - since < quarantine:
+            continue
+        for pod in pods_on(store, str(node)):
+            meta = pod["metadata"]
+            store.remove(BY_PLURAL["pods"], meta["namespace"], meta["name"])
+            log.info(
+                "fake_apiserver.pod_force_deleted",
+                pod=f"{meta['namespace']}/{meta['name']}",
+                node=node,
+                why="orphaned",
+            )
+        del orphaned_since[str(node)]
+
+
+def zone_key(node: Obj) -> str:
+    labels = node["metadata"].get("labels") or {}
+    return (
+        f"{labels.get('topology.kubernetes.io/region', '')}:"
+        f"{labels.get('topology.kubernetes.io/zone', '')}"
+    )
+
+
+def zone_states(store: Store) -> dict[str, str]:
+    """The node lifecycle controller's ``ComputeZoneState`` for every zone."""
+    counts: dict[str, list[int]] = {}
+    for (_, name), node in store.objects["nodes"].items():
+        counts.setdefault(zone_key(node), [0, 0])[0 if node_ready(store, name) else 1] += 1
+    states = {}
+    for zone, (ready, not_ready) in counts.items():
+        if ready == 0 and not_ready > 0:
+            states[zone] = ZONE_FULL
+        elif not_ready > 2 and not_ready / (ready + not_ready) >= UNHEALTHY_ZONE_THRESHOLD:
+            states[zone] = ZONE_PARTIAL
+        else:
+            states[zone] = ZONE_NORMAL
+    return states
+
+
+def _taint_by_zone_state(store: Store, now: float) -> None:
+    """The unreachable taint of a node whose Ready is Unknown, as the controller's zone states
+    allow it: added in a Normal or fully disrupted zone (while another zone is healthy), held
+    back in a partially disrupted zone of a small cluster, and lifted from every node when all
+    zones are fully disrupted."""
+    states = zone_states(store)
+    master_disruption = bool(states) and all(s == ZONE_FULL for s in states.values())
+    small = len(store.objects["nodes"]) <= LARGE_CLUSTER_SIZE
+    for node in list(store.objects["nodes"].values()):
+        ready = find_condition(node, "Ready")
+        unknown = ready is not None and ready.get("status") == "Unknown"
+        tainted = has_taint(node, TAINT_UNREACHABLE, "NoExecute")
+        if master_disruption:
+            want = False
+        elif unknown:
+            want = tainted or not (small and states[zone_key(node)] == ZONE_PARTIAL)
+        else:
+            continue
+        if want == tainted:
+            continue
+        updated = copy.deepcopy(node)
+        if want:
+            set_taint(updated, TAINT_UNREACHABLE, "NoExecute", now)
+        else:
+            drop_taint(updated, TAINT_UNREACHABLE)
+            if updated.get("spec", {}).get("taints") == []:
+                del updated["spec"]["taints"]
+        store.put(BY_PLURAL["nodes"], "", updated, "MODIFIED")
 
 
 def _release_out_of_service(store: Store, clock: Clock, node: str) -> None:
@@ -129,7 +231,7 @@ def _mark_unknown(store: Store, node: Obj, now: float) -> None:
             if never_posted
             else "Kubelet stopped posting node status."
         )
-    set_taint(node, TAINT_UNREACHABLE, "NoExecute", now)
+    # The unreachable taint follows in the zone pass (_taint_by_zone_state).
     drop_taint(node, TAINT_NOT_READY)
     store.put(BY_PLURAL["nodes"], "", node, "MODIFIED")
     log.info("fake_apiserver.node_unknown", node=node["metadata"]["name"])
@@ -168,12 +270,9 @@ def sync_node_taints(store: Store, clock: Clock, name: str) -> None:
 
 
 def remove_node(store: Store, name: str) -> Obj | None:
-    removed = store.remove(BY_PLURAL["nodes"], "", name)
-    # The pod GC removes pods bound to a node that no longer exists. The kubelet's lease is
-    # not touched here: the garbage collector deletes it later if the Node owns it.
-    for pod in pods_on(store, name):
-        store.remove(BY_PLURAL["pods"], pod["metadata"]["namespace"], pod["metadata"]["name"])
-    return removed
+    """Delete a Node. Its pods stay until the pod GC's quarantine passes (check_nodes); the
+    kubelet's lease goes later through the garbage collector if the Node owns it."""
+    return store.remove(BY_PLURAL["nodes"], "", name)
 
 
 def delete_pod(store: Store, clock: Clock, ns: str, name: str, grace: int | None) -> Obj:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from healer.clock import Clock, RealClock
 from healer.lab.apiserver import garbage, lifecycle, objects, routes, verbs
+from healer.lab.apiserver.encryption import EncryptionAtRest
 from healer.lab.apiserver.errors import ApiError, error_response
 from healer.lab.apiserver.objects import DEFAULT_POD_GRACE
 from healer.lab.apiserver.resources import (
@@ -57,12 +58,16 @@ class FakeApiServer:
         clock: Clock | None = None,
         lease_grace: float = 40.0,
         monitor_period: float = 1.0,
+        podgc_quarantine: float = 40.0,
         history_limit: int = 1000,
         token: str | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else RealClock()
         self.lease_grace = lease_grace
         self.monitor_period = monitor_period
+        # How long a deleted node's pods stay before the pod GC force-deletes them.
+        self.podgc_quarantine = podgc_quarantine
+        self._orphaned_since: dict[str, float] = {}
         self.token = token if token is not None else secrets.token_urlsafe(16)
         # (verb, path kind) -> count, e.g. ("POST", "pods/eviction"), ("WATCH", "nodes").
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -256,6 +261,11 @@ class FakeApiServer:
             lease["spec"]["holderIdentity"] = holder
         return copy.deepcopy(self._store.put(res, NODE_LEASE_NAMESPACE, lease, "MODIFIED"))
 
+    @property
+    def encryption(self) -> EncryptionAtRest:
+        """Which key each Secret is stored under (healer.lab.apiserver.encryption)."""
+        return self._store.encryption
+
     def node(self, name: str) -> Obj | None:
         return self._copy("nodes", "", name)
 
@@ -315,7 +325,13 @@ class FakeApiServer:
     def check_nodes(self) -> None:
         """One pass of the node lifecycle controller, the pod garbage collector and the
         garbage collector of owned objects."""
-        lifecycle.check_nodes(self._store, self.clock, lease_grace=self.lease_grace)
+        lifecycle.check_nodes(
+            self._store,
+            self.clock,
+            lease_grace=self.lease_grace,
+            podgc_quarantine=self.podgc_quarantine,
+            orphaned_since=self._orphaned_since,
+        )
         garbage.collect_garbage(self._store)
 
     async def _monitor_loop(self) -> None:

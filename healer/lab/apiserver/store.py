@@ -15,6 +15,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from healer.lab.apiserver.encryption import EncryptionAtRest
 from healer.lab.apiserver.resources import BY_PLURAL, Obj, Resource
 
 Key = tuple[str, str]  # (namespace, name); the namespace is "" for cluster-scoped objects
@@ -40,6 +41,8 @@ class Store:
         # Watches may resume from any resourceVersion >= this; older ones get 410 Expired.
         self.compacted_rv = 0
         self._watchers: set[Watcher] = set()
+        # Which key each Secret is stored under (healer.lab.apiserver.encryption).
+        self.encryption = EncryptionAtRest()
 
     def get(self, plural: str, ns: str, name: str) -> Obj | None:
         return self.objects[plural].get((ns, name))
@@ -53,6 +56,8 @@ class Store:
         obj["metadata"]["resourceVersion"] = str(rv)
         key = (ns, obj["metadata"]["name"])
         self.objects[res.plural][key] = obj
+        if res.plural == "secrets":
+            self.encryption.written(key)
         self._record(rv, res, event, obj)
         return obj
 
@@ -60,6 +65,8 @@ class Store:
         obj = self.objects[res.plural].pop((ns, name), None)
         if obj is None:
             return None
+        if res.plural == "secrets":
+            self.encryption.removed((ns, name))
         rv = self._next_rv()
         obj["metadata"]["resourceVersion"] = str(rv)
         self._record(rv, res, "DELETED", obj)

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from healer.clock import Clock
+from healer.lab.apiserver.admission import admit_pod
 from healer.lab.apiserver.errors import ApiError, not_found, status_object
 from healer.lab.apiserver.eviction import pdb_status
 from healer.lab.apiserver.lifecycle import delete_pod, remove_node, sync_node_taints
@@ -117,9 +118,11 @@ def create_from_request(store: Store, clock: Clock, res: Resource, ns: str, body
             400,
             "the namespace of the provided object does not match the namespace sent on the request",
         )
-    if res.plural == "pods" and "status" not in body:
-        running = bool(body.get("spec", {}).get("nodeName"))
-        body["status"] = {"phase": "Running" if running else "Pending"}
+    if res.plural == "pods":
+        admit_pod(store.get("namespaces", "", ns), body)
+        # The API server ignores a new pod's status: it is Pending until its kubelet says
+        # otherwise (a status patch), even with spec.nodeName set.
+        body["status"] = {"phase": "Pending"}
     if res.plural == "namespaces":
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
         body["status"] = {"phase": "Active"}
@@ -229,8 +232,11 @@ def _commit(store: Store, clock: Clock, res: Resource, ns: str, name: str, new: 
         )
     if res.plural == "nodes":
         validate_taints(name, new)
-    if new == old:
-        return decorate(store, res, new)  # a no-op write does not bump resourceVersion
+    # A no-op write does not bump resourceVersion, unless it is a Secret stored under a key
+    # that is not the write key now: that one is stored again (an encryption-key rotation).
+    stale = res.plural == "secrets" and store.encryption.stale((ns, name))
+    if new == old and not stale:
+        return decorate(store, res, new)
     store.put(res, ns, new, "MODIFIED")
     if res.plural == "nodes":
         sync_node_taints(store, clock, name)
