@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from healer.cli import exits
 from healer.cli.main import main
 from healer.cli.parser import build_parser
-from healer.provisioning.commands import run_apply
+from healer.provisioning.commands import NOT_CONFIRMED, run_apply
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
 from tests import test_provisioning_lab as lab_tests
 from tests.test_provisioning_lab import _live
@@ -45,14 +46,14 @@ def test_apply_shows_a_summary_and_changes_nothing_unconfirmed(
     lab: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # No terminal and no --yes: the plan and its summary, then a refusal naming --yes.
-    assert _apply(lab, tty=False) == 1
+    assert _apply(lab, tty=False) == NOT_CONFIRMED == exits.NOT_CONFIRMED
     out, err = capsys.readouterr()
     assert "plan: 9 to create, 0 to change, 0 to destroy" in out
     assert "without a terminal to confirm on" in err and "--yes" in err
     assert _live(LabNodeDriver(key=lab["state"] / DB_FILENAME), "demo") == []
 
     # A terminal, and anything but "yes": nothing either.
-    assert _apply(lab, tty=True, answer="y") == 1
+    assert _apply(lab, tty=True, answer="y") == NOT_CONFIRMED
     assert "not confirmed; nothing changed" in capsys.readouterr().err
     assert _live(LabNodeDriver(key=lab["state"] / DB_FILENAME), "demo") == []
 

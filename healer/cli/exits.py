@@ -16,7 +16,7 @@ FAILED = 1
 USAGE = 2
 NO_ANSWER = 3  # `remediate`: no daemon answered (none runs on the state directory, or too late)
 STOPPED = 4  # `remediate`: the workflow started and then stopped or failed (e.g. DrainBlockedByPdb)
-NOT_CONFIRMED = 5  # `remediate`: a confirmation was needed and not given
+NOT_CONFIRMED = 5  # `remediate`, `apply`, `destroy`: a confirmation was needed and not given
 INTERRUPTED = 130  # Ctrl-C
 
 TABLE: tuple[tuple[int, str], ...] = (
@@ -33,7 +33,7 @@ TABLE: tuple[tuple[int, str], ...] = (
     ),
     (NO_ANSWER, "no daemon answered (remediate)"),
     (STOPPED, "the remediation started, then stopped or failed (remediate)"),
-    (NOT_CONFIRMED, "a confirmation was needed and not given (remediate)"),
+    (NOT_CONFIRMED, "a confirmation was needed and not given (remediate, apply, destroy)"),
     (INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 # `plan --detailed-exitcode` follows terraform's convention instead: 0 no changes, 1 an error,

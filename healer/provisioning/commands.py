@@ -33,6 +33,10 @@ from healer.provisioning.pools import UserData
 from healer.suggest import did_you_mean
 from healer.telemetry.logs import configure
 
+# `apply`/`destroy` not confirmed: the exit status of healer.cli.exits.NOT_CONFIRMED (the CLI sits
+# above this layer; tests/test_provisioning_confirm.py keeps the two equal).
+NOT_CONFIRMED = 5
+
 EXIT_CHANGES = 2
 
 
@@ -244,7 +248,7 @@ def run_apply(
     try:
         asyncio.run(main())
     except _NotConfirmed:
-        return 1
+        return NOT_CONFIRMED
     except HealerError as exc:
         print(f"healer apply: {exc}", file=sys.stderr)
         return 1
@@ -290,7 +294,7 @@ def run_destroy(
         confirm=confirm,
         stdin_is_tty=stdin_is_tty,
     ):
-        return 1
+        return NOT_CONFIRMED
 
     async def main() -> int:
         provider = await _open(cluster, state_dir)
