@@ -137,3 +137,42 @@ async def start_healer_run(
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
         )
+
+
+async def seed_ready_nodes(tracker: Any, now: float, pools: Mapping[str, str]) -> None:
+    """Feed ``tracker`` the first full list of cluster ``lab``: each node of ``pools`` (node ->
+    pool) added and Ready, then the SYNCED marker (nothing is decided before it)."""
+    from healer.model import LABEL_POOL, EventKind, NodeEvent
+
+    await tracker.handle(NodeEvent("lab", "", EventKind.LIST_STARTED, now, "kube"))
+    for node, pool in pools.items():
+        labels = {LABEL_POOL: pool}
+        await tracker.handle(
+            NodeEvent("lab", node, EventKind.NODE_ADDED, now, "kube", labels=labels)
+        )
+        ready = NodeEvent(
+            "lab", node, EventKind.CONDITION, now, "kube", condition="Ready", status="True"
+        )
+        await tracker.handle(ready)
+    await tracker.handle(NodeEvent("lab", "", EventKind.SYNCED, now, "kube"))
+
+
+async def write_lab_config(state: Path, doc: dict[str, Any], *, nodes: int, harness: Any) -> Path:
+    """Write ``doc`` as ``state/healer.yaml``, create its pools' machines in the lab cloud (as
+    `healer apply` would) and wait until ``nodes`` lab nodes are Ready: the world a `healer run`
+    subprocess (:func:`start_healer_run`) wakes up to."""
+    import yaml
+
+    from healer.cloud.registry import load_provider
+    from healer.config import load_config
+    from healer.provisioning.pools import ensure_pools
+    from healer.provisioning.userdata import render_user_data
+
+    config = state / "healer.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    cluster = load_config(config).clusters[0]
+    provider = load_provider("lab", cluster="lab", options={}, credentials={}, state_dir=state)
+    await ensure_pools(cluster, provider, user_data=render_user_data)
+    await provider.close()
+    await harness.wait_ready(nodes)
+    return config

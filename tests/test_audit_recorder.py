@@ -13,6 +13,9 @@ from healer.clock import VirtualClock
 from healer.store.recorder import Recorder
 from healer.store.sqlite import Store
 
+# Every test here runs on both state backends (tests/plugins/store.py).
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 
 def counter() -> Counter:
     return Counter("t_events", "test", ["cluster"], registry=CollectorRegistry())

@@ -38,6 +38,9 @@ from healer.store.sqlite import (
 from healer.telemetry import metrics
 from tests.helpers import lab_like_config
 
+# Every test here runs on both state backends (tests/plugins/store.py).
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 WORKERS = [f"w-{i}" for i in range(1, 6)]
 CPS = [f"cp-{i}" for i in range(1, 4)]
 REBOOT_TIMEOUT = 12.0  # lab_like_config's rebootTimeout

@@ -42,6 +42,9 @@ from tests.helpers import lab_cloud_with_worker, lab_like_config
 from tests.test_workflow import OLD, World, config, run_to_end
 from tests.test_workflow import world as world
 
+# Every test here runs on both state backends (tests/plugins/store.py).
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 # -- pure ----------------------------------------------------------------------------------
 
 PLANS = [

@@ -42,6 +42,7 @@ class DaemonStatus:
     scheduler: JobScheduler | None
     kube_sources: dict[str, KubeWatchSource]
     mqtt_source: Any
+    reboot_arbiter: Any  # healer.planner.reboots.RebootArbiter, with MQTT's reboot arbiter
     ready: bool
     _events: EventQueue
     _busy_since: float | None  # monotonic: the consumer took an event then
@@ -122,6 +123,10 @@ class DaemonStatus:
         bad_upgrade = self.store.breakers(kind=BREAKER_BAD_UPGRADE)
         if bad_upgrade:
             parts.append("bad-upgrade breaker open: " + ", ".join(sorted(bad_upgrade)))
+        grants = self.reboot_arbiter.grants() if self.reboot_arbiter is not None else []
+        if grants:
+            # `healer status` lists them, and why the others wait
+            parts.append(f"{len(grants)} reboot(s) granted or in progress")
         if not self.ready:
             waiting = self._unconnected()
             if waiting:

@@ -85,7 +85,7 @@ def render() -> str:
         if model in seen:
             continue
         seen.add(model)
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
         lines += [f"## {model.__name__}", ""]
         if doc and not doc.startswith("!!!") and "Usage docs" not in doc:
             lines += [doc, ""]

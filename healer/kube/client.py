@@ -11,10 +11,11 @@ from healer.kube.access import AccessApi
 from healer.kube.connection import load_configuration
 from healer.kube.kubelet import KubeletApi
 from healer.kube.pods import PodApi
+from healer.kube.portforward import PortForwardApi
 from healer.kube.watch import ListWatch
 
 
-class KubeClient(ListWatch, KubeletApi, PodApi, AccessApi):
+class KubeClient(ListWatch, KubeletApi, PodApi, AccessApi, PortForwardApi):
     """A thin async adapter over one cluster's API server. Use as ``async with`` or call
     :meth:`close`."""
 

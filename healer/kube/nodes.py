@@ -32,11 +32,22 @@ class NodeApi(Connection):
             f'cordon node "{name}"', name, {"spec": {"unschedulable": True}}
         )
 
+    async def uncordon(self, name: str) -> bool:
+        """Mark the node schedulable again (after a planned reboot). False if it is gone."""
+        return await self._patch_node(
+            f'uncordon node "{name}"', name, {"spec": {"unschedulable": None}}
+        )
+
     async def set_node_labels(self, name: str, labels: dict[str, str | None]) -> bool:
         """Set (or, with ``None``, remove) node labels. False if the node no longer exists."""
         return await self._patch_node(
             f'label node "{name}"', name, {"metadata": {"labels": labels}}
         )
+
+    async def patch_node_metadata(self, what: str, name: str, metadata: Json) -> bool:
+        """Merge ``metadata`` (labels, annotations; a ``None`` value removes a key) into the
+        node's. False if the node no longer exists."""
+        return await self._patch_node(what, name, {"metadata": metadata})
 
     async def _merge_patch_node(self, what: str, name: str, patch: Json) -> Answer:
         return await self._call(

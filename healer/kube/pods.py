@@ -17,6 +17,38 @@ class PodApi(Connection):
         body = self._expect(what, answer)
         return [pod_from_json(item) for item in body.get("items") or []]
 
+    async def pods_matching(self, node: str, selectors: tuple[str, ...]) -> list[str]:
+        """``namespace/name`` of the pods on ``node`` that match any of the label ``selectors``
+        (``reboots.blockingPodSelectors``), finished pods (Succeeded, Failed) left out."""
+        found: set[str] = set()
+        for selector in selectors:
+            what = f'list pods on node "{node}" matching "{selector}"'
+            answer = await self._call(
+                what,
+                self._core.list_pod_for_all_namespaces,
+                field_selector=f"spec.nodeName={node}",
+                label_selector=selector,
+            )
+            for item in self._expect(what, answer).get("items") or []:
+                pod = pod_from_json(item)
+                if pod.phase not in ("Succeeded", "Failed"):
+                    found.add(f"{pod.namespace}/{pod.name}")
+        return sorted(found)
+
+    async def container_commands(self, namespace: str, label_selector: str) -> list[list[str]]:
+        """The command line (command + args) of every container of the pods in ``namespace``
+        matching ``label_selector``: how a kubeadm control plane's static pods were started."""
+        what = f'list pods "{label_selector}" in {namespace}'
+        answer = await self._call(
+            what, self._core.list_namespaced_pod, namespace, label_selector=label_selector
+        )
+        body = self._expect(what, answer)
+        return [
+            [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            for item in body.get("items") or []
+            for c in (item.get("spec") or {}).get("containers") or []
+        ]
+
     async def evict(self, namespace: str, name: str) -> tuple[EvictResult, str]:
         """Ask the API to evict a pod, respecting PodDisruptionBudgets.
 

@@ -81,6 +81,13 @@ def out_of_service(n: Member) -> str | None:
     return None
 
 
+def planned(n: Member) -> bool:
+    """Whether ``n`` is out for planned work: being remediated, rebooting or holding a reboot
+    grant. Reboots and repairs share one count (``reboots.concurrency``): the reboot arbiter
+    counts these against ``perPool`` and ``perCluster`` whatever else ails the node."""
+    return n.remediating or n.health is Health.REBOOTING or n.reboot_granted
+
+
 @dataclass(frozen=True)
 class Budget:
     """One scope's count of nodes out of service against its limit."""

@@ -199,3 +199,18 @@ LIVENESS_PROBLEMS: Final = Gauge(
     "is sent to systemd while it is above 0).",
     registry=REGISTRY,
 )
+PROMETHEUS_POLLS: Final = Counter(
+    "healer_reboot_prometheus_polls",
+    "Polls of Prometheus for blocking alerts (reboots.prometheus), by cluster and outcome (ok, "
+    "unreachable, timeout, http_error, bad_response). Anything but ok holds the cluster's "
+    "reboots (PrometheusUnreachable) once the last good answer is too old.",
+    ["cluster", "outcome"],
+    registry=REGISTRY,
+)
+REBOOT_NOTIFICATIONS: Final = Counter(
+    "healer_reboot_notifications",
+    "Reboot notifications POSTed to reboots.notify.url, by event (started, done, refused) and "
+    "outcome (sent, failed). A failure never holds a decision.",
+    ["event", "outcome"],
+    registry=REGISTRY,
+)

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
+from healer.config.selectors import split_terms
 from healer.lab.apiserver.errors import ApiError
 from healer.lab.apiserver.resources import Obj, Resource
 
@@ -63,22 +64,9 @@ def _label_requirement(
     return lambda labels: (labels.get(key) in values) != negate
 
 
-def _split_selector(text: str) -> Iterable[str]:
-    depth, start = 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            yield text[start:i]
-            start = i + 1
-    yield text[start:]
-
-
 def _parse_label_selector(text: str) -> list[Callable[[dict[str, str]], bool]]:
     out: list[Callable[[dict[str, str]], bool]] = []
-    for term in _split_selector(text):
+    for term in split_terms(text):
         if not term.strip():
             continue
         m = LABEL_TERM.fullmatch(term)
