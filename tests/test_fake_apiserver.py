@@ -397,12 +397,44 @@ async def test_pdb_budgets(
 ) -> None:
     for node in ("n1", "n2"):
         fake_api.add_node(node)
-    fake_api.add_pod("a", "web-1", "n1", labels={"app": "web"})
-    fake_api.add_pod("a", "web-2", "n2", labels={"app": "web"})
+    fake_api.add_replicaset("a", "web", replicas=2)
+    fake_api.add_pod("a", "web-1", "n1", labels={"app": "web"}, owner_kind="ReplicaSet")
+    fake_api.add_pod("a", "web-2", "n2", labels={"app": "web"}, owner_kind="ReplicaSet")
     fake_api.add_pdb("a", "web-pdb", {"app": "web"}, **budget)
     status, _ = await http.request("POST", "/api/v1/namespaces/a/pods/web-1/eviction", {})
     assert status == (201 if allowed else 429)
     assert (fake_api.pod("a", "web-1") is None) == allowed
+
+
+@pytest.mark.parametrize(
+    ("owner_kind", "budget", "cause"),
+    [
+        # A scaled budget expects the controllers' replicas: pods no controller owns make none.
+        (None, {"max_unavailable": 1}, "needs 0 healthy pods and has 2 currently"),
+        (None, {"min_available": "50%"}, "needs 0 healthy pods and has 2 currently"),
+        # A ReplicaSet that was never created: the disruption controller's sync fails and the
+        # budget is never observed.
+        ("ReplicaSet", {"max_unavailable": 1}, "is still being processed by the server."),
+    ],
+)
+async def test_scaled_budget_without_a_known_controller_allows_nothing(
+    fake_api: FakeApiServer,
+    http: Http,
+    owner_kind: str | None,
+    budget: dict[str, Any],
+    cause: str,
+) -> None:
+    """As kube-controller-manager answers (tests/conformance/test_budget_scale.py)."""
+    fake_api.add_node("n1")
+    for name in ("web-1", "web-2"):
+        fake_api.add_pod("a", name, "n1", labels={"app": "web"}, owner_kind=owner_kind)
+    fake_api.add_pdb("a", "web-pdb", {"app": "web"}, **budget)
+    _, pdb = await http.request("GET", "/apis/policy/v1/namespaces/a/poddisruptionbudgets/web-pdb")
+    assert ("observedGeneration" in pdb["status"]) == (owner_kind is None)
+    status, body = await http.request("POST", "/api/v1/namespaces/a/pods/web-1/eviction", {})
+    assert status == 429
+    assert body["details"]["causes"][0]["message"].endswith(cause)
+    assert fake_api.pod("a", "web-1") is not None
 
 
 async def test_evicted_pod_on_live_node_goes_on_dead_node_stays_terminating(

@@ -262,8 +262,9 @@ async def test_pods_on_node_identifies_daemonset_and_mirror_pods(
 async def test_eviction_blocked_by_pdb(fake_api: FakeApiServer, kube: KubeClient) -> None:
     for node in ("n1", "n2"):
         fake_api.add_node(node)
-    fake_api.add_pod("a", "web-1", "n1", labels={"app": "web"})
-    fake_api.add_pod("a", "web-2", "n2", labels={"app": "web"})
+    fake_api.add_replicaset("a", "web", replicas=2)  # maxUnavailable counts its replicas
+    fake_api.add_pod("a", "web-1", "n1", labels={"app": "web"}, owner_kind="ReplicaSet")
+    fake_api.add_pod("a", "web-2", "n2", labels={"app": "web"}, owner_kind="ReplicaSet")
     fake_api.add_pdb("a", "web-pdb", {"app": "web"}, max_unavailable=0)
     result, message = await kube.evict("a", "web-1")
     assert result is EvictResult.BLOCKED

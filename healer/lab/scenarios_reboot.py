@@ -100,9 +100,8 @@ class _Workload:
         assert api is not None
         for node in self._workers:
             self._add(node)
-        # minAvailable, not maxUnavailable: the fake API server counts a budget's expected pods
-        # from the pods that exist, not from the owner's replicas as Kubernetes does, so an
-        # evicted pod (gone at once) would lower the bar for the next eviction.
+        # An integer minAvailable counts the pods that exist (a maxUnavailable budget would
+        # count the ReplicaSet's replicas, and the pods name one that is never created).
         api.add_pdb(NAMESPACE, "web-pdb", dict(APP), min_available=self.replicas - 1)
 
     def _add(self, node: str) -> None:

@@ -7,8 +7,10 @@ An owner is gone when no object of its kind and name exists (in the dependent's 
 namespaced kind) or the one there has another uid: a Node deleted and registered again under the
 same name does not keep the old one's Lease.
 
-The fake stores only some kinds. An owner of a kind it does not store (a DaemonSet, a
-ReplicaSet, ...) counts as present, so its dependents are never collected by mistake.
+The fake stores only some kinds. An owner of a kind it does not store (a DaemonSet, ...) or of
+a workload kind it stores only for the disruption controller's scale (a ReplicaSet, ...: the
+lab's pods name owners that were never created) counts as present, so its dependents are never
+collected by mistake.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import copy
 
 import structlog
 
-from healer.lab.apiserver.resources import RESOURCES, Obj, Resource
+from healer.lab.apiserver.resources import RESOURCES, WORKLOADS, Obj, Resource
 from healer.lab.apiserver.store import Store
 
 log = structlog.get_logger(__name__)
 
 # (apiVersion, kind) -> the stored resource, for resolving owner references.
-BY_KIND = {(r.api_version, r.kind): r for r in RESOURCES.values()}
+BY_KIND = {(r.api_version, r.kind): r for r in RESOURCES.values() if r.plural not in WORKLOADS}
 
 
 def owner_gone(store: Store, ref: Obj, namespace: str) -> bool:

@@ -20,9 +20,13 @@ ANNOTATION_MIRROR = "kubernetes.io/config.mirror"
 # data) sits at the top level, and a PUT replaces all of it.
 RBAC_GROUP = "rbac.authorization.k8s.io"
 NO_SPEC = frozenset({"secrets", "roles", "clusterroles", "rolebindings", "clusterrolebindings"})
+# Workloads (apps/v1) are stored for the disruption controller, which reads the scale of those
+# that have one (SCALED); no controller of theirs runs (as on tests/realkube.py's control plane).
+SCALED = frozenset({"replicasets", "deployments", "statefulsets"})
+WORKLOADS = SCALED | {"daemonsets"}
 
 PATH = re.compile(
-    r"(?P<prefix>/api/v1|/apis/policy/v1|/apis/coordination\.k8s\.io/v1"
+    r"(?P<prefix>/api/v1|/apis/policy/v1|/apis/coordination\.k8s\.io/v1|/apis/apps/v1"
     r"|/apis/rbac\.authorization\.k8s\.io/v1)"
     r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?/?"
@@ -66,6 +70,15 @@ RESOURCES = {
             "coordination.k8s.io/v1",
             "coordination.k8s.io",
             namespaced=True,
+        ),
+        *(
+            Resource("/apis/apps/v1", plural, kind, "apps/v1", "apps", namespaced=True)
+            for plural, kind in (
+                ("replicasets", "ReplicaSet"),
+                ("deployments", "Deployment"),
+                ("statefulsets", "StatefulSet"),
+                ("daemonsets", "DaemonSet"),
+            )
         ),
         *(
             Resource(

@@ -165,12 +165,16 @@ class FakeApiServer:
             meta["annotations"] = dict(annotations)
         if owner_kind is not None:
             api = "v1" if owner_kind in ("Node", "ReplicationController") else "apps/v1"
+            owner_name = name.rsplit("-", 1)[0]
+            # The stored workload of that kind and name (add_replicaset), else one never made.
+            plural = f"{owner_kind.lower()}s"
+            stored = self._store.objects.get(plural, {}).get((namespace, owner_name))
             meta["ownerReferences"] = [
                 {
                     "apiVersion": api,
                     "kind": owner_kind,
-                    "name": name.rsplit("-", 1)[0],
-                    "uid": str(uuid.uuid4()),
+                    "name": owner_name,
+                    "uid": stored["metadata"]["uid"] if stored else str(uuid.uuid4()),
                     "controller": True,
                     "blockOwnerDeletion": True,
                 }
@@ -202,6 +206,16 @@ class FakeApiServer:
                 "conditions": [{"type": "Ready", "status": "True"}],
             }
         return verbs.create(self._store, self.clock, BY_PLURAL["pods"], namespace, pod)
+
+    def add_replicaset(self, namespace: str, name: str, replicas: int) -> Obj:
+        """A ReplicaSet (no controller of it runs): its pods (``add_pod`` with ``owner_kind``
+        "ReplicaSet" and a name ``<name>-...``) count its replicas in their budgets."""
+        verbs.ensure_namespace(self._store, self.clock, namespace)
+        rs: Obj = {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}},
+        }
+        return verbs.create(self._store, self.clock, BY_PLURAL["replicasets"], namespace, rs)
 
     def add_pdb(
         self,

@@ -18,7 +18,15 @@ from healer.lab.apiserver.eviction import pdb_status
 from healer.lab.apiserver.lifecycle import delete_pod, remove_node, sync_node_taints
 from healer.lab.apiserver.objects import new_namespace
 from healer.lab.apiserver.patches import merge_patch, strategic_merge
-from healer.lab.apiserver.resources import BY_PLURAL, NO_SPEC, RBAC_GROUP, Obj, Resource, rfc3339
+from healer.lab.apiserver.resources import (
+    BY_PLURAL,
+    NO_SPEC,
+    RBAC_GROUP,
+    SCALED,
+    Obj,
+    Resource,
+    rfc3339,
+)
 from healer.lab.apiserver.selectors import make_predicate
 from healer.lab.apiserver.store import Store
 from healer.lab.apiserver.taints import validate_taints
@@ -56,6 +64,8 @@ def create(store: Store, clock: Clock, res: Resource, ns: str, obj: Obj) -> Obj:
     meta.pop("deletionTimestamp", None)
     if res.plural != "namespaces" and res.plural not in NO_SPEC:
         obj.setdefault("spec", {})
+    if res.plural in SCALED:
+        obj["spec"].setdefault("replicas", 1)  # apps/v1 defaulting
     if res.plural in ("nodes", "pods", "namespaces"):
         # Go serialises these (non-pointer) status structs even when empty.
         obj.setdefault("status", {})
