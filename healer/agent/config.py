@@ -4,6 +4,7 @@ overriding the file. Every key is HEALER_<NAME>; a bad value names the file and 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 
@@ -42,7 +43,21 @@ class Config:
         self.client_id = self._get("CLIENT_ID") or f"healer-agent-{self.cluster}-{self.node}"
         self.heartbeat_interval = self._float("HEARTBEAT_INTERVAL", 30.0, 0.05)
         self.check_interval = self._float("CHECK_INTERVAL", 60.0, 0.05)
-        self.reboot_required_file = self._get("REBOOT_REQUIRED_FILE") or "/var/run/reboot-required"
+        # Whether a reboot is needed, as kured decides it: the sentinel command's exit status
+        # when one is set (0: required), else whether the sentinel file exists.
+        # HEALER_REBOOT_REQUIRED_FILE is the file's older name.
+        self.reboot_sentinel_file = (
+            self._get("REBOOT_SENTINEL_FILE")
+            or self._get("REBOOT_REQUIRED_FILE")
+            or "/var/run/reboot-required"
+        )
+        # An argument list split like a shell would, run without one: for a pipeline or a test
+        # with $VARIABLES, write sh -c '...'.
+        try:
+            self.reboot_sentinel_command = shlex.split(self._get("REBOOT_SENTINEL_COMMAND") or "")
+        except ValueError as exc:
+            raise ConfigError(f"{source}: HEALER_REBOOT_SENTINEL_COMMAND: {exc}") from None
+        self.reboot_sentinel_timeout = self._float("REBOOT_SENTINEL_TIMEOUT", 30.0, 0.05)
         # On by default: the agent reboots only with healer's grant, and healer's cloud-init
         # turns unattended-upgrades' own reboot off when the agent is installed.
         self.auto_reboot = (self._get("AUTO_REBOOT", "true") or "").lower() in _TRUE
@@ -125,7 +140,9 @@ def read_env_file(path: str) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
+            quote, value = value[0], value[1:-1]
+            if quote == '"':  # as systemd reads it, and as healer's cloud-init writes it
+                value = re.sub(r'\\([\\"$`])', r"\1", value)
         values[key.strip()] = value
     return values
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import threading
 import time
 import uuid
@@ -17,7 +18,7 @@ from healer.agent.builtin_mqtt import BuiltinTransport
 from healer.agent.config import Config
 from healer.agent.errors import ConfigError, MqttError
 from healer.agent.paho_mqtt import PahoTransport
-from healer.agent.system import read_lines, run_command
+from healer.agent.system import read_lines, run_command, sentinel_says_reboot
 from healer.agent.transport import Message, Transport
 
 log = logging.getLogger("healer-agent")
@@ -187,13 +188,20 @@ class Agent:
         return self.config.auto_reboot and self._required is True and not self._rebooting
 
     def _check_reboot_required(self) -> None:
-        required = os.path.exists(self.config.reboot_required_file)
+        cfg = self.config
+        if cfg.reboot_sentinel_command:
+            required = sentinel_says_reboot(
+                cfg.reboot_sentinel_command, cfg.reboot_sentinel_timeout
+            )
+        else:
+            required = os.path.exists(cfg.reboot_sentinel_file)
         if required == self._required:
             return
         if required:
             detail: dict[str, Any] = {"event": "required", "reason": "RebootRequired"}
-            packages = read_lines(self.config.reboot_required_file + ".pkgs")
-            if packages:
+            if cfg.reboot_sentinel_command:
+                detail["message"] = "sentinel: " + shlex.join(cfg.reboot_sentinel_command)[:1000]
+            elif packages := read_lines(cfg.reboot_sentinel_file + ".pkgs"):
                 detail["message"] = "packages: " + " ".join(packages)[:1000]
             self.send("reboot", detail)
         else:

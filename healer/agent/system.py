@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 
 log = logging.getLogger("healer-agent")
@@ -22,6 +25,30 @@ def run_command(argv: list[str]) -> int:
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.error("cannot run %s: %s", argv, exc)
         return 127
+
+
+def sentinel_says_reboot(argv: list[str], timeout: float) -> bool:
+    """kured's ``--reboot-sentinel-command``: exit status 0 means a reboot is required, any other
+    means it is not. No shell; its own session, so a timeout kills all it started. One that
+    cannot start or outlives ``timeout`` is logged and counts as "not required": a broken check
+    must not reboot machines."""
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+    except OSError as exc:
+        log.error("reboot sentinel %s cannot run (%s): taken as not required", argv, exc)
+        return False
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.error("reboot sentinel %s killed after %gs: taken as not required", argv, timeout)
+        return False
+    log.debug("reboot sentinel %s exited with %d", argv, code)
+    return code == 0
 
 
 def shutdown_is_reboot() -> bool | None:

@@ -5,6 +5,7 @@ RBAC.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -110,7 +111,8 @@ class UpgradesConfig(_Model):
 
 
 class AgentConfig(_Model):
-    """How the node agent on every machine reaches the MQTT broker."""
+    """How the node agent on every machine reaches the MQTT broker, and how it tells that the
+    machine needs a reboot (docs/agent.md)."""
 
     broker_host: str = Field(alias="brokerHost", min_length=1)
     broker_port: int = Field(8883, alias="brokerPort", ge=1, le=65535)
@@ -120,6 +122,43 @@ class AgentConfig(_Model):
     password: SecretRef | None = None
     topic_prefix: str = Field("healer/v1", alias="topicPrefix")
     heartbeat_interval: Duration = Field(30.0, alias="heartbeatInterval", gt=0)
+    reboot_sentinel_file: str | None = Field(
+        None,
+        alias="rebootSentinelFile",
+        pattern=r"^/[^\n\x00]*$",
+        description="the file whose existence means 'reboot required' (kured's "
+        "--reboot-sentinel); default /var/run/reboot-required",
+    )
+    reboot_sentinel_command: tuple[str, ...] = Field(
+        (),
+        alias="rebootSentinelCommand",
+        description="instead of the file: a command whose exit status 0 means 'reboot "
+        "required' (kured's --reboot-sentinel-command); a list of arguments, or a string split "
+        "like a shell would; run without a shell (write sh -c '...' for one)",
+    )
+    reboot_sentinel_timeout: Duration = Field(
+        30.0,
+        alias="rebootSentinelTimeout",
+        gt=0,
+        description="the command is killed after this long, and a reboot taken as not required",
+    )
+
+    @field_validator("reboot_sentinel_command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        # A string as kured takes its flag: split like a shell would, never run by one.
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("reboot_sentinel_command")
+    @classmethod
+    def _one_line_arguments(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Each argument goes into one line of the agent's env file.
+        if value and not value[0]:
+            raise ValueError("the command's program is empty")
+        for argument in value:
+            if "\n" in argument or "\x00" in argument:
+                raise ValueError(f"{argument!r}: an argument cannot hold a line break or NUL")
+        return value
 
 
 class EncryptionAtRest(_Model):

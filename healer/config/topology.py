@@ -28,6 +28,10 @@ from healer.config.types import (
     ConfigModel as _Model,
 )
 from healer.model import Role
+from healer.naming import machine_name
+
+# Names tried for a replacement in its predecessor's zone (see PoolConfig.replacement_name).
+_REPLACEMENT_TRIES = 64
 
 
 class MachineSpec(_Model):
@@ -76,6 +80,24 @@ class PoolConfig(_Model):
             return zones[0] if zones else None
         digest = hashlib.sha256(name.encode()).digest()
         return zones[int.from_bytes(digest[:4], "big") % len(zones)]
+
+    def replacement_name(self, cluster: str, old: str, token: str) -> str:
+        """The name of the machine that replaces ``old``, in ``old``'s zone: ``machine_name(
+        cluster, pool, token)`` when that name lands there (always in a pool of one zone or
+        none), else the first of a bounded series of tokens derived from ``token`` whose name
+        does. Deterministic (a workflow re-derives the same name from its id); as unique as
+        ``token``. A repair or a rolling replacement thus keeps the pool's spread over zones."""
+        first = machine_name(cluster, self.name, token)
+        if len(self.zones) <= 1:
+            return first
+        zone = self.zone_for(old)
+        for attempt in range(_REPLACEMENT_TRIES):
+            derived = hashlib.sha256(f"{token}/{attempt}".encode()).hexdigest()
+            name = first if attempt == 0 else machine_name(cluster, self.name, derived)
+            if self.zone_for(name) == zone:
+                return name
+        # Each try fits 1 in len(zones): missing 64 in a row is as likely as never.
+        return first
 
 
 class ProviderConfig(_Model):

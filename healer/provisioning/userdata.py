@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import gzip
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,6 +374,11 @@ class UserDataBuilder:
             if cluster.upgrades.reboots_through_agent(agent=True)
             else "false",
         }
+        if cfg.reboot_sentinel_file is not None:
+            env["HEALER_REBOOT_SENTINEL_FILE"] = cfg.reboot_sentinel_file
+        if cfg.reboot_sentinel_command:
+            env["HEALER_REBOOT_SENTINEL_COMMAND"] = shlex.join(cfg.reboot_sentinel_command)
+            env["HEALER_REBOOT_SENTINEL_TIMEOUT"] = f"{cfg.reboot_sentinel_timeout:g}"
         if cfg.tls_ca is not None:
             files.append(MachineFile(AGENT_CA, _read_ca(cluster, cfg.tls_ca)))
             env["HEALER_MQTT_CA"] = AGENT_CA
