@@ -1,7 +1,9 @@
 """Speed and memory of the health core, printed as figures (not asserted: these are benchmarks).
 
 - verdicts: pure `evaluate()` calls per second;
-- intake: events per second through the tracker, each persisted to SQLite (the real store);
+- intake: events per second through the tracker, each persisted to the state store: SQLite,
+  and PostgreSQL beside it (a throwaway server, tests/postgres.py, fsync on) when installed;
+- step latency: one workflow step commit (``update_workflow`` with its journal line), per backend;
 - memory: bytes of Python heap per tracked node;
 - planning: one `Planner.consider()` over a cluster with a given number of nodes.
 """
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import statistics
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -23,9 +27,12 @@ from healer.clock import VirtualClock
 from healer.config import parse_config
 from healer.health.tracker import HealthTracker
 from healer.health.verdict import evaluate
-from healer.model import LABEL_POOL, ConditionObs, EventKind, NodeEvent, NodeObservation
+from healer.model import LABEL_POOL, ConditionObs, EventKind, NodeEvent, NodeObservation, Role
 from healer.planner.planner import Planner
-from healer.store.sqlite import Store
+from healer.store.sqlite import RUNNING, Store, WorkflowRecord
+
+# A backend to measure: its name and how to open a fresh, empty store in a directory.
+Backend = tuple[str, Callable[[Path], Store]]
 
 
 def config(nodes: int):  # type: ignore[no-untyped-def]
@@ -81,7 +88,7 @@ def _events(nodes: int, per_node: int, clock: VirtualClock) -> list[NodeEvent]:
                     node=name,
                     kind=EventKind.CONDITION,
                     at=clock.now(),
-                    source="bench",
+                    source="kube",  # Ready is the API's (signal provenance)
                     condition="Ready",
                     status=status,
                 )
@@ -89,10 +96,11 @@ def _events(nodes: int, per_node: int, clock: VirtualClock) -> list[NodeEvent]:
     return out
 
 
-async def bench_intake(nodes: int, per_node: int) -> list[str]:
+async def bench_intake(nodes: int, per_node: int, backend: Backend) -> list[str]:
+    name, open_store = backend
     clock = VirtualClock()
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store.open(Path(tmp))
+        store = open_store(Path(tmp))
         tracker = HealthTracker(config=config(nodes), store=store, clock=clock)
         events = _events(nodes, per_node, clock)
         start = time.perf_counter()
@@ -101,9 +109,73 @@ async def bench_intake(nodes: int, per_node: int) -> list[str]:
         dt = time.perf_counter() - start
         store.close()
     return [
-        f"intake: {len(events) / dt:,.0f} events/s through the tracker with SQLite persistence "
+        f"intake: {len(events) / dt:,.0f} events/s through the tracker with {name} persistence "
         f"({len(events):,} events, {nodes:,} nodes, {dt:.2f} s)"
     ]
+
+
+def bench_step_latency(commits: int, backend: Backend) -> str:
+    """One workflow step commit: the row updated and a journal line appended, one transaction."""
+    name, open_store = backend
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp))
+        wf = WorkflowRecord(
+            id="bench-wf",
+            cluster="bench",
+            pool="workers",
+            node="node-00000",
+            role=Role.WORKER,
+            state=RUNNING,
+            step="cordon",
+            reason="NotReady",
+            evidence={"Ready": "Unknown"},
+            replacement_name="node-00000-r",
+            started_at=0.0,
+            updated_at=0.0,
+        )
+        store.create_workflow(wf)
+        times = []
+        for i in range(commits):
+            wf = wf.with_(step=f"step-{i % 12}", updated_at=float(i))
+            t = time.perf_counter()
+            store.update_workflow(wf, journal=(wf.step, "done", {"attempt": i}))
+            times.append(time.perf_counter() - t)
+        store.close()
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    return (
+        f"step latency: {name} step commit median {statistics.median(times) * 1e3:.2f} ms, "
+        f"p99 {p99 * 1e3:.2f} ms ({commits:,} commits)"
+    )
+
+
+@contextlib.contextmanager
+def postgres_backend(wanted: bool) -> Iterator[Backend | None]:
+    """A throwaway PostgreSQL server (tests/postgres.py; fsync on, as in production) and a fresh
+    database per measurement; None (with a line saying why) when PostgreSQL is not installed."""
+    if not wanted:
+        yield None
+        return
+    from tests.postgres import PASSWORD, PostgresServer, postgres_bindir, skip_reason
+
+    reason = skip_reason()
+    bindir = postgres_bindir()
+    if reason is not None or bindir is None:
+        print(f"PostgreSQL: not measured ({reason})")
+        yield None
+        return
+    from healer.store.postgres import PostgresStore
+
+    server = PostgresServer(bindir, fsync=True).start()
+
+    def open_store(state_dir: Path) -> Store:
+        url = server.url(server.create_database("bench"))
+        return PostgresStore.connect(url, password=PASSWORD, state_dir=state_dir)
+
+    try:
+        yield ("PostgreSQL (loopback)", open_store)
+    finally:
+        server.stop()
 
 
 async def bench_memory(nodes: int) -> str:
@@ -151,12 +223,22 @@ async def bench_planning(nodes: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--nodes", type=int, default=2000)
+    parser.add_argument("--commits", type=int, default=1000, help="step commits timed per backend")
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="measure the SQLite state store only"
+    )
     args = parser.parse_args()
     # The figures are the output; per-node log lines would drown them (and cost time).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(bench_verdicts(200_000))
-    for line in asyncio.run(bench_intake(args.nodes, 3)):
-        print(line)
+    sqlite: Backend = ("SQLite", Store.open)
+    with postgres_backend(not args.no_postgres) as postgres:
+        backends = [sqlite] if postgres is None else [sqlite, postgres]
+        for backend in backends:
+            for line in asyncio.run(bench_intake(args.nodes, 3, backend)):
+                print(line)
+        for backend in backends:
+            print(bench_step_latency(args.commits, backend))
     print(asyncio.run(bench_memory(args.nodes)))
     print(asyncio.run(bench_planning(args.nodes)))
 

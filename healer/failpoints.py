@@ -1,7 +1,8 @@
 """Fault injection for crash tests, in the manner of etcd's gofail.
 
 ``HEALER_FAILPOINTS="workflow.drain.after=kill,workflow.cordon.before=raise"`` makes the named
-points kill the process with SIGKILL (no cleanup, like a power cut) or raise. Unset in production:
+points kill the process with SIGKILL (no cleanup, like a power cut), raise, or ``stop`` it with
+SIGSTOP (a paused process, which goes on where it stopped on SIGCONT). Unset in production:
 a lookup in an empty dict.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-_ACTIONS = {"kill", "raise"}
+_ACTIONS = {"kill", "raise", "stop"}
 
 
 class FailpointError(RuntimeError):
@@ -35,5 +36,7 @@ def hit(name: str) -> None:
     action = _points.get(name)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "raise":
         raise FailpointError(f"failpoint {name}")

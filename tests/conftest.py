@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.plugins.kube",
     "tests.plugins.ec2",
     "tests.plugins.store",
+    "tests.realkube",
+    "tests.postgres",
 ]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from healer.store import schema
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARE = ROOT / "healer" / "share"
 # Top-level path in the checkout -> what it links to in the package (the design card keeps the
@@ -144,6 +146,9 @@ def test_the_sdist_and_the_wheel_carry_the_shared_files(installed: tuple[Path, P
     assert not missing, f"package data missing from the wheel (pyproject package-data): {missing}"
     assert in_wheel >= AGENT_UNITS
     assert {"healer/agent/healer_agent.py", "healer/agent/bundle.py"} <= in_wheel
+    # The state schema (healer/store/schema.py reads it at every open).
+    migrations = {f"healer/store/migrations/{m.name}" for m in schema.migrations()}
+    assert migrations and migrations <= in_wheel
     with tarfile.open(sdist) as tar:
         in_sdist = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert not _shared_files() - in_sdist

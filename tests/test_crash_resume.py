@@ -28,6 +28,7 @@ from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from healer.workflow.runner import STEPS
 from tests.helpers import fast_lab_config, start_healer_run
+from tests.plugins.store import Backend
 from tests.realkube import RealKube
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -83,9 +84,18 @@ async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[n
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("step", STEPS)
 async def test_sigkill_at_each_step_then_resume(
-    lab: tuple[LabHarness, Path], step: str, when: str
+    lab: tuple[LabHarness, Path], step: str, when: str, state_backend: Backend
 ) -> None:
-    await _kill_and_resume(*lab, step, when)
+    # On PostgreSQL (tests/plugins/store.py) the daemons keep their state in a fresh database
+    # of the test's own; a short lease lets the second daemon take the killed one's over fast.
+    harness, config = lab
+    section = state_backend.state_section(harness.state_dir)
+    if section is not None:
+        data = yaml.safe_load(config.read_text())
+        data["state"] = section | {"leaseSeconds": 3.0}
+        config = config.with_name(f"healer-{state_backend.name}.yaml")
+        config.write_text(yaml.safe_dump(data))
+    await _kill_and_resume(harness, config, step, when)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -279,6 +279,9 @@ class FakePlanner:
     def frozen_reason(self, cluster: str) -> str | None:
         return self.frozen
 
+    def owns(self, cluster: str) -> bool:
+        return True  # one daemon (healer run --replicas is tests/test_replicas.py)
+
     async def remediate_now(
         self, cluster: str, node: str, *, force: bool, confirmed: bool = False
     ) -> Any:

@@ -45,6 +45,7 @@ from healer.provisioning.keydelivery import KeyDelivery
 from healer.provisioning.userdata import UserDataBuilder
 from healer.sources.events import EventQueue
 from healer.sources.kube_watch import KubeWatchSource
+from healer.store.backends import open_store
 from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     FAILED,
@@ -183,7 +184,7 @@ class Daemon(DaemonStatus):
         raise_nofile_limit()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint_clock(started=True)
-        self.store = store = Store.open(self.state_dir)
+        self.store = store = open_store(self.state_dir, self.config.state)
         # Its retry loop (keep_trying, below) ends any episode of a state database that takes no
         # writes: from here on, audit rows wait for it rather than fail (healer.store.writable).
         store.writes.retrying = True
@@ -334,7 +335,8 @@ class Daemon(DaemonStatus):
                     store,
                     planner,
                     self.blocks,
-                    kube=self.kube,
+                    # dryRun touches no node: no cordon or drain before a reboot either.
+                    kube={} if self.dry_run else self.kube,
                     pulled=self.pulled,
                 )
                 if self.config.mqtt is not None:

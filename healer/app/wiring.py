@@ -5,9 +5,9 @@ a daemon without MQTT never imports the MQTT client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from healer.clock import Clock
 from healer.config import HealerConfig
@@ -15,7 +15,10 @@ from healer.health.tracker import HealthTracker
 from healer.model import NodeEvent, Permit, RebootRequest
 from healer.planner.alert_blocks import AlertBlocks, block_handler
 from healer.planner.planner import Planner
+from healer.planner.pulled_alerts import PulledAlerts
+from healer.planner.reboot_notices import RebootNotices
 from healer.store.sqlite import Store
+from healer.telemetry.notify import Notifier
 from healer.telemetry.server import MetricsServer
 
 if TYPE_CHECKING:
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from healer.sources.heartbeat import HeartbeatWatcher
     from healer.sources.mqtt import MqttSource
     from healer.sources.webhook import WebhookServer
+    from healer.workflow.reboot import RebootWorkflows
 
 Emit = Callable[[NodeEvent], Awaitable[None]]
 
@@ -39,6 +43,10 @@ class Core:
     store: Store
     planner: Planner
     blocks: AlertBlocks
+    # Each cluster's API client (healer.kube.client.KubeClient): the reboot workflow's port.
+    kube: Mapping[str, Any] = field(default_factory=dict)
+    # reboots.prometheus: the alerts the daemon's poll pulled (healer.jobs.prometheus)
+    pulled: PulledAlerts | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class MqttParts:
     source: MqttSource
     heartbeats: HeartbeatWatcher | None  # None in a shared subscription group
     arbiter: RebootArbiter | None  # None unless mqtt.rebootArbiter
+    reboots: RebootWorkflows | None = None  # cordon and drain before each granted reboot
 
 
 def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
@@ -54,6 +63,7 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
     from healer.sources.heartbeat import HeartbeatPolicy, HeartbeatWatcher, seed_from
     from healer.sources.mqtt import MqttSource
     from healer.sources.mqtt_reboot import REBOOT_PERMIT, control_topic, permit_payload
+    from healer.workflow.reboot import RebootWorkflows
 
     mqtt = core.config.mqtt
     assert mqtt is not None
@@ -87,8 +97,22 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
         await source.publish(topic, permit_payload(permit, now=wall))
 
     arbiter: RebootArbiter | None = None
+    reboots: RebootWorkflows | None = None
     on_request: Callable[[RebootRequest], Awaitable[None]] | None = None
     if mqtt.reboot_arbiter:
+        # Every granted reboot is a workflow: cordon, drain, hand over, wait, uncordon.
+        reboots = RebootWorkflows(
+            config=core.config,
+            store=core.store,
+            clock=clock,
+            kube=core.kube,
+            arbiter=lambda: arbiter,
+        )
+
+        async def find_pods(cluster: str, node: str, selectors: tuple[str, ...]) -> list[str]:
+            pods: list[str] = await core.kube[cluster].pods_matching(node, selectors)
+            return pods
+
         arbiter = RebootArbiter(
             config=core.config,
             store=core.store,
@@ -97,7 +121,12 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
             publish=publish_permit,
             blocks=core.blocks,
             frozen=core.planner.frozen_reason,
+            start_reboot=reboots.start if core.kube else None,
+            pulled=core.pulled,
+            find_pods=find_pods if core.kube else None,
+            notices=RebootNotices(config=core.config, poster=Notifier(clock=clock)),
         )
+        tg.create_task(reboots.resume_all(), name="reboots-resume")
         # One arbiter: the guards count the nodes holding a grant as out of service.
         core.planner.watch_reboot_grants(arbiter.granted_nodes)
         observers.append(arbiter.observe)
@@ -119,7 +148,7 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
         on_reboot_request=on_request,
     )
     tg.create_task(source.run(), name="mqtt")
-    return MqttParts(source=source, heartbeats=heartbeats, arbiter=arbiter)
+    return MqttParts(source=source, heartbeats=heartbeats, arbiter=arbiter, reboots=reboots)
 
 
 def start_webhook(

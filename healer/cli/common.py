@@ -90,11 +90,9 @@ def open_store(args: argparse.Namespace) -> Store:
     from healer.store.sqlite import DB_NAME, Store
 
     state_dir = state_dir_for(args)
-    config, _ = optional_config(args)
-    if config is not None and config.state is not None:
-        from healer.store.backends import open_store as open_backend
-
-        return open_backend(state_dir, config.state)
+    shared = configured_store(args, state_dir)
+    if shared is not None:
+        return shared
     as_state_owner(state_dir)
     if not Store.has_state(state_dir):
         raise ConfigError(
@@ -102,6 +100,17 @@ def open_store(args: argparse.Namespace) -> Store:
             "HEALER_STATE_DIR to the daemon's state directory"
         )
     return Store.open(state_dir)
+
+
+def configured_store(args: argparse.Namespace, state_dir: Path) -> Store | None:
+    """The configuration's PostgreSQL state (``state.url``, docs/state-backends.md), opened;
+    None when the state is the SQLite file of ``state_dir``."""
+    config, _ = optional_config(args)
+    if config is None or config.state is None:
+        return None
+    from healer.store.backends import open_store as open_backend
+
+    return open_backend(state_dir, config.state)
 
 
 def daemon_info(store: Store) -> dict[str, Any]:

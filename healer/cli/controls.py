@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from healer.cli.common import as_state_owner, state_dir_for, timeline, ts
+from healer.cli.common import as_state_owner, configured_store, state_dir_for, timeline, ts
 from healer.cli.names import known_names
 from healer.errors import ConfigError
 from healer.store.recorder import Recorder
@@ -25,7 +25,7 @@ def _set_paused(args: argparse.Namespace, *, paused: bool) -> int:
         raise ConfigError("--pool needs --cluster")
     state_dir = state_dir_for(args)
     as_state_owner(state_dir)
-    store = Store.open(state_dir)
+    store = configured_store(args, state_dir) or Store.open(state_dir)
     known_names(args, store).check(args.cluster, args.pool)
     scope = pause_scope(args.cluster, args.pool)
     now = timeline(state_dir)
@@ -47,7 +47,7 @@ def _set_paused(args: argparse.Namespace, *, paused: bool) -> int:
 
 def cmd_breaker(args: argparse.Namespace) -> int:
     as_state_owner(state_dir_for(args))
-    store = Store.open(state_dir_for(args))
+    store = configured_store(args, state_dir_for(args)) or Store.open(state_dir_for(args))
     known_names(args, store).check(args.cluster)
     kinds = BREAKER_KINDS if args.kind == "all" else (args.kind,)
     label = {k: ("bad-upgrade breaker" if k == BREAKER_BAD_UPGRADE else "breaker") for k in kinds}

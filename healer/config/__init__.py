@@ -6,6 +6,7 @@ is wrong. One module per area: ``types`` (durations, limits, secret references),
 Everything is re-exported here, so ``from healer.config import X`` is the way in.
 """
 
+from healer.config.etcd import EtcdConfig
 from healer.config.health import (
     DEFAULT_HEALTH,
     BreakerPolicy,
@@ -32,6 +33,9 @@ from healer.config.ops import (
     MaintenanceWindow,
     MetricsConfig,
     OrphanPolicy,
+    PrometheusAlerts,
+    RebootConcurrency,
+    RebootNotify,
     RebootPolicy,
     ScheduleConfig,
 )
@@ -39,6 +43,7 @@ from healer.config.security import (
     AgentConfig,
     AuditConfig,
     BindingConfig,
+    CniConfig,
     EncryptionAtRest,
     KubernetesConfig,
     PodSecurityConfig,
@@ -85,6 +90,7 @@ __all__ = [
     "Cidr",
     "ClusterConfig",
     "ClusterRemediation",
+    "CniConfig",
     "ConditionMatch",
     "ConfigError",
     "ConfigModel",
@@ -93,6 +99,7 @@ __all__ = [
     "EffectiveHealth",
     "EffectiveRemediation",
     "EncryptionAtRest",
+    "EtcdConfig",
     "HealerConfig",
     "HealthCheckConfig",
     "HealthPolicy",
@@ -109,9 +116,12 @@ __all__ = [
     "PodSecurityLevels",
     "PolicyRuleConfig",
     "PoolConfig",
+    "PrometheusAlerts",
     "ProviderConfig",
     "PsaLevel",
     "RbacConfig",
+    "RebootConcurrency",
+    "RebootNotify",
     "RebootPolicy",
     "RemediationPolicy",
     "RetryPolicy",

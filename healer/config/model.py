@@ -10,6 +10,7 @@ from pydantic import (
     model_validator,
 )
 
+from healer.config.etcd import EtcdConfig
 from healer.config.health import (
     DEFAULT_HEALTH,
     BreakerPolicy,
@@ -40,6 +41,7 @@ from healer.config.security import (
     UpgradesConfig,
 )
 from healer.config.sources import MqttConfig, WebhookConfig
+from healer.config.state import StateConfig
 from healer.config.topology import (
     LoadBalancerConfig,
     NetworkConfig,
@@ -77,6 +79,7 @@ class ClusterConfig(_Model):
         (), alias="adminCidrs", description="the only sources admitted to SSH (22)"
     )
     load_balancer: LoadBalancerConfig = Field(LoadBalancerConfig(), alias="loadBalancer")
+    etcd: EtcdConfig = EtcdConfig()
     paused: bool = False
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
 
@@ -98,6 +101,9 @@ class ClusterConfig(_Model):
 
     def pool(self, name: str | None) -> PoolConfig | None:
         return next((p for p in self.pools if p.name == name), None)
+
+    def control_plane_pool(self) -> PoolConfig | None:
+        return next((p for p in self.pools if p.role is Role.CONTROL_PLANE), None)
 
     def health_for(self, pool: str | None) -> EffectiveHealth:
         p = self.pool(pool)
@@ -146,6 +152,7 @@ class HealerConfig(_Model):
     metrics: MetricsConfig | None = None
     orphans: OrphanPolicy = OrphanPolicy()
     schedule: ScheduleConfig = ScheduleConfig()
+    state: StateConfig | None = None  # PostgreSQL state (docs/state-backends.md)
     clusters: tuple[ClusterConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

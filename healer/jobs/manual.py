@@ -68,6 +68,8 @@ class RequestDesk:
             # (healer.store.writable); they wait, pending, and are served once it does.
             return taken
         for request in self._store.pending_requests():
+            if not self._planner.owns(request.cluster):
+                continue  # the replica that owns its cluster answers it (--replicas)
             now = self._clock.now()
             if now - request.at > MAX_AGE:
                 answer: Answer = {

@@ -37,7 +37,7 @@ from healer.errors import HealerError, PermanentError
 from healer.jobs.exclusive import exclusive
 from healer.kube.client import KubeClient
 from healer.model import Role
-from healer.naming import machine_name, ownership_tags
+from healer.naming import ownership_tags
 from healer.provisioning.etcd_access import etcd_client
 from healer.provisioning.keydelivery import KeyDelivery
 from healer.provisioning.rolling import (
@@ -50,6 +50,7 @@ from healer.provisioning.rolling import (
     next_replacements,
     outdated_machines,
 )
+from healer.store.backends import open_store
 from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     DB_NAME,
@@ -269,7 +270,7 @@ class Roll:
                 "strategy": strategy,
                 "spec": fingerprint,
             },
-            replacement_name=machine_name(cluster, pool.name, wf_id),
+            replacement_name=pool.replacement_name(cluster, node, wf_id),
             started_at=now,
             updated_at=now,
         )
@@ -319,8 +320,8 @@ async def roll_cluster(
         machines[pool.name] = await provider.list_machines(ownership_tags(cluster.name, pool.name))
     wanted = not resume_only and needs_roll(cluster, machines)
     running = False
-    if (state_dir / DB_NAME).exists():
-        peek = Store.open(state_dir)
+    if config.state is not None or (state_dir / DB_NAME).exists():
+        peek = open_store(state_dir, config.state)
         try:
             running = bool(peek.workflows(cluster=cluster.name, state=RUNNING))
         finally:
@@ -333,7 +334,7 @@ async def roll_cluster(
             "API: set its kubeconfig"
         )
     with exclusive(state_dir, what=f"cluster {cluster.name}: the rolling replacement"):
-        store = Store.open(state_dir)
+        store = open_store(state_dir, config.state)
         clock = RealClock.resume(state_dir)
         kube = await KubeClient.from_kubeconfig(cluster.kubeconfig, cluster.context, clock=clock)
         etcd = etcd_client(state_dir, cluster, kube=kube)

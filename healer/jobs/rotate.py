@@ -56,6 +56,7 @@ from healer.provisioning.rotation import (
     promote,
     stage_keys,
 )
+from healer.store.backends import open_store
 from healer.store.recorder import Recorder
 from healer.store.sqlite import AuditEntry, Store
 from healer.telemetry.logs import configure
@@ -305,7 +306,7 @@ def run_rotate(args: argparse.Namespace, *, config_path: str, state_dir: Path) -
         if cluster.kubeconfig is None:
             raise ConfigError(f"cluster {cluster.name}: rewriting Secrets needs its kubeconfig")
         with exclusive(state_dir, what=f"cluster {cluster.name}: the key rotation"):
-            store = Store.open(state_dir)
+            store = open_store(state_dir, config.state)
             provider = await _open(cluster, state_dir)
             clock = RealClock.resume(state_dir)
             kube = await KubeClient.from_kubeconfig(
@@ -334,7 +335,7 @@ def run_rotate(args: argparse.Namespace, *, config_path: str, state_dir: Path) -
     try:
         if args.what == "ca":
             with exclusive(state_dir, what=f"cluster {cluster.name}: the CA rotation plan"):
-                store = Store.open(state_dir)
+                store = open_store(state_dir, config.state)
                 try:
                     plan_ca_rotation(store, cluster, clock=RealClock.resume(state_dir), say=say)
                 finally:

@@ -31,6 +31,8 @@ class StaleWorkflows:
         now = ctx.clock.now()
         expired = []
         for wf in ctx.store.workflows(state=RUNNING):
+            if not ctx.planner.owns(wf.cluster):
+                continue  # another replica's to judge (healer run --replicas)
             if self._runner.waiting_for_api(wf.id):
                 # Paused, not stuck: its step goes on (and journals it) once the Kubernetes
                 # API answers again (healer.workflow.retry).

@@ -43,6 +43,7 @@ from healer.planner.guards import (
     node_status,
     reboot_failure_trip_reason,
 )
+from healer.store.leases import Fenced
 from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
@@ -340,6 +341,8 @@ class Planner:
                     await self._launch(cluster, candidate)
                 except StateUnwritable:
                     return  # nothing started; frozen now, until the database takes writes
+                except Fenced:
+                    return  # lost the cluster to another replica meanwhile: nothing started
                 snapshot = dataclasses.replace(self.snapshot(cluster), etcd=snapshot.etcd)
 
     def _synced(self, cluster_name: str) -> bool:
@@ -427,6 +430,13 @@ class Planner:
         now = self._clock.now()
         wf_id = self._new_id()
         pool = node.pool or ""
+        pool_cfg = cluster.pool(pool)
+        # In the zone of the machine it replaces, so a repair keeps the pool spread over zones.
+        replacement = (
+            pool_cfg.replacement_name(cluster.name, node.node, wf_id)
+            if pool_cfg is not None
+            else machine_name(cluster.name, pool, wf_id)
+        )
         wf = WorkflowRecord(
             id=wf_id,
             cluster=cluster.name,
@@ -449,7 +459,7 @@ class Planner:
                     else {}
                 ),
             },
-            replacement_name=machine_name(cluster.name, pool, wf_id),
+            replacement_name=replacement,
             started_at=now,
             updated_at=now,
             forced=forced,

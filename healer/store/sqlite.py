@@ -15,83 +15,35 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from healer.errors import StateError, StateUnwritable
-from healer.model import Health, NodeObservation, Role, Verdict
+from healer.model import Health, NodeEvent, NodeObservation, Role, Verdict
+from healer.store import schema
 from healer.store.alert_blocks import LEGACY_FILE, Block, read_legacy, set_aside
 from healer.store.writable import PROBE_BYTES, WriteHealth, unwritable
 
 log = structlog.get_logger("healer.store")
 
 DB_NAME = "healer.sqlite"
-# 1: the first schema. 2: the alert_blocks table (the blocks were a JSON file beside the
-# database; opening the store imports that file once). New tables come from ``_SCHEMA``
-# (CREATE ... IF NOT EXISTS); a database of an older schema is brought up on open and its
-# version raised; one of a newer schema is refused (an older healer would ignore its state).
-SCHEMA_VERSION = 2
+# The newest migration in healer/store/migrations (healer.store.schema): a database of an older
+# schema is brought up on open and its version raised; one of a newer schema is refused (an
+# older healer would ignore its state).
+SCHEMA_VERSION = schema.version()
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    cluster TEXT NOT NULL, node TEXT NOT NULL,
-    record TEXT NOT NULL, health TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
-    next_check_at REAL, updated_at REAL NOT NULL,
-    PRIMARY KEY (cluster, node)
-);
-CREATE TABLE IF NOT EXISTS workflows (
-    id TEXT PRIMARY KEY, cluster TEXT NOT NULL, pool TEXT, node TEXT NOT NULL, role TEXT NOT NULL,
-    state TEXT NOT NULL, step TEXT NOT NULL, reason TEXT NOT NULL, evidence TEXT NOT NULL,
-    machine TEXT, replacement_name TEXT NOT NULL, replacement TEXT, forced INTEGER NOT NULL DEFAULT 0,
-    started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL, error TEXT
-);
-CREATE INDEX IF NOT EXISTS workflows_by_cluster ON workflows (cluster, state);
-CREATE TABLE IF NOT EXISTS workflow_steps (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, workflow_id TEXT NOT NULL, step TEXT NOT NULL,
-    status TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, cluster TEXT NOT NULL,
-    node TEXT, pool TEXT, workflow_id TEXT, event TEXT NOT NULL, reason TEXT NOT NULL,
-    message TEXT NOT NULL, evidence TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_node ON audit (cluster, node, seq);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TABLE IF NOT EXISTS pauses (
-    scope TEXT PRIMARY KEY, at REAL NOT NULL, note TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS breaker (
-    cluster TEXT PRIMARY KEY, reason TEXT NOT NULL, opened_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bad_upgrade_breaker (
-    cluster TEXT PRIMARY KEY, reason TEXT NOT NULL, opened_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS breaker_resets (
-    cluster TEXT NOT NULL, kind TEXT NOT NULL, reset_at REAL NOT NULL,
-    PRIMARY KEY (cluster, kind)
-);
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, cluster TEXT NOT NULL,
-    node TEXT, args TEXT NOT NULL, state TEXT NOT NULL, answer TEXT, answered_at REAL
-);
-CREATE TABLE IF NOT EXISTS alert_blocks (
-    cluster TEXT NOT NULL, alert TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    since REAL NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (cluster, alert, fingerprint)
-);
-CREATE TABLE IF NOT EXISTS webhook_replays (
-    signature TEXT PRIMARY KEY, expires_at REAL NOT NULL
-);
-"""
+# The tables and triggers, for SQLite, from the one schema source of both backends.
+_SCHEMA = schema.script(schema.SQLITE)
+
+# The node events the health tracker consumed (what changed a node's observation, and the list
+# markers), kept so that `healer simulate --history` can replay them; the oldest rows go past
+# this many.
+NODE_EVENTS_KEPT = 200_000
 
 RUNNING = "running"
 SUCCEEDED = "succeeded"
@@ -346,9 +298,43 @@ def move_aside(path: Path, *, at: float | None = None) -> Path:
     return target
 
 
+class Cursor(Protocol):
+    """What a statement returns on either backend: rows readable by index and by column name."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """The seam between the store's queries and a backend: ``?`` placeholders on both."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor: ...
+
+
+# Called inside the transaction of every workflow step commit, with the workflow's cluster;
+# raising aborts the commit (the fence of healer run --replicas: docs/state-backends.md).
+FenceCheck = Callable[[Connection, str], None]
+
+
 class Store:
+    """The state store: the storage interface of healer, and its SQLite backend.
+
+    Every query is written once, in SQL both backends take (``?`` placeholders, ``INSERT ... ON
+    CONFLICT``, ``RETURNING``), against :class:`Connection`. A backend provides the connection
+    seam: opening, :meth:`_tx`, the schema, :meth:`db_now` and :meth:`close`. This class is the
+    SQLite one; :class:`healer.store.postgres.PostgresStore` is the PostgreSQL one
+    (docs/state-backends.md).
+    """
+
     # Set by :meth:`open` when the state directory held no healer state (the daemon says so).
     first_start: FirstStart | None = None
+    dialect = schema.SQLITE
+    _db: Connection
+    _fence: FenceCheck | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -359,11 +345,11 @@ class Store:
             # Created 0600 whatever the umask; SQLite gives its -wal and -shm files that mode.
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+            self._sqlite = self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
             try:
                 self._upgrade(path)
             except BaseException:
-                self._db.close()
+                self._sqlite.close()
                 raise
         except (sqlite3.Error, OSError, StateUnwritable) as exc:
             raise unusable_state(path, exc) from exc
@@ -372,14 +358,14 @@ class Store:
 
     def _upgrade(self, path: Path) -> None:
         """Bring the schema up to this healer's (or refuse a newer one), import legacy files."""
-        self._db.row_factory = sqlite3.Row
+        self._sqlite.row_factory = sqlite3.Row
         self._refuse_newer_schema(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL survives any process crash; a power cut may lose the last commits, which
         # the idempotent workflow steps and a re-list of the API make good again.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        self._sqlite.executescript(_SCHEMA)
         found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -415,8 +401,8 @@ class Store:
         blocks = read_legacy(legacy)
         if blocks is None:
             return
-        with self._tx() as db:
-            db.executemany(
+        with self._tx():
+            self._sqlite.executemany(
                 "INSERT OR IGNORE INTO alert_blocks VALUES (?,?,?,?,?)",
                 [(b.cluster, b.alert, b.fingerprint, b.since, b.expires_at) for b in blocks],
             )
@@ -427,6 +413,11 @@ class Store:
             blocks=len(blocks),
             moved_to=str(moved) if moved else None,
         )
+
+    @classmethod
+    def has_state(cls, state_dir: Path) -> bool:
+        """Whether ``state_dir`` has a state database to open (commands that only read it)."""
+        return (state_dir / DB_NAME).exists()
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
@@ -450,13 +441,34 @@ class Store:
         return store
 
     def close(self) -> None:
-        self._db.close()
+        self._sqlite.close()
         _OPEN_IN_PROCESS[self._resolved] -= 1
         if not _OPEN_IN_PROCESS[self._resolved]:
             del _OPEN_IN_PROCESS[self._resolved]
 
+    def db_now(self) -> float:
+        """The database's wall time in seconds: one clock for every process sharing it. A
+        SQLite database has one host, so that is this host's clock."""
+        return time.time()
+
+    def set_fence(self, check: FenceCheck | None) -> None:
+        """Run ``check(db, cluster)`` inside every workflow step commit (None: no check)."""
+        self._fence = check
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """One write transaction (``with store.transaction() as db``), whole or not at all."""
+        return self._tx()
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _step_tx(self, cluster: str) -> Iterator[Connection]:
+        """The transaction of a workflow step commit: fenced when a fence is set."""
+        with self._tx() as db:
+            if self._fence is not None:
+                self._fence(db, cluster)
+            yield db
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
         """One write transaction, whole or not at all. A full disk, a read-only database or an
         I/O error raises :class:`~healer.errors.StateUnwritable` (and opens an episode of
         :attr:`writes`); any other error goes up as it is."""
@@ -468,7 +480,7 @@ class Store:
             except BaseException:
                 # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR): a ROLLBACK
                 # then fails and must not hide the error that matters.
-                if self._db.in_transaction:
+                if self._sqlite.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
                 raise
@@ -484,8 +496,9 @@ class Store:
         the database cannot take that much (healer.store.writable.keep_trying)."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('write_probe', hex(randomblob(?)))",
-                (PROBE_BYTES // 2,),
+                "INSERT INTO meta VALUES ('write_probe', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (os.urandom(PROBE_BYTES // 2).hex(),),
             )
         with self._tx() as db:
             db.execute("DELETE FROM meta WHERE key='write_probe'")
@@ -494,7 +507,10 @@ class Store:
     def save_node(self, obs: NodeObservation, verdict: Verdict, now: float) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (cluster, node) DO UPDATE"
+                " SET record=excluded.record, health=excluded.health, reason=excluded.reason,"
+                " message=excluded.message, next_check_at=excluded.next_check_at,"
+                " updated_at=excluded.updated_at",
                 (
                     obs.cluster,
                     obs.node,
@@ -526,9 +542,20 @@ class Store:
             for r in rows
         ]
 
+    def record_event(self, event: NodeEvent) -> None:
+        """Keep ``event`` for replay (``healer simulate --history``); trims the oldest rows
+        past :data:`NODE_EVENTS_KEPT` now and then."""
+        with self._tx() as db:
+            seq = db.execute(
+                "INSERT INTO node_events (at, event) VALUES (?, ?) RETURNING seq",
+                (event.at, json.dumps(event.to_json(), default=str)),
+            ).fetchone()[0]
+            if seq is not None and seq % 1000 == 0:
+                db.execute("DELETE FROM node_events WHERE seq <= ?", (seq - NODE_EVENTS_KEPT,))
+
     # -- workflows --------------------------------------------------------------------------
     def create_workflow(self, wf: WorkflowRecord) -> None:
-        with self._tx() as db:
+        with self._step_tx(wf.cluster) as db:
             db.execute(
                 "INSERT INTO workflows (id, cluster, pool, node, role, state, step, reason, evidence,"
                 " machine, replacement_name, replacement, forced, started_at, updated_at,"
@@ -545,7 +572,7 @@ class Store:
         self, wf: WorkflowRecord, *, journal: tuple[str, str, dict[str, Any]] | None = None
     ) -> None:
         """Save the workflow and, in the same transaction, append a journal line (step, status, detail)."""
-        with self._tx() as db:
+        with self._step_tx(wf.cluster) as db:
             db.execute(
                 "UPDATE workflows SET state=?, step=?, machine=?, replacement=?, updated_at=?,"
                 " finished_at=?, error=? WHERE id=?",
@@ -572,6 +599,10 @@ class Store:
         self, wf_id: str, step: str, status: str, at: float, detail: dict[str, Any]
     ) -> None:
         with self._tx() as db:
+            if self._fence is not None:
+                row = db.execute("SELECT cluster FROM workflows WHERE id=?", (wf_id,)).fetchone()
+                if row is not None:
+                    self._fence(db, row["cluster"])
             db.execute(
                 "INSERT INTO workflow_steps (workflow_id, step, status, at, detail) VALUES (?,?,?,?,?)",
                 (wf_id, step, status, at, json.dumps(detail, default=str)),
@@ -701,7 +732,7 @@ class Store:
             args.append(since)
         sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
         if limit is not None:
-            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT {int(limit)})"
+            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT {int(limit)}) AS recent"
         sql += " ORDER BY seq"
         return [
             AuditEntry(
@@ -735,7 +766,9 @@ class Store:
         """Returns True when this changed anything."""
         with self._tx() as db:
             if paused:
-                cur = db.execute("INSERT OR IGNORE INTO pauses VALUES (?,?,?)", (scope, at, note))
+                cur = db.execute(
+                    "INSERT INTO pauses VALUES (?,?,?) ON CONFLICT DO NOTHING", (scope, at, note)
+                )
             else:
                 cur = db.execute("DELETE FROM pauses WHERE scope=?", (scope,))
             return cur.rowcount > 0
@@ -751,7 +784,9 @@ class Store:
     ) -> bool:
         table = _BREAKER_TABLES[kind]
         with self._tx() as db:
-            cur = db.execute(f"INSERT OR IGNORE INTO {table} VALUES (?,?,?)", (cluster, reason, at))
+            cur = db.execute(
+                f"INSERT INTO {table} VALUES (?,?,?) ON CONFLICT DO NOTHING", (cluster, reason, at)
+            )
             return cur.rowcount > 0
 
     def reset_breaker(
@@ -772,13 +807,17 @@ class Store:
             else:
                 names = [
                     r[0]
-                    for r in db.execute(f"SELECT cluster FROM {table} WHERE cluster=?", (cluster,))
+                    for r in db.execute(
+                        f"SELECT cluster FROM {table} WHERE cluster=?", (cluster,)
+                    ).fetchall()
                 ]
                 db.execute(f"DELETE FROM {table} WHERE cluster=?", (cluster,))
             if at is not None:
                 for name in names:
                     db.execute(
-                        "INSERT OR REPLACE INTO breaker_resets VALUES (?,?,?)", (name, kind, at)
+                        "INSERT INTO breaker_resets VALUES (?,?,?) ON CONFLICT (cluster, kind)"
+                        " DO UPDATE SET reset_at=excluded.reset_at",
+                        (name, kind, at),
                     )
             return names
 
@@ -799,7 +838,9 @@ class Store:
     def put_alert_block(self, block: Block) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO alert_blocks VALUES (?,?,?,?,?)",
+                "INSERT INTO alert_blocks VALUES (?,?,?,?,?)"
+                " ON CONFLICT (cluster, alert, fingerprint)"
+                " DO UPDATE SET since=excluded.since, expires_at=excluded.expires_at",
                 (block.cluster, block.alert, block.fingerprint, block.since, block.expires_at),
             )
 
@@ -828,7 +869,8 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM webhook_replays WHERE expires_at <= ?", (now,))
             cur = db.execute(
-                "INSERT OR IGNORE INTO webhook_replays VALUES (?,?)", (signature, expires_at)
+                "INSERT INTO webhook_replays VALUES (?,?) ON CONFLICT DO NOTHING",
+                (signature, expires_at),
             )
             return cur.rowcount > 0
 
@@ -842,7 +884,10 @@ class Store:
     # -- meta: small facts the daemon publishes for the CLI (e.g. its status line) ---------
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))
+            db.execute(
+                "INSERT INTO meta VALUES (?,?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (key, json.dumps(value)),
+            )
 
     def get_meta(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -899,7 +944,7 @@ class Store:
             return db.execute(sql, params).rowcount > 0
 
 
-def _request_from_row(r: sqlite3.Row) -> RequestRow:
+def _request_from_row(r: Any) -> RequestRow:
     return RequestRow(
         id=r["id"],
         at=r["at"],
@@ -935,7 +980,7 @@ def _wf_row(wf: WorkflowRecord) -> tuple[Any, ...]:
     )
 
 
-def _wf_from_row(r: sqlite3.Row) -> WorkflowRecord:
+def _wf_from_row(r: Any) -> WorkflowRecord:
     return WorkflowRecord(
         id=r["id"],
         cluster=r["cluster"],

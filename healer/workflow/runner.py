@@ -695,7 +695,8 @@ class WorkflowRunner:
         }, wf
 
     async def _step_delete_node(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
-        existed = await self._kube_for(wf).delete_node(wf.node)
+        with self._fence.guard(wf.cluster, what="delete_node"):
+            existed = await self._kube_for(wf).delete_node(wf.node)
         return {"existed": existed}, wf
 
     async def _step_destroy_machine(self, wf: WorkflowRecord, cluster: ClusterConfig) -> StepResult:
