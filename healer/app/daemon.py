@@ -339,8 +339,11 @@ class Daemon(DaemonStatus):
                     kube={} if self.dry_run else self.kube,
                     pulled=self.pulled,
                 )
+                mqtt = None
                 if self.config.mqtt is not None:
-                    mqtt = start_mqtt(tg, core)
+                    # With ownership, subscribe to the clusters owned (none until the first
+                    # round below), not to the whole stream (docs/state-backends.md).
+                    mqtt = start_mqtt(tg, core, owned=() if replicas is not None else None)
                     self.mqtt_source = mqtt.source
                     self.heartbeats = mqtt.heartbeats
                     self.reboot_arbiter = mqtt.arbiter
@@ -353,6 +356,7 @@ class Daemon(DaemonStatus):
                         runner=runner,
                         planner=planner,
                         scheduler=scheduler,
+                        on_owned=mqtt.set_clusters if mqtt is not None else None,
                     )
                     await self.ownership.run_once()  # the first leases, before resuming
                 resumed = await runner.resume_all()

@@ -74,14 +74,22 @@ class Replicas:
         runner: WorkflowRunner,
         planner: Planner,
         scheduler: JobScheduler,
+        on_owned: Callable[[frozenset[str]], None] | None = None,
     ) -> Ownership:
         """The ownership job on ``scheduler``: a lost cluster's workflows stop here, a won
-        cluster's resume from their journal and its planner looks at it."""
+        cluster's resume from their journal and its planner looks at it. ``on_owned`` hears
+        the clusters owned after each change (the MQTT subscriptions follow them)."""
+
+        def owned() -> None:
+            if on_owned is not None:
+                on_owned(frozenset(self.fence.held))
 
         async def lost(cluster: str) -> None:
+            owned()
             await runner.abandon(cluster)
 
         async def gained(cluster: str) -> None:
+            owned()
             await runner.resume_all(cluster)
             await planner.consider(cluster)
 

@@ -5,14 +5,14 @@ a daemon without MQTT never imports the MQTT client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from healer.clock import Clock
 from healer.config import HealerConfig
 from healer.health.tracker import HealthTracker
-from healer.model import NodeEvent, Permit, RebootRequest
+from healer.model import NodeEvent, NodeKey, Permit, RebootRequest
 from healer.planner.alert_blocks import AlertBlocks, block_handler
 from healer.planner.planner import Planner
 from healer.planner.pulled_alerts import PulledAlerts
@@ -55,10 +55,18 @@ class MqttParts:
     heartbeats: HeartbeatWatcher | None  # None in a shared subscription group
     arbiter: RebootArbiter | None  # None unless mqtt.rebootArbiter
     reboots: RebootWorkflows | None = None  # cordon and drain before each granted reboot
+    # Per-cluster ownership: the clusters this replica owns now (source and heartbeat watcher).
+    set_clusters: Callable[[Collection[str]], None] | None = None
 
 
-def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
-    """The MQTT source, the heartbeat-absence watcher and the reboot arbiter behind it."""
+def start_mqtt(
+    tg: asyncio.TaskGroup, core: Core, *, owned: Collection[str] | None = None
+) -> MqttParts:
+    """The MQTT source, the heartbeat-absence watcher and the reboot arbiter behind it.
+
+    ``owned`` (per-cluster ownership, docs/state-backends.md "The event stream"): hear and watch
+    the heartbeats of these clusters only, and follow :attr:`MqttParts.set_clusters` from then on.
+    """
     from healer.planner.reboots import RebootArbiter
     from healer.sources.heartbeat import HeartbeatPolicy, HeartbeatWatcher, seed_from
     from healer.sources.mqtt import MqttSource
@@ -70,19 +78,24 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
     clock, tracker = core.clock, core.tracker
     observers: list[Emit] = []
     heartbeats: HeartbeatWatcher | None = None
+
+    def seed(clusters: Collection[str]) -> list[tuple[NodeKey, bool]]:
+        return seed_from(
+            (obs.key, {k: v.status for k, v in obs.conditions.items()})
+            for c in clusters
+            for obs, _ in tracker.nodes(c)
+        )
+
     # In a shared group this daemon sees only some of each node's heartbeats, so silence
-    # would be misread as absence (docs/mqtt.md).
-    if mqtt.shared_group is None:
+    # would be misread as absence (docs/mqtt.md); an owner hears all of its clusters'.
+    if mqtt.shared_group is None or owned is not None:
         heartbeats = HeartbeatWatcher(
             clock=clock,
             emit=core.emit,
             policy=HeartbeatPolicy(mqtt.heartbeat_interval, mqtt.heartbeat_miss_after),
             is_known_node=tracker.knows,
-            seed=seed_from(
-                (obs.key, {k: v.status for k, v in obs.conditions.items()})
-                for c in core.config.clusters
-                for obs, _ in tracker.nodes(c.name)
-            ),
+            seed=seed([c.name for c in core.config.clusters]),
+            owned=owned,
         )
         observers.append(heartbeats.observe)
         tg.create_task(heartbeats.run(), name="heartbeats")
@@ -146,9 +159,22 @@ def start_mqtt(tg: asyncio.TaskGroup, core: Core) -> MqttParts:
         emit=emit,
         is_known_node=tracker.knows,
         on_reboot_request=on_request,
+        owned=owned,
     )
     tg.create_task(source.run(), name="mqtt")
-    return MqttParts(source=source, heartbeats=heartbeats, arbiter=arbiter, reboots=reboots)
+
+    def set_clusters(clusters: Collection[str]) -> None:
+        source.set_clusters(clusters)
+        if heartbeats is not None:
+            heartbeats.set_clusters(clusters, seed(clusters))
+
+    return MqttParts(
+        source=source,
+        heartbeats=heartbeats,
+        arbiter=arbiter,
+        reboots=reboots,
+        set_clusters=set_clusters if owned is not None else None,
+    )
 
 
 def start_webhook(

@@ -27,7 +27,7 @@ in the broker while healer was down arrive in that window). A node the daemon no
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -77,6 +77,9 @@ class HeartbeatWatcher:
 
     ``seed`` gives (node, currently missing?) for nodes known to have an agent, from the
     persisted node records; ``is_known_node`` says whether the daemon still manages a node.
+    ``owned`` (per-cluster ownership, ``healer run --replicas``): watch only the nodes of these
+    clusters, the only ones whose heartbeats this replica receives; :meth:`set_clusters`
+    changes the set.
     """
 
     def __init__(
@@ -87,18 +90,34 @@ class HeartbeatWatcher:
         policy: HeartbeatPolicy,
         is_known_node: Callable[[str, str], bool] | None = None,
         seed: Iterable[tuple[NodeKey, bool]] = (),
+        owned: Collection[str] | None = None,
     ) -> None:
         self._clock = clock
+        self._owned = frozenset(owned) if owned is not None else None
         self._emit = emit
         self._policy = policy
         self._is_known_node = is_known_node
         self._watches: dict[NodeKey, _Watch] = {}
         self._deadlines: DeadlineQueue[NodeKey] = DeadlineQueue(clock)  # when each goes missing
-        now = clock.now()
+        self._seed(seed)
+
+    def _seed(self, seed: Iterable[tuple[NodeKey, bool]]) -> None:
+        now = self._clock.now()
         for key, missing in seed:
+            if key in self._watches or (self._owned is not None and key.cluster not in self._owned):
+                continue
             self._watches[key] = _Watch(last_seen=now, missing=missing)
             if not missing:
                 self._schedule(key)
+
+    def set_clusters(self, owned: Collection[str], seed: Iterable[tuple[NodeKey, bool]]) -> None:
+        """Watch the nodes of ``owned`` only: a cluster lost is forgotten without a report (its
+        owner watches it now), the nodes in ``seed`` of a cluster gained get one full window
+        from now, as after a restart."""
+        self._owned = frozenset(owned)
+        for key in [k for k in self._watches if k.cluster not in self._owned]:
+            del self._watches[key]  # its queued deadline finds nothing and passes
+        self._seed(seed)
 
     def watching(self) -> dict[NodeKey, bool]:
         """Node -> currently reported missing. For status output and tests."""

@@ -47,11 +47,12 @@ from healer.clock import Clock
 from healer.config import MqttConfig
 from healer.config.provenance import Ownership
 from healer.errors import ConfigError
-from healer.model import NodeEvent, RebootRequest
+from healer.model import EventKind, NodeEvent, RebootRequest
 from healer.sources.mqtt_payload import (
     SOURCE,
     UNKNOWN_NODE,
     Rejection,
+    heartbeat_filter,
     parse_message,
     subscription_filter,
 )
@@ -81,6 +82,10 @@ _INCOMING_LIMIT: Final = 1000
 # handling): well under _INCOMING_LIMIT, so those are never dropped.
 _RECEIVE_MAXIMUM: Final = 100
 _HEARTBEAT_TOPIC_END: Final = "/heartbeat"
+# Under per-cluster ownership: the channels that change a node's observation, heard by every
+# replica for every cluster (a warm view, as from the Kubernetes watches); heartbeats, the bulk
+# of the stream, go to the owner only.
+_VIEW_CHANNELS: Final = ("health", "reboot", "upgrade")
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,14 @@ class MqttSource:
     it also subscribes to ``<prefix>/+/+/reboot-request`` directly, so it sees every request
     (possibly twice: the arbiter answers idempotently). :meth:`publish` sends on the live
     connection (the arbiter's answers).
+
+    With ``owned`` given (per-cluster ownership, ``healer run --replicas``) the source
+    subscribes instead to ``<prefix>/<cluster>/+/heartbeat`` for each cluster this replica owns
+    and to the ``health``, ``reboot`` and ``upgrade`` channels of every cluster (and, with
+    ``on_reboot_request``, ``reboot-request``); :meth:`set_clusters` changes the owned set on
+    the live connection and on every reconnect; ``sharedGroup`` is not used. A heartbeat about a
+    cluster not owned (in flight or queued in the persistent session when the cluster was lost)
+    is acknowledged, counted (``healer_events_dropped_total{reason="not_owned"}``) and dropped.
     """
 
     def __init__(
@@ -193,8 +206,11 @@ class MqttSource:
         on_state: Callable[[ConnectionState], None] | None = None,
         reconnect: Reconnect | None = None,
         on_reboot_request: Callable[[RebootRequest], Awaitable[None]] | None = None,
+        owned: Collection[str] | None = None,
     ) -> None:
         self._config = config
+        self._owned = frozenset(owned) if owned is not None else None
+        self._owned_changed = asyncio.Event()
         self._on_reboot_request = on_reboot_request
         self._client: aiomqtt.Client | None = None
         self._known_clusters = frozenset(known_clusters)
@@ -301,10 +317,35 @@ class MqttSource:
         _paho(client).manual_ack_set(True)
         return client
 
+    def set_clusters(self, owned: Collection[str]) -> None:
+        """Per-cluster ownership: from now on subscribe to the clusters in ``owned`` only.
+
+        Applied at once on the live connection (SUBSCRIBE for a cluster gained, UNSUBSCRIBE for
+        one lost) and again on every reconnect. A source built without ``owned`` (one daemon)
+        refuses: it subscribes to the whole stream.
+        """
+        if self._owned is None:
+            raise ValueError("set_clusters needs a source built with owned=...")
+        owned = frozenset(owned)
+        if owned != self._owned:
+            self._owned = owned
+            self._owned_changed.set()
+
+    @property
+    def owned(self) -> frozenset[str] | None:
+        """The clusters whose events this source subscribes to; None: every cluster."""
+        return self._owned
+
     def subscriptions(self) -> list[str]:
         """The topic filters this source subscribes to."""
         cfg = self._config
         topic = subscription_filter(cfg.topic_prefix)
+        if self._owned is not None:
+            prefix = cfg.topic_prefix.rstrip("/")
+            topics = [f"{prefix}/+/+/{channel}" for channel in _VIEW_CHANNELS]
+            if self._on_reboot_request is not None:
+                topics.append(f"{prefix}/+/+/{REBOOT_REQUEST}")
+            return topics + [heartbeat_filter(prefix, c) for c in sorted(self._owned)]
         if cfg.shared_group is None:
             return [topic]
         topics = [f"$share/{cfg.shared_group}/{topic}"]
@@ -330,9 +371,33 @@ class MqttSource:
             raise MqttCodeError(info.rc, f"could not publish to {self._broker}")
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        for topic in self.subscriptions():
-            await self._subscribe_one(client, topic)
-        self._set_state(ConnectionState(connected=True, reason="subscribed"))
+        if self._owned is None:
+            for topic in self.subscriptions():
+                await self._subscribe_one(client, topic)
+            self._set_state(ConnectionState(connected=True, reason="subscribed"))
+            return
+        # Per-cluster ownership: what a resumed session holds is unknown (a previous run of this
+        # client id may have owned other clusters, or subscribed to the whole stream), so the
+        # first round unsubscribes every filter this source could have left behind.
+        cfg = self._config
+        stream = subscription_filter(cfg.topic_prefix)
+        leftovers = {stream, *(heartbeat_filter(cfg.topic_prefix, c) for c in self._known_clusters)}
+        if cfg.shared_group is not None:
+            leftovers.add(f"$share/{cfg.shared_group}/{stream}")
+        held: set[str] | None = None  # what this connection subscribed to; None: not yet
+        while True:
+            self._owned_changed.clear()
+            wanted = self.subscriptions()
+            gone = sorted((leftovers if held is None else held) - set(wanted))
+            if gone:
+                await client.unsubscribe(gone)
+                log.info("mqtt.unsubscribed", broker=self._broker, topics=gone)
+            for topic in wanted:
+                if held is None or topic not in held:
+                    await self._subscribe_one(client, topic)
+            held = set(wanted)
+            self._set_state(ConnectionState(connected=True, reason="subscribed"))
+            await self._owned_changed.wait()
 
     async def _subscribe_one(self, client: aiomqtt.Client, topic: str) -> None:
         # Subscribing again on every connection is harmless with a resumed session and needed
@@ -390,6 +455,17 @@ class MqttSource:
         )
         if isinstance(result, NodeEvent):
             result = replace(result, at=self._clock.from_wall(result.at))  # onto our timeline
+            if (
+                result.kind is EventKind.HEARTBEAT
+                and self._owned is not None
+                and result.cluster not in self._owned
+            ):
+                # Its owner, another replica, watches it (and gets this on its own subscription).
+                _dropped("not_owned")
+                log.debug("mqtt.not_owned", cluster=result.cluster, node=result.node)
+                if message.qos > 0:
+                    _paho(client).ack(message.mid, message.qos)
+                return
         if (
             isinstance(result, NodeEvent)
             and self._is_known_node is not None

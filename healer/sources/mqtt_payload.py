@@ -154,6 +154,11 @@ def subscription_filter(prefix: str) -> str:
     return f"{_normal_prefix(prefix)}/+/+/+"
 
 
+def heartbeat_filter(prefix: str, cluster: str) -> str:
+    """The subscription to one cluster's heartbeats (its owner's, under per-cluster ownership)."""
+    return f"{_normal_prefix(prefix)}/{cluster}/+/heartbeat"
+
+
 def topic_for(prefix: str, cluster: str, node: str, channel: str) -> str:
     """The topic an agent publishes ``channel`` messages for ``cluster``/``node`` to."""
     return f"{_normal_prefix(prefix)}/{cluster}/{node}/{channel}"
