@@ -17,6 +17,7 @@ from typing import Any
 
 from healer.cli import exits
 from healer.cli.parser import build_parser
+from healer.clock import RealClock
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def _paragraphs(text: str) -> Iterator[str]:
 
 def manpage(today: datetime | None = None) -> str:
     parser = build_parser()
-    date = (today or datetime.now(UTC)).strftime("%Y-%m-%d")
+    date = (today or datetime.fromtimestamp(RealClock().wall(), UTC)).strftime("%Y-%m-%d")
     out = [
         f'.TH HEALER 1 "{date}" "healer" "User Commands"',
         ".SH NAME",
