@@ -24,7 +24,7 @@ from healer.cloud.machines import MachineRequest
 from healer.cloud.resources import TAG_RESOURCE
 from healer.model import TAG_CLUSTER, TAG_MANAGED
 from healer.naming import ownership_tags
-from healer.provisioning.commands import run_destroy
+from healer.provisioning.commands import NOT_CONFIRMED, run_destroy
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
 from providers.lab.infra_backend import LabInfraBackend
 from providers.lab.plugin import LabProvider
@@ -233,7 +233,8 @@ def test_destroy_asks_first_and_deletes_only_that_clusters_resources(
     args = build_parser().parse_args(["destroy", *common, "--cluster", "alpha"])
     # No terminal to confirm on and no --yes: refused.
     assert (
-        run_destroy(args, config_path=str(config), state_dir=state, stdin_is_tty=lambda: False) == 1
+        run_destroy(args, config_path=str(config), state_dir=state, stdin_is_tty=lambda: False)
+        == NOT_CONFIRMED
     )
     # A terminal, but the wrong answer: refused.
     assert (
@@ -244,7 +245,7 @@ def test_destroy_asks_first_and_deletes_only_that_clusters_resources(
             stdin_is_tty=lambda: True,
             confirm=lambda _: "beta",
         )
-        == 1
+        == NOT_CONFIRMED
     )
     assert len(_live(driver, "alpha")) == 5
     # The cluster's name typed back: done.
