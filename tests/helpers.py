@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +176,12 @@ async def write_lab_config(state: Path, doc: dict[str, Any], *, nodes: int, harn
     await provider.close()
     await harness.wait_ready(nodes)
     return config
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll ``predicate`` (real time, every 0.1 s) until it holds; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)

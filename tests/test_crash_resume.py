@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from healer.provisioning.pools import ensure_pools
 from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from healer.workflow.runner import STEPS
-from tests.helpers import fast_lab_config, start_healer_run
+from tests.helpers import fast_lab_config, start_healer_run, until
 from tests.plugins.store import Backend
 from tests.realkube import RealKube
 
@@ -71,14 +70,6 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     env = {"HEALER_FAILPOINTS": f"{failpoint}=kill"} if failpoint else None
     return await start_healer_run(config, state, log, env=env)
-
-
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import yaml
 
-from healer.cloud.registry import load_provider
-from healer.config import load_config
 from healer.lab.etcd import LabEtcd, etcd_binary
 from healer.lab.harness import LabHarness, LabTimings
 from healer.model import Role
-from healer.provisioning.pools import ensure_pools
-from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from healer.workflow.order import CONTROL_PLANE_STEPS
-from tests.helpers import fast_lab_config, start_healer_run
+from tests.helpers import fast_lab_config, start_healer_run, until, write_lab_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -50,24 +45,10 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[L
                 {"name": "workers", "size": 1},
             ],
         )
-        config = state / "healer.yaml"
-        config.write_text(yaml.safe_dump(doc))
-        cluster = load_config(config).clusters[0]
-        provider = load_provider("lab", cluster="lab", options={}, credentials={}, state_dir=state)
-        await ensure_pools(cluster, provider, user_data=render_user_data)
-        await provider.close()
-        await harness.wait_ready(4)
+        config = await write_lab_config(state, doc, nodes=4, harness=harness)
         yield harness, config
     finally:
         await harness.stop()
-
-
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

@@ -9,9 +9,7 @@ forgotten.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,15 +20,7 @@ from healer.config import load_config
 from healer.lab.harness import LabHarness, LabTimings
 from healer.lab.main import ResetRefused, reset_state, running_lab
 from healer.model import TAG_CLUSTER, TAG_POOL
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
+from tests.helpers import until
 
 FAST = LabTimings(lease_grace=1.0, monitor_period=0.1, renew_interval=0.25, boot_delay=0.1)
 

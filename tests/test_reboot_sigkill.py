@@ -19,7 +19,7 @@ from healer.lab.harness import LabHarness, LabTimings
 from healer.model import Role
 from healer.store.sqlite import Store
 from healer.workflow.reboot import STEPS
-from tests.helpers import fast_lab_config, start_healer_run, write_lab_config
+from tests.helpers import fast_lab_config, start_healer_run, until, write_lab_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -51,14 +51,6 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[L
         yield harness, config
     finally:
         await harness.stop()
-
-
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def agent(harness: LabHarness, node: str, tag: str, rebooted: list[float]) -> None:
