@@ -357,8 +357,10 @@ K = TypeVar("K", bound=Hashable)
 class DeadlineQueue(Generic[K]):
     """At most one deadline per key, waited for on a :class:`Clock`.
 
-    :meth:`schedule` sets (or moves) a key's deadline and :meth:`cancel` drops it; both wake a
-    pending :meth:`due` so it waits for the new earliest deadline. :meth:`due` returns the keys
+    :meth:`schedule` sets (or moves) a key's deadline and :meth:`cancel` drops it. A pending
+    :meth:`due` is woken only by a deadline earlier than the one it sleeps until: a deadline
+    moved later or cancelled is found stale when its old time comes, so a stream of schedules
+    (a heartbeat per node, a re-check per event) costs no wake-up each. :meth:`due` returns the keys
     whose deadline has come, removed from the queue, in deadline order (then scheduling order).
     One consumer at a time; anyone may schedule.
     """
@@ -371,6 +373,7 @@ class DeadlineQueue(Generic[K]):
         self._heap: list[tuple[float, int, K]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
+        self._sleeping_until: float | None = None  # what a pending due() waits for (inf: none)
 
     def __len__(self) -> int:
         return len(self._at)
@@ -390,12 +393,12 @@ class DeadlineQueue(Generic[K]):
         seq = next(self._seq)
         self._at[key] = (at, seq)
         heapq.heappush(self._heap, (at, seq, key))
-        self._changed.set()
+        if self._sleeping_until is not None and at < self._sleeping_until:
+            self._changed.set()
 
     def cancel(self, key: K) -> None:
         """Drop ``key``'s deadline, if it has one."""
-        if self._at.pop(key, None) is not None:
-            self._changed.set()
+        self._at.pop(key, None)
 
     def earliest(self) -> float | None:
         """The earliest deadline, or None when the queue is empty."""
@@ -423,7 +426,12 @@ class DeadlineQueue(Generic[K]):
             if fired:
                 return fired
             self._changed.clear()
-            await sleep_until_set(self._clock, self.earliest(), self._changed)
+            earliest = self.earliest()
+            self._sleeping_until = math.inf if earliest is None else earliest
+            try:
+                await sleep_until_set(self._clock, earliest, self._changed)
+            finally:
+                self._sleeping_until = None
 
     def _drop_stale(self) -> None:
         heap = self._heap

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 # Labels and tags healer reads and writes. Stable: operators write selectors against them.
 LABEL_POOL = "healer.io/pool"
@@ -31,8 +31,26 @@ class Role(enum.StrEnum):
 
 @dataclass(frozen=True, order=True)
 class NodeKey:
+    """A node: the key of every per-node map. Its hash is computed once per key (a heartbeat
+    looks its node up a dozen times); equality, order, repr and pickling are the dataclass's
+    (the cached hash is no field and is not pickled: a string's hash differs between
+    processes)."""
+
     cluster: str
     node: str
+    _hash: ClassVar[int | None] = None  # this key's, once asked
+
+    def __hash__(self) -> int:
+        found = self._hash
+        if found is None:
+            found = hash((self.cluster, self.node))
+            # Not through __dict__: that would make each key carry a dict (and the collector
+            # walk it); object.__setattr__ keeps the attribute in the instance's own values.
+            object.__setattr__(self, "_hash", found)
+        return found
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "node": self.node}
 
     def __str__(self) -> str:
         return f"{self.cluster}/{self.node}"

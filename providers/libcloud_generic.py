@@ -125,7 +125,7 @@ class LibcloudProvider(DriverProvider):
     @classmethod
     def capabilities_for(cls, options: Mapping[str, Any]) -> Capabilities:
         """What the plugin builds with ``options``, known without credentials or a call."""
-        return registry.capabilities_for(str(options.get("driver", "")).lower())
+        return registry.plugin_capabilities(options)
 
 
 def _driver_args(where: str, raw: Any) -> tuple[list[Any], dict[str, Any]]:

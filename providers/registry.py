@@ -35,6 +35,7 @@ __all__ = [
     "get",
     "libcloud_driver",
     "names",
+    "plugin_capabilities",
     "register",
     "resolve",
 ]
@@ -139,6 +140,13 @@ def libcloud_driver(name: str) -> type[NodeDriver]:
     except AttributeError as exc:
         raise ConfigError(f"libcloud has no compute driver {name!r}") from exc
     return driver_cls
+
+
+def plugin_capabilities(options: Mapping[str, Any]) -> Capabilities:
+    """The ``libcloud`` plugin's capabilities with its config ``options`` (``driver`` names the
+    row): its ``healer.capabilities`` entry point (pyproject.toml), so ``healer validate`` reads
+    them without importing libcloud."""
+    return capabilities_for(str(options.get("driver", "")).lower())
 
 
 def capabilities_for(driver: str) -> Capabilities:

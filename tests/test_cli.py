@@ -40,8 +40,11 @@ COMMANDS = [
 
 
 def imported_modules(
-    *argv: str, cwd: Path | None = None
+    *argv: str, cwd: Path | None = None, pythonpath: Path | None = None
 ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALER_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "healer.cli", *argv],
         capture_output=True,
@@ -49,7 +52,7 @@ def imported_modules(
         timeout=60,
         check=False,
         cwd=cwd,
-        env={k: v for k, v in os.environ.items() if not k.startswith("HEALER_")},
+        env=env,
     )
     # "import time: self [us] | cumulative | imported package", one line per module.
     modules = {
@@ -72,12 +75,26 @@ def test_help_imports_neither_the_kubernetes_client_nor_libcloud(argv: list[str]
     assert not {m for m in modules if m.startswith("healer.config")}
 
 
-def test_running_a_command_does_import_what_it_needs() -> None:
-    """The listing would show a heavy import: `healer validate` loads the config models, the
-    provisioning modules and, to ask the lab's provider what it supports, libcloud."""
+def test_running_a_command_does_import_what_it_needs(tmp_path: Path) -> None:
+    """The listing would show a heavy import: `healer validate` loads the config models and the
+    provisioning modules; a plugin's capabilities come from its declaration, and only a plugin
+    without one is imported (its class asked), which here brings libcloud in."""
     proc, modules = imported_modules("validate", "-c", str(REPO / "config" / "lab.yaml"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"healer.config", "healer.provisioning.userdata"} <= modules
+    assert not any(m.startswith("libcloud") for m in modules)
+    # The same config with the lab plugin's declaration hidden: its class is asked.
+    hide = tmp_path / "sitecustomize.py"
+    hide.write_text(
+        "import healer.cloud.registry as r\n"
+        "real = r._entry_points\n"
+        "r._entry_points = lambda group=r.ENTRY_POINT_GROUP: "
+        "{} if group == r.CAPABILITIES_GROUP else real(group)\n"
+    )
+    proc, modules = imported_modules(
+        "validate", "-c", str(REPO / "config" / "lab.yaml"), pythonpath=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert any(m.startswith("libcloud") for m in modules)
 
 

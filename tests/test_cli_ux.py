@@ -265,28 +265,87 @@ def test_the_man_page_covers_every_command_and_option_and_renders_cleanly() -> N
 # -- what the quick commands import -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["status"], ["history"], ["breaker", "show"]])
-def test_quick_commands_load_no_client_library(tmp_path: Path, argv: list[str]) -> None:
-    from healer.store.sqlite import Store
+# What would make `healer status` slow to start (issue 12: < 0.25 s on 10k nodes) without being
+# a client library: the quick commands load them only when they log or export metrics.
+SLOW_START = ("structlog", "prometheus_client", "pydantic")
 
-    Store.open(tmp_path).close()
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["status"],
+        ["status", "--json"],
+        ["status", "--nodes"],
+        ["history"],
+        ["history", "c1-n05"],
+        ["breaker", "show"],
+    ],
+    ids=" ".join,
+)
+def test_quick_commands_load_no_client_library(tmp_path: Path, argv: list[str]) -> None:
+    from tests.test_cli_fleet import seed_fleet
+
+    seed_fleet(tmp_path)  # nodes, audit rows, reboot rows: every reading path runs
     extra = ["--state-dir", str(tmp_path)] if argv != ["--help"] else []
     proc, modules = imported_modules(*argv, *extra, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "healer.cli.parser" in modules  # the listing is real
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert heavy == [], f"healer {' '.join(argv)} imported {heavy[:5]}"
-    # Without a configuration file, not even the configuration models (pydantic).
-    assert "pydantic" not in modules
+    # Without a configuration file, not even the configuration models (pydantic), nor the log
+    # and metric libraries (nothing logs, nothing exports).
+    slow = sorted({m.split(".")[0] for m in modules} & set(SLOW_START))
+    assert slow == [], f"healer {' '.join(argv)} imported {slow}"
 
 
-def test_validate_loads_neither_the_kubernetes_client_nor_aiohttp(tmp_path: Path) -> None:
-    proc, modules = imported_modules(
-        "validate", "-c", str(REPO / "config" / "lab.yaml"), cwd=tmp_path
-    )
+ETCD_CONFIG = """\
+clusters:
+  - name: c1
+    provider: {plugin: lab}
+    etcd: {mode: direct, endpoints: ["https://127.0.0.1:9"]}
+    pools: [{name: control-plane, role: control-plane, size: 3}, {name: workers, size: 3}]
+  - name: c2
+    provider: {plugin: lab}
+    etcd: {mode: portforward}
+    pools: [{name: control-plane, role: control-plane, size: 3}]
+"""
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["history"], ["validate"]])
+def test_quick_commands_with_a_configuration_load_no_client_library(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """With a configuration whose clusters have etcd (status reads it in direct mode, not in
+    portforward mode, whose tunnels need the Kubernetes client), still no client library."""
+    from tests.test_cli_fleet import seed_fleet
+
+    seed_fleet(tmp_path)
+    config = tmp_path / "healer.yaml"
+    config.write_text(ETCD_CONFIG)
+    state = [] if argv == ["validate"] else ["--state-dir", str(tmp_path)]
+    proc, modules = imported_modules(*argv, "-c", str(config), *state, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "healer.config" in modules
-    assert not {m for m in modules if m.split(".")[0] in ("kubernetes_asyncio", "aiohttp")}
+    assert "healer.config" in modules  # the configuration was read
+    if argv[0] == "status":
+        assert "etcd.mode portforward: read by the daemon only" in proc.stdout
+        assert "healer.provisioning.etcd_access" in modules  # c1's etcd was asked
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert heavy == [], f"healer {' '.join(argv)} imported {heavy[:5]}"
+
+
+@pytest.mark.parametrize(
+    "config", sorted(p.name for p in (REPO / "config").glob("*.yaml")), ids=str
+)
+def test_validate_loads_no_client_library(tmp_path: Path, config: str) -> None:
+    """Not libcloud either: a plugin's capabilities are declared apart from it (the
+    `healer.capabilities` entry points), so they are read without importing its driver."""
+    proc, modules = imported_modules("validate", "-c", str(REPO / "config" / config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OK" in proc.stdout and "builds networks" in proc.stdout  # capabilities were read
+    assert {"healer.config", "healer.provisioning.userdata"} <= modules
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert heavy == [], f"healer validate -c {config} imported {heavy[:5]}"
 
 
 def test_a_command_builds_its_own_parser_only_and_typos_get_a_suggestion() -> None:

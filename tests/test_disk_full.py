@@ -292,6 +292,65 @@ async def test_tracker_and_planner_survive_a_full_disk_and_remediate_once_it_has
         store.close()
 
 
+class CommitFailsOnce:
+    """The store's connection, whose next COMMIT fails with an I/O error (then it is itself)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.inner = store, store._db
+        store._db = self  # type: ignore[assignment]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        if sql == "COMMIT":
+            self.store._db = self.inner
+            raise io_error()
+        return self.inner.execute(sql, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_tracker_batch_lost_at_commit_keeps_its_audit_rows_and_its_records(
+    tmp_path: Path,
+) -> None:
+    """A drained batch whose COMMIT fails: its node records are written again
+    (save_unsaved) and its audit rows (held by the store) once the database takes writes."""
+    clock = VirtualClock()
+    store = Store.open(tmp_path)
+    tracker = HealthTracker(config=lab_like_config(), store=store, clock=clock)
+
+    async def on_writability(problem: StateUnwritable | None) -> None:
+        if problem is None:
+            tracker.save_unsaved()
+
+    task = asyncio.create_task(keep_trying(store, clock, on_change=on_writability, cap=2.0))
+    try:
+        await clock.advance(0.0)
+        await tracker.handle_batch(
+            [
+                ev(clock, EventKind.LIST_STARTED),
+                ev(clock, EventKind.NODE_ADDED, labels={LABEL_POOL: "workers"}),
+                ev(clock, EventKind.CONDITION, condition="Ready", status="True"),
+                ev(clock, EventKind.SYNCED),
+            ]
+        )
+        CommitFailsOnce(store)
+        await tracker.handle_batch(
+            [ev(clock, EventKind.CONDITION, condition="Ready", status="False")]
+        )
+        assert store.writes.problem is not None
+        assert tracker.verdict(W1).health is Health.PENDING  # type: ignore[union-attr]
+        assert "node.degraded" not in [e.event for e in store.audit_log()]
+        await clock.advance(2.0)
+        await clock.advance(0.0)
+        assert store.writes.problem is None
+        assert [e.event for e in store.audit_log()].count("node.degraded") == 1
+        assert [r.health for r in store.nodes()] == [Health.PENDING]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+
+
 # -- the workflow: suspended at its last journalled step, resumed, nothing half-written -------
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from healer import clock as clock_module
 from healer.clock import VirtualClock
 from healer.health.tracker import HealthTracker
 from healer.model import LABEL_POOL, EventKind, Health, NodeEvent, NodeKey
@@ -119,6 +120,29 @@ async def test_nodes_are_independent(watched: Watched) -> None:
     ]
     await watched.clock.advance(15.0)
     assert watched.events[-1].node == "w-2" and watched.events[-1].status == "True"
+
+
+async def test_a_flood_of_heartbeats_does_not_wake_the_watcher_per_heartbeat(
+    watched: Watched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each wake-up of the watcher's deadline wait costs two futures (healer.clock); a heartbeat
+    # only moves its node's "last heard" time, and a new node's deadline is later than the one
+    # already awaited: the watcher sleeps through the whole flood.
+    sleeps: list[float | None] = []
+    real = clock_module.sleep_until_set
+
+    async def counted(clock: object, deadline: float | None, event: asyncio.Event) -> None:
+        sleeps.append(deadline)
+        await real(clock, deadline, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clock_module, "sleep_until_set", counted)
+    await watched.beat("w-0")  # the first deadline: the watcher wakes once to sleep until it
+    woken = len(sleeps)
+    for round_ in range(5):
+        for i in range(100):  # the loop runs between heartbeats, as between MQTT messages
+            await watched.beat(f"w-{i}", at=watched.clock.now() + round_ * 0.01)
+    assert len(sleeps) == woken, sleeps
+    assert len(watched.events) == 100  # HeartbeatMissing=False once per node
 
 
 async def test_a_node_no_longer_managed_is_dropped(watched: Watched) -> None:

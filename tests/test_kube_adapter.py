@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -414,3 +415,53 @@ def test_time_helpers() -> None:
     assert parse_time("1970-01-01T00:00:01.250000Z") == 1.25
     assert parse_time("1970-01-01T00:00:01+00:00") == 1.0
     assert parse_time(None) is None and parse_time("garbage") is None
+
+
+async def test_client_keeps_the_library_attributes_without_its_tls_setup(
+    fake_api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """connection.api_client replaces the library's constructors: the same attributes, and no
+    TLS context at all for a plain-HTTP server (it cost ~20 ms per cluster)."""
+    from kubernetes_asyncio.client import ApiClient, Configuration
+
+    from healer.kube import connection
+
+    theirs = ApiClient(Configuration())
+    made: list[object] = []
+    real = connection.ssl.create_default_context
+    monkeypatch.setattr(
+        connection.ssl, "create_default_context", lambda **kw: made.append(kw) or real(**kw)
+    )
+    path = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
+    async with await KubeClient.from_kubeconfig(path) as kube:
+        ours = kube._api
+        assert set(vars(ours)) == set(vars(theirs))
+        assert set(vars(ours.rest_client)) == set(vars(theirs.rest_client))
+        nodes, _ = await kube.list_nodes()  # and it works
+        assert len(nodes) == len(list(fake_api.nodes()))
+    await theirs.close()
+    assert made == []
+
+
+def test_tls_context_shared_per_ca_and_flags(tmp_path: Path) -> None:
+    from kubernetes_asyncio.client import Configuration
+
+    from healer.kube.connection import _tls_for
+    from tests.plugins.mqtt import _write_certs
+
+    ca = _write_certs(tmp_path)
+
+    def config(verify: bool = True, cafile: Path = ca) -> Configuration:
+        c = Configuration(host="https://127.0.0.1:6443")
+        c.ssl_ca_cert, c.verify_ssl = str(cafile), verify
+        return c
+
+    copy = tmp_path / "copy.pem"  # the same CA under another name: the loader's temp files
+    copy.write_bytes(ca.read_bytes())
+    first = _tls_for(config())
+    assert _tls_for(config()) is first and _tls_for(config(cafile=copy)) is first
+    insecure = _tls_for(config(verify=False))
+    assert insecure is not first and isinstance(insecure, ssl.SSLContext)
+    assert insecure.verify_mode == ssl.CERT_NONE and first.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(ConfigError, match="TLS files"):
+        _tls_for(config(cafile=tmp_path / "missing.pem"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from healer.health.tracker import HealthTracker
 from healer.model import LABEL_CONTROL_PLANE, LABEL_POOL, EventKind, NodeEvent
 from healer.planner.planner import Planner
 from healer.store.sqlite import FAILED, Store, WorkflowRecord, pause_scope
+from healer.store.writable import recover
 from tests.helpers import lab_like_config
 
 WORKERS = [f"w-{i}" for i in range(1, 6)]
@@ -116,6 +118,41 @@ async def test_partition_refused_once_per_node_with_its_reason(rig: Rig) -> None
     assert rig.started == []
     refusals = rig.refusals()
     assert sorted(refusals) == [(n, "TooManyUnhealthyInPool") for n in ("w-1", "w-2", "w-3")]
+
+
+class RefusalsLost:
+    """The store's connection: the COMMIT of the first transaction that wrote a refusal fails
+    with an I/O error (then it is itself again)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.inner, self.armed = store, store._db, False
+        store._db = self  # type: ignore[assignment]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        if sql.startswith("INSERT INTO audit") and "remediation.refused" in parameters:
+            self.armed = True
+        if sql == "COMMIT" and self.armed:
+            self.store._db = self.inner
+            exc = sqlite3.OperationalError("disk I/O error")
+            exc.sqlite_errorcode = sqlite3.SQLITE_IOERR  # type: ignore[attr-defined]
+            raise exc
+        return self.inner.execute(sql, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_refusals_of_a_lost_batch_are_held_and_recorded_once(rig: Rig) -> None:
+    rig.store.writes.retrying = True  # the daemon: its store holds the rows of a lost batch
+    await rig.cluster()
+    RefusalsLost(rig.store)
+    await rig.fail("w-1", "w-2", "w-3")
+    await rig.clock.advance(30.0)
+    assert rig.store.writes.problem is not None and rig.refusals() == []
+    await rig.planner.recheck()  # the periodic recheck, while the database takes no writes
+    recover(rig.store)
+    await rig.planner.recheck()
+    assert sorted(rig.refusals()) == [(n, "TooManyUnhealthyInPool") for n in ("w-1", "w-2", "w-3")]
 
 
 async def test_pause_persisted_by_the_cli_is_honoured_then_lifted(rig: Rig) -> None:

@@ -26,6 +26,7 @@ from healer.store.sqlite import Store
 from healer.telemetry import metrics
 from healer.telemetry.server import MetricsServer
 from tests.helpers import lab_like_config
+from tests.ports import free_port
 
 
 def cfg(**top: Any) -> Any:
@@ -89,7 +90,13 @@ async def test_reload_in_process_applies_or_rejects_whole(tmp_path: Path) -> Non
         def reconfigure(self, config: Any) -> None:
             seen.append(config)
 
+    class Webhook:
+        def reload_secrets(self) -> bool:
+            seen.append("webhook secrets read again")
+            return True
+
     daemon.planner = daemon.runner = Part()  # type: ignore[assignment]
+    daemon.webhook = Webhook()
     try:
         before = daemon.config
         path.write_text("clusters: [{name: lab}]\n")
@@ -104,7 +111,8 @@ async def test_reload_in_process_applies_or_rejects_whole(tmp_path: Path) -> Non
         )
         assert await daemon.reload() is True
         assert daemon.config.clusters[0].pools[0].size == 4
-        assert seen == [daemon.config, daemon.config]  # planner and runner both
+        # Planner and runner both; the webhook reads its token (and HMAC secret) again.
+        assert seen == [daemon.config, daemon.config, "webhook secrets read again"]
         assert metrics.REGISTRY.get_sample_value("healer_config_last_reload_successful") == 1
     finally:
         daemon.store.close()
@@ -187,17 +195,11 @@ async def test_metered_provider_times_calls_and_counts_errors_by_kind() -> None:
 # -- /metrics and /healthz -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_metrics_server_serves_the_registry_and_health() -> None:
     healthy = [True]
     server = MetricsServer(
         host="127.0.0.1",
-        port=_free_port(),
+        port=free_port(),
         health=lambda: (healthy[0], "ok" if healthy[0] else "unhealthy: stuck"),
     )
     metrics.NODES.labels("lab", "healthy").set(7)

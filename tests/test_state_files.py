@@ -224,6 +224,7 @@ def test_a_healthy_database_and_a_first_start_pass_the_check(tmp_path: Path) -> 
 AS_NOBODY = """
 import os, sys
 import healer.cli.run, healer.config.warnings, healer.store.sqlite, healer.store.statedir
+import healer.config.loader, healer.config.model  # healer.config loads them on first use
 import healer.telemetry.logs
 from healer.cli.main import main
 os.setgroups([]); os.setgid(65534); os.setuid(65534)

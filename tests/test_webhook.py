@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from healer.clock import VirtualClock
 from healer.config import ConfigError, WebhookConfig, parse_config
+from healer.config.types import SecretRef
 from healer.health.tracker import HealthTracker
 from healer.model import LABEL_POOL, BlockChange, EventKind, Health, NodeEvent, NodeKey
 from healer.planner import guards
@@ -368,19 +369,56 @@ async def test_401_without_valid_credentials(
     assert "NodeDiskFailing" not in stack.tracker.observation(NodeKey("lab", "w-1")).conditions  # type: ignore[union-attr]
 
 
-async def test_a_rotated_token_file_takes_effect(stack: Stack) -> None:
+async def test_a_rotated_token_file_takes_effect_on_reload_not_per_request(stack: Stack) -> None:
     stack.token_file.write_text("rotated-token")
     doc = notification(alert("NodeDiskFailing", "resolved", node="w-1"))
+    # Read once: until the daemon reloads (SIGHUP), the token in force is the one read at start.
+    assert (await post(stack, "/v1/alertmanager/lab", doc)).status == 200
+    assert stack.server.reload_secrets()
     assert (await post(stack, "/v1/alertmanager/lab", doc)).status == 401
     resp = await post(stack, "/v1/alertmanager/lab", doc, headers=stack.auth("rotated-token"))
     assert resp.status == 200
 
 
-async def test_a_missing_secret_is_503_not_a_crash(stack: Stack) -> None:
+async def test_an_accepted_request_is_counted_and_logged_at_debug_only(stack: Stack) -> None:
+    before = received()
+    doc = notification(alert("NodeDiskFailing", "resolved", node="w-1"))
+    with capture_logs() as logs:
+        assert (await post(stack, "/v1/alertmanager/lab", doc)).status == 200
+    ours = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("webhook.")]
+    assert ours == [("webhook.received", "debug")]
+    assert received() == before + 1
+
+
+async def test_no_request_reads_the_token_file(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[object] = []
+    real = SecretRef.reveal
+
+    def counted(self: SecretRef) -> str:
+        reads.append(self)
+        return real(self)
+
+    monkeypatch.setattr(SecretRef, "reveal", counted)
+    doc = notification(alert("NodeDiskFailing", "resolved", node="w-1"))
+    for _ in range(5):
+        assert (await post(stack, "/v1/alertmanager/lab", doc)).status == 200
+    assert reads == []
+
+
+async def test_a_missing_secret_is_503_not_a_crash_until_it_is_back(stack: Stack) -> None:
     stack.token_file.unlink()
+    with capture_logs() as logs:
+        assert not stack.server.reload_secrets()  # the daemon's reload (SIGHUP)
+    assert [e["event"] for e in logs] == ["webhook.secret_unavailable"]
     resp = await post(stack, "/v1/alertmanager/lab", notification())
     assert resp.status == 503
     assert (await resp.json())["error"] == "credentials_unavailable"
+    # Unreadable, each request tries again: restoring the file is enough, no second reload.
+    stack.token_file.write_text(TOKEN + "\n")
+    doc = notification(alert("NodeDiskFailing", "resolved", node="w-1"))
+    assert (await post(stack, "/v1/alertmanager/lab", doc)).status == 200
 
 
 async def test_413_over_the_body_limit(stack: Stack) -> None:

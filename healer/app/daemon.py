@@ -28,7 +28,7 @@ from healer.config import ClusterConfig, HealerConfig, load_config
 from healer.config.reload import field_paths, restart_required
 from healer.errors import ConfigError, StateUnwritable
 from healer.etcd import EtcdClient
-from healer.health.tracker import HealthTracker
+from healer.health.tracker import Change, HealthTracker
 from healer.jobs.manual import RequestDesk
 from healer.jobs.ownership import Ownership
 from healer.jobs.periodic import PeriodicJobs
@@ -45,6 +45,7 @@ from healer.provisioning.keydelivery import KeyDelivery
 from healer.provisioning.userdata import UserDataBuilder
 from healer.sources.events import EventQueue
 from healer.sources.kube_watch import KubeWatchSource
+from healer.sources.reconnect import first_failure
 from healer.store.backends import open_store
 from healer.store.recorder import Recorder
 from healer.store.sqlite import (
@@ -125,7 +126,7 @@ class Daemon(DaemonStatus):
         self.ready = False
         self.kube_sources: dict[str, KubeWatchSource] = {}
         self._api_down: dict[str, str] = {}
-        self._busy_since: float | None = None  # monotonic: the consumer took an event then
+        self._busy_since: float | None = None  # monotonic: the consumer took a batch then
         self._untracked: dict[str, float] = {}  # workflow id -> monotonic time first seen lost
         self._reload_lock = asyncio.Lock()
         self._started_at = self.clock.now()
@@ -135,19 +136,48 @@ class Daemon(DaemonStatus):
         await self._events.put(event)
 
     async def _consume(self) -> None:
-        assert self.tracker is not None
         while True:
-            event = await self._events.get()
-            self._busy_since = time.monotonic()
-            try:
-                await self.tracker.handle(event)
-            except StateUnwritable as exc:
-                # Logged and counted once per episode by the store; decisions are frozen.
-                log.debug("health.event_unsaved", cluster=event.cluster, node=event.node, error=exc)
-            except Exception:
-                log.exception("health.event_failed", cluster=event.cluster, node=event.node)
-            finally:
-                self._busy_since = None
+            await self._consume_batch()
+
+    async def _consume_batch(self) -> None:
+        """Take everything waiting (up to ``Tuning.event_batch``) and fold it as one batch:
+        one store transaction, then one plan per cluster whose health changed
+        (:meth:`HealthTracker.handle_batch`); then a turn of the event loop, so /healthz, the
+        MQTT acknowledgements and the timers keep running through a flood."""
+        assert self.tracker is not None
+        events = await self._events.get_batch(self.tuning.event_batch)
+        self._busy_since = time.monotonic()
+        try:
+            await self.tracker.handle_batch(events)
+        except StateUnwritable as exc:
+            # Logged and counted once per episode by the store; decisions are frozen.
+            log.debug("health.event_unsaved", events=len(events), error=exc)
+        except Exception:
+            log.exception("health.event_failed", events=len(events))
+        finally:
+            self._busy_since = None
+        await asyncio.sleep(0)
+
+    async def _health_changed(self, changes: list[Change]) -> None:
+        """Once per batch of changes (HealthTracker ``on_changes``): the gauges and the plan
+        of each cluster concerned, once each."""
+        assert self.planner is not None
+        for cluster in dict.fromkeys(obs.cluster for obs, _, _ in changes):
+            self._refresh_nodes(cluster)
+        await self.planner.on_health_changes(changes)
+
+    async def _synced(self, cluster: str) -> None:
+        """A cluster's list is in whole (HealthTracker ``on_synced``): decide there now."""
+        assert self.planner is not None
+        self._refresh_nodes(cluster)
+        await self.planner.consider(cluster)
+
+    def flush_heartbeats(self) -> int:
+        """Write the heartbeats that changed no verdict, held back since the last flush."""
+        return self.tracker.flush_heartbeats() if self.tracker is not None else 0
+
+    async def _flush_heartbeats(self) -> None:
+        self.flush_heartbeats()
 
     async def _workflow_finished(self, wf: WorkflowRecord) -> None:
         assert self.tracker is not None and self.planner is not None
@@ -180,6 +210,17 @@ class Daemon(DaemonStatus):
         )
         return MeteredProvider(provider)
 
+    async def _open_cluster(self, cluster: ClusterConfig) -> None:
+        self.providers[cluster.name] = self._open_provider(cluster)
+        self.kube[cluster.name] = await KubeClient.from_kubeconfig(
+            cluster.kubeconfig, cluster.context, clock=self.clock
+        )
+        if cluster.name not in self.etcd:
+            etcd = etcd_client(self.state_dir, cluster, kube=self.kube[cluster.name])
+            if etcd is not None:
+                self.etcd[cluster.name] = etcd
+                self._etcd_clients.append(etcd)
+
     async def run(self) -> None:
         raise_nofile_limit()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -191,16 +232,10 @@ class Daemon(DaemonStatus):
         self.blocks = AlertBlocks(store=store)
         self._say_first_start(store)
         try:
-            for cluster in self.config.clusters:
-                self.providers[cluster.name] = self._open_provider(cluster)
-                self.kube[cluster.name] = await KubeClient.from_kubeconfig(
-                    cluster.kubeconfig, cluster.context, clock=self.clock
-                )
-                if cluster.name not in self.etcd:
-                    etcd = etcd_client(self.state_dir, cluster, kube=self.kube[cluster.name])
-                    if etcd is not None:
-                        self.etcd[cluster.name] = etcd
-                        self._etcd_clients.append(etcd)
+            # Concurrently (a kubeconfig's exec credential plugin waits on a process); the
+            # first failure, a ConfigError say, stops the rest and is raised as it is.
+            if self.config.clusters:
+                await first_failure(*(self._open_cluster(c) for c in self.config.clusters))
             await self._run_parts(store)
         finally:
             for etcd in self._etcd_clients:
@@ -216,25 +251,15 @@ class Daemon(DaemonStatus):
             self._checkpoint_clock()
 
     async def _run_parts(self, store: Store) -> None:
-        planner_box: list[Planner] = []
-
-        async def on_change(obs, verdict, previous):  # type: ignore[no-untyped-def]
-            self._refresh_nodes(obs.cluster)
-            await planner_box[0].on_health_change(obs, verdict, previous)
-
         # One renderer for first machines and replacements: hardening, agent, kubeadm join.
         user_data = UserDataBuilder(self.state_dir)
-
-        async def on_synced(cluster: str) -> None:
-            self._refresh_nodes(cluster)
-            await planner_box[0].consider(cluster)
-
         self.tracker = tracker = HealthTracker(
             config=self.config,
             store=store,
             clock=self.clock,
-            on_change=on_change,
-            on_synced=on_synced,
+            on_changes=self._health_changed,
+            on_synced=self._synced,
+            lazy_heartbeats=True,
         )
         self.replicas = replicas = Replicas.build(
             store, self.config, self.clock, replica=self.replica
@@ -262,7 +287,6 @@ class Daemon(DaemonStatus):
             blocks=self.blocks,
         )
         planner.watch_etcd(self.etcd)
-        planner_box.append(planner)
         self.scheduler = scheduler = JobScheduler()
         self.jobs = PeriodicJobs(
             scheduler=scheduler,
@@ -282,6 +306,9 @@ class Daemon(DaemonStatus):
         # What no event announces: the CLI's pauses, resets and requests in the shared database.
         scheduler.every("recheck", self.tuning.recheck_interval, planner.recheck)
         scheduler.every("operator-requests", self.tuning.request_poll, self.requests.serve_pending)
+        # Heartbeats that changed no verdict, written together (a crash loses at most this
+        # interval of them: docs/operations.md).
+        scheduler.every("heartbeats", self.tuning.heartbeat_flush_interval, self._flush_heartbeats)
         # reboots.prometheus: blocking alerts pulled for the reboot arbiter
         self.prometheus = PrometheusPoll(config=self.config, clock=self.clock, pulled=self.pulled)
         self.prometheus.register(scheduler)
@@ -378,6 +405,7 @@ class Daemon(DaemonStatus):
             self.ready = False
             metrics.READY.set(0)
             scheduler.shutdown()
+            self.flush_heartbeats()
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
             if self.reboots is not None:
@@ -456,6 +484,8 @@ class Daemon(DaemonStatus):
                 part.reconfigure(config)
         if self.prometheus is not None:
             self.prometheus.reconfigure(config, self.scheduler)
+        if self.webhook is not None:
+            self.webhook.reload_secrets()  # read once per start and reload, never per request
         for cluster in config.clusters:
             self._refresh_nodes(cluster.name)
 

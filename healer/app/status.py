@@ -45,7 +45,7 @@ class DaemonStatus:
     reboot_arbiter: Any  # healer.planner.reboots.RebootArbiter, with MQTT's reboot arbiter
     ready: bool
     _events: EventQueue
-    _busy_since: float | None  # monotonic: the consumer took an event then
+    _busy_since: float | None  # monotonic: the consumer took a batch of events then
     _untracked: dict[str, float]  # workflow id -> monotonic time first seen lost
     _api_down: dict[str, str]  # cluster -> why its API is unreachable
     _started_at: float
@@ -68,7 +68,7 @@ class DaemonStatus:
         busy = self._busy_since
         if busy is not None and time.monotonic() - busy > stall:
             problems.append(
-                f"the event consumer has been handling one event for "
+                f"the event consumer has been handling one batch of events for "
                 f"{time.monotonic() - busy:.0f}s ({self._events.qsize()} queued)"
             )
         if self.tracker is not None:
@@ -102,11 +102,13 @@ class DaemonStatus:
         if self.tracker is None or self.store is None:
             return "starting"
         clusters = self.config.clusters
-        nodes = [v for c in clusters for _, v in self.tracker.nodes(c.name)]
-        unhealthy = sum(1 for v in nodes if v.health is Health.UNHEALTHY)
+        # The tracker's counts, kept as verdicts change: O(clusters), not O(nodes).
+        counts = [self.tracker.counts(c.name) for c in clusters]
+        nodes = sum(sum(found.values()) for found in counts)
+        unhealthy = sum(found[Health.UNHEALTHY] for found in counts)
         in_flight = self.runner.in_flight if self.runner is not None else 0
         parts = [
-            f"watching {len(clusters)} cluster(s), {len(nodes)} nodes"
+            f"watching {len(clusters)} cluster(s), {nodes} nodes"
             + (f" ({unhealthy} unhealthy)" if unhealthy else "")
             + f", {in_flight} workflows in flight"
         ]
@@ -163,13 +165,12 @@ class DaemonStatus:
         if self.store is None:
             return
         breakers = self.store.breakers()
+        bad_upgrade = self.store.breakers(kind=BREAKER_BAD_UPGRADE)
         pauses = self.store.pauses()
         running = self.store.workflows(state=RUNNING)
         for c in self.config.clusters:
             metrics.BREAKER_OPEN.labels(c.name).set(1 if c.name in breakers else 0)
-            metrics.BAD_UPGRADE_BREAKER_OPEN.labels(c.name).set(
-                1 if c.name in self.store.breakers(kind=BREAKER_BAD_UPGRADE) else 0
-            )
+            metrics.BAD_UPGRADE_BREAKER_OPEN.labels(c.name).set(1 if c.name in bad_upgrade else 0)
             paused = (
                 self.config.paused
                 or c.paused
@@ -196,4 +197,4 @@ class DaemonStatus:
 
     def _refresh_nodes(self, cluster: str) -> None:
         if self.tracker is not None:
-            set_node_gauges(cluster, [v.health for _, v in self.tracker.nodes(cluster)])
+            set_node_gauges(cluster, self.tracker.counts(cluster))

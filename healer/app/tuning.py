@@ -21,4 +21,8 @@ class Tuning:
     # Probes of a state database that took no write: the first wait, then doubling up to this.
     state_probe_first: float = 1.0
     state_probe_cap: float = 30.0
+    # Heartbeats that change no verdict are written together this often (and on the way out):
+    # a crash loses at most this much of the nodes' last-heartbeat times (docs/operations.md).
+    heartbeat_flush_interval: float = 5.0
+    event_batch: int = 500  # events the consumer takes at most per store transaction
     extra: dict[str, Any] = field(default_factory=dict)

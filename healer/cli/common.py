@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from healer.errors import ConfigError
 
 if TYPE_CHECKING:
     from healer.config import HealerConfig
+    from healer.config.summary import ConfigSummary
     from healer.store.sqlite import Store
 
 DEFAULT_CONFIG = "/etc/healer/healer.yaml"
 DEFAULT_STATE_DIR = "/var/lib/healer"
+# `healer status` lists every node up to this many; past it, the nodes that are not healthy
+# (`--nodes` lists them all): at fleet size the pool table's counts are the overview.
+STATUS_NODES_LISTED = 100
+
+T = TypeVar("T")
 
 
 def ts(at: float | None) -> str:
@@ -25,7 +32,9 @@ def ts(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def state_dir_for(args: argparse.Namespace, config: HealerConfig | None = None) -> Path:
+def state_dir_for(
+    args: argparse.Namespace, config: HealerConfig | ConfigSummary | None = None
+) -> Path:
     given = state_dir_given(args)
     if given is not None:
         return given
@@ -68,11 +77,53 @@ def as_state_owner(state_dir: Path) -> None:
 def optional_config(args: argparse.Namespace) -> tuple[HealerConfig | None, str | None]:
     """The configuration for a command that can do without it: (config, None) when one is
     readable; (None, why) when the default file is missing or unusable. A file named with
-    ``-c`` or HEALER_CONFIG must load: its error is raised (exit 2)."""
+    ``-c`` or HEALER_CONFIG must load: its error is raised (exit 2). Read once per command
+    (kept on ``args``): opening the store and the command itself both ask."""
+    return _kept(args, "_config_read", _read_config)
+
+
+def config_summary(args: argparse.Namespace) -> tuple[ConfigSummary | None, str | None]:
+    """What the read-only commands need of the configuration (:mod:`healer.config.summary`),
+    as :func:`optional_config` would give it (the same errors, raised or returned), without
+    building the models when the file's summary can be read without them. Kept on ``args``."""
+    return _kept(args, "_config_summary", _read_summary)
+
+
+def _kept(args: argparse.Namespace, key: str, read: Callable[[argparse.Namespace], T]) -> T:
+    """``read(args)``, once per command: kept on ``args`` under ``key``."""
+    if not hasattr(args, key):
+        setattr(args, key, read(args))
+    got: T = getattr(args, key)
+    return got
+
+
+def _read_summary(args: argparse.Namespace) -> tuple[ConfigSummary | None, str | None]:
+    path, _, missing = _config_file(args)
+    if missing is not None:
+        return None, missing
+    from healer.config.summary import read_summary, summary_of
+
+    light = read_summary(path)
+    if light is not None:
+        return light, None
+    config, problem = optional_config(args)  # etcd or PostgreSQL state, or an error to report
+    return (None if config is None else summary_of(config)), problem
+
+
+def _config_file(args: argparse.Namespace) -> tuple[str, bool, str | None]:
+    """The configuration file, whether it was named (``-c``, HEALER_CONFIG) and, when it is the
+    default one and missing, why there is none."""
     explicit = bool(getattr(args, "config", None) or os.environ.get("HEALER_CONFIG"))
     path = config_path(args)
     if not explicit and not Path(path).exists():
-        return None, f"no configuration at {path}"
+        return path, explicit, f"no configuration at {path}"
+    return path, explicit, None
+
+
+def _read_config(args: argparse.Namespace) -> tuple[HealerConfig | None, str | None]:
+    path, explicit, missing = _config_file(args)
+    if missing is not None:
+        return None, missing
     from healer.config import load_config  # pydantic: only when there is a file to read
 
     try:
@@ -105,7 +156,8 @@ def open_store(args: argparse.Namespace) -> Store:
 def configured_store(args: argparse.Namespace, state_dir: Path) -> Store | None:
     """The configuration's PostgreSQL state (``state.url``, docs/state-backends.md), opened;
     None when the state is the SQLite file of ``state_dir``."""
-    config, _ = optional_config(args)
+    summary, _ = config_summary(args)  # a `state` section is always loaded in full
+    config = summary.full if summary is not None else None
     if config is None or config.state is None:
         return None
     from healer.store.backends import open_store as open_backend

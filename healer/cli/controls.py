@@ -8,7 +8,6 @@ import argparse
 from healer.cli.common import as_state_owner, configured_store, state_dir_for, timeline, ts
 from healer.cli.names import known_names
 from healer.errors import ConfigError
-from healer.store.recorder import Recorder
 from healer.store.sqlite import BREAKER_BAD_UPGRADE, BREAKER_KINDS, Store, pause_scope
 
 
@@ -30,6 +29,8 @@ def _set_paused(args: argparse.Namespace, *, paused: bool) -> int:
     scope = pause_scope(args.cluster, args.pool)
     now = timeline(state_dir)
     changed = store.set_paused(scope, paused, at=now, note=getattr(args, "note", "") or "")
+    from healer.store.recorder import Recorder  # its metrics: not loaded by `breaker show`
+
     # The command's output is its answer: the audit row only, no log line.
     Recorder(store).record(
         "operator.paused" if paused else "operator.resumed",

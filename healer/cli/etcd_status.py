@@ -7,41 +7,52 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # `healer status` without a configuration file loads no pydantic
-    from healer.config import HealerConfig
+if TYPE_CHECKING:  # `healer status` loads pydantic only for a cluster whose etcd it reads
+    from healer.config.summary import ConfigSummary
 
 
-async def _read(state_dir: Path, config: HealerConfig, cluster: str | None) -> dict[str, Any]:
-    from healer.errors import ConfigError
+# Clusters whose etcd is read at once: a fleet's status waits for the slowest, not for the sum.
+CONCURRENT_READS = 16
+
+
+async def _read(state_dir: Path, config: ConfigSummary, cluster: str | None) -> dict[str, Any]:
     from healer.planner.etcd_quorum import EtcdView
-    from healer.provisioning.etcd_access import etcd_client
 
-    out: dict[str, Any] = {}
-    for c in config.clusters:
-        if cluster not in (None, c.name) or not c.etcd.enabled:
-            continue
-        if c.etcd.mode != "direct":
-            view = EtcdView(error=f"etcd.mode {c.etcd.mode}: read by the daemon only")
-        else:
+    gate = asyncio.Semaphore(CONCURRENT_READS)
+
+    async def view_of(name: str, mode: str) -> EtcdView:
+        if mode != "direct":
+            return EtcdView(error=f"etcd.mode {mode}: read by the daemon only")
+        # etcd.mode direct: the summary is of a configuration loaded in full
+        assert config.full is not None
+        c = config.full.cluster(name)
+        assert c is not None
+        from healer.errors import ConfigError
+        from healer.provisioning.etcd_access import etcd_client
+
+        try:
+            client = etcd_client(state_dir, c)
+        except ConfigError as exc:
+            return EtcdView(error=str(exc))
+        assert client is not None
+        async with gate:
             try:
-                client = etcd_client(state_dir, c)
-            except ConfigError as exc:
-                out[c.name] = EtcdView(error=str(exc))
-                continue
-            assert client is not None
-            try:
-                view = await asyncio.wait_for(client.view(), timeout=3 * c.etcd.timeout)
+                return await asyncio.wait_for(client.view(), timeout=3 * c.etcd.timeout)
             except TimeoutError:
-                view = EtcdView(error="no answer in time")
+                return EtcdView(error="no answer in time")
             finally:
                 await client.close()
-        out[c.name] = view
-    return out
+
+    chosen = [c for c in config.clusters if cluster in (None, c.name) and c.etcd_mode != "off"]
+    views = await asyncio.gather(*(view_of(c.name, c.etcd_mode) for c in chosen))
+    return {c.name: view for c, view in zip(chosen, views, strict=True)}
 
 
-def etcd_views(state_dir: Path, config: HealerConfig | None, cluster: str | None) -> dict[str, Any]:
+def etcd_views(
+    state_dir: Path, config: ConfigSummary | None, cluster: str | None
+) -> dict[str, Any]:
     """cluster -> :class:`~healer.planner.etcd_quorum.EtcdView` (``error`` set when unread)."""
-    if config is None or not any(c.etcd.enabled for c in config.clusters):
+    if config is None or all(c.etcd_mode == "off" for c in config.clusters):
         return {}
     return asyncio.run(_read(state_dir, config, cluster))
 

@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from healer.cli import exits
 from healer.cli.parser import build_parser
 from healer.errors import ConfigError, StateError, StateUnwritable
+from healer.telemetry.lazylog import default_stream
 
 EXIT_USAGE = exits.USAGE  # also argparse's, for a command line it cannot parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command itself (a test calling main([...]) keeps its log set-up)
+        default_stream(sys.stderr)  # the output is the answer; a stray log line goes to stderr
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     if args.no_color:

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from healer.cli.common import optional_config
+from healer.cli.common import config_summary
 from healer.errors import ConfigError
+from healer.store.fleet import node_counts, node_lines, workflow_clusters
 from healer.store.sqlite import BREAKER_KINDS, Store
 from healer.suggest import did_you_mean
 
 if TYPE_CHECKING:
-    from healer.config import HealerConfig
+    from healer.config.summary import ConfigSummary
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,17 @@ class KnownNames:
 def known_names(args: argparse.Namespace, store: Store | None) -> KnownNames:
     """The names in the configuration the command was given (or the default one, if readable)
     and in the state database."""
-    return names_in(optional_config(args)[0], store)
+    return names_in(config_summary(args)[0], store)
 
 
-def names_in(config: HealerConfig | None, store: Store | None) -> KnownNames:
+def names_in(
+    config: ConfigSummary | None,
+    store: Store | None,
+    *,
+    node_pools: Iterable[tuple[str, str | None]] | None = None,
+) -> KnownNames:
+    """The names in ``config`` and ``store``. ``node_pools``: the (cluster, pool) pairs of the
+    store's nodes when the caller has them already (``healer status`` counts them anyway)."""
     pools: dict[str, set[str]] = {}
     sources: list[str] = []
     if config is not None:
@@ -66,11 +74,12 @@ def names_in(config: HealerConfig | None, store: Store | None) -> KnownNames:
             pools.setdefault(c.name, set()).update(p.name for p in c.pools)
     if store is not None:
         sources.append(f"the state in {Path(store.path).parent}")
-        for n in store.nodes():
-            o = n.observation
-            pools.setdefault(o.cluster, set()).update([o.pool] if o.pool else [])
-        for wf in store.workflows():
-            pools.setdefault(wf.cluster, set())
+        if node_pools is None:
+            node_pools = {(c.cluster, c.pool) for c in node_counts(store)}
+        for cluster, pool in node_pools:
+            pools.setdefault(cluster, set()).update([pool] if pool else [])
+        for cluster in workflow_clusters(store):
+            pools.setdefault(cluster, set())
         for kind in BREAKER_KINDS:
             for cluster in store.breakers(kind=kind):
                 pools.setdefault(cluster, set())
@@ -86,7 +95,7 @@ def names_in(config: HealerConfig | None, store: Store | None) -> KnownNames:
 def check_node(store: Store, cluster: str | None, node: str, *, also: Iterable[str] = ()) -> None:
     """Refuse a node the daemon never saw (in ``cluster``, or anywhere): not among its nodes,
     its workflows' nodes or ``also``; suggests the closest. Nothing recorded: not checked."""
-    known = {n.observation.node for n in store.nodes(cluster)}
+    known = {n.node for n in node_lines(store, cluster)}
     known |= {wf.node for wf in store.workflows(cluster=cluster)}
     known |= set(also)
     if known and node not in known:

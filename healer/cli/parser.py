@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 from healer.cli import exits
-from healer.cli.common import DEFAULT_CONFIG, DEFAULT_STATE_DIR
+from healer.cli.common import DEFAULT_CONFIG, DEFAULT_STATE_DIR, STATUS_NODES_LISTED
 
 # What the commands that steer the daemon read the configuration for.
 NAMES_CONFIG = (
@@ -292,6 +292,12 @@ def _build(only: str | None) -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--cluster", help="only this cluster")
+    p.add_argument(
+        "--nodes",
+        action="store_true",
+        help=f"list every node (default: every node up to {STATUS_NODES_LISTED}, else only those "
+        "not healthy; --json lists every node)",
+    )
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.set_defaults(func=Command("status", "cmd_status"))
 

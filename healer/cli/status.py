@@ -1,6 +1,10 @@
 """``healer status``: the daemon, each cluster's owner (replicas on PostgreSQL), pools with their
 configured sizes, nodes, workflows in flight, pauses, breakers, blocking alerts and spare
-capacity, as text or JSON."""
+capacity, as text or JSON.
+
+Linear in the fleet and cheap at its size: the pool table is counted by the database, and the
+node table lists every node only up to ``STATUS_NODES_LISTED`` (or with ``--nodes``), else the
+nodes that are not healthy; no node's whole record is decoded (:mod:`healer.store.fleet`)."""
 
 from __future__ import annotations
 
@@ -11,23 +15,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from healer.cli.common import (
+    STATUS_NODES_LISTED,
     config_path,
+    config_summary,
     daemon_info,
     open_store,
-    optional_config,
     state_dir_for,
     timeline,
     ts,
 )
 from healer.cli.names import names_in
-from healer.store.sqlite import BREAKER_BAD_UPGRADE, NodeRow, Store
+from healer.model import Health
+from healer.store.fleet import NodeCount, NodeLine, node_counts, node_lines
+from healer.store.sqlite import BREAKER_BAD_UPGRADE, Store
 
 if TYPE_CHECKING:
-    from healer.config import HealerConfig  # loaded only when a configuration is read
+    from healer.config.summary import ConfigSummary  # read without pydantic
 
 
 def _pools(
-    args: argparse.Namespace, config: HealerConfig | None, nodes: list[NodeRow]
+    args: argparse.Namespace, config: ConfigSummary | None, counts: list[NodeCount]
 ) -> list[dict[str, Any]]:
     """Pools with their desired size (from the config, when one is readable) and node health."""
     desired: dict[tuple[str, str], int] = {}
@@ -40,33 +47,42 @@ def _pools(
         key: {"cluster": key[0], "pool": key[1], "size": size, "nodes": 0, "health": {}}
         for key, size in desired.items()
     }
-    for n in nodes:
-        o = n.observation
-        key = (o.cluster, o.pool or "-")
+    for n in counts:
+        key = (n.cluster, n.pool or "-")
         row = out.setdefault(
             key, {"cluster": key[0], "pool": key[1], "size": None, "nodes": 0, "health": {}}
         )
-        row["nodes"] += 1
-        row["health"][str(n.health)] = row["health"].get(str(n.health), 0) + 1
+        row["nodes"] += n.count
+        row["health"][str(n.health)] = row["health"].get(str(n.health), 0) + n.count
     return [out[k] for k in sorted(out)]
+
+
+def _listed(args: argparse.Namespace, store: Store, counts: list[NodeCount]) -> list[NodeLine]:
+    """The nodes the table lists: every one up to STATUS_NODES_LISTED (or with --nodes or
+    --json), else those that are not healthy."""
+    every = args.nodes or args.json or sum(c.count for c in counts) <= STATUS_NODES_LISTED
+    return node_lines(store, args.cluster, unhealthy_only=not every)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from healer.workflow.capacity import capacity_lines, capacity_report
 
     store = open_store(args)
-    config, problem = optional_config(args)
+    config, problem = config_summary(args)
     if problem is not None and Path(config_path(args)).exists():
         # The default file is optional here: say why the sizes are missing, and go on.
         print(f"note: configured pool sizes not shown: {problem}", file=sys.stderr)
-    names_in(config, store).check(args.cluster)
-    nodes = store.nodes(args.cluster)
+    counts = node_counts(store)
+    names_in(config, store, node_pools={(c.cluster, c.pool) for c in counts}).check(args.cluster)
+    if args.cluster is not None:
+        counts = [c for c in counts if c.cluster == args.cluster]
+    nodes = _listed(args, store, counts)
     running = store.workflows(cluster=args.cluster, state="running")
     pauses = store.pauses()
     breakers = store.breakers()
     bad_upgrade = store.breakers(kind=BREAKER_BAD_UPGRADE)
     daemon = daemon_info(store)
-    pools = _pools(args, config, nodes)
+    pools = _pools(args, config, counts)
     capacity = capacity_report(store, pools, cluster=args.cluster)
     blocking = _blocking_alerts(args, store)
     reboot_rows = _reboots(args, store)
@@ -80,18 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 {
                     "daemon": daemon,
                     "pools": pools,
-                    "nodes": [
-                        {
-                            "cluster": n.observation.cluster,
-                            "node": n.observation.node,
-                            "pool": n.observation.pool,
-                            "role": str(n.observation.role),
-                            "health": str(n.health),
-                            "reason": n.reason,
-                            "message": n.message,
-                        }
-                        for n in nodes
-                    ],
+                    "nodes": [n.to_json() for n in nodes],
                     "workflows": [
                         {
                             "id": w.id,
@@ -149,10 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {lease}"
             )
         print()
-    print(f"{'CLUSTER':<10} {'NODE':<32} {'POOL':<16} {'HEALTH':<10} REASON")
-    for n in nodes:
-        o = n.observation
-        print(f"{o.cluster:<10} {o.node:<32} {o.pool or '-':<16} {n.health!s:<10} {n.reason}")
+    _print_nodes(nodes, counts)
     print(f"\nworkflows in flight: {len(running)}")
     for w in running:
         print(f"  {w.id}  {w.cluster}/{w.node} -> {w.replacement_name}  step {w.step}")
@@ -171,6 +173,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in _reboot_lines(reboot_rows):
         print(line)
     return 0
+
+
+def _print_nodes(nodes: list[NodeLine], counts: list[NodeCount]) -> None:
+    total = sum(c.count for c in counts)
+    if len(nodes) < total:
+        healthy = sum(c.count for c in counts if c.health is Health.HEALTHY)
+        print(
+            f"nodes not healthy: {len(nodes)} of {total} ({healthy} healthy not listed; "
+            "--nodes lists every node)"
+        )
+    if not nodes:
+        return
+    print(f"{'CLUSTER':<10} {'NODE':<32} {'POOL':<16} {'HEALTH':<10} REASON")
+    out = "\n".join(
+        f"{n.cluster:<10} {n.node:<32} {n.pool or '-':<16} {n.health!s:<10} {n.reason}"
+        for n in nodes
+    )
+    print(out)
 
 
 def _reboots(args: argparse.Namespace, store: Store) -> dict[str, list[dict[str, Any]]]:
@@ -201,7 +221,7 @@ def _reboot_lines(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def _owners(
-    args: argparse.Namespace, config: HealerConfig | None, store: Store
+    args: argparse.Namespace, config: ConfigSummary | None, store: Store
 ) -> list[dict[str, Any]] | None:
     """Each cluster's owner among the replicas (PostgreSQL); None on SQLite (one daemon)."""
     from healer.store.leases import owners_report

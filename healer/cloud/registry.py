@@ -5,10 +5,16 @@ The daemon sees a plugin only through :func:`load_provider` and the
 :class:`~healer.cloud.machines.Provider` protocol. Plugins are loaded lazily by their entry point
 (``name = module:Class``), so naming one never imports the others, nor libcloud until a plugin
 needs it; healer itself never imports the ``providers`` package.
+
+What a plugin can build is declared apart from it, in the ``healer.capabilities`` group
+(``name = module:function``, the function taking the cluster's provider options): ``healer
+validate`` and ``plan`` read it there without importing the plugin, hence without its cloud
+library. A plugin that declares nothing there is asked through its class (``capabilities_for``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -17,13 +23,24 @@ from healer.cloud.machines import Provider
 from healer.cloud.resources import Capabilities, no_infra
 from healer.errors import ConfigError
 
-__all__ = ["ENTRY_POINT_GROUP", "available_plugins", "capabilities_for", "load_provider"]
+__all__ = [
+    "CAPABILITIES_GROUP",
+    "ENTRY_POINT_GROUP",
+    "available_plugins",
+    "capabilities_for",
+    "load_provider",
+]
 
 ENTRY_POINT_GROUP = "healer.providers"
+CAPABILITIES_GROUP = "healer.capabilities"
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+@functools.cache
+def _entry_points(group: str = ENTRY_POINT_GROUP) -> Mapping[str, EntryPoint]:
+    """The group's entry points by name, scanned once per process (a scan reads every installed
+    distribution's metadata; ``validate`` of a 100-cluster file asked 400 times). A plugin
+    installed later is seen by the next process: the daemon's restart, not its reload."""
+    return {ep.name: ep for ep in entry_points(group=group)}
 
 
 def available_plugins() -> list[str]:
@@ -51,9 +68,18 @@ def capabilities_for(plugin: str, options: Mapping[str, Any]) -> Capabilities:
     """What ``plugin`` (with its config ``options``) can build, without building it or calling
     the cloud: for ``healer validate`` and ``healer plan``.
 
-    A plugin says so with a ``capabilities_for(options)`` class method; one without it, or one
-    not installed, builds no infrastructure.
+    A plugin says so with a function in the ``healer.capabilities`` group (read without importing
+    the plugin) or else with a ``capabilities_for(options)`` class method; one with neither, or
+    one not installed, builds no infrastructure.
     """
+    declared = _entry_points(CAPABILITIES_GROUP).get(plugin)
+    if declared is not None and plugin in _entry_points():
+        try:
+            lookup = declared.load()
+        except (ImportError, AttributeError) as exc:
+            return no_infra(plugin, f"capabilities of plugin {plugin!r} ({declared.value}): {exc}")
+        caps: Capabilities = lookup(options)
+        return caps
     try:
         factory = _factory(plugin)
     except ConfigError as exc:
@@ -61,8 +87,8 @@ def capabilities_for(plugin: str, options: Mapping[str, Any]) -> Capabilities:
     static = getattr(factory, "capabilities_for", None)
     if static is None:
         return no_infra(plugin, f"provider plugin {plugin!r} has no infrastructure support")
-    caps: Capabilities = static(options)
-    return caps
+    found: Capabilities = static(options)
+    return found
 
 
 def load_provider(plugin: str, **kwargs: Any) -> Provider:

@@ -17,36 +17,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from healer.config.model import ClusterConfig, HealerConfig
+from healer.config.yamldoc import DocLoader, FastDocLoader
 from healer.errors import ConfigError
 from healer.suggest import did_you_mean
 
 # A field path -> where its YAML node starts: (line, column), both from 1.
 Marks = dict[tuple[str | int, ...], tuple[int, int]]
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults`: keys given beside it override the merged ones
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:
-                continue  # an unhashable key: the constructor below says what is wrong
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first at line {first.start_mark.line + 1}, column "
-                    f"{first.start_mark.column + 1}); a key may appear once in a mapping",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
 
 
 def _marks(node: yaml.Node, path: tuple[str | int, ...] = (), out: Marks | None = None) -> Marks:
@@ -195,7 +171,11 @@ def load_config(path: str | Path) -> HealerConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from exc
     try:
-        data, marks = _load_yaml(text)
+        try:
+            data, marks = _load_yaml(text, FastDocLoader)
+        except yaml.YAMLError:
+            _load_yaml(text, DocLoader)  # raises it again, in PyYAML's own words
+            raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -223,9 +203,11 @@ def place(path: str | Path, loc: tuple[str | int, ...]) -> str:
     return f"{path}:{at[0]}:{at[1]}" if at else str(path)
 
 
-def _load_yaml(text: str) -> tuple[Any, Marks]:
+def _load_yaml(
+    text: str, parser: type[DocLoader | FastDocLoader] = FastDocLoader
+) -> tuple[Any, Marks]:
     """The document and where each of its fields starts (one parse: the node tree is kept)."""
-    loader = _Loader(text)
+    loader = parser(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -6,6 +6,9 @@ node's record, so the Kubernetes watch, MQTT and webhooks all mean the same thin
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from healer.config.provenance import DEFAULT_OWNERSHIP, Ownership
 from healer.model import (
     LABEL_CONTROL_PLANE,
@@ -42,10 +45,16 @@ def apply_event(
         exists=event.kind is not EventKind.NODE_DELETED,
     )
     kind = event.kind
+    if kind is EventKind.HEARTBEAT:
+        # The hot path (one per node every few seconds): one field, one copy at most.
+        beat = max(obs.last_heartbeat or 0.0, event.at)
+        return obs if beat == obs.last_heartbeat else replace(obs, last_heartbeat=beat)
+    # The fields that change, applied in one copy at the end (not one copy per field).
+    changes: dict[str, Any] = {}
     if kind in (EventKind.NODE_ADDED, EventKind.LABELS) and event.labels is not None:
         labels = dict(event.labels)
         pool = labels.get(LABEL_POOL, obs.pool)
-        obs = obs.with_(
+        changes.update(
             labels=labels,
             pool=pool,
             role=role_from_labels(labels, pool_roles.get(pool) if pool else None),
@@ -54,72 +63,64 @@ def apply_event(
     if kind is EventKind.NODE_ADDED:
         if not obs.exists:
             # The same name registered again (a replacement reusing it): a new life.
-            obs = obs.with_(
+            changes.update(
                 first_seen=float(event.detail.get("created_at", event.at)),
                 ever_ready=False,
                 conditions={},
                 reboot_started_at=None,
             )
-        obs = obs.with_(exists=True)
+        changes["exists"] = True
         # The conditions the node was first seen with are folded as CONDITION events from the
-        # same source would be (the NODE_ADDED line alone stays in the evidence).
-        evidence = obs.recent
+        # same source would be (the NODE_ADDED line alone goes in the evidence).
         for ctype, (status, since) in (event.conditions or {}).items():
-            obs = apply_event(
-                obs,
-                NodeEvent(
-                    cluster=event.cluster,
-                    node=event.node,
-                    kind=EventKind.CONDITION,
-                    at=event.at,
-                    source=event.source,
-                    condition=ctype,
-                    status=status,
-                    since=since,
-                ),
-                exclude_label=exclude_label,
-                pool_roles=pool_roles,
-                owners=owners,
-            )
-        obs = obs.with_(recent=evidence)
+            if owners.may_set(event.source, ctype):
+                _condition(obs, changes, ctype, status, since, event.source)
     elif kind is EventKind.NODE_DELETED:
-        obs = obs.with_(exists=False)
+        changes["exists"] = False
     elif kind is EventKind.CONDITION and event.condition and event.status:
         if not owners.may_set(event.source, event.condition):
             # Sources reject these already (healer.config.provenance); this is the second line
             # of defence: a forged condition must not even reach the evidence.
             return obs
         since = event.since if event.since is not None else event.at
-        current = obs.conditions.get(event.condition)
-        conditions = dict(obs.conditions)
-        if current is None or current.status != event.status:
-            conditions[event.condition] = ConditionObs(
-                status=event.status, since=since, source=event.source
-            )
-        obs = obs.with_(conditions=conditions)
-        if event.condition == "Ready" and event.status == "True":
-            obs = obs.with_(ever_ready=True)
-            back = obs.reboot_started_at is not None and since >= obs.reboot_started_at
-            if back:
-                obs = obs.with_(reboot_started_at=None)
-    elif kind is EventKind.HEARTBEAT:
-        obs = obs.with_(last_heartbeat=max(obs.last_heartbeat or 0.0, event.at))
+        _condition(obs, changes, event.condition, event.status, since, event.source)
     elif kind is EventKind.REBOOT_STARTED:
-        obs = obs.with_(reboot_started_at=event.at)
+        changes["reboot_started_at"] = event.at
     elif kind is EventKind.BOOTED:
-        obs = obs.with_(reboot_started_at=None)
+        changes["reboot_started_at"] = None
     elif kind is EventKind.UPGRADE_FAILED:
         conditions = dict(obs.conditions)
         conditions["UpgradeFailed"] = ConditionObs(
             status="True", since=event.at, source=event.source
         )
-        obs = obs.with_(conditions=conditions)
+        changes["conditions"] = conditions
     elif kind is EventKind.UPGRADE_FINISHED and "UpgradeFailed" in obs.conditions:
         conditions = dict(obs.conditions)
         conditions["UpgradeFailed"] = ConditionObs(
             status="False", since=event.at, source=event.source
         )
-        obs = obs.with_(conditions=conditions)
-    if kind is not EventKind.HEARTBEAT:
-        obs = obs.with_(recent=(*obs.recent, event.evidence())[-EVIDENCE_KEPT:])
-    return obs
+        changes["conditions"] = conditions
+    changes["recent"] = (*obs.recent, event.evidence())[-EVIDENCE_KEPT:]
+    return replace(obs, **changes)
+
+
+def _condition(
+    obs: NodeObservation,
+    changes: dict[str, Any],
+    ctype: str,
+    status: str,
+    since: float,
+    source: str,
+) -> None:
+    """Fold one condition (its source owns it) into ``changes`` to ``obs``."""
+    conditions: dict[str, ConditionObs] = changes.get("conditions", obs.conditions)
+    current = conditions.get(ctype)
+    if current is None or current.status != status:
+        conditions = dict(conditions)
+        conditions[ctype] = ConditionObs(status=status, since=since, source=source)
+        changes["conditions"] = conditions
+    if ctype == "Ready" and status == "True":
+        changes["ever_ready"] = True
+        reboot = changes.get("reboot_started_at", obs.reboot_started_at)
+        if reboot is not None and since >= reboot:
+            changes["reboot_started_at"] = None

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kubernetes_asyncio.client import ApiClient
-
 from healer.clock import Clock
 from healer.kube.access import AccessApi
-from healer.kube.connection import load_configuration
+from healer.kube.connection import api_client, load_configuration
 from healer.kube.kubelet import KubeletApi
 from healer.kube.pods import PodApi
 from healer.kube.portforward import PortForwardApi
@@ -31,4 +29,4 @@ class KubeClient(ListWatch, KubeletApi, PodApi, AccessApi, PortForwardApi):
         """Build a client from a kubeconfig. ``path=None`` follows the default loading rules:
         ``$KUBECONFIG``, else ``~/.kube/config``, else the in-cluster service account."""
         config = await load_configuration(path, context)
-        return cls(ApiClient(config), clock=clock, request_timeout=request_timeout)
+        return cls(api_client(config), clock=clock, request_timeout=request_timeout)

@@ -22,7 +22,6 @@ from healer.model import Health, NodeKey
 log = structlog.get_logger("healer.lab")
 
 STEP = 3600.0
-HEALTHY_WATCH = 8.0  # past every lab threshold (lease grace 3 s + Ready=Unknown 5 s)
 EARLY_TOLERANCE = 0.25  # a remediation this much before its threshold is early
 LATE_TOLERANCE = 2.5  # recheck and scheduling slack after the threshold
 
@@ -120,11 +119,13 @@ async def scenario_clock_jump(ctx: Context) -> dict[str, Any]:
     pool = ctx.harness.pool_nodes(TARGET_POOL)
     a, b = pool[0], pool[1]
 
-    # 1. A healthy cluster: +1 h, then -1 h back; nothing may follow either step.
+    # 1. A healthy cluster: +1 h, then -1 h back; nothing may follow either step. Watched past
+    # every threshold (the lab's: lease grace 3 s + Ready=Unknown 5 s).
+    healthy_watch = ctx.thresholds["lease_grace_s"] + threshold
     jumper.step(+STEP, "healthy cluster")
-    await asyncio.sleep(HEALTHY_WATCH)
+    await asyncio.sleep(healthy_watch)
     jumper.step(-STEP, "healthy cluster, back")
-    await asyncio.sleep(HEALTHY_WATCH / 2)
+    await asyncio.sleep(healthy_watch / 2)
     healthy_rems = remediations(ctx.store, ctx.cluster.name, began)
     healthy_refusals = refusals(ctx.store, ctx.cluster.name, began)
     all_healthy = all(

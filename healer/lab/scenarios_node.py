@@ -18,7 +18,9 @@ from healer.lab.scenario_kit import SETTLE_TIMEOUT, TARGET_POOL, Context, Scenar
 log = structlog.get_logger("healer.lab")
 
 PARTITION_FRACTION = 0.6
-OUTAGE_SECONDS = 10.0
+# The cloud API stays down this long past the crash's detection: several retries with backoff
+# (0.5 s, 1 s, 2 s, ... in config/lab.yaml) before it is back.
+OUTAGE_SECONDS = 4.0
 
 
 async def _single_node_replaced(

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from healer.clock import Clock
 from healer.errors import StateUnwritable
 from healer.model import BlockChange
 from healer.store.alert_blocks import Block
-from healer.store.recorder import Recorder
 from healer.store.sqlite import Store
+from healer.telemetry.lazylog import get_logger
 
-log = structlog.get_logger("healer.planner.alert_blocks")
+log = get_logger("healer.planner.alert_blocks")  # structlog, imported when it first logs
 
 
 class AlertBlocks:
@@ -135,6 +133,9 @@ def block_handler(
     """The planner side of the webhook's block changes: apply each to ``blocks``; when it
     starts or lifts blocking, record it (``alert.blocking`` / ``alert.unblocked``) and
     ``consider`` the cluster again (a lifted block may let a waiting remediation start)."""
+    # Here, not at the top: `healer status` reads the blocks without the recorder's metrics.
+    from healer.store.recorder import Recorder
+
     recorder = Recorder(store, clock=clock, log=log)
 
     async def on_block(change: BlockChange) -> None:

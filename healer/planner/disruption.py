@@ -29,8 +29,9 @@ from a node failure, and one node is judged by the pool and cluster limits.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from healer.config import ClusterConfig, Threshold
@@ -143,18 +144,7 @@ def pool_budget(
     subject_why: str = "",
 ) -> Budget:
     """The pool's budget against its ``maxUnhealthy`` (the pool's own, or the cluster's)."""
-    members = [n for n in _with(nodes, subject) if n.pool == pool]
-    total = _pool_total(cfg, pool, members)
-    threshold = cfg.remediation_for(pool).max_unhealthy
-    name = f"{cluster}/{pool if pool is not None else _NO_POOL}"
-    return Budget(
-        scope=f"pool:{name}",
-        name=f"pool {name}",
-        total=total,
-        out=_out(members, subject, subject_why),
-        threshold=threshold,
-        limit=threshold.limit_for(total),
-    )
+    return Tally(nodes).pool_budget(cluster, cfg, pool, subject=subject, subject_why=subject_why)
 
 
 def zone_budget(
@@ -167,20 +157,7 @@ def zone_budget(
     subject_why: str = "",
 ) -> Budget:
     """The zone's budget against the cluster's ``maxUnhealthyPerZone``, over every pool."""
-    members = [n for n in _with(nodes, subject) if n.zone == zone]
-    total = sum(1 for n in members if n.health is not Health.GONE or n.remediating)
-    threshold = cfg.remediation.max_unhealthy_per_zone
-    limit = threshold.limit_for(total)
-    if threshold.percent is not None:
-        limit = max(1, limit)
-    return Budget(
-        scope=f"zone:{cluster}/{zone}",
-        name=f"zone {cluster}/{zone}",
-        total=total,
-        out=_out(members, subject, subject_why),
-        threshold=threshold,
-        limit=limit,
-    )
+    return Tally(nodes).zone_budget(cluster, cfg, zone, subject=subject, subject_why=subject_why)
 
 
 def cluster_budget(
@@ -192,46 +169,191 @@ def cluster_budget(
     subject_why: str = "",
 ) -> Budget:
     """The cluster's budget against the cluster's ``maxUnhealthy``."""
-    members = _with(nodes, subject)
-    pools: set[str | None] = {n.pool for n in members}
-    pools.update(p.name for p in cfg.pools)
-    total = sum(_pool_total(cfg, p, [n for n in members if n.pool == p]) for p in pools)
-    threshold = cfg.remediation.max_unhealthy
-    return Budget(
-        scope=f"cluster:{cluster}",
-        name=f"cluster {cluster}",
-        total=total,
-        out=_out(members, subject, subject_why),
-        threshold=threshold,
-        limit=threshold.limit_for(total),
+    return Tally(nodes).cluster_budget(cluster, cfg, subject=subject, subject_why=subject_why)
+
+
+_Key = tuple[str, str | None]  # ("pool", name or None), ("zone", name) or ("cluster", None)
+_CLUSTER: _Key = ("cluster", None)
+
+
+@dataclass
+class _Count:
+    """One scope's nodes, counted."""
+
+    members: int = 0  # whatever their health
+    known: int = 0  # not GONE (a pool's total)
+    present: int = 0  # not GONE, or being remediated (a zone's total)
+    remediating: int = 0
+    out: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
+
+    def add_plain(self, many: int) -> None:
+        """``many`` nodes in service, not GONE and not being remediated."""
+        self.members += many
+        self.known += many
+        self.present += many
+
+    def add(self, n: Member, why: str | None, times: int = 1) -> None:
+        self.members += times
+        self.known += times * (n.health is not Health.GONE)
+        self.present += times * (n.health is not Health.GONE or n.remediating)
+        self.remediating += times * n.remediating
+        if why is not None:
+            self.out.extend([(n.node, why)] * times)
+
+
+def _plain(n: Member) -> bool:
+    """In service, not GONE and not being remediated: what most nodes are."""
+    return (
+        (n.health is Health.HEALTHY or n.health is Health.STARTING)
+        and not n.remediating
+        and not n.reboot_granted
     )
 
 
-def _with(nodes: Sequence[Member], subject: Member | None) -> list[Member]:
-    """The nodes with the subject's own status in its place: the caller's subject is
-    authoritative (the snapshot may hold an older status of it, or none)."""
-    if subject is None:
-        return list(nodes)
-    out = [subject if n.node == subject.node else n for n in nodes]
-    if not any(n.node == subject.node for n in nodes):
-        out.append(subject)
-    return out
+def _keys(n: Member) -> tuple[_Key, ...]:
+    zone: tuple[_Key, ...] = () if n.zone is None else (("zone", n.zone),)
+    return (_CLUSTER, ("pool", n.pool), *zone)
 
 
-def _out(
-    members: Iterable[Member], subject: Member | None, subject_why: str
-) -> tuple[tuple[str, str], ...]:
-    out: list[tuple[str, str]] = []
-    for n in members:
-        why = out_of_service(n)
-        if subject is not None and n.node == subject.node:
-            why = why or subject_why or "the subject"
-        if why is not None:
-            out.append((n.node, why))
-    return tuple(sorted(out))
+class Tally:
+    """Every count a budget needs, from one walk over the nodes: per pool, per zone, per role and
+    for the cluster. Build it once for a set of nodes (a guards' snapshot keeps one) and ask it
+    for any scope with a subject's own status in place of the one the nodes hold (or added, if
+    they hold none): the subject is authoritative, the snapshot may hold an older status of it.
+    A question costs the scope's out-of-service list and the configured pools, never a walk
+    over the nodes again."""
+
+    def __init__(self, nodes: Iterable[Member]) -> None:
+        self._nodes = list(nodes)
+        self._counts: dict[_Key, _Count] = defaultdict(_Count)
+        self._by_node: dict[str, list[Member]] = defaultdict(list)
+        self._by_role: dict[Role, list[Member]] = {}
+        for n in self._nodes:
+            self._by_node[n.node].append(n)
+        # Most nodes are healthy and idle: each counts as one known, present member of its
+        # scopes, counted in bulk; only the others are looked at one by one.
+        plain = [n for n in self._nodes if _plain(n)]
+        self._counts[_CLUSTER].add_plain(len(plain))
+        for pool, many in Counter(n.pool for n in plain).items():
+            self._counts["pool", pool].add_plain(many)
+        for zone, many in Counter(n.zone for n in plain if n.zone is not None).items():
+            self._counts["zone", zone].add_plain(many)
+        for n in self._nodes:
+            if not _plain(n):
+                why = out_of_service(n)
+                for key in _keys(n):
+                    self._counts[key].add(n, why)
+        for count in self._counts.values():
+            count.out.sort()
+
+    def pool_budget(
+        self,
+        cluster: str,
+        cfg: ClusterConfig,
+        pool: str | None,
+        *,
+        subject: Member | None = None,
+        subject_why: str = "",
+    ) -> Budget:
+        """:func:`pool_budget` over these nodes."""
+        count = self._count(("pool", pool), subject, subject_why)
+        total = _pool_total(cfg, pool, count.known)
+        threshold = cfg.remediation_for(pool).max_unhealthy
+        name = f"{cluster}/{pool if pool is not None else _NO_POOL}"
+        return _budget("pool", name, total, count, threshold, threshold.limit_for(total))
+
+    def zone_budget(
+        self,
+        cluster: str,
+        cfg: ClusterConfig,
+        zone: str,
+        *,
+        subject: Member | None = None,
+        subject_why: str = "",
+    ) -> Budget:
+        """:func:`zone_budget` over these nodes."""
+        count = self._count(("zone", zone), subject, subject_why)
+        total = count.present
+        threshold = cfg.remediation.max_unhealthy_per_zone
+        limit = threshold.limit_for(total)
+        if threshold.percent is not None:
+            limit = max(1, limit)
+        return _budget("zone", f"{cluster}/{zone}", total, count, threshold, limit)
+
+    def cluster_budget(
+        self,
+        cluster: str,
+        cfg: ClusterConfig,
+        *,
+        subject: Member | None = None,
+        subject_why: str = "",
+    ) -> Budget:
+        """:func:`cluster_budget` over these nodes."""
+        count = self._count(_CLUSTER, subject, subject_why)
+        # (members, known) by pool: the pools it has nodes in, and the configured ones
+        pools = {k[1]: [c.members, c.known] for k, c in self._counts.items() if k[0] == "pool"}
+        if subject is not None:
+            for old in self._by_node.get(subject.node, ()):
+                pools[old.pool][0] -= 1
+                pools[old.pool][1] -= old.health is not Health.GONE
+            copies = self._copies(subject)
+            mine = pools.setdefault(subject.pool, [0, 0])
+            mine[0] += copies
+            mine[1] += copies * (subject.health is not Health.GONE)
+        known = {p: k for p, (members, k) in pools.items() if members}
+        for p in cfg.pools:
+            known.setdefault(p.name, 0)
+        total = sum(_pool_total(cfg, p, k) for p, k in known.items())
+        threshold = cfg.remediation.max_unhealthy
+        return _budget("cluster", cluster, total, count, threshold, threshold.limit_for(total))
+
+    def remediating(self, pool: str | None, subject: Member | None = None) -> int:
+        """How many of the pool's nodes are being remediated."""
+        return self._count(("pool", pool), subject, "").remediating
+
+    def with_role(self, role: Role, subject: Member | None = None) -> list[Member]:
+        """The nodes of ``role``, the subject's status in place of its own."""
+        nodes = self._by_role.get(role)
+        if nodes is None:
+            nodes = self._by_role[role] = [n for n in self._nodes if n.role is role]
+        if subject is None:
+            return list(nodes)
+        kept = [n for n in nodes if n.node != subject.node]
+        return kept + [subject] * self._copies(subject) if subject.role is role else kept
+
+    def _copies(self, subject: Member) -> int:
+        return max(1, len(self._by_node.get(subject.node, ())))
+
+    def _count(self, key: _Key, subject: Member | None, subject_why: str) -> _Count:
+        """The scope's count, the subject in place of what the nodes hold of it."""
+        base = self._counts[key] if key in self._counts else _Count()
+        if subject is None:
+            return base
+        count = replace(base, out=[e for e in base.out if e[0] != subject.node])
+        for old in self._by_node.get(subject.node, ()):
+            if key in _keys(old):
+                count.add(old, None, -1)
+        if key in _keys(subject):
+            why = out_of_service(subject) or subject_why or "the subject"
+            count.add(subject, why, self._copies(subject))
+            count.out.sort()
+        return count
 
 
-def _pool_total(cfg: ClusterConfig, pool: str | None, members: Iterable[Member]) -> int:
+def _budget(
+    kind: str, name: str, total: int, count: _Count, threshold: Threshold, limit: int
+) -> Budget:
+    """``kind`` "pool", "zone" or "cluster"; ``name`` "<c>/<p>", "<c>/<z>" or "<c>"."""
+    return Budget(
+        scope=f"{kind}:{name}",
+        name=f"{kind} {name}",
+        total=total,
+        out=tuple(count.out),
+        threshold=threshold,
+        limit=limit,
+    )
+
+
+def _pool_total(cfg: ClusterConfig, pool: str | None, known: int) -> int:
     configured = p.size if (p := cfg.pool(pool)) is not None else 0
-    known = sum(1 for n in members if n.health is not Health.GONE)
     return max(configured, known)

@@ -89,12 +89,13 @@ do; the planner decides not to act.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from healer.config import BreakerPolicy, ClusterConfig
 from healer.model import LABEL_ZONE, Health, NodeObservation, Role, Verdict
-from healer.planner.disruption import Budget, cluster_budget, pool_budget, zone_budget
+from healer.planner.disruption import Budget, Member, Tally
 from healer.planner.etcd_quorum import EtcdView, start_refusal
 
 BREAKER_OPEN = "BreakerOpen"
@@ -178,6 +179,12 @@ class ClusterSnapshot:
     # etcd's membership and health (clusters with etcd.mode other than off), read by the
     # planner just before it asks the guards; None when it was not read or could not be.
     etcd: EtcdView | None = None
+
+    @cached_property
+    def tally(self) -> Tally:
+        """:attr:`nodes` counted once per snapshot, for every candidate's guards (a snapshot
+        is frozen: the one the planner makes after a launch is a new one, counted afresh)."""
+        return Tally(self.nodes)
 
 
 @dataclass(frozen=True)
@@ -309,9 +316,11 @@ def etcd_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusa
     """etcd judges quorum where healer reads it; unreachable means no, never a guess."""
     if c.role is not Role.CONTROL_PLANE or not cfg.etcd.enabled:
         return None
-    cp = [n for n in _nodes(c, s) if n.role is Role.CONTROL_PLANE and n.health is not Health.GONE]
+    cp = [n for n in _control_plane(c, s) if n.health is not Health.GONE]
     healthy = sum(1 for n in cp if n.health is Health.HEALTHY and n.node != c.node)
-    node_view = f"{healthy} of {_cp_members(c, s, cfg)} control-plane Nodes besides {c.node} healthy"
+    node_view = (
+        f"{healthy} of {_cp_members(c, s, cfg)} control-plane Nodes besides {c.node} healthy"
+    )
     decision = start_refusal(
         s.etcd, node=c.node, pool_size=_cp_members(c, s, cfg), node_view=node_view
     )
@@ -327,11 +336,7 @@ def control_plane_in_flight(
 ) -> Refusal | None:
     if c.role is not Role.CONTROL_PLANE:
         return None
-    busy = sorted(
-        n.node
-        for n in _nodes(c, s)
-        if n.role is Role.CONTROL_PLANE and n.remediating and n.node != c.node
-    )
+    busy = sorted(n.node for n in _control_plane(c, s) if n.remediating and n.node != c.node)
     if not busy:
         return None
     etcd = f" (etcd: {s.etcd.describe()})" if s.etcd is not None else ""
@@ -357,9 +362,8 @@ def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) ->
     quorum = members // 2 + 1
     voters = sum(
         1
-        for n in _nodes(c, s)
-        if n.role is Role.CONTROL_PLANE
-        and n.node != c.node
+        for n in _control_plane(c, s)
+        if n.node != c.node
         and n.health is Health.HEALTHY
         and not n.remediating
         and not n.reboot_granted
@@ -380,7 +384,7 @@ def would_break_quorum(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) ->
 def too_many_unhealthy_in_pool(
     c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
 ) -> Refusal | None:
-    budget = pool_budget(s.cluster, cfg, s.nodes, c.pool, subject=c, subject_why=_TO_BE_REMEDIATED)
+    budget = s.tally.pool_budget(s.cluster, cfg, c.pool, subject=c, subject_why=_TO_BE_REMEDIATED)
     return _over(TOO_MANY_UNHEALTHY_IN_POOL, budget, c, s)
 
 
@@ -389,14 +393,14 @@ def too_many_unhealthy_in_zone(
 ) -> Refusal | None:
     if c.zone is None:
         return None
-    budget = zone_budget(s.cluster, cfg, s.nodes, c.zone, subject=c, subject_why=_TO_BE_REMEDIATED)
+    budget = s.tally.zone_budget(s.cluster, cfg, c.zone, subject=c, subject_why=_TO_BE_REMEDIATED)
     return _over(TOO_MANY_UNHEALTHY_IN_ZONE, budget, c, s)
 
 
 def too_many_unhealthy_in_cluster(
     c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig
 ) -> Refusal | None:
-    budget = cluster_budget(s.cluster, cfg, s.nodes, subject=c, subject_why=_TO_BE_REMEDIATED)
+    budget = s.tally.cluster_budget(s.cluster, cfg, subject=c, subject_why=_TO_BE_REMEDIATED)
     return _over(TOO_MANY_UNHEALTHY_IN_CLUSTER, budget, c, s)
 
 
@@ -423,7 +427,7 @@ def storm_cooldown(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Ref
 
 
 def max_in_flight(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> Refusal | None:
-    running = sum(1 for n in _nodes(c, s) if n.pool == c.pool and n.remediating)
+    running = s.tally.remediating(c.pool, subject=c)
     limit = cfg.remediation_for(c.pool).max_in_flight
     if running < limit:
         return None
@@ -510,23 +514,18 @@ def reboot_failure_trip_reason(
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _nodes(c: NodeStatus, s: ClusterSnapshot) -> list[NodeStatus]:
-    """The snapshot's nodes with the candidate's own status in its place.
+def _control_plane(c: NodeStatus, s: ClusterSnapshot) -> Sequence[Member]:
+    """The snapshot's control-plane nodes with the candidate's own status in its place.
 
     The caller's ``candidate`` is authoritative: if the snapshot holds an older status of the same
     node, or none at all, counting from the snapshot alone could under-count.
     """
-    nodes = [c if n.node == c.node else n for n in s.nodes]
-    if not any(n.node == c.node for n in s.nodes):
-        nodes.append(c)
-    return nodes
+    return s.tally.with_role(Role.CONTROL_PLANE, subject=c)
 
 
 def _cp_members(c: NodeStatus, s: ClusterSnapshot, cfg: ClusterConfig) -> int:
     configured = next((p.size for p in cfg.pools if p.role is Role.CONTROL_PLANE), 0)
-    known = sum(
-        1 for n in _nodes(c, s) if n.role is Role.CONTROL_PLANE and n.health is not Health.GONE
-    )
+    known = sum(1 for n in _control_plane(c, s) if n.health is not Health.GONE)
     return max(configured, known)
 
 

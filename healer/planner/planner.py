@@ -17,7 +17,8 @@ import asyncio
 import dataclasses
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -25,7 +26,7 @@ import structlog
 from healer.clock import Clock
 from healer.config import ClusterConfig, HealerConfig
 from healer.errors import StateUnwritable
-from healer.health.tracker import HealthTracker
+from healer.health.tracker import Change, HealthTracker
 from healer.model import Health, NodeKey, NodeObservation, Role, Verdict
 from healer.naming import machine_name
 from healer.planner.alert_blocks import AlertBlocks
@@ -48,6 +49,7 @@ from healer.store.recorder import Recorder
 from healer.store.sqlite import (
     BREAKER_BAD_UPGRADE,
     BREAKER_REMEDIATION,
+    FAILED,
     RUNNING,
     Store,
     WorkflowRecord,
@@ -86,6 +88,55 @@ class EtcdReader(Protocol):
     async def view(self) -> EtcdView: ...
 
 
+def _launched(snapshot: ClusterSnapshot, node: str) -> ClusterSnapshot:
+    """``snapshot`` once ``node``'s remediation has started: the next candidate's guards count
+    it as being remediated and as started this hour (what a fresh snapshot would read back
+    from the store, without reading it again)."""
+    return dataclasses.replace(
+        snapshot,
+        nodes=tuple(
+            dataclasses.replace(n, remediating=True) if n.node == node else n
+            for n in snapshot.nodes
+        ),
+        started_last_hour=snapshot.started_last_hour + 1,
+    )
+
+
+@dataclass(frozen=True)
+class _StoreView:
+    """What a plan reads of the store beside the tracker's nodes: the running workflows and
+    those started in the last hour (by cluster), the pauses and the breakers. Read once per
+    snapshot, or once for every cluster of a :meth:`Planner.recheck`."""
+
+    running: Mapping[str, frozenset[str]]  # cluster -> nodes being remediated
+    started: Mapping[str, int]  # cluster -> remediations started in the last hour
+    pauses: Mapping[str, tuple[float, str]]
+    breakers: Mapping[str, tuple[str, float]]
+    bad_upgrade: Mapping[str, tuple[str, float]]
+    # The planner's launch count when it was read: a view older than a launch of this process
+    # misses that workflow (it would start the same node twice), so a plan reads again.
+    launches: int = 0
+
+    @classmethod
+    def read(
+        cls, store: Store, *, now: float, cluster: str | None = None, launches: int = 0
+    ) -> _StoreView:
+        running: dict[str, set[str]] = {}
+        for wf in store.workflows(cluster=cluster, state=RUNNING):
+            running.setdefault(wf.cluster, set()).add(wf.node)
+        started: dict[str, int] = {}
+        for wf in store.workflows(cluster=cluster, since=now - HOUR):
+            started[wf.cluster] = started.get(wf.cluster, 0) + 1
+        return cls(
+            running={c: frozenset(nodes) for c, nodes in running.items()},
+            started=started,
+            pauses=store.pauses(),
+            breakers=store.breakers(),
+            bad_upgrade=store.breakers(kind=BREAKER_BAD_UPGRADE),
+            launches=launches,
+        )
+
+
 class Planner:
     def __init__(
         self,
@@ -111,6 +162,7 @@ class Planner:
         self._dry_run = dry_run or config.dry_run
         self._blocks = blocks
         self._locks: dict[str, asyncio.Lock] = {}
+        self._launches = 0  # workflows this planner started: tells a stale _StoreView
         self._last_refusal: dict[NodeKey, str] = {}
         self._frozen: dict[str, str] = {}
         self._storms: dict[str, float] = self._recent_storms()
@@ -242,11 +294,22 @@ class Planner:
     async def on_health_change(
         self, obs: NodeObservation, verdict: Verdict, previous: Verdict | None
     ) -> None:
-        if verdict.health is Health.UNHEALTHY:
-            self._maybe_trip(obs.cluster)
-        elif obs.key in self._last_refusal:
-            del self._last_refusal[obs.key]
-        await self.consider(obs.cluster)
+        await self.on_health_changes([(obs, verdict, previous)])
+
+    async def on_health_changes(self, changes: Sequence[Change]) -> None:
+        """Changes of health decided together (a drained batch of events, the nodes whose
+        deadlines passed at the same moment): the breakers and the plan of each cluster
+        concerned run once, over all of them, not once per node."""
+        clusters: dict[str, bool] = {}  # cluster -> whether a node of it became unhealthy
+        for obs, verdict, _ in changes:
+            unhealthy = verdict.health is Health.UNHEALTHY
+            clusters[obs.cluster] = clusters.get(obs.cluster, False) or unhealthy
+            if not unhealthy:
+                self._last_refusal.pop(obs.key, None)
+        for cluster, unhealthy in clusters.items():
+            if unhealthy:
+                self._maybe_trip(cluster)
+            await self.consider(cluster)
 
     async def on_workflow_finished(self, wf: WorkflowRecord) -> None:
         self._maybe_trip(wf.cluster)
@@ -256,13 +319,18 @@ class Planner:
         """Re-plan every cluster: what no event announces (pauses and breaker resets made by the
         CLI in the shared database, budgets that free up). The daemon runs it as a periodic job
         (``recheck``, :mod:`healer.jobs.scheduler`)."""
+        view = _StoreView.read(self._store, now=self._clock.now(), launches=self._launches)
         for cluster in self._config.clusters:
-            await self.consider(cluster.name)
+            await self.consider(cluster.name, view=view)
 
     # -- deciding ---------------------------------------------------------------------------
-    def snapshot(self, cluster: ClusterConfig) -> ClusterSnapshot:
+    def snapshot(self, cluster: ClusterConfig, view: _StoreView | None = None) -> ClusterSnapshot:
+        """The cluster as the guards see it: O(nodes of the cluster), and a fixed number of
+        store reads (none with ``view``, what :meth:`recheck` read once for every cluster)."""
         now = self._clock.now()
-        running = {wf.node for wf in self._store.workflows(cluster=cluster.name, state=RUNNING)}
+        if view is None:
+            view = _StoreView.read(self._store, now=now, cluster=cluster.name)
+        running = view.running.get(cluster.name, frozenset())
         granted = self._reboot_grants(cluster.name) if self._reboot_grants else frozenset()
         nodes = tuple(
             node_status(
@@ -273,12 +341,12 @@ class Planner:
             )
             for obs, verdict in self._tracker.nodes(cluster.name)
         )
-        pauses = self._store.pauses()
-        breakers = self._store.breakers()
+        pauses = view.pauses
+        breakers = view.breakers
         return ClusterSnapshot(
             cluster=cluster.name,
             nodes=nodes,
-            started_last_hour=len(self._store.workflows(cluster=cluster.name, since=now - HOUR)),
+            started_last_hour=view.started.get(cluster.name, 0),
             global_paused=self._config.paused or "*" in pauses,
             cluster_paused=cluster.paused or pause_scope(cluster.name) in pauses,
             paused_pools=frozenset(
@@ -290,9 +358,7 @@ class Planner:
             now=now,
             storms=dict(self._storms),
             blocking_alerts=self._blocks.active(cluster.name, now) if self._blocks else (),
-            bad_upgrade_breaker=self._store.breakers(kind=BREAKER_BAD_UPGRADE).get(
-                cluster.name, (None, 0.0)
-            )[0],
+            bad_upgrade_breaker=view.bad_upgrade.get(cluster.name, (None, 0.0))[0],
         )
 
     def _recent_storms(self) -> dict[str, float]:
@@ -306,7 +372,10 @@ class Planner:
                     storms[scope] = max(storms.get(scope, 0.0), entry.at)
         return storms
 
-    async def consider(self, cluster_name: str) -> None:
+    async def consider(self, cluster_name: str, *, view: _StoreView | None = None) -> None:
+        """Plan ``cluster_name``: every unhealthy node not being remediated, through the
+        guards. A cluster with no unhealthy node costs nothing (the tracker's counts say so);
+        ``view``: the store's rows read once for a whole :meth:`recheck`."""
         cluster = self._config.cluster(cluster_name)
         if cluster is None:
             return
@@ -316,16 +385,27 @@ class Planner:
             return
         if not self._synced(cluster_name):
             return
+        if not self._tracker.counts(cluster_name)[Health.UNHEALTHY]:
+            return  # no candidate: nothing to decide
         lock = self._locks.setdefault(cluster_name, asyncio.Lock())
         async with lock:
-            snapshot = await self._with_etcd(cluster, self.snapshot(cluster))
+            if view is not None and view.launches != self._launches:
+                # Another plan (a health change, a manual request) started a workflow after
+                # the view was read, while this one waited: its rows are stale.
+                view = None
+            snapshot = await self._with_etcd(cluster, self.snapshot(cluster, view))
             candidates = sorted(
                 (n for n in snapshot.nodes if n.health is Health.UNHEALTHY and not n.remediating),
                 # Workers before control plane; then by name for a stable order.
                 key=lambda n: (n.role != "worker", n.node),
             )
+            failed = self._failed_by_node(cluster.name) if candidates else {}
+            # Refusals are written together (one store transaction), before any launch.
+            refused: list[tuple[NodeStatus, Refusal]] = []
             for candidate in candidates:
-                refusal = self._precheck(cluster, candidate) or check(candidate, snapshot, cluster)
+                refusal = self._precheck(
+                    cluster, candidate, failed.get(candidate.node, [])
+                ) or check(candidate, snapshot, cluster)
                 if refusal is None and self._dry_run:
                     refusal = Refusal(
                         reason=DRY_RUN,
@@ -335,15 +415,43 @@ class Planner:
                 if refusal is not None:
                     if refusal.reason in _STORM_REASONS:
                         self._storms[refusal.scope] = self._clock.now()
-                    self._refuse(cluster, candidate, refusal)
+                    refused.append((candidate, refusal))
                     continue
+                self._refuse_all(cluster, refused)
+                refused = []
                 try:
                     await self._launch(cluster, candidate)
                 except StateUnwritable:
                     return  # nothing started; frozen now, until the database takes writes
                 except Fenced:
                     return  # lost the cluster to another replica meanwhile: nothing started
-                snapshot = dataclasses.replace(self.snapshot(cluster), etcd=snapshot.etcd)
+                snapshot = _launched(snapshot, candidate.node)
+            self._refuse_all(cluster, refused)
+
+    def _refuse_all(
+        self, cluster: ClusterConfig, refused: Sequence[tuple[NodeStatus, Refusal]]
+    ) -> None:
+        """Record ``refused`` (:meth:`_refuse` each) in one store transaction. If it is lost
+        whole, the daemon's store holds its rows until it takes writes again (Store.batch);
+        a process that does not retry records them again at the next look (the database's
+        failure itself is logged and counted once per episode by the store, and freezes
+        decisions)."""
+        if not refused:
+            return
+        keys = [NodeKey(cluster.name, node.node) for node, _ in refused]
+        before = {key: self._last_refusal.get(key) for key in keys}
+        try:
+            with self._store.batch():
+                for node, refusal in refused:
+                    self._refuse(cluster, node, refusal)
+        except StateUnwritable:
+            if self._store.writes.retrying:
+                return  # the rows are held: recorded again, they would be there twice
+            for key, reason in before.items():
+                if reason is None:
+                    self._last_refusal.pop(key, None)
+                else:
+                    self._last_refusal[key] = reason
 
     def _synced(self, cluster_name: str) -> bool:
         """The informer barrier: nothing is decided for a cluster until its node list has been
@@ -363,7 +471,23 @@ class Planner:
             )
         return False
 
-    def _precheck(self, cluster: ClusterConfig, node: NodeStatus) -> Refusal | None:
+    def _failed_by_node(self, cluster: str) -> dict[str, list[WorkflowRecord]]:
+        """The cluster's failed workflows by node: one read per plan, not one per candidate."""
+        found: dict[str, list[WorkflowRecord]] = {}
+        for wf in self._store.workflows(cluster=cluster, state=FAILED):
+            found.setdefault(wf.node, []).append(wf)
+        return found
+
+    def _precheck(
+        self,
+        cluster: ClusterConfig,
+        node: NodeStatus,
+        failed_here: Sequence[WorkflowRecord] | None = None,
+    ) -> Refusal | None:
+        """The refusals before the guards; ``failed_here``: the node's failed workflows, when
+        the caller read them already."""
+        if failed_here is None:
+            failed_here = self._store.workflows(cluster=cluster.name, node=node.node, state=FAILED)
         scope = f"node:{cluster.name}/{node.node}"
         if cluster.pool(node.pool) is None:
             return Refusal(
@@ -377,7 +501,7 @@ class Planner:
         # not hold back restoring it for an hour: it waits only the retry backoff's cap.
         short_cooldown = cluster.remediation.retry.max_delay
         failed, short = [], []
-        for wf in self._store.workflows(cluster=cluster.name, node=node.node, state="failed"):
+        for wf in failed_here:
             if self._store.left_pool_short(wf.id):
                 if (wf.finished_at or 0) >= now - short_cooldown:
                     short.append(wf)
@@ -464,6 +588,7 @@ class Planner:
             updated_at=now,
             forced=forced,
         )
+        self._launches += 1
         self._store.create_workflow(wf)
         self._record(
             "remediation.started",

@@ -14,7 +14,7 @@ import datetime as dt
 import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,12 +24,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from healer.config import ClusterConfig, EtcdConfig
 from healer.errors import ConfigError, KubeUnavailable
 from healer.etcd import DirectEndpoints, Endpoints, EtcdClient, EtcdTls
-from healer.kube.portforward import PortForward
-from healer.kube.records import NodeInfo
 from healer.model import LABEL_CONTROL_PLANE
 from healer.planner.etcd_quorum import EtcdMember
 from healer.provisioning.keystore import ClusterState
 from healer.provisioning.pki import ETCD_CA, CertKey, ClusterPki
+
+if TYPE_CHECKING:  # the Kubernetes client, for `etcd.mode: portforward` only (not `healer status`)
+    from healer.kube.portforward import PortForward
+    from healer.kube.records import NodeInfo
 
 CLIENT_NAME = "healer-etcd-client"
 CLIENT_VALIDITY = dt.timedelta(days=365)

@@ -352,9 +352,7 @@ def destroy_plan(cluster: str, actual: Actual) -> Plan:
             Action(Change.DELETE, "route-table", table.name, table.id, resource_id=table.id)
         )
     for nat in actual.nat_gateways:
-        actions.append(
-            Action(Change.DELETE, "nat-gateway", nat.name, nat.id, resource_id=nat.id)
-        )
+        actions.append(Action(Change.DELETE, "nat-gateway", nat.name, nat.id, resource_id=nat.id))
     for sub in actual.subnets:
         actions.append(
             Action(Change.DELETE, "subnet", sub.name, f"{sub.cidr} ({sub.id})", resource_id=sub.id)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Final
 
 from healer.model import EventKind, NodeEvent, NodeKey
@@ -41,8 +41,10 @@ class EventQueue:
         self._seq = itertools.count()
         self._changes: deque[tuple[int, NodeEvent]] = deque()
         # Insertion-ordered: a replacing heartbeat is deleted and put back, so the first entry
-        # is always the oldest one waiting.
-        self._heartbeats: dict[_HeartbeatKey, tuple[int, NodeEvent]] = {}
+        # is always the oldest one waiting. An OrderedDict, not a dict: taking a plain dict's
+        # first entry again and again walks over the slots of the ones taken before it
+        # (quadratic when a flood of heartbeats is drained).
+        self._heartbeats: OrderedDict[_HeartbeatKey, tuple[int, NodeEvent]] = OrderedDict()
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -80,10 +82,27 @@ class EventQueue:
         while self.empty():
             self._readable.clear()
             await self._readable.wait()
-        first_beat = next(iter(self._heartbeats.items()), None)
-        if first_beat is not None and (not self._changes or first_beat[1][0] < self._changes[0][0]):
-            del self._heartbeats[first_beat[0]]
-            return first_beat[1][1]
+        return self._pop()
+
+    async def get_batch(self, max_items: int) -> list[NodeEvent]:
+        """Wait for at least one event, then take everything waiting, up to ``max_items``,
+        in order (the consumer handles them as one batch: one store transaction)."""
+        if max_items < 1:
+            raise ValueError(f"a batch holds at least one event, not {max_items}")
+        while self.empty():
+            self._readable.clear()
+            await self._readable.wait()
+        return [self._pop() for _ in range(min(max_items, self.qsize()))]
+
+    def _pop(self) -> NodeEvent:
+        """The oldest event waiting (there is one)."""
+        beats = self._heartbeats
+        if beats:
+            key = next(iter(beats))
+            seq, beat = beats[key]
+            if not self._changes or seq < self._changes[0][0]:
+                del beats[key]
+                return beat
         _, event = self._changes.popleft()
         if len(self._changes) < self._limit:
             self._room.set()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Final, NoReturn
@@ -38,6 +39,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 import structlog
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import RetryCallState
@@ -82,10 +84,24 @@ _INCOMING_LIMIT: Final = 1000
 # handling): well under _INCOMING_LIMIT, so those are never dropped.
 _RECEIVE_MAXIMUM: Final = 100
 _HEARTBEAT_TOPIC_END: Final = "/heartbeat"
+# Messages taken from the incoming queue in a row before the source lets the event loop run.
+_YIELD_EVERY: Final = 32
+# Packets read from the socket in one wake-up of the event loop's reader (_read_in_bursts).
+_READ_BURST: Final = 32
 # Under per-cluster ownership: the channels that change a node's observation, heard by every
 # replica for every cluster (a warm view, as from the Kubernetes watches); heartbeats, the bulk
 # of the stream, go to the owner only.
 _VIEW_CHANNELS: Final = ("health", "reboot", "upgrade")
+# The counters of the per-message path, resolved once (a labels() lookup per message costs more
+# than the rest of the counting).
+_RECEIVED: Final = EVENTS_RECEIVED.labels(source=SOURCE)
+_DROPPED: Final = {
+    reason: EVENTS_DROPPED.labels(source=SOURCE, reason=reason)
+    for reason in ("superseded", "overflow", "not_owned")
+}
+# What paho hands out as the properties of an MQTT 5 PUBLISH that carries none (see
+# _lean_publish); never mutated.
+_NO_PROPERTIES: Final = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -315,6 +331,7 @@ class MqttSource:
         )
         # Before connecting, so nothing the broker sends right after CONNACK is auto-acked.
         _paho(client).manual_ack_set(True)
+        _trim(_paho(client))
         return client
 
     def set_clusters(self, owned: Collection[str]) -> None:
@@ -425,12 +442,29 @@ class MqttSource:
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         incoming = _incoming(client)
-        async for message in client.messages:
+        wrapped = _paho(client)
+        messages = aiter(client.messages)
+        taken = 0
+        while True:
+            # aiomqtt's iterator starts a task and an asyncio.wait per message; the messages
+            # already waiting are taken straight from the queue, and the iterator is only
+            # awaited when it is empty (it also ends the session once the link is gone).
+            if incoming.empty() or not wrapped.is_connected():
+                message = await anext(messages)
+                taken = 0
+            else:
+                message = incoming.get_nowait()
+                taken += 1
+                if taken % _YIELD_EVERY == 0:
+                    # Let the loop run now and then: the acknowledgements go out (the broker
+                    # refills its in-flight window), the consumer and /healthz get their turn.
+                    await asyncio.sleep(0)
             await self._handle(client, message)
             # Superseded while waiting: acknowledged only now, after the newer one was handled,
             # so a crash in between has the broker send the newer one again (never neither).
-            for mid, qos in incoming.take_superseded():
-                _paho(client).ack(mid, qos)
+            if incoming.superseded:
+                for mid, qos in incoming.take_superseded():
+                    wrapped.ack(mid, qos)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -452,20 +486,20 @@ class MqttSource:
             max_payload=self._config.max_payload,
             known_clusters=self._known_clusters,
             owners=self._owners,
+            timeline=self._clock.from_wall,  # 'ts' is the agent's wall clock: onto ours
         )
-        if isinstance(result, NodeEvent):
-            result = replace(result, at=self._clock.from_wall(result.at))  # onto our timeline
-            if (
-                result.kind is EventKind.HEARTBEAT
-                and self._owned is not None
-                and result.cluster not in self._owned
-            ):
-                # Its owner, another replica, watches it (and gets this on its own subscription).
-                _dropped("not_owned")
-                log.debug("mqtt.not_owned", cluster=result.cluster, node=result.node)
-                if message.qos > 0:
-                    _paho(client).ack(message.mid, message.qos)
-                return
+        if (
+            isinstance(result, NodeEvent)
+            and result.kind is EventKind.HEARTBEAT
+            and self._owned is not None
+            and result.cluster not in self._owned
+        ):
+            # Its owner, another replica, watches it (and gets this on its own subscription).
+            _DROPPED["not_owned"].inc()
+            log.debug("mqtt.not_owned", cluster=result.cluster, node=result.node)
+            if message.qos > 0:
+                _paho(client).ack(message.mid, message.qos)
+            return
         if (
             isinstance(result, NodeEvent)
             and self._is_known_node is not None
@@ -475,7 +509,7 @@ class MqttSource:
         if isinstance(result, Rejection):
             _rejected(result, topic, len(payload))
         else:
-            EVENTS_RECEIVED.labels(source=SOURCE).inc()
+            _RECEIVED.inc()
             await self._emit(result)
         # Only now: a crash before this line leaves the message to be redelivered. Rejections
         # are acknowledged too, or they would block the in-flight window and come back forever.
@@ -506,7 +540,7 @@ class MqttSource:
         if isinstance(request, Rejection):
             _rejected(request, topic, len(payload))
             return
-        EVENTS_RECEIVED.labels(source=SOURCE).inc()
+        _RECEIVED.inc()
         await self._on_reboot_request(request)
 
     # -- reporting -----------------------------------------------------------------------------
@@ -572,11 +606,11 @@ class _Incoming(asyncio.Queue[aiomqtt.Message]):
         topic = item.topic.value
         heartbeat = topic.endswith(_HEARTBEAT_TOPIC_END)
         if heartbeat and (older := self._queue.pop(topic, None)) is not None:
-            _dropped("superseded")
+            _DROPPED["superseded"].inc()
             if older.qos > 0:
                 self._superseded.append((older.mid, older.qos))
         elif len(self._queue) >= self._limit and item.qos == 0:
-            _dropped("overflow")
+            _DROPPED["overflow"].inc()
             return
         # A replacing heartbeat goes to the end, as the newest message waiting.
         self._queue[topic if heartbeat else next(self._numbers)] = item
@@ -584,6 +618,11 @@ class _Incoming(asyncio.Queue[aiomqtt.Message]):
     def _get(self) -> aiomqtt.Message:
         key = next(iter(self._queue))
         return self._queue.pop(key)
+
+    @property
+    def superseded(self) -> bool:
+        """Whether QoS 1 messages superseded while waiting await their acknowledgement."""
+        return bool(self._superseded)
 
     def take_superseded(self) -> list[tuple[int, int]]:
         taken, self._superseded = self._superseded, []
@@ -597,14 +636,103 @@ def _incoming(client: aiomqtt.Client) -> _Incoming:
     return queue
 
 
-def _dropped(reason: str) -> None:
-    EVENTS_DROPPED.labels(source=SOURCE, reason=reason).inc()
-
-
 def _paho(client: aiomqtt.Client) -> paho.Client:
     # aiomqtt 2.5 does not expose paho's manual acknowledgement (aiomqtt issue #345, PR #346);
     # reaching for the wrapped paho client is the documented workaround until it does.
     return client._client
+
+
+# The paho 2.x internals _lean_publish and _read_in_bursts use: if a paho release renames one,
+# the source runs on paho's own (slower) path rather than fail.
+_PAHO_INTERNALS: Final = (
+    "_handle_publish",
+    "_handle_on_message",
+    "_in_packet",
+    "_manual_ack",
+    "_send_puback",
+    "_protocol",
+    "_packet_read",
+    "_loop_rc_handle",
+    "_sock",
+)
+
+
+def _trim(client: paho.Client) -> None:
+    """The per-message trims of the read path (:func:`_lean_publish`, :func:`_read_in_bursts`),
+    when this paho has the internals they use."""
+    missing = [name for name in _PAHO_INTERNALS if not hasattr(client, name)]
+    if missing:
+        log.warning(
+            "mqtt.paho_untrimmed",
+            missing=missing,
+            hint="this paho-mqtt release changed its internals: messages take paho's own path",
+        )
+        return
+    _lean_publish(client)
+    _read_in_bursts(client)
+
+
+def _lean_publish(client: paho.Client) -> None:
+    """Have ``client`` decode the common PUBLISH (QoS 0 or 1, a topic, no MQTT 5 properties)
+    without paho's per-message ``Properties`` object; anything else goes to paho's own decoder.
+
+    paho 2.x builds a ``Properties`` (two dicts of every property name and type) for each MQTT 5
+    PUBLISH, whether it has properties or not: a third of the source's CPU per heartbeat. The
+    result is the same message paho would hand to ``on_message``, with the shared empty
+    :data:`_NO_PROPERTIES`; acknowledgement (manual here) and callbacks stay paho's.
+    """
+    full = client._handle_publish
+    v5 = client._protocol == paho.MQTTv5
+
+    def handle_publish() -> MQTTErrorCode:
+        command = client._in_packet["command"]
+        data: bytes | bytearray = client._in_packet["packet"]
+        qos = (command & 0x06) >> 1
+        topic_end = 2 + int.from_bytes(data[:2], "big")
+        body = topic_end + (2 if qos else 0)
+        # QoS 2, an empty topic (MQTT 5 topic aliases), properties, or a short packet: paho's.
+        if qos == 2 or topic_end == 2 or len(data) < body + v5 or (v5 and data[body] != 0):
+            return full()
+        mid = int.from_bytes(data[topic_end:body], "big") if qos else 0
+        message = paho.MQTTMessage(mid=mid, topic=bytes(data[2:topic_end]))
+        message.dup = bool(command & 0x08)
+        message.qos = qos
+        message.retain = bool(command & 0x01)
+        message.properties = _NO_PROPERTIES if v5 else None
+        message.payload = data[body + v5 :]
+        message.timestamp = time.monotonic()
+        client._handle_on_message(message)
+        if qos == 1 and not client._manual_ack:
+            return client._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client._handle_publish = handle_publish  # type: ignore[method-assign]
+
+
+def _read_in_bursts(client: paho.Client) -> None:
+    """Have ``client.loop_read`` (aiomqtt's socket reader callback) read up to ``_READ_BURST``
+    packets while the socket has them, instead of paho's one packet per call.
+
+    paho 2.x reads one packet per ``loop_read`` unless it has QoS 2 (or outgoing) messages in
+    flight, so a backlog cost one event-loop round (epoll, callback) per message. This is paho's
+    own loop, with a bound of its own; it stops at the first read that would block, as paho's
+    does, and hands errors to paho's handler the same way.
+    """
+    read_packet = client._packet_read
+    handle_error = client._loop_rc_handle
+
+    def loop_read(max_packets: int = 1) -> MQTTErrorCode:
+        for _ in range(_READ_BURST):
+            if client._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = read_packet()
+            if rc > 0:
+                return handle_error(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client.loop_read = loop_read  # type: ignore[method-assign]
 
 
 def _code(rc: Any) -> int:

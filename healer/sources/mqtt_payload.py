@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -116,6 +116,11 @@ _CLUSTER_RE: Final = re.compile(rf"{_LABEL}")
 _NODE_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _CONDITION_RE: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 _STATUSES: Final = ("True", "False", "Unknown")
+# Topics already found well formed -> (prefix, cluster, node, channel): a fleet sends on a few
+# topics per node again and again, so each is split and matched against the name patterns once.
+# Bounded (senders choose topics): emptied when full.
+_TOPICS: dict[str, tuple[str, str, str, str]] = {}
+_TOPICS_MAX: Final = 65536
 
 _REBOOT_EVENTS: Final[Mapping[str, EventKind]] = {
     "required": EventKind.CONDITION,
@@ -181,11 +186,14 @@ def parse_message(
     max_payload: int,
     known_clusters: Container[str] | None = None,
     owners: Ownership = DEFAULT_OWNERSHIP,
+    timeline: Callable[[float], float] | None = None,
 ) -> NodeEvent | Rejection:
     """Map one MQTT message to an event, or say why not. Never raises on any input.
 
     ``known_clusters=None`` accepts every well-formed cluster name (for tools and the lab).
     ``owners`` says which conditions MQTT may set (the agent's own, plus ``mqtt.conditions``).
+    ``timeline`` places the agent's wall-clock ``ts`` (checked against ``now``) on the
+    daemon's timeline (``Clock.from_wall``) for the event's ``at``; None keeps it as sent.
     """
     try:
         cluster, node, channel = _parse_topic(topic, prefix)
@@ -193,6 +201,8 @@ def parse_message(
             raise _Reject(UNKNOWN_CLUSTER, f"cluster {cluster!r} is not configured")
         doc = _decode(payload, max_payload)
         at = _timestamp(doc, now)
+        if timeline is not None:
+            at = timeline(at)
         return _to_event(cluster, node, channel, doc, at, owners)
     except _Reject as rej:
         return rej.rejection
@@ -208,6 +218,17 @@ def _normal_prefix(prefix: str) -> str:
 
 
 def _parse_topic(topic: str, prefix: str) -> tuple[str, str, str]:
+    known = _TOPICS.get(topic)
+    if known is not None and known[0] == prefix:
+        return known[1], known[2], known[3]
+    parsed = _check_topic(topic, prefix)
+    if len(_TOPICS) >= _TOPICS_MAX:
+        _TOPICS.clear()
+    _TOPICS[topic] = (prefix, *parsed)
+    return parsed
+
+
+def _check_topic(topic: str, prefix: str) -> tuple[str, str, str]:
     head = _normal_prefix(prefix) + "/"
     if not isinstance(topic, str) or not topic.startswith(head):
         raise _Reject(BAD_TOPIC, f"topic does not start with {head!r}")

@@ -47,6 +47,10 @@ def _reject_constant(name: str) -> Any:
     raise PayloadRejected("bad_json", f"contains {name}, which is not JSON")
 
 
+# One decoder for every payload: json.loads(text, parse_constant=...) builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_json_object(data: bytes, limit: int, *, what: str) -> dict[str, Any]:
     """``data`` as a JSON object, or :class:`PayloadRejected` with reason ``too_large``,
     ``bad_json`` or ``bad_schema``; ``what`` ("payload", "body") names it in messages."""
@@ -57,7 +61,7 @@ def decode_json_object(data: bytes, limit: int, *, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise PayloadRejected("bad_json", f"{what} is not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = _DECODER.decode(text)
     except PayloadRejected as exc:
         raise PayloadRejected(exc.reason, f"{what} {exc}") from None
     except ValueError as exc:  # JSONDecodeError, and over-long integer literals

@@ -20,10 +20,16 @@ server to buffer a large body:
    window is a replay -> 401 ``replayed``;
 5. the body is parsed -> 400/404/422, or accepted -> 200 with a JSON summary.
 
-Secrets are read on every request (``SecretRef``), so a rotated token file takes effect without
-a restart; if a secret cannot be read the request is answered 503 and the error logged.
+Secrets (``SecretRef``) are read once when the server is built and again on
+:meth:`WebhookServer.reload_secrets` (the daemon's SIGHUP reload), never per request: a rotated
+token file takes effect on ``systemctl reload healer``. If a secret cannot be read, requests are
+answered 503 and the error logged, and each request tries the read again until one succeeds (so
+restoring the file is enough).
 Every refused request and every refused alert is counted in ``healer_events_rejected_total``
-with ``source="webhook"``; every event passed on in ``healer_events_received_total``.
+with ``source="webhook"`` and logged (``webhook.rejected``, ``webhook.alert_rejected``); every
+event passed on is counted in ``healer_events_received_total``, and an accepted request is
+logged at debug level only (``webhook.received``): at INFO a flood of alerts would be a flood
+of log lines.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import math
 import resource
 import ssl
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol
 
 import structlog
@@ -71,6 +77,7 @@ TIMESTAMP_HEADER: Final = "X-Healer-Timestamp"
 SIGNATURE_HEADER: Final = "X-Healer-Signature"
 _CHUNK: Final = 65536
 _LOG_MAX: Final = 200
+_RECEIVED: Final = EVENTS_RECEIVED.labels(source=SOURCE)
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -173,16 +180,26 @@ def count_accepted(parsed: Parsed) -> None:
     left-out alerts as rejected. The server calls this for every accepted request."""
     for _, rejection in parsed.rejections:
         count_rejection(rejection)
-    EVENTS_RECEIVED.labels(source=SOURCE).inc(len(parsed.events) + len(parsed.blocks))
+    _RECEIVED.inc(len(parsed.events) + len(parsed.blocks))
 
 
-def check_bearer(header: str | None, token: str) -> bool:
+def check_bearer(header: str | None, token: str | bytes) -> bool:
+    """Whether ``Authorization: Bearer <token>`` carries ``token`` (compared in constant time)."""
     if not header:
         return False
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    expected = token.encode() if isinstance(token, str) else token
+    return hmac.compare_digest(given.strip().encode(), expected)
+
+
+@dataclass(frozen=True)
+class _Secrets:
+    """The webhook's credentials as last read: the bearer token (UTF-8) and the HMAC secret."""
+
+    token: bytes | None
+    hmac_secret: str | None
 
 
 class WebhookServer:
@@ -226,9 +243,30 @@ class WebhookServer:
             conditions=dict(config.conditions),
             blocking_alerts=frozenset(config.blocking_alerts),
         )
+        self._generic_conditions = frozenset(self._rules.conditions.values())
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self.addresses: list[tuple[str, int]] = []
+        self._secrets: _Secrets | None = None
+        self.reload_secrets()
+
+    def reload_secrets(self) -> bool:
+        """Read the token and the HMAC secret (``SecretRef``) again: called once when the server
+        is built and by the daemon on every reload (SIGHUP), so a rotated file takes effect
+        without a restart and no request pays for a file read. False (and logged) when one
+        cannot be read: requests are then answered 503 until a read succeeds."""
+        cfg = self._config
+        try:
+            token = cfg.token.reveal() if cfg.token is not None else None
+            secret = cfg.hmac_secret.reveal() if cfg.hmac_secret is not None else None
+        except ConfigError as exc:
+            self._secrets = None
+            log.error("webhook.secret_unavailable", error=str(exc))
+            return False
+        self._secrets = _Secrets(
+            token=token.encode() if token is not None else None, hmac_secret=secret
+        )
+        return True
 
     # -- applications ---------------------------------------------------------------------
 
@@ -346,6 +384,7 @@ class WebhookServer:
                 now=self._clock.now(),
                 max_body=self._config.max_body,
                 is_known_node=self._is_known_node,
+                timeline=self._clock.from_wall,  # startsAt is the sender's wall clock
             )
 
         return await self._ingest(request, "alertmanager", parse)
@@ -358,7 +397,7 @@ class WebhookServer:
                 now=self._clock.now(),
                 max_body=self._config.max_body,
                 is_known_node=self._is_known_node,
-                conditions=frozenset(self._rules.conditions.values()),
+                conditions=self._generic_conditions,
             )
 
         return await self._ingest(request, "generic", parse)
@@ -374,11 +413,10 @@ class WebhookServer:
                 kind,
                 Rejection(TOO_LARGE, f"body is {length} bytes; the limit is {cfg.max_body}"),
             )
-        try:
-            token = cfg.token.reveal() if cfg.token is not None else None
-            secret = cfg.hmac_secret.reveal() if cfg.hmac_secret is not None else None
-        except ConfigError as exc:
-            log.error("webhook.secret_unavailable", error=str(exc))
+        secrets = self._secrets
+        if secrets is None and self.reload_secrets():
+            secrets = self._secrets
+        if secrets is None:
             return web.json_response(
                 {
                     "error": "credentials_unavailable",
@@ -386,13 +424,13 @@ class WebhookServer:
                 },
                 status=503,
             )
+        token, secret = secrets.token, secrets.hmac_secret
         if token is not None and not check_bearer(request.headers.get("Authorization"), token):
             return self._refuse(
                 request, kind, Rejection(UNAUTHORIZED, "a valid bearer token is required")
             )
         try:
-            async with asyncio.timeout(cfg.body_timeout):
-                body = await _read_limited(request, cfg.max_body)
+            body = await _read_body(request, cfg.max_body, cfg.body_timeout)
         except TimeoutError:
             self.guard.shed_log.shed(BODY_TIMEOUT)
             return self._refuse(
@@ -451,11 +489,9 @@ class WebhookServer:
             blocked.append(
                 f"{change.cluster}/{change.alert}={'firing' if change.firing else 'resolved'}"
             )
-        for event in parsed.events:
-            # startsAt is the sender's wall clock: onto our timeline (healer/clock.py).
-            since = None if event.since is None else self._clock.from_wall(event.since)
-            await self._emit(replace(event, since=since))
-        log.info(
+        for event in parsed.events:  # each 'since' already on our timeline (the parser's)
+            await self._emit(event)
+        log.debug(
             "webhook.received",
             format=kind,
             events=len(parsed.events),
@@ -497,6 +533,18 @@ class WebhookServer:
             # connection is not kept for another request.
             resp.force_close()
         return resp
+
+
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes | None:
+    """The whole body, or None when it is longer than ``limit`` bytes; TimeoutError when it is
+    not all there within ``timeout`` seconds."""
+    content = request.content
+    if content.is_eof():
+        # All here already (a small body comes with its head): nothing to wait for.
+        body = content.read_nowait()
+        return body if len(body) <= limit else None
+    async with asyncio.timeout(timeout):
+        return await _read_limited(request, limit)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:

@@ -56,6 +56,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final
 
 from healer.config.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
@@ -146,7 +147,7 @@ class AlertRules:
     conditions: Mapping[str, str] = field(default_factory=dict)
     blocking_alerts: frozenset[str] = frozenset()
 
-    @property
+    @cached_property
     def owners(self) -> Ownership:
         """The webhook owns exactly the condition types its ``conditions`` map names."""
         return Ownership.of(webhook_conditions=self.conditions.values())
@@ -181,8 +182,13 @@ def parse_alertmanager(
     now: float,
     max_body: int,
     is_known_node: NodeFilter | None = None,
+    timeline: Callable[[float], float] | None = None,
 ) -> Parsed | Rejection:
-    """An Alertmanager (v4) notification -> events and block changes, or why not."""
+    """An Alertmanager (v4) notification -> events and block changes, or why not.
+
+    ``timeline`` places each event's ``since`` (the sender's wall-clock ``startsAt`` or
+    ``endsAt``) on the daemon's timeline (``Clock.from_wall``); None keeps it as sent. Block
+    changes keep the sender's time."""
     try:
         if path_cluster is not None:
             _check_cluster(path_cluster, known_clusters)
@@ -203,7 +209,9 @@ def parse_alertmanager(
                 BAD_SCHEMA, f"'alerts' has {len(alerts)} entries; the limit is {MAX_ALERTS}"
             )
         checked = [_alert(i, a, now) for i, a in enumerate(alerts)]
-        return _map_alerts(checked, path_cluster, rules, known_clusters, is_known_node, now)
+        return _map_alerts(
+            checked, path_cluster, rules, known_clusters, is_known_node, now, timeline
+        )
     except _Reject as rej:
         return rej.rejection
     except Exception as exc:
@@ -337,6 +345,7 @@ def _map_alerts(
     known_clusters: Container[str],
     is_known_node: NodeFilter | None,
     now: float,
+    timeline: Callable[[float], float] | None = None,
 ) -> Parsed:
     blocks: list[BlockChange] = []
     rejections: list[tuple[int, Rejection]] = []
@@ -428,7 +437,7 @@ def _map_alerts(
             source=SOURCE,
             condition=condition,
             status="True" if firing else "False",
-            since=since,
+            since=since if timeline is None else timeline(since),
             detail={"alert": name},
         )
         for (cluster, node, condition), (firing, since, name) in folded.items()

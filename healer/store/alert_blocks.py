@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
+from healer.telemetry.lazylog import get_logger
 
-log = structlog.get_logger("healer.store")
+log = get_logger("healer.store")  # structlog, imported when it first logs
 
 LEGACY_FILE: Final = "alert-blocks.json"
 IMPORTED_SUFFIX: Final = ".imported"

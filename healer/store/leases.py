@@ -17,13 +17,12 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import structlog
-
 from healer.errors import HealerError
 from healer.store.schema import POSTGRES
 from healer.store.sqlite import Connection, Store
+from healer.telemetry.lazylog import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)  # structlog, imported when it first logs
 
 Dialect = str  # healer.store.schema: SQLITE or POSTGRES
 

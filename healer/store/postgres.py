@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import structlog
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from healer.errors import StateError, StateUnwritable
 from healer.store import schema
@@ -47,6 +48,7 @@ CONNECT_TIMEOUT_S = 5
 # The advisory lock that serialises schema migration between replicas starting together.
 _MIGRATION_LOCK = 0x6865616C  # "heal"
 _PLACEHOLDER = re.compile(r"\?")
+_IN_TX = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 
 
 @functools.lru_cache(maxsize=512)
@@ -132,6 +134,26 @@ class _PgConnection:
                 raise
             raise problem from exc
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.connection().cursor() as cur:
+            cur.executemany(_translate(sql), rows)
+
+    def in_open_transaction(self) -> bool:
+        """Whether the connection is inside a transaction that can still commit (not broken,
+        not reopened since, no failed statement in it)."""
+        conn = self._conn
+        return (
+            conn is not None
+            and not conn.closed
+            and conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        )
+
+    def rollback(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed and conn.info.transaction_status in _IN_TX:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -163,6 +185,7 @@ class PostgresStore(Store):
         # database itself is named by :attr:`url`.
         self.path = state_dir / "healer.postgresql"
         self.writes = WriteHealth()
+        self._saved_nodes = {}
         self._pg = _PgConnection(url, password, self._unwritable)
         self._db: Connection = self._pg
         try:
@@ -217,24 +240,74 @@ class PostgresStore(Store):
         row = self._db.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
         return float(row[0])
 
+    # The PostgreSQL side of the transaction seam (Store._tx, Store.batch). A database that
+    # cannot be reached, is read-only (a standby) or full raises StateUnwritable (and opens an
+    # episode of :attr:`writes`); any other error goes up as it is.
+    _driver_error = psycopg.Error
+
+    def _problem(self, exc: Exception) -> StateUnwritable | None:
+        assert isinstance(exc, psycopg.Error)
+        return self._unwritable(exc)
+
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        """One write transaction, whole or not at all. A database that cannot be reached, is
-        read-only (a standby) or full raises :class:`~healer.errors.StateUnwritable` (and opens
-        an episode of :attr:`writes`); any other error goes up as it is."""
-        try:
+    def _own_tx(self) -> Iterator[Connection]:
+        with self._mapped():
             conn = self._pg.connection()
-            with conn.transaction():
-                self._pg.in_transaction = True
-                try:
-                    yield self._db
-                finally:
-                    self._pg.in_transaction = False
-        except psycopg.Error as exc:
-            problem = self._unwritable(exc)
-            if problem is None:
+            with conn.transaction(), self._statements():
+                yield self._db
+
+    @contextmanager
+    def _statements(self) -> Iterator[None]:
+        """Statements whose errors the transaction's handler maps (not the reading path)."""
+        self._pg.in_transaction = True
+        try:
+            yield
+        finally:
+            self._pg.in_transaction = False
+
+    def _begin(self) -> None:
+        with self._mapped():
+            self._pg.connection().execute("BEGIN")
+
+    def _commit(self) -> None:
+        with self._mapped():
+            if not self._pg.in_open_transaction():
+                # COMMIT on a connection opened again (or a failed transaction) would say
+                # nothing and keep nothing.
+                self._pg.rollback()
+                raise psycopg.OperationalError("the transaction of a batch of writes was lost")
+            try:
+                self._pg.connection().execute("COMMIT")
+            except BaseException:
+                self._pg.rollback()
                 raise
-            raise problem from exc
+
+    def _rollback(self) -> None:
+        self._pg.rollback()
+
+    def _tx_usable(self) -> bool:
+        return self._pg.in_open_transaction()
+
+    @contextmanager
+    def _nested(self, savepoint: bool) -> Iterator[Connection]:
+        with self._mapped():
+            conn = self._pg.connection()
+            if not savepoint:
+                with self._statements():
+                    yield self._db
+                return
+            with conn.transaction(), self._statements():  # a savepoint inside the batch's
+                yield self._db
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._pg.executemany(sql, rows)
+
+    def _lost(self) -> StateUnwritable:
+        problem = self._unwritable(
+            psycopg.OperationalError("the transaction of a batch of writes was lost")
+        )
+        assert problem is not None
+        return problem
 
     def _unwritable(self, exc: psycopg.Error) -> StateUnwritable | None:
         """The :class:`StateUnwritable` a failed statement means (an episode of :attr:`writes`
@@ -242,12 +315,7 @@ class PostgresStore(Store):
         kind = next((k for cls, k in _UNWRITABLE if isinstance(exc, cls)), None)
         if kind is None:
             return None
-        problem = StateUnwritable(
-            f"cannot use the state database {redacted(self.url)}: {exc} ({kind}); healer "
-            "decides nothing until it can write again, and retries by itself",
-            kind=kind,
-            path=redacted(self.url),
-        )
-        self.writes.failed(problem)
+        where = redacted(self.url)
+        problem = self._episode(f"cannot use the state database {where}: {exc}", kind, where)
         self._pg.discard_if_broken()
         return problem

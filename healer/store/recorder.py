@@ -21,7 +21,9 @@ the line by the logging set-up (:mod:`healer.telemetry.logs`); explicit values w
 While the state database takes no writes (a full disk, a read-only database:
 :mod:`healer.store.writable`) in the daemon, which retries, the row is held, in order, and written
 when it takes writes again; the line (marked ``audit="held"``) and the metric go out at once, and
-recording does not fail for that. In a command (nothing retries) the error goes up.
+recording does not fail for that. A row written inside a ``Store.batch`` that is then lost (its
+commit fails) is held by the store the same way (its line is not marked: it had gone out
+when the row was written). In a command (nothing retries) the error goes up.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import structlog
 from prometheus_client import Counter
 
 from healer.clock import Clock
 from healer.errors import StateUnwritable
 from healer.store.sqlite import Store
+from healer.telemetry.lazylog import get_logger
 
 Level = Literal["debug", "info", "warning", "error"]
 Evidence = dict[str, Any] | Sequence[Any]
@@ -57,7 +59,7 @@ class Recorder:
     ) -> None:
         self._store = store
         self._clock = clock
-        self._log: Any = log if log is not None else structlog.get_logger("healer.audit")
+        self._log: Any = log if log is not None else get_logger("healer.audit")
 
     def record(
         self,

@@ -10,11 +10,18 @@ few differences: for PostgreSQL ``INTEGER PRIMARY KEY AUTOINCREMENT``, ``REAL`` 
 there) and ``TEXT`` (compared byte by byte, as SQLite does, whatever the database's locale); and
 it keeps only this dialect's blocks opened by ``-- dialect: sqlite`` or ``-- dialect:
 postgresql`` (closed by ``-- dialect: all``), for what has no common form, such as triggers.
+
+A column is added by a line ``ALTER TABLE t ADD COLUMN IF NOT EXISTS c TYPE;`` (one statement
+on one line). PostgreSQL runs it only when the column is missing (ALTER TABLE would lock the
+table even when it is there); SQLite has no ``IF NOT EXISTS`` there, so its script leaves such
+lines out and the SQLite store adds each column missing after running the rest of that
+migration (:func:`added_columns`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -25,6 +32,7 @@ DIALECTS = (SQLITE, POSTGRES)
 
 _FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _MARKER = re.compile(r"^--\s*dialect:\s*(\w+)\s*$")
+_ADD_COLUMN = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) ([^;]+);$")
 _POSTGRES_TYPES = (
     (
         re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b"),
@@ -65,11 +73,10 @@ def version() -> int:
     return migrations()[-1].version
 
 
-def for_dialect(sql: str, dialect: str) -> str:
-    """``sql`` with the other dialect's blocks left out and the types mapped for ``dialect``."""
+def _kept(sql: str, dialect: str) -> Iterator[str]:
+    """The lines of ``sql`` outside the other dialect's blocks (markers left out)."""
     if dialect not in DIALECTS:
         raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {DIALECTS}")
-    kept: list[str] = []
     current = "all"
     for line in sql.splitlines():
         marker = _MARKER.match(line.strip())
@@ -79,11 +86,44 @@ def for_dialect(sql: str, dialect: str) -> str:
                 raise ValueError(f"unknown dialect block {current!r} in a migration")
             continue
         if current in ("all", dialect):
-            kept.append(line)
+            yield line
+
+
+def for_dialect(sql: str, dialect: str) -> str:
+    """``sql`` with the other dialect's blocks left out and the types mapped for ``dialect``."""
+    kept = [
+        line
+        for line in _kept(sql, dialect)
+        if not (dialect == SQLITE and _ADD_COLUMN.match(line.strip()))
+    ]
+    if dialect == POSTGRES:
+        kept = [_ADD_COLUMN.sub(_pg_add_column, line.strip()) for line in kept]
     out = "\n".join(kept) + "\n"
     if dialect == POSTGRES:
         for pattern, replacement in _POSTGRES_TYPES:
             out = pattern.sub(replacement, out)
+    return out
+
+
+def _pg_add_column(match: re.Match[str]) -> str:
+    # ALTER TABLE takes its lock (ACCESS EXCLUSIVE) even when IF NOT EXISTS finds the column:
+    # a store opening while another holds a transaction on the table would wait for it.
+    table, column, decl = match[1], match[2], match[3]
+    return (
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE"
+        f" table_schema = current_schema() AND table_name = '{table}' AND column_name ="
+        f" '{column}') THEN ALTER TABLE {table} ADD COLUMN {column} {decl}; END IF; END $$;"
+    )
+
+
+def added_columns(sql: str) -> list[tuple[str, str, str]]:
+    """(table, column, declaration) of each column a migration adds, in order (SQLite's part;
+    see the module docstring)."""
+    out: list[tuple[str, str, str]] = []
+    for line in _kept(sql, SQLITE):
+        match = _ADD_COLUMN.match(line.strip())
+        if match is not None:
+            out.append((match[1], match[2], match[3].strip()))
     return out
 
 

@@ -8,28 +8,30 @@ file: WAL mode, a busy timeout, short transactions. The audit table refuses UPDA
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
+import operator
 import os
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
-
-import structlog
 
 from healer.errors import StateError, StateUnwritable
 from healer.model import Health, NodeEvent, NodeObservation, Role, Verdict
 from healer.store import schema
 from healer.store.alert_blocks import LEGACY_FILE, Block, read_legacy, set_aside
-from healer.store.writable import PROBE_BYTES, WriteHealth, unwritable
+from healer.store.writable import IO_ERROR, PROBE_BYTES, WriteHealth, unwritable
+from healer.telemetry.lazylog import get_logger
 
-log = structlog.get_logger("healer.store")
+log = get_logger("healer.store")  # structlog, imported when it first logs
 
 DB_NAME = "healer.sqlite"
 # The newest migration in healer/store/migrations (healer.store.schema): a database of an older
@@ -319,6 +321,86 @@ class Connection(Protocol):
 # raising aborts the commit (the fence of healer run --replicas: docs/state-backends.md).
 FenceCheck = Callable[[Connection, str], None]
 
+# The fields of a node record kept in its JSON text: all but ``last_heartbeat``, which has its
+# own column (migration 004) so that a heartbeat writes one REAL and encodes nothing.
+_RECORD_FIELDS = tuple(f.name for f in fields(NodeObservation) if f.name != "last_heartbeat")
+_record_of = operator.attrgetter(*_RECORD_FIELDS)
+_DICT_FIELDS = tuple(_RECORD_FIELDS.index(name) for name in ("conditions", "labels"))
+
+
+def _record_json(obs: NodeObservation) -> str:
+    data = obs.to_json()
+    del data["last_heartbeat"]
+    return json.dumps(data)
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What the database holds of one node, as this store last wrote or read it: its record's
+    fields (values copied, so that no later change to the observation goes unnoticed), the
+    verdict columns and the heartbeat column."""
+
+    record: tuple[Any, ...]
+    verdict: tuple[str, str, str, float | None]
+    heartbeat: float | None
+
+
+def _saved(obs: NodeObservation, verdict: tuple[str, str, str, float | None]) -> _Saved:
+    record = list(_record_of(obs))
+    for i in _DICT_FIELDS:
+        record[i] = dict(record[i])
+    return _Saved(tuple(record), verdict, obs.last_heartbeat)
+
+
+def _verdict_columns(verdict: Verdict) -> tuple[str, str, str, float | None]:
+    return (str(verdict.health), verdict.reason, verdict.message, verdict.next_check_at)
+
+
+def _owner() -> object:
+    """Who writes: the asyncio task, or the thread outside a running loop."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return task if task is not None else threading.get_ident()
+
+
+@dataclass
+class _Batch:
+    """The open :meth:`Store.batch`: its owner, whether its transaction is begun (at its first
+    write), the error that lost it (rolled back; raised again), the node records it wrote
+    (their previous :class:`_Saved`, to forget if it does not commit) and the audit rows it
+    wrote (:meth:`Store.audit`'s keyword arguments, to hold if it does not commit)."""
+
+    owner: object
+    open: bool = False
+    problem: BaseException | None = None
+    undo: dict[tuple[str, str], _Saved | None] = field(default_factory=dict)
+    audits: list[dict[str, Any]] = field(default_factory=list)
+
+
+# The columns of an audit row, in the order Store.audit writes them (its keyword arguments too).
+_AUDIT_COLUMNS = (
+    "at",
+    "cluster",
+    "node",
+    "pool",
+    "workflow_id",
+    "event",
+    "reason",
+    "message",
+    "evidence",
+)
+_AUDIT_INSERT = f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+def _again(problem: BaseException) -> Exception:
+    """A fresh exception saying ``problem`` again (a lost batch, to each later write and its
+    end)."""
+    if isinstance(problem, StateUnwritable):
+        return StateUnwritable(str(problem), kind=problem.kind, path=problem.path)
+    return StateError(f"a batch of state writes was rolled back after an error: {problem!r}")
+
 
 class Store:
     """The state store: the storage interface of healer, and its SQLite backend.
@@ -335,11 +417,15 @@ class Store:
     dialect = schema.SQLITE
     _db: Connection
     _fence: FenceCheck | None = None
+    _batch: _Batch | None = None  # the open batch() (None: each write is its own transaction)
 
     def __init__(self, path: Path) -> None:
         self.path = path
         # Whether writes work (a full disk, a read-only database): healer.store.writable.
         self.writes = WriteHealth()
+        # What the database holds of each node this store wrote or read (save_node skips a
+        # record that did not change, and writes only the columns that did).
+        self._saved_nodes: dict[tuple[str, str], _Saved] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Created 0600 whatever the umask; SQLite gives its -wal and -shm files that mode.
@@ -365,7 +451,14 @@ class Store:
         # the idempotent workflow steps and a re-list of the API make good again.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._sqlite.executescript(_SCHEMA)
+        for migration in schema.migrations():
+            self._sqlite.executescript(schema.for_dialect(migration.sql, schema.SQLITE))
+            for table, column, decl in schema.added_columns(migration.sql):
+                # SQLite has no ADD COLUMN IF NOT EXISTS (healer.store.schema).
+                info = self._db.execute(f"PRAGMA table_info({table})").fetchall()
+                have = {r["name"] for r in info}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -467,29 +560,222 @@ class Store:
                 self._fence(db, cluster)
             yield db
 
+    # -- transactions and batches ----------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        """One write transaction, whole or not at all. A full disk, a read-only database or an
-        I/O error raises :class:`~healer.errors.StateUnwritable` (and opens an episode of
-        :attr:`writes`); any other error goes up as it is."""
+    def batch(self) -> Iterator[None]:
+        """Every write made inside the block (node records, audit rows, events, workflow rows...)
+        goes into ONE transaction, committed when the block ends: a drained batch of events
+        costs one commit, not one per write. Whole or not at all: a crash before the end
+        leaves the state of the last commit.
+
+        - A ``batch()`` inside a batch is a no-op: the outer one commits.
+        - Each write inside keeps its own whole-or-nothing: a write that fails is undone alone
+          (a savepoint) and the batch goes on. A write the database did not take
+          (:class:`~healer.errors.StateUnwritable`: a full disk, an I/O error, a broken
+          connection), or a failure that lost the transaction itself (any failed statement
+          of a write without a savepoint on PostgreSQL), rolls the batch back whole: that
+          write, every later write of the batch and the end of the block raise it again
+          (:class:`~healer.errors.StateError` for what is not StateUnwritable), so the caller
+          knows nothing of the batch was kept.
+        - An exception that leaves the block rolls the batch back.
+        - The audit rows of a batch lost to a database that takes no writes are not lost with
+          it: in a process that retries (:attr:`WriteHealth.retrying`, the daemon) they are
+          held, in order, and written when it takes writes again, as a row whose own write
+          failed (:mod:`healer.store.writable`). A commit whose outcome is unknown (the
+          connection dropped during COMMIT) holds them too: a row twice rather than none.
+        - The transaction begins at the first write. A write of another asyncio task (the
+          owner awaited inside the block) does not join it: the batch so far is committed,
+          that write runs in its own transaction, and the batch goes on in a new one.
+        """
+        if self._batch is not None:
+            yield
+            return
+        batch = self._batch = _Batch(_owner())
         try:
+            yield
+        except BaseException as exc:
+            self._batch = None
+            if batch.open:
+                self._rollback()
+                self._unsave(batch, exc)
+            raise
+        self._batch = None
+        if batch.problem is not None:
+            raise _again(batch.problem)
+        if batch.open:
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: _Batch) -> None:
+        batch.open = False
+        try:
+            self._commit()
+        except BaseException as exc:
+            self._unsave(batch, exc)  # whether it was kept is not known: written again
+            raise
+        batch.undo.clear()
+        batch.audits.clear()
+
+    def _unsave(self, batch: _Batch, problem: BaseException | None) -> None:
+        """Forget what ``batch`` wrote (not kept, or not known to be): its node records are
+        written whole next time; its audit rows, lost to a database that takes no writes
+        (``problem``), are held for when it does (see :meth:`batch`)."""
+        for key in batch.undo:
+            self._saved_nodes.pop(key, None)
+        batch.undo.clear()
+        rows, batch.audits = batch.audits, []
+        if isinstance(problem, StateUnwritable) and self.writes.retrying:
+            for row in rows:
+                self.writes.hold(row)
+
+    def _tx(self, *, savepoint: bool = True) -> contextlib.AbstractContextManager[Connection]:
+        """One write transaction, whole or not at all; inside a :meth:`batch` of this task, a
+        part of the batch's (under a savepoint: ``savepoint=False`` for a block whose failure
+        midway leaves nothing wrong). A full disk, a read-only database or an I/O error raises
+        :class:`~healer.errors.StateUnwritable` (and opens an episode of :attr:`writes`); any
+        other error goes up as it is."""
+        batch = self._batch
+        if batch is None:
+            return self._own_tx()
+        if batch.owner == _owner():
+            return self._in_batch(batch, savepoint=savepoint)
+        if batch.open:
+            self._split(batch)
+        return self._own_tx()
+
+    @contextmanager
+    def _in_batch(self, batch: _Batch, *, savepoint: bool) -> Iterator[Connection]:
+        if batch.problem is not None:
+            raise _again(batch.problem)
+        if batch.open and not self._tx_usable():
+            self._abandon(batch, self._lost())
+            raise _again(batch.problem)  # type: ignore[arg-type]
+        try:
+            if not batch.open:
+                self._begin()
+                batch.open = True
+            with self._nested(savepoint) as db:
+                yield db
+        except BaseException as exc:
+            # A write the database did not take loses the whole batch (simple to recover from:
+            # nothing of it was kept), as does any failure that lost the transaction.
+            if batch.open and (isinstance(exc, StateUnwritable) or not self._tx_usable()):
+                self._abandon(batch, exc)
+            raise
+
+    def _abandon(self, batch: _Batch, problem: BaseException) -> None:
+        """The batch's transaction is lost: roll back what is left of it."""
+        self._rollback()
+        batch.open = False
+        batch.problem = problem
+        self._unsave(batch, problem)
+
+    def _split(self, batch: _Batch) -> None:
+        """Commit the batch so far, for a write of another task (see :meth:`batch`)."""
+        try:
+            self._commit_batch(batch)
+        except Exception as exc:  # the batch's owner gets it, not this writer
+            batch.problem = exc
+
+    def _joined(self) -> _Batch | None:
+        """The batch the last write of this task went into (None: it committed on its own)."""
+        batch = self._batch
+        if batch is not None and batch.open and batch.owner == _owner():
+            return batch
+        return None
+
+    def _lost(self) -> StateUnwritable:
+        return self._episode(
+            f"the transaction of a batch of writes to {self.path} was lost", IO_ERROR, self.path
+        )
+
+    def _episode(self, what: str, kind: str, where: object) -> StateUnwritable:
+        """The :class:`StateUnwritable` of a write the database did not take, an episode of
+        :attr:`writes` opened (or kept open) by it."""
+        problem = StateUnwritable(
+            f"{what} ({kind}); healer decides nothing until it can write again, and retries by "
+            "itself",
+            kind=kind,
+            path=str(where),
+        )
+        self.writes.failed(problem)
+        return problem
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """A write the database did not take (a full disk, a read-only database, an I/O error,
+        an unreachable server) as :class:`StateUnwritable`; any other error as it is."""
+        try:
+            yield
+        except self._driver_error as exc:
+            problem = self._problem(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+
+    # The SQLite side of the seam: a PostgreSQL store overrides these.
+    _driver_error: type[Exception] = sqlite3.Error
+
+    def _problem(self, exc: Exception) -> StateUnwritable | None:
+        """The :class:`StateUnwritable` ``exc`` means (an episode opened), or None."""
+        assert isinstance(exc, sqlite3.Error)
+        problem = unwritable(exc, self.path)
+        if problem is not None:
+            self.writes.failed(problem)
+        return problem
+
+    @contextmanager
+    def _own_tx(self) -> Iterator[Connection]:
+        with self._mapped():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
-                # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR): a ROLLBACK
-                # then fails and must not hide the error that matters.
+                self._rollback()
+                raise
+
+    def _begin(self) -> None:
+        with self._mapped():
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        with self._mapped():
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR): a ROLLBACK then
+        # fails and must not hide the error that matters.
+        if self._sqlite.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _tx_usable(self) -> bool:
+        return self._sqlite.in_transaction
+
+    @contextmanager
+    def _nested(self, savepoint: bool) -> Iterator[Connection]:
+        """A write inside the open batch transaction."""
+        with self._mapped():
+            if not savepoint:
+                yield self._db
+                return
+            self._db.execute("SAVEPOINT healer_write")
+            try:
+                yield self._db
+            except BaseException:
                 if self._sqlite.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
+                        self._db.execute("ROLLBACK TO healer_write")
+                        self._db.execute("RELEASE healer_write")
                 raise
-        except sqlite3.Error as exc:
-            problem = unwritable(exc, self.path)
-            if problem is None:
-                raise
-            self.writes.failed(problem)
-            raise problem from exc
+            self._db.execute("RELEASE healer_write")
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._sqlite.executemany(sql, rows)
 
     def probe_write(self) -> None:
         """Write a scratch row of ``PROBE_BYTES`` and remove it: raises ``StateUnwritable`` while
@@ -505,47 +791,123 @@ class Store:
 
     # -- nodes ------------------------------------------------------------------------------
     def save_node(self, obs: NodeObservation, verdict: Verdict, now: float) -> None:
-        with self._tx() as db:
+        """Write the node's record and verdict; only what changed since this store last wrote
+        (or read) it: nothing when nothing did, the verdict columns when only the verdict did,
+        the heartbeat column when only ``last_heartbeat`` did (``updated_at`` is when the
+        record or the verdict last changed). The record's JSON is encoded only when it
+        changed."""
+        key = (obs.cluster, obs.node)
+        # Forgotten until written: a write that fails leaves it unknown (written whole next).
+        before = self._saved_nodes.pop(key, None)
+        columns = _verdict_columns(verdict)
+        if before is not None and before.record == _record_of(obs):
+            sets: list[str] = []
+            args: list[Any] = []
+            if before.verdict != columns:
+                sets.append("health=?, reason=?, message=?, next_check_at=?, updated_at=?")
+                args += [*columns, now]
+            if before.heartbeat != obs.last_heartbeat:
+                sets.append("last_heartbeat=?")
+                args.append(obs.last_heartbeat)
+            if not sets:
+                self._saved_nodes[key] = before
+                return
+            with self._tx(savepoint=False) as db:
+                found = db.execute(
+                    f"UPDATE nodes SET {', '.join(sets)} WHERE cluster=? AND node=?",
+                    (*args, *key),
+                ).rowcount
+            if found:
+                self._remember(key, _Saved(before.record, columns, obs.last_heartbeat), before)
+                return
+            # Removed behind this store's back (a CLI command): written whole below.
+        saved = _saved(obs, columns)
+        with self._tx(savepoint=False) as db:
             db.execute(
-                "INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (cluster, node) DO UPDATE"
-                " SET record=excluded.record, health=excluded.health, reason=excluded.reason,"
-                " message=excluded.message, next_check_at=excluded.next_check_at,"
-                " updated_at=excluded.updated_at",
-                (
-                    obs.cluster,
-                    obs.node,
-                    json.dumps(obs.to_json()),
-                    str(verdict.health),
-                    verdict.reason,
-                    verdict.message,
-                    verdict.next_check_at,
-                    now,
-                ),
+                "INSERT INTO nodes (cluster, node, record, health, reason, message,"
+                " next_check_at, updated_at, last_heartbeat) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (cluster, node) DO UPDATE SET record=excluded.record,"
+                " health=excluded.health, reason=excluded.reason, message=excluded.message,"
+                " next_check_at=excluded.next_check_at, updated_at=excluded.updated_at,"
+                " last_heartbeat=excluded.last_heartbeat",
+                (*key, _record_json(obs), *columns, now, obs.last_heartbeat),
             )
+        self._remember(key, saved, before)
+
+    def save_heartbeats(self, items: Iterable[tuple[str, str, float]]) -> None:
+        """Write the ``last_heartbeat`` of nodes whose only change is a newer heartbeat:
+        (cluster, node, last_heartbeat) each, one column each, in one transaction (or in the
+        open batch). A node with no row is skipped."""
+        rows: list[tuple[float, str, str]] = []
+        befores: list[_Saved | None] = []
+        for cluster, node, at in items:
+            before = self._saved_nodes.get((cluster, node))
+            if before is None or before.heartbeat != at:
+                rows.append((at, cluster, node))
+                befores.append(self._saved_nodes.pop((cluster, node), None))
+        if not rows:
+            return
+        with self._tx(savepoint=False):
+            self._executemany("UPDATE nodes SET last_heartbeat=? WHERE cluster=? AND node=?", rows)
+        for (at, cluster, node), before in zip(rows, befores, strict=True):
+            if before is not None:
+                self._remember((cluster, node), replace(before, heartbeat=at), before)
+
+    def _remember(self, key: tuple[str, str], saved: _Saved | None, before: _Saved | None) -> None:
+        """``saved`` is now what the database holds of ``key`` (None: no row), once the batch
+        the write went into commits."""
+        batch = self._joined()
+        if batch is not None:
+            batch.undo.setdefault(key, before)
+        if saved is None:
+            self._saved_nodes.pop(key, None)
+        else:
+            self._saved_nodes[key] = saved
 
     def forget_node(self, cluster: str, node: str) -> None:
-        with self._tx() as db:
+        with self._tx(savepoint=False) as db:
             db.execute("DELETE FROM nodes WHERE cluster=? AND node=?", (cluster, node))
+        key = (cluster, node)
+        self._remember(key, None, self._saved_nodes.get(key))
 
     def nodes(self, cluster: str | None = None) -> list[NodeRow]:
-        sql = "SELECT * FROM nodes" + (" WHERE cluster=?" if cluster else "") + " ORDER BY 1, 2"
-        rows = self._db.execute(sql, (cluster,) if cluster else ()).fetchall()
-        return [
-            NodeRow(
-                observation=NodeObservation.from_json(json.loads(r["record"])),
+        """The node records (of ``cluster``, or all), in (cluster, node) order. A record an
+        older healer wrote keeps ``last_heartbeat`` in its JSON (its column is NULL)."""
+        sql = (
+            "SELECT cluster, node, record, health, reason, message, next_check_at, updated_at,"
+            " last_heartbeat FROM nodes"
+            + (" WHERE cluster=?" if cluster else "")
+            + " ORDER BY 1, 2"
+        )
+        out: list[NodeRow] = []
+        for r in self._db.execute(sql, (cluster,) if cluster else ()).fetchall():
+            data = json.loads(r["record"])
+            if r["last_heartbeat"] is not None:
+                data["last_heartbeat"] = r["last_heartbeat"]
+            obs = NodeObservation.from_json(data)
+            row = NodeRow(
+                observation=obs,
                 health=Health(r["health"]),
                 reason=r["reason"],
                 message=r["message"],
                 next_check_at=r["next_check_at"],
                 updated_at=r["updated_at"],
             )
-            for r in rows
-        ]
+            if self._batch is None and (
+                r["last_heartbeat"] is not None or data.get("last_heartbeat") is None
+            ):
+                # What the row holds, column by column, committed (a legacy record's heartbeat
+                # is in its JSON: the record is written whole, heartbeat column and all, at its
+                # next save).
+                columns = (r["health"], r["reason"], r["message"], r["next_check_at"])
+                self._saved_nodes[(obs.cluster, obs.node)] = _saved(obs, columns)
+            out.append(row)
+        return out
 
     def record_event(self, event: NodeEvent) -> None:
         """Keep ``event`` for replay (``healer simulate --history``); trims the oldest rows
         past :data:`NODE_EVENTS_KEPT` now and then."""
-        with self._tx() as db:
+        with self._tx(savepoint=False) as db:
             seq = db.execute(
                 "INSERT INTO node_events (at, event) VALUES (?, ?) RETURNING seq",
                 (event.at, json.dumps(event.to_json(), default=str)),
@@ -695,22 +1057,17 @@ class Store:
         workflow_id: str | None = None,
         evidence: dict[str, Any] | Sequence[Any] | None = None,
     ) -> None:
-        with self._tx() as db:
+        """Append a row to the audit log (inside a :meth:`batch`: held if the batch is lost
+        to a database that takes no writes, see there)."""
+        row = (at, cluster, node, pool, workflow_id, event, reason, message, evidence)
+        with self._tx(savepoint=False) as db:  # one INSERT
             db.execute(
-                "INSERT INTO audit (at, cluster, node, pool, workflow_id, event, reason, message,"
-                " evidence) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    at,
-                    cluster,
-                    node,
-                    pool,
-                    workflow_id,
-                    event,
-                    reason,
-                    message,
-                    json.dumps(evidence if evidence is not None else {}, default=str),
-                ),
+                _AUDIT_INSERT,
+                (*row[:-1], json.dumps(evidence if evidence is not None else {}, default=str)),
             )
+        batch = self._joined()
+        if batch is not None:
+            batch.audits.append(dict(zip(_AUDIT_COLUMNS, row, strict=True)))
 
     def audit_log(
         self,
@@ -883,7 +1240,7 @@ class Store:
 
     # -- meta: small facts the daemon publishes for the CLI (e.g. its status line) ---------
     def set_meta(self, key: str, value: Any) -> None:
-        with self._tx() as db:
+        with self._tx(savepoint=False) as db:
             db.execute(
                 "INSERT INTO meta VALUES (?,?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                 (key, json.dumps(value)),

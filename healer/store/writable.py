@@ -9,7 +9,8 @@ above catch, and tells :class:`WriteHealth`. From that write on, an *episode* is
 * the planner decides nothing for any cluster (``StateUnwritable``), as for an unreachable API;
   the daemon's /healthz answers 503 with the reason;
 * the audit rows recorded meanwhile are held here, in order and bounded, and written when the
-  database takes writes again (``Recorder``): the line and the metric go out at once. Only in a
+  database takes writes again (``Recorder``): the line and the metric go out at once; so are
+  those of a batch of writes lost whole (``Store.batch``: written, then not committed). Only in a
   process that retries (:attr:`WriteHealth.retrying`, the daemon): a command's row would be lost
   with its process, so there the error goes up;
 * :func:`keep_trying` probes with a write of :data:`PROBE_BYTES` on a backoff policy of the
@@ -21,20 +22,23 @@ may pass while larger ones fail, and decisions thaw only once there is room to w
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
-from healer.backoff import call, retrying
-from healer.clock import Clock
 from healer.errors import StateUnwritable
-from healer.telemetry import metrics
+from healer.telemetry.lazylog import get_logger
 
-log = structlog.get_logger("healer.store")
+if TYPE_CHECKING:
+    import asyncio
+
+    from healer.clock import Clock
+
+# asyncio, the retry policies and the metrics are imported when an episode needs them: every
+# command that reads the state builds a WriteHealth, and `healer status` must start fast.
+
+log = get_logger("healer.store")  # structlog, imported when it first logs
 
 DISK_FULL = "DiskFull"
 READ_ONLY = "ReadOnly"
@@ -85,21 +89,33 @@ class WriteHealth:
         self.failed_writes = 0  # in the current episode
         self._held: list[dict[str, Any]] = []
         self._dropped = 0
-        self._down = asyncio.Event()
-        self._up = asyncio.Event()
-        self._up.set()
-        metrics.STATE_WRITABLE.set(1)
+        # Made on first wait (asyncio.Event binds no loop at creation); set per self.problem.
+        self._events: tuple[asyncio.Event, asyncio.Event] | None = None
+        # healer_state_writable starts at 1 (healer.telemetry.metrics): a gauge set here would
+        # import prometheus_client into every command.
+
+    def _down_up(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """The events "a write failed" and "writes work", in the state of :attr:`problem`."""
+        if self._events is None:
+            import asyncio
+
+            self._events = (asyncio.Event(), asyncio.Event())
+            self._events[0 if self.problem is not None else 1].set()
+        return self._events
 
     def failed(self, problem: StateUnwritable) -> None:
         """A write failed: counted every time, logged once per episode."""
+        from healer.telemetry import metrics
+
         metrics.STATE_WRITE_FAILURES.labels(problem.kind).inc()
         self.failed_writes += 1
         if self.problem is not None:
             return
         self.problem = problem
         metrics.STATE_WRITABLE.set(0)
-        self._up.clear()
-        self._down.set()
+        if self._events is not None:
+            self._events[1].clear()
+            self._events[0].set()
         log.error(
             "state.unwritable",
             reason=STATE_UNWRITABLE,
@@ -117,6 +133,8 @@ class WriteHealth:
 
     def recovered(self) -> tuple[list[dict[str, Any]], int]:
         """Close the episode: the held rows to write, in order, and how many were dropped."""
+        from healer.telemetry import metrics
+
         held, dropped = self._held, self._dropped
         self._held, self._dropped = [], 0
         if self.problem is not None:
@@ -132,20 +150,21 @@ class WriteHealth:
         self.problem = None
         self.failed_writes = 0
         metrics.STATE_WRITABLE.set(1)
-        self._down.clear()
-        self._up.set()
+        if self._events is not None:
+            self._events[0].clear()
+            self._events[1].set()
         return held, dropped
 
     async def wait_unwritable(self) -> StateUnwritable:
         """Until a write fails (at once when one has): the problem."""
         while self.problem is None:
-            await self._down.wait()
+            await self._down_up()[0].wait()
         return self.problem
 
     async def wait_writable(self) -> None:
         """Until the database takes writes (at once when it does)."""
         while self.problem is not None:
-            await self._up.wait()
+            await self._down_up()[1].wait()
 
 
 OnChange = Callable[[StateUnwritable | None], Awaitable[None]]
@@ -209,6 +228,8 @@ async def keep_trying(
     """Runs until cancelled: when a write fails, tell ``on_change(problem)``, probe on a capped
     exponential backoff (``first`` .. ``cap`` seconds on ``clock``) until a probe works, then
     tell ``on_change(None)``."""
+    from healer.backoff import call, retrying
+
     store.writes.retrying = True
 
     async def probe() -> None:

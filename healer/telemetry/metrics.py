@@ -114,6 +114,7 @@ STATE_WRITABLE: Final = Gauge(
     "I/O error) until a probe write works again: decisions are frozen meanwhile.",
     registry=REGISTRY,
 )
+STATE_WRITABLE.set(1)  # until a write fails (healer.store.writable)
 STATE_WRITE_FAILURES: Final = Counter(
     "healer_state_write_failures",
     "Writes to the state database that failed, by kind (DiskFull, ReadOnly, IOError).",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NoReturn
 
 import structlog
@@ -30,10 +30,10 @@ async def serve_until_cancelled(
         await stop()
 
 
-def set_node_gauges(cluster: str, healths: list[Health]) -> None:
+def set_node_gauges(cluster: str, counts: Mapping[Health, int]) -> None:
     """Every health state gets a value (zeros included) so dashboards see the series."""
     for state in Health:
-        metrics.NODES.labels(cluster, str(state)).set(sum(1 for h in healths if h is state))
+        metrics.NODES.labels(cluster, str(state)).set(counts.get(state, 0))
 
 
 class MetricsServer:

@@ -10,12 +10,21 @@ this package; production code reaches it by name through the registry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from healer.cloud.resources import Capabilities
 
-__all__ = ["CAPABILITIES"]
+__all__ = ["CAPABILITIES", "capabilities_for"]
 
 CAPABILITIES = Capabilities.builds_all(
     "lab",
     subnet_location_required=False,
     notes=("the lab cloud records networks, firewalls and load balancers; nothing is enforced",),
 )
+
+
+def capabilities_for(options: Mapping[str, Any]) -> Capabilities:
+    """The ``lab`` plugin's capabilities, whatever its options: its ``healer.capabilities`` entry
+    point (pyproject.toml), read by ``healer validate`` without importing the driver."""
+    return CAPABILITIES

@@ -28,7 +28,7 @@ from healer.cloud.resources import Capabilities
 from healer.config import SecretRef
 from healer.errors import ConfigError, ProviderError
 from providers.driver_provider import DriverProvider
-from providers.lab import CAPABILITIES
+from providers.lab import capabilities_for
 from providers.lab.dialect import LabDialect
 from providers.lab.driver import DB_FILENAME, LabNodeDriver
 from providers.lab.infra_backend import LabInfraBackend
@@ -70,7 +70,7 @@ class LabProvider(DriverProvider):
     @classmethod
     def capabilities_for(cls, options: Mapping[str, Any]) -> Capabilities:
         """What the plugin builds, known without a call: everything, recorded in the lab."""
-        return CAPABILITIES
+        return capabilities_for(options)
 
     # -- optional capabilities ----------------------------------------------------------------
 
