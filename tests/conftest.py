@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.plugins.kube",
     "tests.plugins.ec2",
     "tests.plugins.store",
+    "tests.plugins.xdist",
     "tests.realkube",
     "tests.postgres",
 ]

@@ -25,13 +25,13 @@ from healer.etcd import DirectEndpoints, EtcdClient, EtcdTls
 from healer.lab.etcd import (
     EtcdProcess,
     etcd_binary,
-    free_port,
     join_member,
     wait_healthy,
     write_member_tls,
 )
 from healer.provisioning.etcd_access import issue_etcd_cert
 from healer.provisioning.pki import CertKey
+from tests.ports import free_port
 
 # The members the fixture starts with, named as kubeadm names them: after their nodes.
 MEMBERS = ("cp-1", "cp-2", "cp-3")

@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 USER = "healer"
 PASSWORD = "test-password"
@@ -39,12 +40,6 @@ def postgres_bindir() -> Path | None:
         if (d / "initdb").is_file() and (d / "postgres").is_file() and d.parent.name.isdigit():
             found.append((int(d.parent.name), d))
     return max(found)[1] if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class PostgresServer:
         self.root.chmod(0o755)
         self.run_as.chown(self.root)
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.fsync = fsync
         self.proc: subprocess.Popen[bytes] | None = None
         self._names = itertools.count(1)

@@ -32,7 +32,6 @@ import lzma
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -47,6 +46,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS_ENV = "HEALER_KUBE_ASSETS"
@@ -71,6 +72,9 @@ PODGC_QUARANTINE = 40.0
 TOKEN = "healer-test-admin-token"  # loopback-only control plane, started and killed by the tests
 TEST_LABEL = "healer.io/test"  # on every namespace and cluster-scoped object a test makes
 START_TIMEOUT = 60.0
+# The "real" parameter of a fixture that asks for the control plane at run time
+# (``request.getfixturevalue``), marked so tests/plugins/xdist.py can tell which tests start one.
+REAL = pytest.param("real", marks=pytest.mark.realkube)
 
 
 def assets_dir() -> Path:
@@ -122,12 +126,6 @@ def _die_with_parent() -> None:
     outlives a killed test run (Linux prctl PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- certificates ----------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def _healer(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("cli-package")  # one worker builds the wheel (``installed``) for both
 def test_the_sdist_and_the_wheel_carry_the_shared_files(installed: tuple[Path, Path, Path]) -> None:
     sdist, wheel, _ = installed
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
@@ -155,6 +156,7 @@ def test_the_sdist_and_the_wheel_carry_the_shared_files(installed: tuple[Path, P
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("cli-package")
 def test_the_installed_wheel_validates_its_examples_and_runs_the_lab(
     installed: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from healer.provisioning.cluster_policy import (
     plan_rbac,
     reconcile_cluster_policy,
 )
+from tests import realkube
 from tests.provisioning_support import cluster
 
 E, A, W = (f"pod-security.kubernetes.io/{m}" for m in ("enforce", "audit", "warn"))
@@ -232,7 +233,7 @@ def policy_cluster() -> ClusterConfig:
     )
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", realkube.REAL])
 def cluster_api(
     request: pytest.FixtureRequest, fake_api: FakeApiServer, kube: KubeClient
 ) -> Iterator[tuple[Any, KubeClient]]:

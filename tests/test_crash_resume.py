@@ -29,6 +29,7 @@ from healer.workflow.runner import STEPS
 from tests.helpers import fast_lab_config, start_healer_run, until
 from tests.plugins.store import Backend
 from tests.realkube import RealKube
+from tests.sweep import sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -72,8 +73,13 @@ async def spawn(
     return await start_healer_run(config, state, log, env=env)
 
 
-@pytest.mark.parametrize("when", ["before", "after"])
-@pytest.mark.parametrize("step", STEPS)
+# Every step, before and after, on both backends in `make test-full`; each step once in `make
+# test`, the four (when, backend) pairs taking turns (tests/sweep.py).
+@pytest.mark.parametrize(
+    ("step", "when", "state_backend"),
+    sweep(STEPS, ["before", "after"], ["sqlite", "postgresql"]),
+    indirect=["state_backend"],
+)
 async def test_sigkill_at_each_step_then_resume(
     lab: tuple[LabHarness, Path], step: str, when: str, state_backend: Backend
 ) -> None:

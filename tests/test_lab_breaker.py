@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lab_scenarios import run_scenario
+from tests.test_lab_scenarios import lab_config, run_scenario
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_bad_upgrade_wave_stops_at_the_configured_count(tmp_path: Path) -> None:
-    report, output = run_scenario("bad-upgrade-wave", tmp_path)
+    # Each failed reboot is detected at rebootTimeout: 6 s here (the lab's is 12 s).
+    config = lab_config(tmp_path, health={"rebootTimeout": "6s"})
+    report, output = run_scenario("bad-upgrade-wave", tmp_path, config=config)
     assert report["ok"], output[-6000:]
     limit = report["max_reboot_failures"]
     assert limit == 2  # config/lab.yaml leaves it at the default

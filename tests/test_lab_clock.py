@@ -30,7 +30,7 @@ from healer.provisioning.userdata import render_user_data
 from healer.store.sqlite import Store
 from tests.helpers import fast_lab_config
 from tests.plugins.kube import wait_for
-from tests.test_lab_scenarios import run_scenario, seconds
+from tests.test_lab_scenarios import lab_config, ready_timeouts, run_scenario, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,9 @@ WATCH = 4.0  # past lease grace + threshold + rechecks
 
 
 def test_clock_jump_scenario(tmp_path: Path) -> None:
-    report, output = run_scenario("clock-jump", tmp_path)
+    # Ready timeouts of 2 s (the lab's are 5 s): each phase waits on one, judged by the report's.
+    config = lab_config(tmp_path, health=ready_timeouts("2s"))
+    report, output = run_scenario("clock-jump", tmp_path, config=config)
     assert report["ok"], output[-6000:]
     assert all(report["expectations"].values()), report["expectations"]
     assert [s["seconds"] for s in report["clock_steps"]] == [HOUR, -HOUR, HOUR, -HOUR, -HOUR]

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lab_scenarios import run_scenario
+from tests.test_lab_scenarios import lab_config, ready_timeouts, run_scenario
 
 pytestmark = pytest.mark.slow
+
+
+def fast_config(tmp_path: Path) -> Path:
+    """Ready timeouts of 2 s (the lab's: 5 s): the crash is detected after them."""
+    return lab_config(tmp_path, health=ready_timeouts("2s"))
 
 
 def test_forged_ready_is_rejected_and_nothing_is_remediated(tmp_path: Path) -> None:
@@ -28,7 +33,7 @@ def test_forged_ready_is_rejected_and_nothing_is_remediated(tmp_path: Path) -> N
 
 
 def test_forged_ready_true_does_not_hide_a_crashed_node(tmp_path: Path) -> None:
-    report, output = run_scenario("forged-ready-crash", tmp_path)
+    report, output = run_scenario("forged-ready-crash", tmp_path, config=fast_config(tmp_path))
     assert report["ok"], output[-6000:]
     [rem] = report["remediations"]
     assert rem["result"] == "succeeded"

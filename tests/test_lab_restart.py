@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from libcloud.compute.base import Node
 
-from healer.cli.lab import LAB_CONFIG
 from healer.config import load_config
 from healer.lab.harness import LabHarness, LabTimings
 from healer.lab.main import ResetRefused, reset_state, running_lab
 from healer.model import TAG_CLUSTER, TAG_POOL
 from tests.helpers import until
+from tests.test_lab_scenarios import lab_config, ready_timeouts
 
 FAST = LabTimings(lease_grace=1.0, monitor_period=0.1, renew_interval=0.25, boot_delay=0.1)
 
@@ -46,9 +46,11 @@ def running(harness: LabHarness, pool: str) -> set[str]:
 async def test_a_saved_lab_with_an_unhealed_crash_starts_and_the_daemon_heals_it(
     tmp_path: Path,
 ) -> None:
-    config = load_config(LAB_CONFIG)
+    # The lab's config with second-scale Ready timeouts, so the second run heals in seconds.
+    config = load_config(lab_config(tmp_path, health=ready_timeouts("1s")))
     state = tmp_path / "lab-state"
-    # The first run: the lab starts, a worker crashes, the lab quits before it is replaced.
+    # The first run: the lab starts, a worker crashes, the lab quits before it is replaced (the
+    # lab's own lease grace: seconds before the crash could even be seen).
     async with running_lab(config, state) as (harness, _, _):
         workers = running(harness, "workers")
         assert len(workers) == 5
@@ -58,7 +60,7 @@ async def test_a_saved_lab_with_an_unhealed_crash_starts_and_the_daemon_heals_it
 
     # The second run starts on that state (it timed out here before the fix) ...
     started = time.monotonic()
-    async with running_lab(config, state) as (harness, _, _):
+    async with running_lab(config, state, timings=FAST) as (harness, _, _):
         assert time.monotonic() - started < 30
         assert victim not in harness.kubelets  # a machine that is off runs no kubelet
         assert await harness.ready_nodes() >= running(harness, "workers") - {victim}

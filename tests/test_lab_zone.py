@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lab_scenarios import run_scenario
+from tests.test_lab_scenarios import lab_config, ready_timeouts, run_scenario
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_zone_outage_is_refused_as_a_whole(tmp_path: Path) -> None:
-    report, output = run_scenario("zone-outage", tmp_path)
+    # Ready=Unknown after 2 s (the lab's: 5 s): the outage is watched past it, then healed.
+    config = lab_config(tmp_path, health=ready_timeouts("2s"))
+    report, output = run_scenario("zone-outage", tmp_path, config=config)
     assert report["ok"], output[-6000:]
     zone = report["zone"]
     cut = {i["node"] for i in report["injected"]}

@@ -31,6 +31,7 @@ from healer.provisioning.kubeadm.machine import KEYS_READY, KUBEADM_CONFIG, Kube
 from healer.provisioning.machinefiles import MachineFile
 from healer.provisioning.sshkeys import ensure_ssh_key
 from healer.provisioning.userdata import unattended_upgrades_conf
+from tests.ports import free_port
 from tests.provisioning_support import SSHD, kube_cluster, require_program, sshd_host_key
 
 MANIFEST = """\
@@ -56,19 +57,13 @@ def _machine(name: str, address: str = "127.0.0.1") -> Machine:
 # -- a real sshd on loopback --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Sshd:
     def __init__(self, tmp: Path, authorized: str, host_key: Path) -> None:
         require_program(SSHD, "openssh-server")
         if os.geteuid() != 0:
             pytest.skip("a loopback sshd that logs in as the test's user needs root (as in CI)")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         (tmp / "authorized_keys").write_text(authorized + "\n")
         config = tmp / "sshd_config"
         config.write_text(

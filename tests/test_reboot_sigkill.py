@@ -20,6 +20,7 @@ from healer.model import Role
 from healer.store.sqlite import Store
 from healer.workflow.reboot import STEPS
 from tests.helpers import fast_lab_config, start_healer_run, until, write_lab_config
+from tests.sweep import sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -66,7 +67,9 @@ async def agent(harness: LabHarness, node: str, tag: str, rebooted: list[float])
         await asyncio.sleep(0.3)
 
 
-CASES = [(step, when) for step in STEPS for when in ("before", "after")]
+# Every step before and after in `make test-full`; each step once in `make test`, before and
+# after taking turns (tests/sweep.py).
+CASES = sweep(STEPS, ["before", "after"])
 
 
 @pytest.mark.parametrize(("step", "when"), CASES)

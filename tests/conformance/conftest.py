@@ -225,7 +225,7 @@ class Target:
         return dict(body)
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", realkube.REAL])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 MOSQUITTO_USER = "healer"
 MOSQUITTO_PASSWORD = "s3cret-test-password"
 
@@ -40,12 +42,6 @@ def mosquitto_binary() -> str | None:
         return found
     # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
     return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
