@@ -104,6 +104,37 @@ def apply_event(
     return replace(obs, **changes)
 
 
+def restates(previous: NodeObservation, event: NodeEvent, owners: Ownership) -> bool:
+    """Whether ``event`` only states again what ``previous`` holds: a condition its source owns,
+    with the status the node has now (an alert sent again, a condition restated), and nothing
+    that moves with it (``Ready=True`` of a node ever ready with no reboot under way). Folding
+    it changes only the evidence: ``apply_event`` gives :func:`with_evidence` of it."""
+    if event.kind is not EventKind.CONDITION or not event.condition or not event.status:
+        return False
+    current = previous.conditions.get(event.condition)
+    if current is None or current.status != event.status:
+        return False
+    if (
+        event.condition == "Ready"
+        and event.status == "True"
+        and (not previous.ever_ready or previous.reboot_started_at is not None)
+    ):
+        return False
+    return owners.may_set(event.source, event.condition)
+
+
+def with_evidence(obs: NodeObservation, event: NodeEvent) -> NodeObservation:
+    """``obs`` with ``event`` added to its evidence (``recent``), nothing else changed.
+
+    A shallow copy of its fields rather than ``dataclasses.replace`` (which runs every field
+    through ``__init__`` again): this is once per repeated alert, and the record has no
+    ``__post_init__`` to run."""
+    copy = object.__new__(NodeObservation)
+    copy.__dict__.update(obs.__dict__)
+    object.__setattr__(copy, "recent", (*obs.recent, event.evidence())[-EVIDENCE_KEPT:])
+    return copy
+
+
 def _condition(
     obs: NodeObservation,
     changes: dict[str, Any],

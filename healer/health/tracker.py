@@ -40,7 +40,7 @@ from healer.clock import Clock, DeadlineQueue
 from healer.config import ClusterConfig, EffectiveHealth, HealerConfig
 from healer.config.provenance import ownership_of
 from healer.errors import StateUnwritable
-from healer.health.observe import apply_event
+from healer.health.observe import apply_event, restates, with_evidence
 from healer.health.verdict import evaluate
 from healer.model import EventKind, Health, NodeEvent, NodeKey, NodeObservation, Role, Verdict
 from healer.store.recorder import Recorder
@@ -353,26 +353,30 @@ class HealthTracker:
                 source=event.source,
                 owner=owners.owner(event.condition),
             )
-        obs = apply_event(
-            previous,
-            event,
-            exclude_label=cluster.remediation.exclude_label,
-            pool_roles=self._pool_roles[cluster.name],
-            owners=owners,
-        )
+        heartbeat = event.kind is EventKind.HEARTBEAT
+        if previous is not None and restates(previous, event, owners):
+            # The hot path of a flood of alerts sent again: only the evidence moves.
+            obs, quiet = with_evidence(previous, event), True
+        else:
+            obs = apply_event(
+                previous,
+                event,
+                exclude_label=cluster.remediation.exclude_label,
+                pool_roles=self._pool_roles[cluster.name],
+                owners=owners,
+            )
+            # A repeat (a label set restated...) may change only the evidence too.
+            quiet = (
+                not heartbeat
+                and previous is not None
+                and obs.with_(recent=previous.recent, last_heartbeat=previous.last_heartbeat)
+                == previous
+            )
         listed = self._listing.get(event.cluster)
         first = event.kind is EventKind.NODE_ADDED and (previous is None or not previous.exists)
         if first:
             obs = self._first_sight(obs, in_list=listed is not None)
         self._put_obs(key, obs)
-        heartbeat = event.kind is EventKind.HEARTBEAT
-        # A repeat (an alert sent again, a condition restated) changes only the evidence.
-        quiet = (
-            not heartbeat
-            and previous is not None
-            and obs.with_(recent=previous.recent, last_heartbeat=previous.last_heartbeat)
-            == previous
-        )
         if not heartbeat and (key not in self._kept or not quiet):
             self._keep(event)
         if listed is not None:

@@ -56,7 +56,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Final
 
 from healer.config.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
@@ -295,8 +295,10 @@ def strip_port(value: str) -> str:
 # --- internals -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Alert:
+    """One checked alert (internal, never changed after ``_alert``: not frozen, for speed)."""
+
     index: int
     name: str
     firing: bool
@@ -473,18 +475,31 @@ def _time(raw: Mapping[str, Any], key: str, where: str) -> float | None:
     value = raw.get(key)
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+    if not isinstance(value, str):
         raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is not an RFC 3339 time")
+    try:
+        return _instant(value)
+    except ValueError as exc:
+        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} {exc}") from None
+
+
+@lru_cache(maxsize=4096)
+def _instant(value: str) -> float | None:
+    """An RFC 3339 time -> Unix seconds (None for Go's zero time); ValueError saying what is
+    wrong with it. Cached: Alertmanager sends the same ``startsAt`` again with every repeat of
+    a firing alert (a refused value is not cached, it is checked again)."""
+    if _RFC3339.fullmatch(value) is None:
+        raise ValueError("is not an RFC 3339 time")
     try:
         parsed = dt.datetime.fromisoformat(value.upper())
     except ValueError:
-        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is not a valid date") from None
+        raise ValueError("is not a valid date") from None
     if parsed.year <= _GO_ZERO_YEAR:
         return None
     try:
         return parsed.timestamp()
     except (OverflowError, ValueError):
-        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is out of range") from None
+        raise ValueError("is out of range") from None
 
 
 def _str_field(doc: Mapping[str, Any], key: str) -> str:
