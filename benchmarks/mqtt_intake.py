@@ -42,6 +42,8 @@ from benchmarks.harness import (
 
 HEALER_PREFIX = "bench/h"
 BARE_PREFIX = "bench/b"  # the same length: both streams are the same bytes but these
+# aiomqtt's default protocol, MQTT 3.1.1: no properties to decode, the cheapest subscriber.
+BARE311_PREFIX = "bench/c"
 RECEIVE_MAXIMUM = 100  # what healer's MQTT 5 session asks for; the bare one asks the same
 
 
@@ -95,7 +97,7 @@ def _publisher(args: argparse.Namespace) -> None:
         (prefix, r): stream(
             prefix, args.cluster, nodes, args.per_node, nodes[r], ts + r * args.per_node
         )
-        for prefix in (HEALER_PREFIX, BARE_PREFIX)
+        for prefix in (HEALER_PREFIX, BARE_PREFIX, BARE311_PREFIX)
         for r in range(args.rounds)
     }
     messages = args.nodes * args.per_node + 1
@@ -132,21 +134,23 @@ def _publisher(args: argparse.Namespace) -> None:
 
 
 async def _bare(args: argparse.Namespace) -> None:
-    """A bare aiomqtt subscriber: MQTT 5, QoS 1, parses each payload, nothing else."""
+    """A bare aiomqtt subscriber: QoS 1, parses each payload, nothing else. MQTT 5 with
+    healer's receive maximum (``--protocol 5``), or aiomqtt's default, MQTT 3.1.1."""
     import aiomqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    props = Properties(PacketTypes.CONNECT)
-    props.ReceiveMaximum = RECEIVE_MAXIMUM
+    if args.protocol == "5":
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        options: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V5, "properties": props}
+        prefix = BARE_PREFIX
+    else:
+        options, prefix = {}, BARE311_PREFIX
     async with aiomqtt.Client(
-        "127.0.0.1",
-        args.port,
-        identifier="bench-bare",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        properties=props,
+        "127.0.0.1", args.port, identifier=f"bench-bare-{args.protocol}", **options
     ) as client:
-        await client.subscribe(f"{BARE_PREFIX}/+/+/+", qos=1)
+        await client.subscribe(f"{prefix}/+/+/+", qos=1)
         print(json.dumps({"ready": True}), flush=True)
         count = 0
         async for message in client.messages:
@@ -232,18 +236,34 @@ def measure(
                 stdin=True,
             )
         )
-        bare = own.add(helper("mqtt_intake", "bare", "--port", port, log=workdir / "bare.log"))
+        bares = {
+            protocol: own.add(
+                helper(
+                    "mqtt_intake",
+                    "bare",
+                    "--port",
+                    port,
+                    "--protocol",
+                    protocol,
+                    log=workdir / f"bare-{protocol}.log",
+                )
+            )
+            for protocol in ("5", "3.1.1")
+        }
+        prefixes = {"5": BARE_PREFIX, "3.1.1": BARE311_PREFIX}
         healer_rates: list[float] = []
-        bare_rates: list[float] = []
+        bare_rates: dict[str, list[float]] = {p: [] for p in bares}
         healer_cpu: list[float] = []
-        bare_cpu: list[float] = []
+        bare_cpu: dict[str, list[float]] = {p: [] for p in bares}
         messages = pub.read()["messages"]
-        bare.read()
+        for bare in bares.values():
+            bare.read()
         daemon.start_loaded(nodes, timeout)
         time.sleep(1.0)
         for r in range(rounds):
-            # Interleaved, and which goes first alternates.
-            order = ("healer", "bare") if r % 2 == 0 else ("bare", "healer")
+            # Interleaved, and which goes first turns round.
+            turn = ["healer", "5", "3.1.1"]
+            order = turn[r % 3 :] + turn[: r % 3]
             for who in order:
                 if who == "healer":
                     cpu0 = cpu_seconds(daemon.pid)
@@ -255,42 +275,51 @@ def measure(
                     healer_cpu.append((cpu_seconds(daemon.pid) - cpu0) / messages * 1e6)
                     healer_rates.append(messages / (end - sent["start"]))
                 else:
+                    bare = bares[who]
                     cpu0 = cpu_seconds(bare.pid)
-                    pub.send({"prefix": BARE_PREFIX, "round": r})
+                    pub.send({"prefix": prefixes[who], "round": r})
                     sent = pub.read()
                     done = bare.read(timeout)
-                    bare_cpu.append((cpu_seconds(bare.pid) - cpu0) / messages * 1e6)
-                    bare_rates.append(messages / (done["done"] - sent["start"]))
+                    bare_cpu[who].append((cpu_seconds(bare.pid) - cpu0) / messages * 1e6)
+                    bare_rates[who].append(messages / (done["done"] - sent["start"]))
                 time.sleep(0.5)
         text = daemon.metrics()
         counts = {
             what: metric_sum(text, f"healer_events_{what}_total", source="mqtt")
             for what in ("received", "rejected", "dropped")
         }
-    rate, base = median(healer_rates), median(bare_rates)
-    figures = [
-        Figure(
-            f"MQTT intake, QoS 1 heartbeats over {nodes:,} node topics",
-            rate,
-            "msg/s",
-            base,
-            "bare aiomqtt subscriber",
-            ">= 0.8x",
-            rate is not None and base is not None and rate >= 0.8 * base,
-            healer_rates,
-            bare_rates,
-            note=f"{messages:,} messages a round, median of {rounds} interleaved rounds",
-        ),
-        Figure(
-            "CPU per MQTT message",
-            median(healer_cpu),
-            "us",
-            median(bare_cpu),
-            "bare aiomqtt subscriber",
-            samples=healer_cpu,
-            baseline_samples=bare_cpu,
-        ),
-    ]
+    rate = median(healer_rates)
+    labels = {"5": "bare aiomqtt subscriber, MQTT 5", "3.1.1": "bare aiomqtt, MQTT 3.1.1"}
+    figures = []
+    for protocol, label in labels.items():
+        base = median(bare_rates[protocol])
+        figures.append(
+            Figure(
+                f"MQTT intake, QoS 1 heartbeats over {nodes:,} node topics",
+                rate,
+                "msg/s",
+                base,
+                label,
+                ">= 0.8x",
+                rate is not None and base is not None and rate >= 0.8 * base,
+                healer_rates,
+                bare_rates[protocol],
+                note=f"{messages:,} messages a round, median of {rounds} interleaved rounds"
+                + ("; healer speaks MQTT 5" if protocol != "5" else ""),
+            )
+        )
+    for protocol, label in labels.items():
+        figures.append(
+            Figure(
+                "CPU per MQTT message",
+                median(healer_cpu),
+                "us",
+                median(bare_cpu[protocol]),
+                label,
+                samples=healer_cpu,
+                baseline_samples=bare_cpu[protocol],
+            )
+        )
     return figures, {
         "nodes": nodes,
         "messages_per_round": messages,
@@ -308,6 +337,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2000)
     parser.add_argument("--per-node", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
     args = parser.parse_args()
     if args.role == "publish":
         _publisher(args)
