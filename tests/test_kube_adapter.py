@@ -213,6 +213,51 @@ async def test_set_node_ready_moves_transition_only_on_change(
     assert await kube_virtual.set_node_ready("ghost", "True", "KubeletReady", "ok") is False
 
 
+async def test_an_unchanged_ready_is_reported_only_every_report_period(
+    fake_api_virtual: FakeApiServer, kube_virtual: KubeClient, virtual_clock: VirtualClock
+) -> None:
+    assert await kube_virtual.register_node("n1", {})
+    start = virtual_clock.now()
+    assert await kube_virtual.set_node_ready("n1", "True", "KubeletReady", "ok", report_every=15)
+
+    def heartbeat() -> str:
+        node = fake_api_virtual.node("n1")
+        assert node is not None
+        (ready,) = node["status"]["conditions"]
+        return str(ready["lastHeartbeatTime"])
+
+    await virtual_clock.advance(10)
+    assert await kube_virtual.set_node_ready("n1", "True", "KubeletReady", "ok", report_every=15)
+    assert heartbeat() == format_time(start)  # unchanged and fresh: not posted again
+    await virtual_clock.advance(6)
+    assert await kube_virtual.set_node_ready("n1", "True", "KubeletReady", "ok", report_every=15)
+    assert heartbeat() == format_time(start + 16)  # the report period passed
+    # Another writer's change (the node controller's Unknown) is answered at once.
+    await virtual_clock.advance(1)
+    assert await kube_virtual.set_node_ready("n1", "Unknown", "NodeStatusUnknown", "gone")
+    assert await kube_virtual.set_node_ready("n1", "True", "KubeletReady", "ok", report_every=15)
+    info = await kube_virtual.get_node("n1")
+    assert info is not None and info.conditions["Ready"] == ("True", start + 17)
+
+
+async def test_a_lease_renewed_from_the_last_one_written_rereads_after_a_conflict(
+    fake_api_virtual: FakeApiServer, kube_virtual: KubeClient, virtual_clock: VirtualClock
+) -> None:
+    assert await kube_virtual.register_node("n1", {})
+    first = await kube_virtual.renew_lease("n1", "n1", 40)
+    await virtual_clock.advance(1)
+    second = await kube_virtual.renew_lease("n1", "n1", 40, last=first)
+    assert second["metadata"]["resourceVersion"] != first["metadata"]["resourceVersion"]
+    # Renewing from a stale copy conflicts; the renewal reads the lease and goes through.
+    await virtual_clock.advance(1)
+    third = await kube_virtual.renew_lease("n1", "n1", 40, last=first)
+    lease = fake_api_virtual.lease("n1")
+    assert lease is not None
+    assert lease["metadata"]["resourceVersion"] == third["metadata"]["resourceVersion"]
+    assert lease["spec"]["renewTime"] == third["spec"]["renewTime"]
+    assert third["metadata"]["ownerReferences"][0]["name"] == "n1"
+
+
 async def test_unrenewed_lease_turns_node_unknown(
     fake_api_virtual: FakeApiServer, kube_virtual: KubeClient, virtual_clock: VirtualClock
 ) -> None:

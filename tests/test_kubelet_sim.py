@@ -249,7 +249,8 @@ async def test_reboot_reregisters_a_node_deleted_while_down(
 
 
 async def test_api_errors_are_logged_and_retried(machine: Machine, eventually: Eventually) -> None:
-    machine.fake.fail_next("GET", "/leases/w1$", 503)
+    # A renewal goes out from the lease last written (no read): the update is what fails.
+    machine.fake.fail_next("PUT", "/leases/w1$", 503)
     with capture_logs() as logs:
         await tick(machine, eventually)
         await eventually(lambda: any(e["event"] == "kubelet.api_error" for e in logs))

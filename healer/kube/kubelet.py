@@ -3,9 +3,17 @@ lab's simulated kubelets use these)."""
 
 from __future__ import annotations
 
+import copy
+
 from healer.errors import TemporaryError
 from healer.kube.nodes import NodeApi
-from healer.kube.records import NODE_LEASE_NAMESPACE, Json, format_micro_time, format_time
+from healer.kube.records import (
+    NODE_LEASE_NAMESPACE,
+    Json,
+    format_micro_time,
+    format_time,
+    parse_time,
+)
 
 
 class KubeletApi(NodeApi):
@@ -30,9 +38,22 @@ class KubeletApi(NodeApi):
         self._expect(what, answer)
         return True
 
-    async def set_node_ready(self, name: str, status: str, reason: str, message: str) -> bool:
+    async def set_node_ready(
+        self,
+        name: str,
+        status: str,
+        reason: str,
+        message: str,
+        *,
+        report_every: float | None = None,
+    ) -> bool:
         """Post the Ready condition as a kubelet does. The heartbeat time is always now; the
-        transition time only moves when the status changes. False if the node does not exist."""
+        transition time only moves when the status changes. False if the node does not exist.
+
+        With ``report_every`` (seconds) an unchanged condition is posted only once its heartbeat
+        is that old, as a kubelet with a node lease does (``nodeStatusReportFrequency``, 5 min
+        by default): the lease is what says it is alive. A condition that differs from what the
+        API holds (another writer set it Unknown, say) is always posted."""
         current = await self._get_node_json(name)
         if current is None:
             return False
@@ -44,7 +65,17 @@ class KubeletApi(NodeApi):
             ),
             None,
         )
-        now = format_time(self._clock.wall())  # read by other hosts
+        wall = self._clock.wall()
+        if (
+            report_every is not None
+            and previous is not None
+            and (previous.get("status"), previous.get("reason"), previous.get("message"))
+            == (status, reason, message)
+        ):
+            beat = parse_time(previous.get("lastHeartbeatTime"))
+            if beat is not None and 0 <= wall - beat < report_every:
+                return True
+        now = format_time(wall)  # read by other hosts
         transition = (
             previous["lastTransitionTime"]
             if previous is not None
@@ -93,9 +124,16 @@ class KubeletApi(NodeApi):
         self._expect(what, answer)
         return True
 
-    async def renew_lease(self, name: str, holder: str, duration_seconds: int) -> None:
-        """Create or renew ``kube-node-lease/<name>`` with renewTime now. Updates carry the
-        resourceVersion read, so a concurrent writer makes us re-read rather than overwrite.
+    async def renew_lease(
+        self, name: str, holder: str, duration_seconds: int, *, last: Json | None = None
+    ) -> Json:
+        """Create or renew ``kube-node-lease/<name>`` with renewTime now, and return the lease
+        as written. Updates carry the resourceVersion read, so a concurrent writer makes us
+        re-read rather than overwrite.
+
+        ``last`` is the lease this returned the time before: the update starts from it instead
+        of reading the lease again, as the kubelet's lease controller renews from the lease it
+        last wrote; a conflict or a deleted lease falls back to reading it.
 
         As the kubelet's ``SetNodeOwnerFunc`` does, a lease without an owner gets the Node as
         its owner (looked up for its uid on every renewal until it exists), so the garbage
@@ -103,10 +141,15 @@ class KubeletApi(NodeApi):
         what = f'renew lease "{NODE_LEASE_NAMESPACE}/{name}"'
         for _ in range(3):
             renew = format_micro_time(self._clock.wall())  # read by other hosts
-            answer = await self._call(
-                what, self._coordination.read_namespaced_lease, name, NODE_LEASE_NAMESPACE
-            )
-            if answer.status == 404:
+            current: Json | None
+            if last is not None:
+                current, last = copy.deepcopy(last), None  # once: after a conflict, read it
+            else:
+                read = await self._call(
+                    what, self._coordination.read_namespaced_lease, name, NODE_LEASE_NAMESPACE
+                )
+                current = None if read.status == 404 else self._expect(what, read)
+            if current is None:
                 body: Json = {
                     "apiVersion": "coordination.k8s.io/v1",
                     "kind": "Lease",
@@ -123,7 +166,7 @@ class KubeletApi(NodeApi):
                     what, self._coordination.create_namespaced_lease, NODE_LEASE_NAMESPACE, body
                 )
             else:
-                body = self._expect(what, answer)
+                body = current
                 spec = body.setdefault("spec", {})
                 spec.update(
                     holderIdentity=holder, leaseDurationSeconds=duration_seconds, renewTime=renew
@@ -138,8 +181,8 @@ class KubeletApi(NodeApi):
                 )
             if answer.status in (404, 409):
                 continue  # raced with another writer or a delete: read again
-            self._expect(what, answer)
-            return
+            written: Json = self._expect(what, answer)
+            return written
         raise TemporaryError(f"{what}: kept conflicting with concurrent writers")
 
     async def _own_by_node(self, lease: Json, node: str) -> None:

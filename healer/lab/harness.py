@@ -63,6 +63,9 @@ class LabTimings:
     reboot_downtime: float = 5.0  # a reboot that comes back
     fleet_poll: float = 0.2
     podgc_quarantine: float = 3.0  # a deleted node's pods -> force-deleted (production: 40s)
+    # An unchanged Ready is posted again after this long (production nodeStatusReportFrequency:
+    # 5 min); the lease renewals say the kubelet is alive, and a change is posted at once.
+    status_report: float = 15.0
 
 
 class LabCloud:
@@ -308,6 +311,7 @@ class LabHarness:
                 labels=self._labels(m),
                 clock=self.clock,
                 renew_interval=self.timings.renew_interval,
+                status_report_interval=self.timings.status_report,
                 publish=self._publisher_for(m["name"]),
             )
             self.kubelets[m["name"]] = kubelet

@@ -24,6 +24,7 @@ import structlog
 from healer.clock import Clock, sleep_until_set
 from healer.errors import HealerError
 from healer.kube.client import KubeClient
+from healer.kube.records import Json
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,7 @@ class SimulatedKubelet:
         renew_interval: float = 1.0,
         publish: Publish | None = None,
         lease_duration: int = 40,
+        status_report_interval: float | None = None,
     ) -> None:
         self.node = node
         self.labels = dict(labels)
@@ -60,6 +62,9 @@ class SimulatedKubelet:
         self._renew_interval = renew_interval
         self._publish_fn = publish
         self._lease_duration = lease_duration
+        # An unchanged Ready is posted again only this often (None: every round).
+        self._status_report_interval = status_report_interval
+        self._lease: Json | None = None  # the lease as last written, renewed from
         self._registered = False
         self._crashed = False
         self._partitioned = False
@@ -158,15 +163,22 @@ class SimulatedKubelet:
                 created = await self._client.register_node(self.node, self.labels)
                 self._registered = True
                 self._log.info("kubelet.registered", adopted=not created)
-            await self._client.renew_lease(self.node, self.node, self._lease_duration)
+            self._lease = await self._client.renew_lease(
+                self.node, self.node, self._lease_duration, last=self._lease
+            )
             if not await self._client.set_node_ready(
-                self.node, "True", READY_REASON, READY_MESSAGE
+                self.node,
+                "True",
+                READY_REASON,
+                READY_MESSAGE,
+                report_every=self._status_report_interval,
             ):
                 # A real kubelet only registers at start-up; its node was deleted under it.
                 self._log.warning("kubelet.node_missing")
             else:
                 await self._sync_pods()
         except HealerError as exc:
+            self._lease = None
             self._log.warning("kubelet.api_error", error=str(exc), error_type=type(exc).__name__)
         await self._publish("heartbeat", {"v": 1})
 

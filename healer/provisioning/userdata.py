@@ -35,6 +35,7 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,13 @@ class AgentFiles:
         ]
 
 
+@cache
+def _installed_agent() -> AgentFiles | None:
+    """The agent this install ships, read once a process: building its bundle parses every
+    module of the agent package, and a builder is made per machine (:func:`render_user_data`)."""
+    return AgentFiles.discover()
+
+
 def _script_path(units: dict[str, bytes]) -> str:
     """Where the units run the agent from: the ExecStart argument that names it."""
     for content in units.values():
@@ -226,7 +234,7 @@ class UserDataBuilder:
         discover_agent: bool = True,
     ) -> None:
         self._state_dir = state_dir
-        self._agent = agent if agent is not None or not discover_agent else AgentFiles.discover()
+        self._agent = agent if agent is not None or not discover_agent else _installed_agent()
 
     def __call__(self, cluster: ClusterConfig, pool: str, name: str) -> str:
         return self.render(cluster, pool, name)
