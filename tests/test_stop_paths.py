@@ -77,6 +77,31 @@ async def test_a_link_failing_as_the_stop_comes_does_not_swallow_it() -> None:
     await stop(task)
 
 
+async def test_a_stop_that_comes_with_the_brokers_answer_is_not_lost() -> None:
+    """Python 3.11's ``asyncio.wait_for`` drops a cancellation that comes in the tick its future
+    completes (gh-86296), and aiomqtt waits for CONNACK that way: the session then went on
+    connected, and the lab's `quit` waited on it for ever. The session still has to stop."""
+    clock = VirtualClock()
+    answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.Event()
+
+    async def connect() -> None:
+        waiting.set()
+        await asyncio.wait_for(answer, timeout=10)
+
+    async def session() -> None:
+        await connect()
+        await first_failure(asyncio.Event().wait(), asyncio.Event().wait())
+
+    task = asyncio.ensure_future(
+        reconnect_forever(session, policy=policy(clock), held=lambda: False)
+    )
+    await waiting.wait()
+    await asyncio.sleep(0)  # inside wait_for
+    answer.set_result(None)  # the broker's answer and the stop in the same tick
+    await stop(task)
+
+
 async def test_an_outage_without_a_stop_is_still_retried() -> None:
     """Sessions whose side-by-side parts fail are retried: nothing is taken for a stop (on
     Python 3.11 a failing TaskGroup child would leave the task looking cancelled for good)."""

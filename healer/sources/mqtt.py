@@ -63,7 +63,7 @@ from healer.sources.mqtt_reboot import (
     control_channel,
     parse_reboot_request,
 )
-from healer.sources.reconnect import first_failure, reconnect_forever
+from healer.sources.reconnect import first_failure, reconnect_forever, stop_if_cancelling
 from healer.telemetry.metrics import EVENTS_DROPPED, EVENTS_RECEIVED, EVENTS_REJECTED
 
 log = structlog.get_logger(__name__)
@@ -270,6 +270,7 @@ class MqttSource:
         client = self._new_client()
         try:
             async with client:
+                stop_if_cancelling(None)  # CONNACK came with a stop: aiomqtt's wait_for ate it
                 self._client = client
                 connected()
                 self._set_state(ConnectionState(connected=True, reason="connected"))
@@ -408,6 +409,7 @@ class MqttSource:
             gone = sorted((leftovers if held is None else held) - set(wanted))
             if gone:
                 await client.unsubscribe(gone)
+                stop_if_cancelling(None)
                 log.info("mqtt.unsubscribed", broker=self._broker, topics=gone)
             for topic in wanted:
                 if held is None or topic not in held:
@@ -420,6 +422,7 @@ class MqttSource:
         # Subscribing again on every connection is harmless with a resumed session and needed
         # for a new one (first start, or the broker forgot the session).
         granted = await client.subscribe(topic, qos=1)
+        stop_if_cancelling(None)  # as after CONNACK (healer.sources.reconnect)
         code = _code(granted[0]) if granted else 0x80
         if code >= 0x80:
             log.error(

@@ -23,6 +23,7 @@ from healer.backoff import retrying
 from healer.clock import Clock, RealClock
 from healer.sources.mqtt import Reconnect, stay_connected
 from healer.sources.mqtt_payload import CHANNELS, SCHEMA_VERSION, topic_for
+from healer.sources.reconnect import stop_if_cancelling
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +151,7 @@ class MqttPublisher:
         )
         try:
             async with client:
+                stop_if_cancelling(None)  # a stop that came with CONNACK (healer.sources.reconnect)
                 connected()
                 self._client = client
                 self._ready.set()

@@ -20,6 +20,7 @@ looking cancelled after any failure of a part).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
@@ -56,7 +57,13 @@ async def reconnect_forever(
 
 def stop_if_cancelling(cause: BaseException | None) -> None:
     """Raise :class:`asyncio.CancelledError` (from ``cause``) if the running task has been asked
-    to stop (``Task.cancel``) and something on the way swallowed the cancellation."""
+    to stop (``Task.cancel``) and something on the way swallowed the cancellation.
+
+    Python 3.11's ``asyncio.wait_for`` is one such thing: a cancellation that comes as the
+    awaited future completes is dropped and the result returned (gh-86296, fixed in 3.12).
+    aiomqtt waits for CONNACK and SUBACK that way, so a stop that came as the broker answered
+    left the MQTT session running for good, and the daemon's shutdown waiting on it (seen
+    under load in the lab: `quit` never returned). Sessions call this after such waits."""
     task = asyncio.current_task()
     if task is not None and task.cancelling() > 0:
         raise asyncio.CancelledError("stopped while the session was ending") from cause
@@ -71,6 +78,13 @@ async def first_failure(*coros: Awaitable[None]) -> None:
     parent's ``cancelling()`` count raised for good, and a cancellation that comes at that
     moment is lost in its error, which is how a stop used to turn into a retry.
     """
+    try:
+        stop_if_cancelling(None)  # a stop swallowed on the way in (below)
+    except asyncio.CancelledError:
+        for coro in coros:
+            if inspect.iscoroutine(coro):
+                coro.close()  # never started: no "never awaited" warning
+        raise
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
