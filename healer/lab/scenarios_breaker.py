@@ -95,6 +95,10 @@ async def _replaced_and_ready(ctx: Context, node: str) -> bool:
     )
 
 
+async def _started_since(ctx: Context, since: float) -> bool:
+    return bool(ctx.store.workflows(cluster=ctx.cluster.name, since=since))
+
+
 def _open(ctx: Context, kind: str) -> str | None:
     found = ctx.store.breakers(kind=kind).get(ctx.cluster.name)
     return found[0] if found else None
@@ -214,8 +218,9 @@ def _with_breaker(config: HealerConfig, cluster: str) -> HealerConfig:
 
 async def scenario_breaker_reset(ctx: Context) -> dict[str, Any]:
     """Must show 6 in the lab: `healer breaker reset`, then 30 s of healthy life, and the breaker
-    stays closed. Two workers (in different zones, so only the breaker speaks) crash together
-    with ``maxNewUnhealthy: 2``: the first is replaced, the second trips the breaker and waits.
+    stays closed. Two workers (in different zones, so only the breaker speaks) crash, the second
+    once the first one's replacement has started, with ``maxNewUnhealthy: 2``: the first is
+    replaced, the second trips the breaker and waits.
     The operator resets it; the second is replaced, its workflow ends (which is when the old
     trip counted the same two entries again and re-opened it), and 30 s pass."""
     daemon = ctx.daemon
@@ -237,8 +242,19 @@ async def _breaker_reset(ctx: Context) -> dict[str, Any]:
             targets.append(node)
         if len(targets) == 2:
             break
+    # The second crashes once the first one's remediation has started: two nodes that turn
+    # unhealthy in the same instant are judged in one pass, and the breaker then holds both
+    # (right, but not this scenario's story). Staggered, the order is the same on any machine.
     injected_at = time.time()
+    crashed_at: dict[str, float] = {}
     for node in targets:
+        if crashed_at:
+            await until(
+                lambda: _started_since(ctx, injected_at),
+                timeout=SETTLE_TIMEOUT,
+                what=f"the remediation of {targets[0]} to start",
+            )
+        crashed_at[node] = time.time()
         log.info("lab.injected", node=node, failure="crash")
         ctx.harness.crash(node)
 
@@ -292,7 +308,7 @@ async def _breaker_reset(ctx: Context) -> dict[str, Any]:
         "tripped_once": len(trips) == 1,
     }
     return {
-        "injected": [{"node": n, "failure": "crash", "at": injected_at} for n in targets],
+        "injected": [{"node": n, "failure": "crash", "at": at} for n, at in crashed_at.items()],
         "breaker": {"maxNewUnhealthy": 2, "window": "10m"},
         "breaker_reason": breaker_reason,
         "breaker_reset_at": reset_at,
