@@ -96,6 +96,8 @@ class HealthTracker:
         self._ever_synced: set[str] = set()
         self._listing: dict[str, set[NodeKey]] = {}
         self._obs: dict[NodeKey, NodeObservation] = {}
+        # (cluster, node) -> the key of a node known when last asked (see knows).
+        self._known_keys: dict[tuple[str, str], NodeKey] = {}
         self._verdicts: dict[NodeKey, Verdict] = {}
         # The index by cluster (its sorted keys cached until a node comes or goes), and the
         # counts of health per cluster and per (cluster, pool), kept as verdicts change.
@@ -166,7 +168,24 @@ class HealthTracker:
         return {state: found[state] for state in Health}
 
     def knows(self, cluster: str, node: str) -> bool:
-        return NodeKey(cluster, node) in self._obs
+        """Whether ``cluster``/``node`` is a node the tracker has. Sources ask it for every
+        message, so the key of each known node is kept for the next question rather than built
+        and hashed anew; the answer is always what ``_obs`` holds now (a kept key only spares
+        making one), and a key is dropped once its node is gone."""
+        name = (cluster, node)
+        kept = self._known_keys.get(name)
+        if kept is not None:
+            if kept in self._obs:
+                return True
+            del self._known_keys[name]
+            return False
+        key = NodeKey(cluster, node)
+        if key not in self._obs:
+            return False
+        if len(self._known_keys) >= 2 * len(self._obs) + 64:
+            self._known_keys.clear()  # keys of nodes gone and never asked about again
+        self._known_keys[name] = key
+        return True
 
     def synced(self, cluster: str) -> bool:
         """True once the cluster's node list has been folded in whole (and no re-list is under

@@ -112,6 +112,8 @@ REASONS: Final = frozenset(STATUS) | ALERT_REASONS
 
 MAX_ALERTS: Final = 10_000
 MAX_LABEL_LEN: Final = 1024
+#: How many alert names :meth:`AlertRules.for_name` remembers.
+MAX_CACHED_NAMES: Final = 1024
 
 _CONDITION_RE: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 _RFC3339: Final = re.compile(
@@ -151,6 +153,45 @@ class AlertRules:
     def owners(self) -> Ownership:
         """The webhook owns exactly the condition types its ``conditions`` map names."""
         return Ownership.of(webhook_conditions=self.conditions.values())
+
+    def for_name(self, name: str) -> NameRule:
+        """What an alert's name alone decides. Cached per name: the rules do not change once
+        made (a new configuration makes new rules), and a sender that makes names up cannot
+        grow the cache past :data:`MAX_CACHED_NAMES` (past it, a name is worked out anew)."""
+        found = self._by_name.get(name)
+        if found is None:
+            found = self._rule_for(name)
+            if len(self._by_name) < MAX_CACHED_NAMES:
+                self._by_name[name] = found
+        return found
+
+    @cached_property
+    def _by_name(self) -> dict[str, NameRule]:
+        return {}
+
+    def _rule_for(self, name: str) -> NameRule:
+        condition = self.conditions.get(name, name)
+        refusal: tuple[str, str] | None = None
+        if _CONDITION_RE.fullmatch(condition) is None:
+            refusal = (
+                BAD_CONDITION,
+                f"alert {_short(name)} does not name a CamelCase condition type; "
+                "map it in webhook.conditions",
+            )
+        elif (refused := self.owners.explain(WEBHOOK, condition)) is not None:
+            refusal = (CONDITION_NOT_OWNED, f"alert {_short(name)}: {refused}")
+        return NameRule(blocking=name in self.blocking_alerts, condition=condition, refusal=refusal)
+
+
+@dataclass(frozen=True, slots=True)
+class NameRule:
+    """What :class:`AlertRules` make of one alert name: whether it is a blocking alert, the
+    condition type it sets, and, when that type is not one the webhook may set, the rejection
+    (reason, message) of an alert of that name that names a known node."""
+
+    blocking: bool
+    condition: str
+    refusal: tuple[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -208,9 +249,8 @@ def parse_alertmanager(
             raise _Reject(
                 BAD_SCHEMA, f"'alerts' has {len(alerts)} entries; the limit is {MAX_ALERTS}"
             )
-        checked = [_alert(i, a, now) for i, a in enumerate(alerts)]
         return _map_alerts(
-            checked, path_cluster, rules, known_clusters, is_known_node, now, timeline
+            alerts, path_cluster, rules, known_clusters, is_known_node, now, timeline
         )
     except _Reject as rej:
         return rej.rejection
@@ -295,53 +335,8 @@ def strip_port(value: str) -> str:
 # --- internals -------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Alert:
-    """One checked alert (internal, never changed after ``_alert``: not frozen, for speed)."""
-
-    index: int
-    name: str
-    firing: bool
-    labels: Mapping[str, str]
-    since: float
-    fingerprint: str
-
-
-def _alert(index: int, raw: Any, now: float) -> _Alert:
-    where = f"alerts[{index}]"
-    if not isinstance(raw, dict):
-        raise _Reject(BAD_SCHEMA, f"{where} must be an object, not {_json_type(raw)}")
-    status = raw.get("status")
-    if status not in ("firing", "resolved"):
-        raise _Reject(
-            BAD_SCHEMA, f"{where}.status is {_short(status)}; expected 'firing' or 'resolved'"
-        )
-    labels = raw.get("labels")
-    if not isinstance(labels, dict):
-        raise _Reject(BAD_SCHEMA, f"{where}.labels must be an object, not {_json_type(labels)}")
-    for key, value in labels.items():
-        if not isinstance(value, str) or len(value) > MAX_LABEL_LEN:
-            raise _Reject(
-                BAD_SCHEMA,
-                f"{where}.labels.{_short(key, 30)} must be a string of at most "
-                f"{MAX_LABEL_LEN} characters",
-            )
-    name = labels.get("alertname")
-    if not name:
-        raise _Reject(BAD_SCHEMA, f"{where}.labels.alertname is missing")
-    firing = status == "firing"
-    stamp = _time(raw, "startsAt" if firing else "endsAt", where)
-    # Never in the future: a sender's clock ahead of ours must not delay a threshold.
-    since = min(stamp, now) if stamp is not None else now
-    fingerprint = raw.get("fingerprint")
-    if not isinstance(fingerprint, str) or not fingerprint:
-        canonical = json.dumps(sorted(labels.items()), separators=(",", ":"))
-        fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return _Alert(index, name, firing, labels, since, fingerprint[:64])
-
-
 def _map_alerts(
-    alerts: list[_Alert],
+    alerts: list[Any],
     path_cluster: str | None,
     rules: AlertRules,
     known_clusters: Container[str],
@@ -349,113 +344,158 @@ def _map_alerts(
     now: float,
     timeline: Callable[[float], float] | None = None,
 ) -> Parsed:
+    """Check and map the alerts in one pass. A malformed alert refuses the whole request
+    (:func:`_check_alert` raises), so nothing mapped before it is kept: the same answer as
+    checking them all first, without a second walk."""
     blocks: list[BlockChange] = []
     rejections: list[tuple[int, Rejection]] = []
     # (cluster, node, condition) -> [firing, since, alert name]; insertion order is kept.
     folded: dict[tuple[str, str, str], list[Any]] = {}
-    owners = rules.owners
-    for alert in alerts:
-        cluster = (
-            path_cluster if path_cluster is not None else alert.labels.get(rules.cluster_label)
-        )
+    cluster_label, node_labels = rules.cluster_label, rules.node_labels
+    for index, raw in enumerate(alerts):
+        name, firing, labels, since = _check_alert(index, raw, now)
+        cluster = path_cluster if path_cluster is not None else labels.get(cluster_label)
         if cluster is None or cluster not in known_clusters:
             what = (
-                f"alert {_short(alert.name)} has no {rules.cluster_label!r} label and the URL "
-                "names no cluster"
+                f"alert {_short(name)} has no {cluster_label!r} label and the URL names no cluster"
                 if cluster is None
                 else f"cluster {_short(cluster)} is not configured"
             )
-            rejections.append((alert.index, Rejection(UNKNOWN_CLUSTER, what)))
+            rejections.append((index, Rejection(UNKNOWN_CLUSTER, what)))
             continue
-        if alert.name in rules.blocking_alerts:
-            blocks.append(
-                BlockChange(cluster, alert.name, alert.fingerprint, alert.firing, alert.since)
-            )
+        rule = rules.for_name(name)
+        if rule.blocking:
+            blocks.append(BlockChange(cluster, name, _fingerprint(raw, labels), firing, since))
             continue
-        node = _node_of(alert.labels, rules.node_labels)
+        node = _node_of(labels, node_labels)
         if node is None:
             rejections.append(
                 (
-                    alert.index,
+                    index,
                     Rejection(
                         NO_NODE,
-                        f"alert {_short(alert.name)} carries none of the labels "
-                        f"{', '.join(rules.node_labels)} with a node name",
+                        f"alert {_short(name)} carries none of the labels "
+                        f"{', '.join(node_labels)} with a node name",
                     ),
                 )
             )
             continue
         if is_known_node is not None and not is_known_node(cluster, node):
             rejections.append(
-                (
-                    alert.index,
-                    Rejection(UNKNOWN_NODE, f"node {cluster}/{node} is not managed by healer"),
-                )
+                (index, Rejection(UNKNOWN_NODE, f"node {cluster}/{node} is not managed by healer"))
             )
             continue
-        condition = rules.conditions.get(alert.name, alert.name)
-        if _CONDITION_RE.fullmatch(condition) is None:
-            rejections.append(
-                (
-                    alert.index,
-                    Rejection(
-                        BAD_CONDITION,
-                        f"alert {_short(alert.name)} does not name a CamelCase condition type; "
-                        "map it in webhook.conditions",
-                    ),
-                )
+        condition = rule.condition
+        if rule.refusal is not None:
+            reason, message = rule.refusal
+            about = (
+                {"cluster": cluster, "node": node, "condition": condition}
+                if reason == CONDITION_NOT_OWNED
+                else {}
             )
-            continue
-        refused = owners.explain(WEBHOOK, condition)
-        if refused is not None:
-            rejections.append(
-                (
-                    alert.index,
-                    Rejection(
-                        CONDITION_NOT_OWNED,
-                        f"alert {_short(alert.name)}: {refused}",
-                        cluster=cluster,
-                        node=node,
-                        condition=condition,
-                    ),
-                )
-            )
+            rejections.append((index, Rejection(reason, message, **about)))
             continue
         key = (cluster, node, condition)
         seen = folded.get(key)
         if seen is None:
-            folded[key] = [alert.firing, alert.since, alert.name]
-        elif alert.firing and not seen[0]:
-            folded[key] = [True, alert.since, alert.name]
-        elif alert.firing == seen[0]:
+            folded[key] = [firing, since, name]
+        elif firing and not seen[0]:
+            folded[key] = [True, since, name]
+        elif firing == seen[0] and since < seen[1]:
             # Same state from several alerts: the earliest start is when the condition began.
-            seen[1] = min(seen[1], alert.since)
-    events = tuple(
-        NodeEvent(
-            cluster=cluster,
-            node=node,
-            kind=EventKind.CONDITION,
-            at=now,
-            source=SOURCE,
-            condition=condition,
-            status="True" if firing else "False",
-            since=since if timeline is None else timeline(since),
-            detail={"alert": name},
+            seen[1] = since
+    events: list[NodeEvent] = []
+    # Each sender time placed on our timeline once per request (alerts of a group share it).
+    placed: dict[float, float] = {}
+    for (cluster, node, condition), (firing, since, name) in folded.items():
+        if timeline is not None:
+            ours = placed.get(since)
+            if ours is None:
+                ours = placed[since] = timeline(since)
+            since = ours
+        events.append(
+            NodeEvent(
+                cluster=cluster,
+                node=node,
+                kind=EventKind.CONDITION,
+                at=now,
+                source=SOURCE,
+                condition=condition,
+                status="True" if firing else "False",
+                since=since,
+                detail={"alert": name},
+            )
         )
-        for (cluster, node, condition), (firing, since, name) in folded.items()
+    return Parsed(events=tuple(events), blocks=tuple(blocks), rejections=tuple(rejections))
+
+
+def _check_alert(index: int, raw: Any, now: float) -> tuple[str, bool, dict[str, str], float]:
+    """One alert's shape: ``(alertname, firing, labels, since)``, or :class:`_Reject`
+    (``bad_schema``) naming the field. ``since`` is never later than ``now``."""
+    if not isinstance(raw, dict):
+        raise _Reject(BAD_SCHEMA, f"alerts[{index}] must be an object, not {_json_type(raw)}")
+    status = raw.get("status")
+    if status == "firing":
+        firing = True
+    elif status == "resolved":
+        firing = False
+    else:
+        raise _Reject(
+            BAD_SCHEMA,
+            f"alerts[{index}].status is {_short(status)}; expected 'firing' or 'resolved'",
+        )
+    labels = raw.get("labels")
+    if not isinstance(labels, dict):
+        raise _Reject(
+            BAD_SCHEMA, f"alerts[{index}].labels must be an object, not {_json_type(labels)}"
+        )
+    for value in labels.values():
+        if not isinstance(value, str) or len(value) > MAX_LABEL_LEN:
+            raise _bad_label(index, labels)
+    name = labels.get("alertname")
+    if not name:
+        raise _Reject(BAD_SCHEMA, f"alerts[{index}].labels.alertname is missing")
+    stamp = _time(raw, "startsAt" if firing else "endsAt", index)
+    # Never in the future: a sender's clock ahead of ours must not delay a threshold.
+    since = now if stamp is None or stamp > now else stamp
+    return name, firing, labels, since
+
+
+def _bad_label(index: int, labels: Mapping[str, Any]) -> _Reject:
+    """The refusal of the first label of ``labels`` that is not a short enough string."""
+    key = next(k for k, v in labels.items() if not isinstance(v, str) or len(v) > MAX_LABEL_LEN)
+    return _Reject(
+        BAD_SCHEMA,
+        f"alerts[{index}].labels.{_short(key, 30)} must be a string of at most "
+        f"{MAX_LABEL_LEN} characters",
     )
-    return Parsed(events=events, blocks=tuple(blocks), rejections=tuple(rejections))
+
+
+def _fingerprint(raw: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """The alert's ``fingerprint`` (at most 64 characters), or one made of its labels."""
+    fingerprint = raw.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        canonical = json.dumps(sorted(labels.items()), separators=(",", ":"))
+        fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return fingerprint[:64]
 
 
 def _node_of(labels: Mapping[str, str], names: tuple[str, ...]) -> str | None:
     for label in names:
         value = labels.get(label)
-        if not value:
-            continue
-        node = strip_port(value.strip()).lower()
-        if is_node_name(node):
-            return node
+        if value:
+            node = _node_name(value)
+            if node is not None:
+                return node
     return None
+
+
+@lru_cache(maxsize=4096)
+def _node_name(value: str) -> str | None:
+    """The node a label value names (``:port`` stripped, lower-cased), None if it names none.
+    Cached: a pure function of the value, and the same nodes come back in every notification."""
+    node = strip_port(value.strip()).lower()
+    return node if is_node_name(node) else None
 
 
 def _check_cluster(cluster: str, known: Container[str]) -> None:
@@ -471,16 +511,16 @@ def _decode(body: bytes, max_body: int) -> dict[str, Any]:
     return doc
 
 
-def _time(raw: Mapping[str, Any], key: str, where: str) -> float | None:
+def _time(raw: Mapping[str, Any], key: str, index: int) -> float | None:
     value = raw.get(key)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} is not an RFC 3339 time")
+        raise _Reject(BAD_SCHEMA, f"alerts[{index}].{key} {_short(value)} is not an RFC 3339 time")
     try:
         return _instant(value)
     except ValueError as exc:
-        raise _Reject(BAD_SCHEMA, f"{where}.{key} {_short(value)} {exc}") from None
+        raise _Reject(BAD_SCHEMA, f"alerts[{index}].{key} {_short(value)} {exc}") from None
 
 
 @lru_cache(maxsize=4096)

@@ -13,6 +13,30 @@ from typing import Literal, TextIO
 
 import structlog
 
+# The wrapper class structlog uses for each minimum level (make_filtering_bound_logger gives the
+# same class for a level every time): what enabled_for reads the configured level from.
+_MIN_LEVEL: dict[type, int] = {
+    structlog.make_filtering_bound_logger(level): level
+    for level in (
+        logging.NOTSET,
+        logging.DEBUG,
+        logging.INFO,
+        logging.WARNING,
+        logging.ERROR,
+        logging.CRITICAL,
+    )
+}
+
+
+def enabled_for(level: int) -> bool:
+    """Whether a line at ``level`` (``logging.DEBUG``, ...) would be written under structlog's
+    configuration as it is now. For hot paths: loggers are not cached (so that
+    ``structlog.testing.capture_logs`` sees every line), so each call on a module's logger binds
+    a new one, even for a level that is then dropped. A wrapper class other than structlog's
+    filtering ones says True: the line is made and its logger decides."""
+    found = _MIN_LEVEL.get(structlog.get_config()["wrapper_class"])
+    return found is None or level >= found
+
 
 def use_color(stream: TextIO) -> bool:
     """Colours only on a terminal, and never when NO_COLOR is set to anything non-empty
