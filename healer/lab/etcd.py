@@ -289,28 +289,33 @@ class LabEtcd:
     async def _up(self, name: str) -> None:
         try:
             async with self._lock:
-                await self._start_member(name)
+                restarted = await self._start_member(name)
+            if restarted:
+                # Waited for outside the lock: a member restarted on its data is healthy only
+                # once a quorum of its cluster is back, and the others start meanwhile (held
+                # behind the lock, the first one waited its whole timeout on the lab's restart).
+                await wait_healthy(self.client, [name], timeout=20.0)
         except Exception as exc:
             log.warning("lab.etcd_join_failed", node=name, error=str(exc))
         finally:
             self._joins.pop(name, None)
 
-    async def _start_member(self, name: str) -> None:
+    async def _start_member(self, name: str) -> bool:
+        """Start ``name``'s member: a new cluster, a join, or (True) a restart on its data."""
         proc = self._proc(name)
         others = [p for n, p in self.procs.items() if n != name and p.running]
         if (proc.data_dir / "member").exists():
             proc.start(initial_cluster=f"{name}={proc.peer_url}", state="existing")
             log.info("lab.etcd_member_restarted", node=name)
-        elif not others:
+            return True
+        if not others:
             proc.start(initial_cluster=f"{name}={proc.peer_url}", state="new")
             await wait_healthy(self.client, [name], timeout=20.0)
             log.info("lab.etcd_cluster_started", node=name, client_url=proc.client_url)
-            return
         else:
             await join_member(self.client, proc)
             log.info("lab.etcd_member_joined", node=name)
-            return
-        await wait_healthy(self.client, [name], timeout=20.0)
+        return False
 
     async def stop(self) -> None:
         for task in self._joins.values():
