@@ -1,9 +1,9 @@
 """What the webhook's hot path remembers or shortcuts never changes an answer.
 
-The tracker keeps the key of each known node (``knows``), the alert rules their verdict per alert
-name, the parser the node each label value names, and the server the bytes of a plain
-"all accepted" answer; a condition event is made without the dataclass ``__init__`` and a debug
-line is skipped when its level is off. Each is checked here against the answer it stands for,
+The tracker finds each node's one key by (cluster, node) (``knows``, and every event's fold),
+the alert rules their verdict per alert name, the parser the node each label value names, and
+the server the bytes of a plain "all accepted" answer; a debug line is skipped when its level is
+off. Each is checked here against the answer it stands for,
 including after what it was made from has changed.
 """
 
@@ -77,9 +77,9 @@ async def test_knows_follows_nodes_as_they_come_and_go(tracker: HealthTracker) -
     assert tracker.knows("lab", "w-1")
 
 
-async def test_knows_is_right_past_the_bound_of_kept_keys(tracker: HealthTracker) -> None:
-    """Keys of nodes gone and never asked about again are let go, not kept for ever; what is
-    known is still known."""
+async def test_knows_follows_many_nodes_coming_and_going(tracker: HealthTracker) -> None:
+    """The keys of nodes gone are let go with them; what is known is still known, and an event
+    for a node found by its key folds into that node."""
     names = [f"w-{i}" for i in range(200)]
     for name in names:
         await _add(tracker, name)
@@ -91,6 +91,10 @@ async def test_knows_is_right_past_the_bound_of_kept_keys(tracker: HealthTracker
         assert tracker.knows("lab", f"x-{i}")
     assert [n for n in names if tracker.knows("lab", n)] == names[190:]
     assert all(tracker.knows("lab", f"x-{i}") for i in range(200))
+    assert {obs.node for obs, _ in tracker.nodes("lab")} == {
+        *names[190:],
+        *(f"x-{i}" for i in range(200)),
+    }
 
 
 async def test_an_alert_for_a_node_gone_is_refused_though_it_was_known(

@@ -96,8 +96,10 @@ class HealthTracker:
         self._ever_synced: set[str] = set()
         self._listing: dict[str, set[NodeKey]] = {}
         self._obs: dict[NodeKey, NodeObservation] = {}
-        # (cluster, node) -> the key of a node known when last asked (see knows).
-        self._known_keys: dict[tuple[str, str], NodeKey] = {}
+        # (cluster, node) -> THE key of each node in _obs: looked up by a tuple (compared in C),
+        # it makes every later lookup of the per-node maps an identity hit, where a fresh
+        # NodeKey would run the dataclass's __eq__ in each (an event's fold does six).
+        self._keys: dict[tuple[str, str], NodeKey] = {}
         self._verdicts: dict[NodeKey, Verdict] = {}
         # The index by cluster (its sorted keys cached until a node comes or goes), and the
         # counts of health per cluster and per (cluster, pool), kept as verdicts change.
@@ -123,12 +125,11 @@ class HealthTracker:
             obs = row.observation
             if obs.cluster not in self._clusters:
                 continue
-            self._put_obs(obs.key, obs)
-            self._put_verdict(
-                obs.key, Verdict(row.health, row.reason, row.message, row.next_check_at)
-            )
+            key = obs.key  # the node's one key object (see _keys)
+            self._put_obs(key, obs)
+            self._put_verdict(key, Verdict(row.health, row.reason, row.message, row.next_check_at))
             if row.next_check_at is not None:
-                self._wake_at(row.next_check_at, obs.key)
+                self._wake_at(row.next_check_at, key)
 
     def _use(self, config: HealerConfig) -> None:
         """Take ``config``, and what every event reads of it, looked up once here."""
@@ -168,24 +169,7 @@ class HealthTracker:
         return {state: found[state] for state in Health}
 
     def knows(self, cluster: str, node: str) -> bool:
-        """Whether ``cluster``/``node`` is a node the tracker has. Sources ask it for every
-        message, so the key of each known node is kept for the next question rather than built
-        and hashed anew; the answer is always what ``_obs`` holds now (a kept key only spares
-        making one), and a key is dropped once its node is gone."""
-        name = (cluster, node)
-        kept = self._known_keys.get(name)
-        if kept is not None:
-            if kept in self._obs:
-                return True
-            del self._known_keys[name]
-            return False
-        key = NodeKey(cluster, node)
-        if key not in self._obs:
-            return False
-        if len(self._known_keys) >= 2 * len(self._obs) + 64:
-            self._known_keys.clear()  # keys of nodes gone and never asked about again
-        self._known_keys[name] = key
-        return True
+        return (cluster, node) in self._keys
 
     def synced(self, cluster: str) -> bool:
         """True once the cluster's node list has been folded in whole (and no re-list is under
@@ -212,9 +196,15 @@ class HealthTracker:
             self._wake_at(self._clock.now(), key)
 
     # -- the index --------------------------------------------------------------------------
+    def _key(self, event: NodeEvent) -> NodeKey:
+        """The key of ``event``'s node: the one the maps hold, or a new one for a new node."""
+        found = self._keys.get((event.cluster, event.node))
+        return found if found is not None else NodeKey(event.cluster, event.node)
+
     def _put_obs(self, key: NodeKey, obs: NodeObservation) -> None:
         old = self._obs.get(key)
         if old is None:
+            self._keys[key.cluster, key.node] = key
             self._members.setdefault(key.cluster, set()).add(key)
             self._sorted.pop(key.cluster, None)
         self._obs[key] = obs
@@ -229,6 +219,7 @@ class HealthTracker:
 
     def _drop(self, key: NodeKey) -> None:
         if self._obs.pop(key, None) is not None:
+            del self._keys[key.cluster, key.node]
             self._members[key.cluster].discard(key)
             self._sorted.pop(key.cluster, None)
         self._verdicts.pop(key, None)
@@ -343,7 +334,7 @@ class HealthTracker:
             self._keep(event)
             self._listing[event.cluster] = set()
             return None
-        key = event.key
+        key = self._key(event)
         previous = self._obs.get(key)
         if previous is None and event.kind is not EventKind.NODE_ADDED:
             # A node exists for healer once the Kubernetes API has shown it. A late heartbeat or
@@ -488,7 +479,7 @@ class HealthTracker:
         except StateUnwritable:
             return  # logged and counted once per episode by the store
         if event.node:
-            self._kept.add(event.key)
+            self._kept.add(self._key(event))
 
     def forget(self, key: NodeKey) -> None:
         """Drop a node that is gone for good (its workflow finished)."""
