@@ -270,7 +270,6 @@ class MqttSource:
         client = self._new_client()
         try:
             async with client:
-                stop_if_cancelling(None)  # CONNACK came with a stop: aiomqtt's wait_for ate it
                 self._client = client
                 connected()
                 self._set_state(ConnectionState(connected=True, reason="connected"))
@@ -422,7 +421,7 @@ class MqttSource:
         # Subscribing again on every connection is harmless with a resumed session and needed
         # for a new one (first start, or the broker forgot the session).
         granted = await client.subscribe(topic, qos=1)
-        stop_if_cancelling(None)  # as after CONNACK (healer.sources.reconnect)
+        stop_if_cancelling(None)  # SUBACK came with a stop (healer.sources.reconnect)
         code = _code(granted[0]) if granted else 0x80
         if code >= 0x80:
             log.error(

@@ -79,7 +79,8 @@ async def first_failure(*coros: Awaitable[None]) -> None:
     moment is lost in its error, which is how a stop used to turn into a retry.
     """
     try:
-        stop_if_cancelling(None)  # a stop swallowed on the way in (below)
+        # A stop swallowed on the way in: the MQTT session enters here right after CONNACK.
+        stop_if_cancelling(None)
     except asyncio.CancelledError:
         for coro in coros:
             if inspect.iscoroutine(coro):
