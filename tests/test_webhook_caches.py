@@ -62,6 +62,21 @@ def _forget(tracker: HealthTracker, node: str) -> None:
     tracker.forget(NodeKey("lab", node))
 
 
+DISK_RULES = AlertRules(conditions={"NodeDiskFailing": "NodeDiskFailing"})
+
+
+def _parse(body: bytes, **overrides: Any) -> Parsed | Rejection:
+    """``parse_alertmanager`` of ``body`` for cluster ``lab`` (``overrides`` change the rest)."""
+    args: dict[str, Any] = {
+        "path_cluster": "lab",
+        "rules": DISK_RULES,
+        "known_clusters": {"lab"},
+        "now": 100.0,
+        "max_body": 4096,
+    }
+    return parse_alertmanager(body, **{**args, **overrides})
+
+
 # -- HealthTracker.knows --------------------------------------------------------------------
 
 
@@ -108,18 +123,9 @@ async def test_an_alert_for_a_node_gone_is_refused_though_it_was_known(
             ],
         }
     ).encode()
-    rules = AlertRules(conditions={"NodeDiskFailing": "NodeDiskFailing"})
 
     def parse() -> Parsed | Rejection:
-        return parse_alertmanager(
-            body,
-            path_cluster="lab",
-            rules=rules,
-            known_clusters={"lab"},
-            now=100.0,
-            max_body=4096,
-            is_known_node=tracker.knows,
-        )
+        return _parse(body, is_known_node=tracker.knows)
 
     await _add(tracker, "w-1")
     first = parse()
@@ -194,28 +200,14 @@ def test_node_names_from_label_values_cached_or_not(value: str, node: str | None
 def test_a_malformed_alert_after_good_ones_refuses_the_whole_request() -> None:
     good = {"status": "firing", "labels": {"alertname": "NodeDiskFailing", "node": "w-1"}}
     body = json.dumps({"version": "4", "alerts": [good, good, {"status": "firing"}]}).encode()
-    result = parse_alertmanager(
-        body,
-        path_cluster="lab",
-        rules=AlertRules(conditions={"NodeDiskFailing": "NodeDiskFailing"}),
-        known_clusters={"lab"},
-        now=100.0,
-        max_body=4096,
-    )
+    result = _parse(body)
     assert result == Rejection(BAD_SCHEMA, "alerts[2].labels must be an object, not null")
 
 
 def test_a_bad_label_is_named_in_the_refusal() -> None:
     labels: dict[str, Any] = {"alertname": "X", "node": "w-1", "big": "x" * 1025, "n": 7}
     body = json.dumps({"version": "4", "alerts": [{"status": "firing", "labels": labels}]})
-    result = parse_alertmanager(
-        body.encode(),
-        path_cluster="lab",
-        rules=AlertRules(),
-        known_clusters={"lab"},
-        now=100.0,
-        max_body=1 << 20,
-    )
+    result = _parse(body.encode(), rules=AlertRules(), max_body=1 << 20)
     assert isinstance(result, Rejection) and result.reason == BAD_SCHEMA
     assert result.message.startswith("alerts[0].labels.'big' must be a string of at most")
 
@@ -273,15 +265,7 @@ def test_each_sender_time_is_placed_on_our_timeline_once_per_request() -> None:
         asked.append(sent)
         return sent - 7.0
 
-    result = parse_alertmanager(
-        body,
-        path_cluster="lab",
-        rules=AlertRules(conditions={"NodeDiskFailing": "NodeDiskFailing"}),
-        known_clusters={"lab"},
-        now=2e9,
-        max_body=4096,
-        timeline=timeline,
-    )
+    result = _parse(body, now=2e9, timeline=timeline)
     assert isinstance(result, Parsed)
     assert asked == [1_699_999_200.0, 1_699_999_800.0]
     assert [(e.node, e.since) for e in result.events] == [
