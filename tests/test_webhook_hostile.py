@@ -334,6 +334,33 @@ async def test_a_connection_is_closed_after_its_request_limit(serve: Any) -> Non
     assert headers == ["", "close", ""]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/events", 405),
+        ("PUT", "/v1/alertmanager", 405),
+        ("GET", "/v1/alertmanager/lab", 405),
+        ("POST", "/v1/alertmanager/lab/extra", 404),
+        ("POST", "/v2/alerts", 404),
+        ("GET", "/", 404),
+    ],
+)
+async def test_what_the_webhook_does_not_serve_is_answered_and_the_connection_closed(
+    serve: Any, method: str, path: str, status: int
+) -> None:
+    # An answer in JSON like every other, 405 naming the method that is served; the caller is
+    # not one of the webhook's, so its connection is not kept for another request.
+    _, port = await serve()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        assert resp.status == status
+        assert resp.headers.get("Connection", "").lower() == "close"
+        assert (await resp.json())["error"] in ("Not Found", "Method Not Allowed")
+        assert resp.headers.get("Allow") == ("POST" if status == 405 else None)
+
+
 async def test_at_the_cap_the_longest_idle_connection_makes_room(serve: Any) -> None:
     server, port = await serve(maxConnections=10, headerTimeout=30)
     before = shed("evicted")

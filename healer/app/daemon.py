@@ -142,8 +142,9 @@ class Daemon(DaemonStatus):
     async def _consume_batch(self) -> None:
         """Take everything waiting (up to ``Tuning.event_batch``) and fold it as one batch:
         one store transaction, then one plan per cluster whose health changed
-        (:meth:`HealthTracker.handle_batch`); then a turn of the event loop, so /healthz, the
-        MQTT acknowledgements and the timers keep running through a flood."""
+        (:meth:`HealthTracker.handle_batch`); then, if more is waiting, a turn of the event
+        loop, so /healthz, the MQTT acknowledgements and the timers keep running through a
+        flood (with nothing waiting, the wait for the next batch is that turn)."""
         assert self.tracker is not None
         events = await self._events.get_batch(self.tuning.event_batch)
         self._busy_since = time.monotonic()
@@ -156,7 +157,8 @@ class Daemon(DaemonStatus):
             log.exception("health.event_failed", events=len(events))
         finally:
             self._busy_since = None
-        await asyncio.sleep(0)
+        if not self._events.empty():
+            await asyncio.sleep(0)
 
     async def _health_changed(self, changes: list[Change]) -> None:
         """Once per batch of changes (HealthTracker ``on_changes``): the gauges and the plan

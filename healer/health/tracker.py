@@ -336,6 +336,21 @@ class HealthTracker:
             return None
         key = self._key(event)
         previous = self._obs.get(key)
+        if (
+            previous is not None
+            and self._lazy_heartbeats
+            and key in self._kept
+            and key in self._verdicts
+            and key not in self._unsaved
+            and event.cluster not in self._listing
+            and restates(previous, event, self._owners)
+        ):
+            # The hot path of a flood of alerts sent again, cut short: what the general path
+            # below does with such an event (its evidence kept, its record written at the next
+            # flush, its verdict standing), without its other checks.
+            self._obs[key] = with_evidence(previous, event)
+            self._stale.add(key)
+            return None
         if previous is None and event.kind is not EventKind.NODE_ADDED:
             # A node exists for healer once the Kubernetes API has shown it. A late heartbeat or
             # agent message for a node that is gone (or not yet listed) must not resurrect it.

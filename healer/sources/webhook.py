@@ -82,6 +82,8 @@ SIGNATURE_HEADER: Final = "X-Healer-Signature"
 _CHUNK: Final = 65536
 _LOG_MAX: Final = 200
 _RECEIVED: Final = EVENTS_RECEIVED.labels(source=SOURCE)
+ALERTMANAGER_PATH: Final = "/v1/alertmanager"
+GENERIC_PATH: Final = "/v1/events"
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -275,29 +277,35 @@ class WebhookServer:
     # -- applications ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        # aiohttp's own limit backs ours up; our streaming read answers 413 before it.
-        app = web.Application(
-            client_max_size=self._config.max_body + 1, middlewares=[self._keepalive_limit]
-        )
-        app.router.add_post("/v1/alertmanager", self._alertmanager)
-        app.router.add_post("/v1/alertmanager/{cluster}", self._alertmanager)
-        app.router.add_post("/v1/events", self._generic)
+        # aiohttp's own limit backs ours up; our streaming read answers 413 before it. No
+        # middleware: aiohttp wraps every request of an application that has one in two more
+        # coroutines, and what ours did (count the request on its connection, close it with a
+        # refusal) each handler does itself.
+        app = web.Application(client_max_size=self._config.max_body + 1)
+        app.router.add_post(ALERTMANAGER_PATH, self._alertmanager)
+        app.router.add_post(ALERTMANAGER_PATH + "/{cluster}", self._alertmanager)
+        app.router.add_post(GENERIC_PATH, self._generic)
+        # Last, so it only gets what no route above took: another path, or another method.
+        app.router.add_route("*", "/{path:.*}", self._not_served)
         return app
 
-    @web.middleware
-    async def _keepalive_limit(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """A connection is closed after ``maxRequestsPerConnection`` requests, and with an answer
-        for a path or method the webhook does not have (not one of its callers)."""
-        again = self.guard.request_started(request.transport)
-        try:
-            resp = await handler(request)
-        except web.HTTPException as exc:
-            resp = web.json_response({"error": exc.reason}, status=exc.status)
-            again = False
-        if not again:
-            resp.force_close()
+    async def _not_served(self, request: web.Request) -> web.Response:
+        """A path or method the webhook does not serve: 405 (with ``Allow``) for one of its
+        paths, 404 for any other, and the connection is closed with the answer (whoever
+        asks is not one of the webhook's callers)."""
+        self.guard.request_started(request.transport)
+        path = request.path
+        ours = path in (ALERTMANAGER_PATH, GENERIC_PATH) or (
+            path.startswith(ALERTMANAGER_PATH + "/")
+            and "/" not in path[len(ALERTMANAGER_PATH) + 1 :]
+        )
+        if ours:
+            resp = web.json_response(
+                {"error": "Method Not Allowed"}, status=405, headers={"Allow": "POST"}
+            )
+        else:
+            resp = web.json_response({"error": "Not Found"}, status=404)
+        resp.force_close()
         return resp
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -407,6 +415,17 @@ class WebhookServer:
         return await self._ingest(request, "generic", parse)
 
     async def _ingest(
+        self, request: web.Request, kind: str, parse: Callable[[bytes], Parsed | Rejection]
+    ) -> web.Response:
+        """Answer one request, and close its connection once it has had
+        ``maxRequestsPerConnection`` of them."""
+        again = self.guard.request_started(request.transport)
+        resp = await self._answer(request, kind, parse)
+        if not again:
+            resp.force_close()
+        return resp
+
+    async def _answer(
         self, request: web.Request, kind: str, parse: Callable[[bytes], Parsed | Rejection]
     ) -> web.Response:
         cfg = self._config

@@ -414,10 +414,9 @@ def _map_alerts(
                 ours = placed[since] = timeline(since)
             since = ours
         events.append(
-            NodeEvent(
-                cluster=cluster,
-                node=node,
-                kind=EventKind.CONDITION,
+            NodeEvent.of_condition(
+                cluster,
+                node,
                 at=now,
                 source=SOURCE,
                 condition=condition,
