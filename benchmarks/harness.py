@@ -29,8 +29,11 @@ class Figure:
     """One measured figure beside its baseline from the same run.
 
     ``ratio`` is value / baseline, whatever the unit: for a rate above 1 is better than the
-    baseline, for a time or a cost below 1 is. ``target`` is the issue's bound in words and
-    ``ok`` whether it is met (None: no target)."""
+    baseline, for a time or a cost below 1 is. With ``paired`` the samples are rounds measured
+    side by side (healer's i-th beside the baseline's i-th, back to back), and ``ratio`` is the
+    median of the rounds' ratios: a spell of a slower host then weighs on both sides of a pair
+    rather than on whichever side's median it falls into. ``target`` is the issue's bound in
+    words and ``ok`` whether it is met (None: no target)."""
 
     name: str
     value: float | None
@@ -42,9 +45,12 @@ class Figure:
     samples: list[float] = field(default_factory=list)
     baseline_samples: list[float] = field(default_factory=list)
     note: str = ""
+    paired: bool = False
 
     @property
     def ratio(self) -> float | None:
+        if self.paired:
+            return paired_ratio(self.samples, self.baseline_samples)
         if self.value is None or self.baseline is None or self.baseline <= 0:
             return None  # no ratio to a zero or negative baseline (a lag can be < 0)
         return self.value / self.baseline
@@ -57,6 +63,14 @@ class Figure:
 
 def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def paired_ratio(values: Sequence[float], baselines: Sequence[float]) -> float | None:
+    """The median of ``values[i] / baselines[i]``: rounds measured side by side, pair by pair.
+    None when the two do not pair up or a baseline is not positive."""
+    if not values or len(values) != len(baselines) or min(baselines) <= 0:
+        return None
+    return statistics.median(v / b for v, b in zip(values, baselines, strict=True))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -51,3 +51,16 @@ def test_bench_smoke_writes_figures_with_baselines(tmp_path: Path) -> None:
     assert "== all figures" in done.stdout and "x |" in done.stdout
     svg = out.with_suffix(".svg").read_text()
     assert svg.startswith("<svg") and "full re-evaluation" in svg
+
+
+def test_a_paired_figure_is_judged_by_the_median_of_its_rounds_ratios() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.harness import Figure, paired_ratio
+
+    # Round 2 ran on a slow host, for both sides: its pair says 0.5x like the others, while the
+    # medians of each side alone (10 against 18) would say 0.56x.
+    healer, bare = [10.0, 6.0, 11.0], [20.0, 12.0, 18.0]
+    assert paired_ratio(healer, bare) == 0.5
+    figure = Figure("x", 10.0, "req/s", 18.0, samples=healer, baseline_samples=bare, paired=True)
+    assert figure.ratio == 0.5 and Figure("x", 10.0, "req/s", 18.0).ratio == 10.0 / 18.0
+    assert paired_ratio([1.0], [1.0, 2.0]) is None and paired_ratio([1.0], [0.0]) is None

@@ -1,11 +1,20 @@
-"""Describing untrusted payload values in rejection messages, shared by the MQTT and webhook
-parsers: bounded, so a sender cannot make our logs large."""
+"""Decoding untrusted JSON payloads, and describing their values in rejection messages, shared
+by the MQTT and webhook parsers: bounded, so a sender cannot make our logs large.
+
+A payload is decoded by msgspec first (in C, about twice as fast as the standard library on an
+Alertmanager notification); whatever msgspec refuses is decoded again by the standard library's
+decoder, which decides, with its own messages. Where msgspec accepts a document, it decodes it
+to the value the standard library gives (tests/test_payload_text.py holds the two to that);
+what the standard library alone accepts (an out-of-range float such as ``1e400``, an escaped
+lone surrogate) it still accepts."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 
 def json_type(value: Any) -> str:
@@ -49,6 +58,7 @@ def _reject_constant(name: str) -> Any:
 
 # One decoder for every payload: json.loads(text, parse_constant=...) builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_FAST = msgspec.json.Decoder()
 
 
 def decode_json_object(data: bytes, limit: int, *, what: str) -> dict[str, Any]:
@@ -56,6 +66,18 @@ def decode_json_object(data: bytes, limit: int, *, what: str) -> dict[str, Any]:
     ``bad_json`` or ``bad_schema``; ``what`` ("payload", "body") names it in messages."""
     if len(data) > limit:
         raise PayloadRejected("too_large", f"{what} is {len(data)} bytes; the limit is {limit}")
+    try:
+        fast = _FAST.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        pass  # the standard library's decoder decides, and says why
+    else:
+        if isinstance(fast, dict):
+            return fast
+    return _decode_slowly(data, what=what)
+
+
+def _decode_slowly(data: bytes, *, what: str) -> dict[str, Any]:
+    """:func:`decode_json_object` with the standard library's decoder alone."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
