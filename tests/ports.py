@@ -1,35 +1,9 @@
-"""Free loopback ports for the daemons the tests start (mosquitto, etcd, kube-apiserver,
-PostgreSQL, a `healer run`'s listeners).
-
-The test picks the port and a child process binds it later, so in between anything else on the
-machine could take it: another pytest-xdist worker, another test run, any process's outgoing
-connection. A plain ``bind(("127.0.0.1", 0))`` then ``close()`` leaves the port free for all of
-those. :func:`free_port` instead leaves it in TIME_WAIT (a connection to it, closed from the
-listening side first): the kernel hands no TIME_WAIT port out again for automatic binds or
-outgoing connections (for about a minute), while a server that binds it explicitly with
-``SO_REUSEADDR`` (Go's and asyncio's listeners, mosquitto, PostgreSQL: all of them) gets it at
-once. So no two workers, runs or tests are given the same port.
-"""
+"""Free loopback ports for the daemons the tests start: the lab's helper (healer/lab/ports.py says
+how a port is kept from every other socket until the daemon binds it). Use it for every port a
+test hands to another process."""
 
 from __future__ import annotations
 
-import socket
+from healer.lab.ports import LOOPBACK, free_port
 
-LOOPBACK = "127.0.0.1"
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port on ``host`` that nothing listens on and that the kernel will not hand out again
-    for about a minute; bind it with ``SO_REUSEADDR``."""
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, 0))
-        listener.listen(1)
-        port = int(listener.getsockname()[1])
-        client = socket.create_connection((host, port), timeout=5)
-        accepted, _ = listener.accept()
-        # The accepted side (bound to ``port``) closes first, so it is the one left in
-        # TIME_WAIT; the client's own ephemeral port is released at once.
-        accepted.close()
-        client.close()
-    return port
+__all__ = ["LOOPBACK", "free_port"]

@@ -78,3 +78,35 @@ async def test_a_restarted_lab_gets_its_members_back_together(tmp_path: Path) ->
     finally:
         await again.stop()
     assert took < 15.0, f"the members came back in {took:.1f}s"
+
+
+async def test_a_member_that_exits_ends_the_wait_at_once_saying_how(tmp_path: Path) -> None:
+    # A member process that dies at start (a port taken meanwhile, a bad flag) used to be waited
+    # for until the timeout (20 s), the join failing only then; now at once, with its log's tail.
+    from healer.lab.etcd import EtcdProcess
+    from healer.planner.etcd_quorum import EtcdView
+
+    class Unreachable:
+        async def view(self) -> EtcdView:
+            return EtcdView(error="no member answered")
+
+    script = tmp_path / "etcd"
+    script.write_text(
+        "#!/bin/sh\necho 'listen tcp 127.0.0.1:1: bind: address already in use'\nexit 1\n"
+    )
+    script.chmod(0o755)
+    proc = EtcdProcess(
+        binary=str(script),
+        name="m-1",
+        data_dir=tmp_path / "members" / "m-1",
+        tls_dir=tmp_path / "tls",
+        client_port=1,
+        peer_port=2,
+    )
+    proc.start(initial_cluster="m-1=https://127.0.0.1:2", state="new")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"m-1 exited with 1: .*address already in use"):
+        await wait_healthy(Unreachable(), ["m-1"], timeout=30.0, procs=[proc])  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5.0
+    with pytest.raises(TimeoutError):  # without the process to watch: the timeout, as before
+        await wait_healthy(Unreachable(), ["m-1"], timeout=0.3)  # type: ignore[arg-type]

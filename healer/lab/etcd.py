@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from typing import Any
 import structlog
 
 from healer.etcd import DirectEndpoints, EtcdClient, EtcdTls, EtcdUnavailable
+from healer.lab.ports import free_port
 from healer.planner.etcd_quorum import EtcdMember, EtcdView
 from healer.provisioning.etcd_access import issue_etcd_cert
 from healer.provisioning.keystore import ClusterState
@@ -65,12 +65,6 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_member_tls(ca: CertKey, directory: Path, *, client_name: str) -> EtcdTls:
@@ -114,6 +108,22 @@ class EtcdProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"{self.name}.log"
+
+    def exited(self) -> str | None:
+        """None while the process runs (or was never started); otherwise how it ended, with
+        the last lines of its log."""
+        code = None if self.proc is None else self.proc.poll()
+        if code is None:
+            return None
+        try:
+            tail = self.log_file.read_bytes()[-600:].decode(errors="replace").strip()
+        except OSError:
+            tail = ""
+        return f"etcd member {self.name} exited with {code}" + (f": {tail}" if tail else "")
+
     def start(self, *, initial_cluster: str, state: str) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         t = self.tls_dir
@@ -140,8 +150,7 @@ class EtcdProcess:
             "--log-level=error",
             *FAST,
         ]
-        log_file = self.data_dir.parent / f"{self.name}.log"
-        with open(log_file, "ab") as out:
+        with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
                 args,
                 stdout=out,
@@ -160,14 +169,25 @@ class EtcdProcess:
         proc.wait(timeout=10)
 
 
-async def wait_healthy(client: EtcdClient, names: Sequence[str], *, timeout: float) -> EtcdView:
-    """Until every member named is started and healthy (real time: etcd runs in real time)."""
+async def wait_healthy(
+    client: EtcdClient,
+    names: Sequence[str],
+    *,
+    timeout: float,
+    procs: Sequence[EtcdProcess] = (),
+) -> EtcdView:
+    """Until every member named is started and healthy (real time: etcd runs in real time).
+    ``procs``, the processes of those members: one that exits ends the wait at once
+    (RuntimeError saying how it ended) rather than at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         view = await client.view()
         healthy = {m.name for m in view.members if m.healthy}
         if view.reachable and set(names) <= healthy:
             return view
+        for proc in procs:
+            if (ended := proc.exited()) is not None:
+                raise RuntimeError(ended)
         if time.monotonic() > deadline:
             raise TimeoutError(f"etcd members {sorted(names)} not healthy: {view.describe()}")
         await asyncio.sleep(0.1)
@@ -195,7 +215,9 @@ async def join_member(client: EtcdClient, proc: EtcdProcess, *, timeout: float =
         if m.peer_urls and (m.started or m.peer_urls == (proc.peer_url,))
     ]
     proc.start(initial_cluster=",".join(peers), state="existing")
-    await wait_healthy(client, [proc.name], timeout=max(1.0, deadline - time.monotonic()))
+    await wait_healthy(
+        client, [proc.name], timeout=max(1.0, deadline - time.monotonic()), procs=[proc]
+    )
 
 
 class LabEtcd:
@@ -294,7 +316,7 @@ class LabEtcd:
                 # Waited for outside the lock: a member restarted on its data is healthy only
                 # once a quorum of its cluster is back, and the others start meanwhile (held
                 # behind the lock, the first one waited its whole timeout on the lab's restart).
-                await wait_healthy(self.client, [name], timeout=20.0)
+                await wait_healthy(self.client, [name], timeout=20.0, procs=[self.procs[name]])
         except Exception as exc:
             log.warning("lab.etcd_join_failed", node=name, error=str(exc))
         finally:
@@ -310,7 +332,7 @@ class LabEtcd:
             return True
         if not others:
             proc.start(initial_cluster=f"{name}={proc.peer_url}", state="new")
-            await wait_healthy(self.client, [name], timeout=20.0)
+            await wait_healthy(self.client, [name], timeout=20.0, procs=[proc])
             log.info("lab.etcd_cluster_started", node=name, client_url=proc.client_url)
         else:
             await join_member(self.client, proc)
