@@ -3,7 +3,7 @@
 The baseline comes from the same run; the two are printed with their ratio and written as JSON
 (docs/benchmarks.md says what each section does).
 
-    python -m benchmarks                    # every section, full sizes (about 15 minutes)
+    python -m benchmarks                    # every section, full sizes (5 to 15 minutes)
     python -m benchmarks --quick            # small sizes (a few minutes)
     python -m benchmarks mqtt webhook       # only these sections
     python -m benchmarks --json out.json    # default bench-results.json (+ .svg beside it)
