@@ -112,8 +112,8 @@ class NodeEvent:
         """A ``CONDITION`` event, equal to the one ``NodeEvent(...)`` makes, in a third of the
         time: a frozen dataclass's ``__init__`` sets each of the eleven fields through
         ``object.__setattr__``, and a webhook flood makes one of these per alert. Every field
-        is set here (tests/test_model_event.py holds this to the dataclass's fields); the class has
-        no ``__post_init__`` to skip."""
+        is set here (tests/test_model_event.py holds this to the dataclass's fields); the
+        class has no ``__post_init__`` to skip."""
         event = object.__new__(cls)
         event.__dict__.update(
             cluster=cluster,

@@ -295,11 +295,11 @@ class WebhookServer:
         asks is not one of the webhook's callers)."""
         self.guard.request_started(request.transport)
         path = request.path
+        cluster = path.removeprefix(ALERTMANAGER_PATH + "/") if path != ALERTMANAGER_PATH else ""
         ours = path in (ALERTMANAGER_PATH, GENERIC_PATH) or (
-            path.startswith(ALERTMANAGER_PATH + "/")
-            and "/" not in path[len(ALERTMANAGER_PATH) + 1 :]
+            cluster != path and cluster != "" and "/" not in cluster
         )
-        if ours:
+        if ours and request.method != "POST":
             resp = web.json_response(
                 {"error": "Method Not Allowed"}, status=405, headers={"Allow": "POST"}
             )
