@@ -102,6 +102,40 @@ async def test_a_stop_that_comes_with_the_brokers_answer_is_not_lost() -> None:
     await stop(task)
 
 
+async def test_asyncio_timeout_keeps_the_stop_that_wait_for_drops() -> None:
+    """Why healer bounds its waits with ``asyncio.timeout``, never ``asyncio.wait_for``: the
+    same race as above, a stop in the tick the awaited answer comes, is kept by the former."""
+    answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.Event()
+
+    async def bounded() -> str:
+        waiting.set()
+        async with asyncio.timeout(10):
+            return await answer
+
+    task = asyncio.ensure_future(bounded())
+    await waiting.wait()
+    await asyncio.sleep(0)
+    answer.set_result("view")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=GUARD)
+    assert task in done and task.cancelled()
+
+
+def test_healer_has_no_asyncio_wait_for() -> None:
+    # Each was a wait that a stop could pass through unnoticed (the test above): the MQTT
+    # session's (through aiomqtt: reconnect.stop_if_cancelling), the planner's and `healer
+    # etcd`'s etcd views, the key push's ssh.
+    root = Path(__file__).resolve().parent.parent / "healer"
+    found = [
+        f"{path.relative_to(root.parent)}:{n}"
+        for path in sorted(root.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\basyncio\.wait_for\(", line)
+    ]
+    assert found == []
+
+
 async def test_an_outage_without_a_stop_is_still_retried() -> None:
     """Sessions whose side-by-side parts fail are retried: nothing is taken for a stop (on
     Python 3.11 a failing TaskGroup child would leave the task looking cancelled for good)."""

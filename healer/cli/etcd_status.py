@@ -37,7 +37,8 @@ async def _read(state_dir: Path, config: ConfigSummary, cluster: str | None) -> 
         assert client is not None
         async with gate:
             try:
-                return await asyncio.wait_for(client.view(), timeout=3 * c.etcd.timeout)
+                async with asyncio.timeout(3 * c.etcd.timeout):  # not wait_for: gh-86296
+                    return await client.view()
             except TimeoutError:
                 return EtcdView(error="no answer in time")
             finally:

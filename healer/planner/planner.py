@@ -206,7 +206,10 @@ class Planner:
             view = EtcdView(error="healer has no etcd client for this cluster")
         else:
             try:
-                view = await asyncio.wait_for(reader.view(), timeout=3 * cluster.etcd.timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a stop that comes
+                # as the view does (gh-86296; healer/sources/reconnect.py).
+                async with asyncio.timeout(3 * cluster.etcd.timeout):
+                    view = await reader.view()
             except TimeoutError:
                 view = EtcdView(error=f"no answer within {3 * cluster.etcd.timeout:.0f}s")
         return dataclasses.replace(snapshot, etcd=view)

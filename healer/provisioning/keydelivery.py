@@ -178,7 +178,10 @@ class SshPush:
         except OSError as exc:
             raise ConfigError(f"key push: cannot run {self.ssh!r}: {exc.strerror}") from exc
         try:
-            out, err = await asyncio.wait_for(process.communicate(archive), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a stop that comes as
+            # ssh ends (gh-86296), and the push would go on as if healer were not stopping.
+            async with asyncio.timeout(self.timeout):
+                out, err = await process.communicate(archive)
         except TimeoutError:
             process.kill()
             await process.wait()
