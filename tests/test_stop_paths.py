@@ -125,7 +125,7 @@ async def test_asyncio_timeout_keeps_the_stop_that_wait_for_drops() -> None:
 def test_healer_has_no_asyncio_wait_for() -> None:
     # Each was a wait that a stop could pass through unnoticed (the test above): the MQTT
     # session's (through aiomqtt: reconnect.stop_if_cancelling), the planner's and `healer
-    # etcd`'s etcd views, the key push's ssh.
+    # status`'s etcd views, the key push's ssh.
     root = Path(__file__).resolve().parent.parent / "healer"
     found = [
         f"{path.relative_to(root.parent)}:{n}"
