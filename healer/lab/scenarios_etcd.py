@@ -4,17 +4,21 @@ added as a new member (kubeadm join --control-plane), etcd 3 members before and 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import structlog
 
-from healer.lab.etcd import FakeLabEtcd, LabEtcd
+from healer.lab.etcd import ELECTION_TIMEOUT, FakeLabEtcd, LabEtcd
 from healer.lab.report import remediations
 from healer.lab.scenario_kit import SETTLE_TIMEOUT, Context, Scenario, replaced, until
 from healer.planner.etcd_quorum import EtcdView, quorum
 
 log = structlog.get_logger("healer.lab")
+
+# Real time, as etcd runs: two of the lab members' election timeouts.
+ELECTION_SETTLE = 2 * ELECTION_TIMEOUT
 
 
 async def _view(ctx: Context) -> EtcdView:
@@ -47,8 +51,12 @@ async def scenario_crash_control_plane(ctx: Context) -> dict[str, Any]:
     async def done() -> bool:
         view = await _view(ctx)
         if view.reachable and view.healthy < quorum(len(view.members)):
-            # A member's health probe can time out on a loaded host: a loss of quorum is
-            # counted when a second look at once still shows it (a real one lasts).
+            # Not healer's doing, and over in a moment: a member's health probe timing out on
+            # a loaded host, and the election that follows the leader's crash (no member
+            # answers healthy without a leader; seen: both looks at once fell inside one). A
+            # loss of quorum is counted when a look after two election timeouts still shows
+            # it (a real one lasts).
+            await asyncio.sleep(ELECTION_SETTLE)
             view = await _view(ctx)
         if view.reachable:
             lowest.append(view.healthy - quorum(len(view.members)))
