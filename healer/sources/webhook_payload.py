@@ -61,7 +61,7 @@ from typing import Any, Final
 
 from healer.config.provenance import CONDITION_NOT_OWNED as CONDITION_NOT_OWNED
 from healer.config.provenance import WEBHOOK, Ownership
-from healer.model import BlockChange, EventKind, NodeEvent
+from healer.model import BlockChange, NodeEvent
 from healer.sources.mqtt_payload import is_cluster_name, is_node_name
 
 # The free-text limits are part of the payload contract, so they are exported from here too.
@@ -303,14 +303,14 @@ def parse_generic(
                 CONDITION_NOT_OWNED, refused, cluster=cluster, node=node, condition=condition
             )
         detail = _prose(doc)
-        event = NodeEvent(
-            cluster=cluster,
-            node=node,
-            kind=EventKind.CONDITION,
+        event = NodeEvent.of_condition(
+            cluster,
+            node,
             at=now,
             source=SOURCE,
             condition=condition,
             status=status,
+            since=None,
             detail=detail,
         )
         return Parsed(events=(event,))
